@@ -1,0 +1,39 @@
+# The newcomer path: `make demo` (install + run the study on the embedded default + report)
+# and `make test` (install + run the test suite). Everything installs into .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+RESULTS ?= results/demo
+
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE := disabled
+
+.PHONY: install demo test test-all lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-data.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first: 2.13.0 is the CPU build on disk here; a plain `torch` pulls a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m study.run --strategy indomain --dataset hyko2 --results $(RESULTS) --demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m "not cluster and not gpu"
+
+lint: install
+	$(PY) -m ruff check study trainables search_spaces tests benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache results
