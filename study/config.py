@@ -1,0 +1,129 @@
+"""StudyConfig: every setting of a study, validated once at the boundary.
+
+Presets (``--smoke``, ``--demo``) fill in whatever the user did not say;
+explicit flags always win. Validation runs before Ray starts, so a bad budget
+costs milliseconds, not a cluster spin-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from study.data.generator import GeneratorConfig
+from study.data.specs import SPECS
+from study.errors import ConfigError
+from study.strategies import STRATEGIES
+
+DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+#: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out.
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": dict(fractions=DEFAULT_FRACTIONS, trials=16, epochs=100, seeds=3, grace_period=10, width=None),
+    "demo": dict(
+        fractions=(0.1, 0.25, 1.0), trials=4, epochs=10, seeds=2, grace_period=3, width="small",
+        synthetic=GeneratorConfig(height=64, width=128, n_train=40, n_val=12, n_test=16),
+    ),
+    "smoke": dict(
+        fractions=(0.5, 1.0), trials=2, epochs=2, seeds=1, grace_period=1, width="tiny",
+        synthetic=GeneratorConfig(height=32, width=48, n_train=6, n_val=3, n_test=3),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: which cells, what budget per cell, where data and results live."""
+
+    strategies: tuple[str, ...]
+    dataset: str
+    results: Path
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    trials: int = 16
+    epochs: int = 100
+    seeds: int = 3
+    subset_seed: int = 0
+    grace_period: int = 10
+    reduction_factor: int = 2
+    patience: int | None = 30
+    width: str | None = None  # RU-Net width name or int; None: "full" on real data, "small" on synthetic
+    batch_size: int | None = None  # None: the dataset's HS3-Bench batch size, capped at the subset size
+    data_root: Path | None = None
+    cache_dir: Path | None = None
+    synthetic: GeneratorConfig = field(default_factory=GeneratorConfig)
+    address: str | None = None
+    num_cpus: int | None = None
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    preset: str = "full"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the rule and the values that break it."""
+        if not self.strategies:
+            raise ConfigError("no strategy given; valid: all, " + ", ".join(STRATEGIES))
+        for s in self.strategies:
+            if s not in STRATEGIES:
+                raise ConfigError(f"unknown strategy {s!r}; valid strategies: all, {', '.join(sorted(STRATEGIES))}")
+        if self.dataset not in SPECS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(sorted(SPECS))}")
+        if not self.fractions:
+            raise ConfigError("--fractions is empty; give e.g. 0.1,0.5,1.0")
+        for f in self.fractions:
+            if not 0.0 < f <= 1.0:
+                raise ConfigError(f"every fraction must satisfy 0 < f <= 1, got {f}")
+        for name in ("trials", "epochs", "seeds", "grace_period"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.grace_period > self.epochs:
+            raise ConfigError(
+                f"grace_period <= epochs must hold, got (grace_period={self.grace_period}, epochs={self.epochs}); "
+                "lower --grace-period or raise --epochs"
+            )
+        if self.reduction_factor < 2:
+            raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise ConfigError(f"--data-root {self.data_root} is not a directory (expected <dataset>_<split>.h5 files)")
+
+    @property
+    def model_width(self) -> str:
+        if self.width is not None:
+            return self.width
+        return "full" if self.data_root is not None else "small"
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able settings (written to study.json, and hashed into the study id)."""
+        d = asdict(self)
+        d["results"] = str(self.results)
+        d["data_root"] = str(self.data_root) if self.data_root else None
+        d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
+        d["model_width"] = self.model_width
+        return d
+
+    @property
+    def study_id(self) -> str:
+        """Stable id of the study's protocol (not of its runtime placement)."""
+        keep = {k: v for k, v in self.settings().items() if k not in ("results", "cache_dir", "address", "num_cpus")}
+        blob = json.dumps(keep, sort_keys=True, default=str).encode()
+        return f"{self.dataset}-{hashlib.sha256(blob).hexdigest()[:10]}"
+
+
+def build_config(preset: str, **given: Any) -> StudyConfig:
+    """Combine a preset with the settings the user gave explicitly (None = not given)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    values = {k: v for k, v in PRESETS[preset].items()}
+    values.update({k: v for k, v in given.items() if v is not None})
+    values["preset"] = preset
+    return StudyConfig(**values)
+
+
+def with_overrides(cfg: StudyConfig, **changes: Any) -> StudyConfig:
+    return replace(cfg, **changes)

@@ -1,0 +1,398 @@
+"""HS3-Bench HDF5 reader: one open handle per process, every layout rule checked up front.
+
+Layout (``shared/reference/benchmark.md`` §1.4): one file per split,
+``<root>/<dataset>_<split>.h5``; every top-level group except ``metadata`` is a
+sample named by its stem, holding ``image`` (H, W, C) and ``labels`` (H, W) with
+the RAW label ids, which :meth:`DatasetSpec.remap_labels` turns into training
+ids. Samples are ordered by sorted name (h5py's default key order), which the
+seeded subsets depend on.
+
+Why validate on open: a corrupt file, a wrong band count or an out-of-range
+label must stop the study *before* Ray starts, with one message that names the
+file, the sample, the rule and the fix - not surface as a shape error deep in
+a trial. Why one handle: opening an HDF5 file re-reads its metadata; a loader
+that opens per item spends more time there than reading pixels. A handle is
+never shared across ``fork``: the process id is checked and a child reopens.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from study.data.specs import DatasetSpec
+from study.errors import DataValidationError
+
+METADATA_KEY = "metadata"
+WAVELENGTH_RANGE_NM = (300.0, 2600.0)
+#: value checks read row blocks of about this many bytes, so a 400 GB file never sits in memory
+CHUNK_BYTES = 32 * 2**20
+_LAYOUT = "HS3-Bench layout, shared/reference/benchmark.md §1.4"
+_CORRUPT_ERRORS = (OSError, RuntimeError, KeyError)
+
+
+def split_path(root: str | Path, spec: DatasetSpec, split: str) -> Path:
+    """``<root>/<dataset>_<split>.h5`` (raises ValueError for a split the spec lacks)."""
+    return Path(root) / spec.file_name(split)
+
+
+def _expected_files(spec: DatasetSpec) -> str:
+    return ", ".join(spec.file_name(s) for s in spec.splits)
+
+
+def _missing_file_error(path: Path, spec: DatasetSpec) -> DataValidationError:
+    folder = path.parent
+    present = ", ".join(sorted(p.name for p in folder.glob("*.h5"))[:8]) if folder.is_dir() else ""
+    holds = f"it holds {present or 'no .h5 files'}" if folder.is_dir() else "the folder does not exist"
+    return DataValidationError(
+        f"{path}: file not found. The data folder {folder} must hold {_expected_files(spec)} ({_LAYOUT}); "
+        f"{holds}. Fix: point --data-root at the folder with these files (or omit it for synthetic data)."
+    )
+
+
+def _resolve_wavelengths(fh: h5py.File, path: Path, spec: DatasetSpec) -> tuple[np.ndarray, str]:
+    """Band centres (C,) float32 and where they came from: root attribute > wave_<name>.csv > spec."""
+    csv = path.parent / f"wave_{spec.name}.csv"
+    if "wavelengths" in fh.attrs:
+        raw: Any = fh.attrs["wavelengths"]
+        source = f"root attribute 'wavelengths' of {path.name}"
+    elif csv.is_file():
+        source = f"column 1 of {csv}"
+        try:
+            table = np.loadtxt(csv, ndmin=2)
+        except ValueError as exc:
+            raise DataValidationError(
+                f"{csv}: cannot parse the wavelength table ({exc}); expected whitespace-separated lines "
+                "'<1-based band index> <centre wavelength in nm>'"
+            ) from None
+        if table.shape[1] < 2:
+            raise DataValidationError(f"{csv}: needs 2 columns (band index, nm), got {table.shape[1]}")
+        raw = table[:, 1]
+    else:
+        raw = spec.wavelengths
+        source = f"the {spec.name} spec in study/data/specs.py (no 'wavelengths' attribute, no {csv.name})"
+    arr = np.asarray(raw)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 1 or arr.size == 0:
+        raise DataValidationError(
+            f"{path}: wavelengths from {source} must be a non-empty 1-D numeric array, "
+            f"got dtype {arr.dtype} and shape {arr.shape}"
+        )
+    wl = arr.astype(np.float64)
+    lo, hi = WAVELENGTH_RANGE_NM
+    if not np.all(np.isfinite(wl)) or wl.min() < lo or wl.max() > hi:
+        raise DataValidationError(
+            f"{path}: wavelengths from {source} must lie in {lo:g}-{hi:g} nm, got {wl.min():g}-{wl.max():g}; "
+            "fix: store centre wavelengths in nanometres (micrometres x 1000)"
+        )
+    steps = np.diff(wl)
+    if np.any(steps <= 0):
+        i = int(np.argmax(steps <= 0))
+        raise DataValidationError(
+            f"{path}: wavelengths from {source} must be strictly increasing, but band {i + 1} "
+            f"({wl[i + 1]:g} nm) follows band {i} ({wl[i]:g} nm); fix: list the bands in spectral order"
+        )
+    return wl.astype(np.float32), source
+
+
+class H5Split:
+    """One split file: sample names, shapes and wavelengths, read through one handle per process.
+
+    ``check_values=True`` also scans every pixel (NaN/inf, label range) on open,
+    in row blocks; otherwise :meth:`read` checks each sample it returns.
+    """
+
+    def __init__(self, path: str | Path, spec: DatasetSpec, *, check_values: bool = True) -> None:
+        self.path = Path(path)
+        self.spec = spec
+        self.names: list[str] = []
+        self.shapes: list[tuple[int, int]] = []
+        self.wavelengths = spec.wavelength_array()
+        self.wavelength_source = ""
+        self.values_checked = False
+        self._index: dict[str, int] = {}
+        self._classes: list[frozenset[int]] | None = None
+        self._fh: h5py.File | None = None
+        self._pid: int | None = None
+        try:
+            self._validate_structure()
+            if check_values:
+                self.validate_values()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def _file(self) -> h5py.File:
+        """The open handle; (re)opened lazily when missing or inherited through fork."""
+        if self._fh is None or self._pid != os.getpid():
+            if not self.path.is_file():
+                raise _missing_file_error(self.path, self.spec)
+            with self._reading(None):
+                self._fh = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._fh
+
+    @contextmanager
+    def _reading(self, name: str | None) -> Iterator[None]:
+        """Turn h5py's low-level errors (truncated, corrupt) into one DataValidationError."""
+        try:
+            yield
+        except _CORRUPT_ERRORS as exc:
+            where = f"{self.path}" + (f", sample {name!r}" if name is not None else "")
+            raise DataValidationError(
+                f"{where}: cannot be read as HDF5 ({exc}); the file is not HDF5, truncated or corrupt "
+                "(e.g. an interrupted copy or download). Fix: copy or convert it again."
+            ) from exc
+
+    def close(self) -> None:
+        """Close this process's handle (a later read reopens it)."""
+        if self._fh is not None and self._pid == os.getpid():
+            self._fh.close()
+        self._fh = None
+
+    def __enter__(self) -> H5Split:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle without the handle: the receiving process opens its own."""
+        state = self.__dict__.copy()
+        state["_fh"], state["_pid"] = None, None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __repr__(self) -> str:
+        return f"H5Split({str(self.path)!r}, {self.spec.name}, {len(self)} samples, {self.wavelengths.size}b)"
+
+    def _validate_structure(self) -> None:
+        fh = self._file
+        with self._reading(None):
+            self.wavelengths, self.wavelength_source = _resolve_wavelengths(fh, self.path, self.spec)
+            names = sorted(k for k in fh if k != METADATA_KEY)
+        if not names:
+            raise DataValidationError(
+                f"{self.path}: no samples; the file must hold one top-level group per image "
+                f"(besides an optional '{METADATA_KEY}') with 'image' and 'labels' ({_LAYOUT})"
+            )
+        self.names = names
+        self.shapes = [self._check_sample(fh, n) for n in names]
+        self._index = {n: i for i, n in enumerate(names)}
+
+    def _check_sample(self, fh: h5py.File, name: str) -> tuple[int, int]:
+        """Structure of one sample (no pixel reads); returns its (H, W)."""
+        where = f"{self.path}, sample {name!r}"
+        with self._reading(name):
+            grp = fh[name]
+            if not isinstance(grp, h5py.Group):
+                raise DataValidationError(
+                    f"{where}: is a {type(grp).__name__}, not a group; every top-level entry except "
+                    f"'{METADATA_KEY}' must be a sample group holding 'image' and 'labels' ({_LAYOUT})"
+                )
+            missing = [k for k in ("image", "labels") if not isinstance(grp.get(k), h5py.Dataset)]
+            if missing:
+                hint = " ('data' is an old hyperseg export key: rename it 'image')" if "data" in grp else ""
+                raise DataValidationError(
+                    f"{where}: lacks dataset(s) {', '.join(repr(m) for m in missing)}; found {sorted(grp)}"
+                    f"{hint}. Each sample needs 'image' (H, W, C) and 'labels' (H, W)"
+                )
+            image, labels = grp["image"], grp["labels"]
+            ishape, lshape = tuple(image.shape), tuple(labels.shape)
+            idtype, ldtype = image.dtype, labels.dtype
+        if idtype.kind not in "fiu" or ldtype.kind not in "fiu":
+            raise DataValidationError(
+                f"{where}: non-numeric dtype (image {idtype}, labels {ldtype}); image must be float or "
+                "integer and labels integer. Fix: convert the arrays when writing the file"
+            )
+        if len(ishape) != 3:
+            raise DataValidationError(f"{where}: image must be 3-D (H, W, C) channel-last, got {ishape}")
+        if len(lshape) != 2:
+            raise DataValidationError(f"{where}: labels must be 2-D (H, W), got shape {lshape}")
+        if ishape[:2] != lshape:
+            raise DataValidationError(
+                f"{where}: image H x W {ishape[:2]} != labels H x W {lshape}; the label map must cover the "
+                "image pixel for pixel (was one of them resized, or is the image stored (C, H, W)?)"
+            )
+        n_wl = self.wavelengths.size
+        if ishape[2] != n_wl:
+            raise DataValidationError(
+                f"{where}: image has {ishape[2]} bands but there are {n_wl} wavelengths from "
+                f"{self.wavelength_source}; fix: give the file the matching wavelengths (root attribute "
+                f"'wavelengths' or wave_{self.spec.name}.csv) or pick the right dataset"
+            )
+        return int(ishape[0]), int(ishape[1])
+
+    def validate_values(self) -> None:
+        """Scan every sample: images finite, labels in [0, n_classes) after remap (row blocks)."""
+        if self.values_checked:
+            return
+        classes = []
+        for name in self.names:
+            with self._reading(name):
+                image = self._file[name]["image"]
+                if image.dtype.kind == "f":
+                    h, w, c = image.shape
+                    rows = max(1, CHUNK_BYTES // max(1, w * c * image.dtype.itemsize))
+                    for r0 in range(0, h, rows):
+                        self._check_finite(name, image[r0 : r0 + rows], r0)
+                classes.append(self._present(self._labels(name)))
+        self._classes = classes
+        self.values_checked = True
+
+    def _check_finite(self, name: str, block: np.ndarray, row0: int = 0) -> None:
+        finite = np.isfinite(block)
+        if not finite.all():
+            r, c, b = (int(v) for v in np.argwhere(~finite)[0])
+            raise DataValidationError(
+                f"{self.path}, sample {name!r}: image holds {int((~finite).sum())} NaN/inf value(s) "
+                f"(first at row {row0 + r}, column {c}, band {b}); rule: every pixel must be finite. "
+                "Fix: repair or drop this sample when converting the data"
+            )
+
+    def _labels(self, name: str) -> np.ndarray:
+        """Remapped labels (H, W) int64 of one sample, checked against [0, n_classes)."""
+        raw = np.asarray(self._file[name]["labels"][()])
+        where = f"{self.path}, sample {name!r}"
+        if raw.dtype.kind == "f":
+            if not (np.all(np.isfinite(raw)) and np.all(raw == np.round(raw))):
+                raise DataValidationError(f"{where}: float labels must hold whole numbers; store integers")
+            raw = raw.astype(np.int64)
+        labels = self.spec.remap_labels(raw)
+        n = self.spec.n_classes
+        bad = (labels < 0) | (labels >= n)
+        if bad.any():
+            values = [int(v) for v in np.unique(raw[bad])[:10]]
+            if self.spec.raw_label_map is None:
+                rule, valid = "no remap", f"0..{n - 1}"
+            else:
+                rule = f"{self.spec.name}'s raw_label_map"
+                valid = ", ".join(str(k) for k, _ in self.spec.raw_label_map)
+            raise DataValidationError(
+                f"{where}: labels hold raw id(s) {values} ({int(bad.sum())} pixels) that fall outside "
+                f"[0, {n}) after {rule}; valid raw ids are {valid}. Fix: relabel those pixels as the "
+                f"ignore id (raw {self.spec.raw_label_of(self.spec.ignore_index)}) or use the right dataset"
+            )
+        return labels
+
+    def _present(self, labels: np.ndarray) -> frozenset[int]:
+        counts = np.bincount(labels.ravel(), minlength=self.spec.n_classes)
+        return frozenset(int(c) for c in np.flatnonzero(counts) if c != self.spec.ignore_index)
+
+    def _name_of(self, item: int | str) -> str:
+        if isinstance(item, str):
+            if item not in self._index:
+                shown = ", ".join(self.names[:5]) + (", ..." if len(self.names) > 5 else "")
+                raise DataValidationError(
+                    f"{self.path}: no sample named {item!r} (the file holds {len(self.names)}: {shown}); "
+                    "fix: use a subset manifest made from this file"
+                )
+            return item
+        if not 0 <= int(item) < len(self.names):
+            raise IndexError(f"sample index {item} out of range for {self.path} ({len(self.names)} samples)")
+        return self.names[int(item)]
+
+    def _read_into(self, name: str, image_out: np.ndarray) -> np.ndarray:
+        """Read one sample's image into ``image_out`` (H, W, C) float32; return its labels (H, W) int64."""
+        with self._reading(name):
+            self._file[name]["image"].read_direct(image_out)
+            labels = self._labels(name)
+        self._check_finite(name, image_out)
+        return labels
+
+    def read(self, item: int | str) -> tuple[np.ndarray, np.ndarray]:
+        """One sample by index or name: image (H, W, C) float32, labels (H, W) int64 (remapped, checked)."""
+        name = self._name_of(item)
+        h, w = self.shapes[self._index[name]]
+        image = np.empty((h, w, self.wavelengths.size), dtype=np.float32)
+        return image, self._read_into(name, image)
+
+    def classes_present(self) -> list[frozenset[int]]:
+        """Per sample (in ``names`` order): the valid classes it contains (ignore id excluded). Cached."""
+        if self._classes is None:
+            classes = []
+            for name in self.names:
+                with self._reading(name):
+                    classes.append(self._present(self._labels(name)))
+            self._classes = classes
+        return list(self._classes)
+
+    def load(self, names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Stack samples: images (N, H, W, C) float32, labels (N, H, W) int64; all must share H x W."""
+        chosen = list(self.names if names is None else names)
+        if not chosen:
+            raise DataValidationError(f"{self.path}: no samples selected; load() needs at least one name")
+        sizes: dict[tuple[int, int], str] = {}
+        for name in chosen:
+            sizes.setdefault(self.shapes[self._index[self._name_of(name)]], name)
+        if len(sizes) > 1:
+            listed = "; ".join(f"{n!r} is {hw[0]}x{hw[1]}" for hw, n in sizes.items())
+            raise DataValidationError(
+                f"{self.path}: selected samples differ in size ({listed}); load() stacks them into one "
+                "array, so they must share H x W. Fix: crop/resize them when converting, or read() one by one"
+            )
+        (h, w), c = next(iter(sizes)), self.wavelengths.size
+        images = np.empty((len(chosen), h, w, c), dtype=np.float32)
+        labels = np.empty((len(chosen), h, w), dtype=np.int64)
+        for j, name in enumerate(chosen):
+            labels[j] = self._read_into(name, images[j])
+        return images, labels
+
+
+#: per-process cache: (absolute path, dataset) -> (split, (inode, mtime_ns, size) when opened)
+_OPEN: dict[tuple[str, str], tuple[H5Split, tuple[int, ...] | None]] = {}
+
+
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    st = path.stat() if path.is_file() else None
+    return None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def open_split(root: str | Path, spec: DatasetSpec, split: str, *, check_values: bool = False) -> H5Split:
+    """The split's :class:`H5Split`, opened once per process and reused (reopened if the file changed)."""
+    path = split_path(root, spec, split).absolute()
+    key, stamp = (str(path), spec.name), _stamp(path)
+    hit = _OPEN.get(key)
+    if hit is not None and hit[1] == stamp and hit[0].spec == spec:
+        if check_values:
+            hit[0].validate_values()
+        return hit[0]
+    opened = H5Split(path, spec, check_values=check_values)
+    _OPEN[key] = (opened, stamp)
+    return opened
+
+
+def close_all() -> None:
+    """Close and forget every cached split of this process (tests, or before rewriting files)."""
+    for opened, _ in _OPEN.values():
+        opened.close()
+    _OPEN.clear()
+
+
+def validate_dataset(root: str | Path, spec: DatasetSpec) -> dict[str, H5Split]:
+    """Open every split with full value checks; also require one band set across splits."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataValidationError(
+            f"data folder {root} does not exist or is not a folder; "
+            f"it must hold {_expected_files(spec)} ({_LAYOUT})"
+        )
+    splits = {s: open_split(root, spec, s, check_values=True) for s in spec.splits}
+    first = splits[spec.splits[0]]
+    for sp in splits.values():
+        wl, wl0 = sp.wavelengths, first.wavelengths
+        if wl.shape != wl0.shape or not np.allclose(wl, wl0):
+            raise DataValidationError(
+                f"{sp.path}: its {sp.wavelengths.size} wavelengths ({sp.wavelength_source}) differ from "
+                f"{first.path}'s {first.wavelengths.size} ({first.wavelength_source}); all splits of a "
+                "dataset must share one band set"
+            )
+    return splits

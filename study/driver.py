@@ -1,0 +1,210 @@
+"""The study driver: data -> subsets -> cells -> Ray Tune -> rows in the Parquet store.
+
+Everything that can be wrong with the input (flags, files, fractions) is
+checked in :func:`prepare` before Ray starts. Cells whose final rows are already
+in the store are skipped, so re-running the same command continues a study.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from study import __version__
+from study.config import StudyConfig
+from study.data.bundle import make_bundle
+from study.data.generator import ensure_default_dataset
+from study.data.h5reader import H5Split, validate_dataset
+from study.data.specs import DatasetSpec, get_spec
+from study.data.subsets import SubsetManifest, make_subset
+from study.results import read_table, write_rows, write_study_file
+from study.strategies import Strategy, get_strategy
+from study.tuning import Budget, TrialLog, config_hash, final_runs, pick_best, tune_cell
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Validated inputs of a study: the spec, open splits, one subset manifest per fraction."""
+
+    spec: DatasetSpec
+    data_root: Path
+    source: str
+    splits: dict[str, H5Split]
+    subsets: dict[float, SubsetManifest]
+
+
+def prepare(cfg: StudyConfig, echo: Callable[[str], None] = print) -> Prepared:
+    """Resolve and validate data and subsets; write manifests. No Ray, no training."""
+    spec = get_spec(cfg.dataset)
+    if cfg.data_root is not None:
+        root, source = Path(cfg.data_root), str(Path(cfg.data_root).resolve())
+    else:
+        t0 = time.perf_counter()
+        root = ensure_default_dataset(spec, cfg.cache_dir, cfg.synthetic, progress=True)
+        source = f"synthetic:{root.name}"
+        echo(f"embedded default data: synthetic {spec.title}-like cubes in {root} ({time.perf_counter() - t0:.1f} s)")
+    splits = validate_dataset(root, spec)
+    train = splits["train"]
+    subsets = {
+        f: make_subset(spec.name, train.names, train.classes_present(), f, cfg.subset_seed) for f in cfg.fractions
+    }
+    for f, m in subsets.items():
+        m.write(Path(cfg.results) / "manifests" / f"{spec.name}-f{f:g}-s{cfg.subset_seed}-{m.content_hash}.json")
+    return Prepared(spec, root, source, splits, subsets)
+
+
+def budget_of(cfg: StudyConfig) -> Budget:
+    return Budget(
+        trials=cfg.trials,
+        max_epochs=cfg.epochs,
+        grace_period=cfg.grace_period,
+        reduction_factor=cfg.reduction_factor,
+        final_seeds=cfg.seeds,
+        max_concurrent=cfg.max_concurrent,
+        max_failures=cfg.max_failures,
+    )
+
+
+def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest) -> str:
+    """Stable id of a cell: study protocol + strategy + subset (so a re-run finds its rows)."""
+    return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{cfg.study_id.rsplit('-', 1)[-1]}"
+
+
+def finished_cells(results: Path, final_seeds: int) -> set[str]:
+    """Cells that already have all their final rows in the store."""
+    table = read_table(results)
+    if table.num_rows == 0:
+        return set()
+    import pyarrow.compute as pc
+
+    finals = table.filter(pc.equal(table["row_kind"], "final"))
+    counts: dict[str, int] = {}
+    for c in finals["cell_id"].to_pylist():
+        counts[c] = counts.get(c, 0) + 1
+    return {c for c, n in counts.items() if n >= final_seeds}
+
+
+def _constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, have_gpu: bool, cpus: float) -> dict[str, Any]:
+    """Per-trial settings that are not searched (identical across the cell's trials)."""
+    batch = cfg.batch_size or spec.batch_size
+    return {
+        "max_epochs": cfg.epochs,
+        "batch_size": min(batch, n_train),
+        "width": cfg.model_width,
+        "patience": cfg.patience,
+        "seed": 0,
+        "final": False,
+        "num_threads": max(1, int(cpus)),
+    }
+
+
+def _rows(logs: list[TrialLog], common: dict[str, Any], phase: str) -> list[dict[str, Any]]:
+    """Trial logs -> result rows: one per epoch, plus one summary row per trial (trial or final)."""
+    rows: list[dict[str, Any]] = []
+    for log in logs:
+        cfg = {k: v for k, v in log.config.items() if k not in ("final",)}
+        base = {
+            **common,
+            "phase": phase,
+            "trial_id": f"{common['cell_id']}-{phase}-{log.trial_id}",
+            "config_hash": config_hash({k: v for k, v in cfg.items() if k != "seed"}),
+            "seed": int(cfg.get("seed", 0)),
+            "max_epochs": int(cfg.get("max_epochs", 0)),
+            "lr": cfg.get("lr"),
+            "weight_decay": cfg.get("weight_decay"),
+            "dropout": cfg.get("dropout"),
+            "head_lr": cfg.get("head_lr"),
+            "backbone_lr": cfg.get("backbone_lr"),
+            "freeze_depth": cfg.get("freeze_depth"),
+            "batch_size": cfg.get("batch_size"),
+            "config_json": json.dumps(cfg, sort_keys=True, default=str),
+        }
+        for r in log.results:
+            rows.append({**base, **_metric_cols(r, with_test=False), "row_kind": "epoch", "status": "ok",
+                         "epoch": r["epoch"], "epochs_run": r["epoch"]})
+        best, last = log.best, (log.results[-1] if log.results else {})
+        summary = {**base, "row_kind": "trial" if phase == "tune" else "final", "status": log.status,
+                   "epochs_run": last.get("epoch", 0), "error": log.error}
+        if best is not None:
+            summary.update(_metric_cols(best, with_test=False))
+            summary["epoch"] = best["epoch"]
+        if phase == "final":
+            summary.update(_metric_cols(last, with_test=True, only_test=True))
+        summary.update({"wall_s": last.get("wall_s"), "device_s": last.get("device_s")})
+        rows.append(summary)
+    return rows
+
+
+def _metric_cols(r: dict[str, Any], with_test: bool, only_test: bool = False) -> dict[str, Any]:
+    keys = [] if only_test else ["train_loss", "val_miou", "val_oa", "val_macc", "val_macro_f1", "val_iou_per_class",
+                                 "wall_s", "device_s", "device", "n_params", "model_name", "backbone_hash"]
+    if with_test:
+        keys += ["test_miou", "test_oa", "test_macc", "test_macro_f1", "test_iou_per_class"]
+    return {k: r.get(k) for k in keys if r.get(k) is not None}
+
+
+def run_cell(
+    cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest, cid: str,
+    have_gpu: bool, echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Tune one cell, re-train the winner with K seeds, append all rows to the store."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from ray import tune
+
+    results = Path(cfg.results)
+    bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
+    res = strategy.resources(have_gpu)
+    trainable = tune.with_resources(tune.with_parameters(strategy.load_trainable(), data=bundle), res)
+    budget = budget_of(cfg)
+    constants = _constants(cfg, len(subset.names), prep.spec, have_gpu, res["cpu"])
+    journal = JournalStorage(JournalFileBackend(str((results / "optuna.journal").resolve())))
+    common = {
+        "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
+        "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
+        "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": __version__,
+    }
+    label = f"{strategy.name} {subset.fraction:g}"
+    logs = tune_cell(trainable, strategy.load_search_space(), constants, budget, results / "tune", f"{cid}-tune",
+                     journal, label, echo)
+    tune_rows = _rows(logs, common, "tune")
+    write_rows(results, tune_rows, f"{cid}-tune")
+    best = pick_best(logs)
+    chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final")}
+    echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in chosen.items() if k in strategy.load_search_space()))
+    finals = final_runs(trainable, chosen, budget, results / "tune", f"{cid}-final", label, echo)
+    final_rows = _rows(finals, common, "final")
+    write_rows(results, final_rows, f"{cid}-final")
+    return tune_rows + final_rows
+
+
+def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = print) -> list[str]:
+    """Run every (strategy, fraction) cell not already finished; returns failure messages."""
+    import ray
+
+    results = Path(cfg.results)
+    write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(), "data_root": str(prep.data_root)})
+    done = finished_cells(results, cfg.seeds)
+    have_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    cells = [(s, f) for s in cfg.strategies for f in sorted(prep.subsets)]
+    failures: list[str] = []
+    for i, (sname, frac) in enumerate(cells, 1):
+        strategy, subset = get_strategy(sname), prep.subsets[frac]
+        cid = cell_id(cfg, sname, subset)
+        if cid in done:
+            echo(f"[{i}/{len(cells)}] {sname} @ {frac:g}: already finished, skipped")
+            continue
+        echo(f"[{i}/{len(cells)}] {sname} @ {frac:g} ({len(subset.names)} of {subset.n_total} train images, "
+             f"subset {subset.content_hash[:8]})")
+        t0 = time.perf_counter()
+        try:
+            run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo)
+        except RuntimeError as exc:  # every trial failed: record and go on with the next cell
+            failures.append(f"{sname} @ {frac:g}: {exc}")
+            echo(f"  cell failed: {exc}")
+        echo(f"  cell done in {time.perf_counter() - t0:.0f} s")
+    return failures

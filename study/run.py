@@ -1,0 +1,178 @@
+"""``python -m study.run``: run a data-efficiency study (the one launcher, locally or on a cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from study.config import PRESETS, StudyConfig, build_config
+from study.data.generator import GeneratorConfig
+from study.data.specs import SPECS
+from study.data.subsets import parse_fractions
+from study.errors import ConfigError, HsiStudyError
+from study.strategies import STRATEGIES, parse_strategies
+
+EXAMPLES = """\
+examples:
+  python -m study.run --strategy indomain --smoke
+      a one-minute run: tiny synthetic cubes, tiny RU-Net, 2 trials x 2 epochs
+  python -m study.run --strategy indomain --demo --results results/demo
+      the `make demo` study: 3 fractions, 4 trials each, 2 final seeds (minutes on a laptop)
+  python -m study.run --strategy indomain --dataset hsidrive --fractions 0.01,0.05,0.1,1.0 --trials 16 --seeds 3
+      a full study on the embedded synthetic HSI-Drive-like data
+  python -m study.run --strategy indomain --dataset hyko2 --data-root /data/hs3bench/hyko2 --results results/hyko2
+      real HS3-Bench files: /data/hs3bench/hyko2/hyko2_{train,val,test}.h5
+  python -m study.run --strategy indomain --address auto --results /shared/results/study1
+      on a running Ray cluster (ray up cluster.yaml), results on shared storage
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m study.run",
+        description="Run a hyperspectral transfer-learning data-efficiency study with Ray Tune + Optuna + ASHA. "
+        "For every (strategy, fraction) cell: tune on validation, re-train the best config with K seeds, "
+        "evaluate once on test, append every row to a Parquet store.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--strategy", default="indomain",
+                   help=f"'all' or a comma list of: {', '.join(STRATEGIES)} (default: indomain)")
+    p.add_argument("--dataset", default="hyko2", help=f"one of: {', '.join(SPECS)} (default: hyko2)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder with real HS3-Bench files <dataset>_{train,val,test}.h5; "
+                   "omit to generate and use the embedded synthetic default")
+    p.add_argument("--fractions", default=None,
+                   help="labelled-training fractions, e.g. 0.01,0.05,0.1,0.25,0.5,1.0 (or 5%%,100%%)")
+    p.add_argument("--trials", type=int, default=None, help="tuning trials per cell (e.g. 16)")
+    p.add_argument("--epochs", type=int, default=None, help="max epochs per trial, ASHA's max_t (e.g. 100)")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds for the best config (e.g. 3)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested training subsets (default 0)")
+    p.add_argument("--grace-period", type=int, default=None, help="ASHA grace period in epochs (e.g. 10)")
+    p.add_argument("--reduction-factor", type=int, default=None, help="ASHA reduction factor (default 2)")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience on val mIoU (default 30)")
+    p.add_argument("--width", default=None, help="RU-Net width: full (64, 17.3 M params), small (16), tiny (8), "
+                   "or an integer; default full on real data, small on synthetic")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default: HS3-Bench's, e.g. 16)")
+    p.add_argument("--results", type=Path, default=None, help="results directory (default results/<study id>)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache of generated data (default $HSISTUDY_CACHE or ~/.cache/hsistudy)")
+    p.add_argument("--synthetic-size", default=None, help="synthetic image size HxW, e.g. 64x128")
+    p.add_argument("--synthetic-images", default=None, help="synthetic train,val,test image counts, e.g. 40,12,16")
+    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: $RAY_ADDRESS or a "
+                   "local Ray on this machine")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--max-concurrent", type=int, default=None, help="max concurrent trials per cell")
+    p.add_argument("--max-failures", type=int, default=None, help="retries of a failing trial (default 1)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--smoke", action="store_true", help="shrink everything: a run of about a minute")
+    mode.add_argument("--demo", action="store_true", help="the `make demo` budget: 3 fractions x 4 trials, 2 seeds")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def _synthetic(args: argparse.Namespace, preset: str) -> GeneratorConfig | None:
+    if args.synthetic_size is None and args.synthetic_images is None:
+        return None
+    base = PRESETS[preset].get("synthetic", GeneratorConfig())
+    h, w, n = base.height, base.width, (base.n_train, base.n_val, base.n_test)
+    try:
+        if args.synthetic_size:
+            h, w = (int(v) for v in args.synthetic_size.lower().split("x"))
+        if args.synthetic_images:
+            n = tuple(int(v) for v in args.synthetic_images.split(","))
+            if len(n) != 3:
+                raise ValueError
+    except ValueError:
+        raise ConfigError("--synthetic-size wants HxW (e.g. 64x128) and --synthetic-images train,val,test "
+                          "(e.g. 40,12,16)") from None
+    if min(h, w, *n) < 1:
+        raise ConfigError(f"synthetic sizes and counts must be >= 1, got {h}x{w} and {n}")
+    return GeneratorConfig(height=h, width=w, n_train=n[0], n_val=n[1], n_test=n[2], seed=base.seed)
+
+
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    """Flags -> a validated StudyConfig (ConfigError on anything invalid)."""
+    preset = "smoke" if args.smoke else "demo" if args.demo else "full"
+    try:
+        strategies = parse_strategies(args.strategy)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if args.dataset not in SPECS:
+        raise ConfigError(f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(sorted(SPECS))}")
+    width = args.width
+    if width is not None and width.isdigit():
+        width = int(width)
+    grace = args.grace_period
+    if grace is None and args.epochs is not None:  # a short --epochs shrinks the preset's grace period
+        grace = min(PRESETS[preset]["grace_period"], max(1, args.epochs // 3))
+    given = dict(
+        strategies=strategies,
+        dataset=args.dataset,
+        fractions=parse_fractions(args.fractions) if args.fractions else None,
+        trials=args.trials, epochs=args.epochs, seeds=args.seeds, subset_seed=args.subset_seed,
+        grace_period=grace, reduction_factor=args.reduction_factor, patience=args.patience,
+        width=width, batch_size=args.batch_size, data_root=args.data_root, cache_dir=args.cache_dir,
+        synthetic=_synthetic(args, preset), address=args.address, num_cpus=args.num_cpus,
+        max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+    )
+    cfg = build_config(preset, **given, results=args.results or Path("results"))
+    if args.results is None:  # default folder named by the study id, which the settings above determine
+        cfg = build_config(preset, **given, results=Path("results") / cfg.study_id)
+    return cfg
+
+
+def init_ray(cfg: StudyConfig) -> None:
+    """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray without a dashboard."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():  # e.g. a test session or a notebook that started Ray already
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _main(args)
+    except (HsiStudyError, ValueError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; re-run the same command to continue (finished cells are kept)", file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
+    from study.driver import prepare, run_study
+    from study.summary import print_summary
+
+    t0 = time.perf_counter()
+    cfg = config_from_args(args)
+    print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {cfg.dataset}, fractions "
+          f"{', '.join(f'{f:g}' for f in cfg.fractions)}; {cfg.trials} trials x <= {cfg.epochs} epochs per cell, "
+          f"{cfg.seeds} final seed(s); RU-Net width {cfg.model_width}")
+    prep = prepare(cfg)
+    init_ray(cfg)
+    failures = run_study(cfg, prep)
+    print_summary(cfg.results)
+    print(f"\nresults: {Path(cfg.results).resolve()}/rows/*.parquet  ({time.perf_counter() - t0:.0f} s in all)")
+    if failures:
+        print("failed cells:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

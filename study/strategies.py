@@ -1,0 +1,75 @@
+"""STRATEGIES: the one registry of transfer strategies (name -> Strategy).
+
+The name is spelt the same everywhere: CLI flag, module names, Parquet column.
+Trainables and search spaces are referenced by import path and loaded lazily,
+so the analysis/report side can list strategies without importing torch or Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One arm of the study: how it trains, what it searches, what it needs per trial."""
+
+    name: str
+    description: str
+    trainable: str  # "module:function"
+    search_space: str  # "module:ATTRIBUTE" (a dict of Optuna distributions)
+    model_name: str
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 1.0  # used only when the cluster has GPUs
+
+    def load_trainable(self) -> Callable[..., Any]:
+        return _load(self.trainable)
+
+    def load_search_space(self) -> dict[str, Any]:
+        return dict(_load(self.search_space))
+
+    def resources(self, have_gpus: bool) -> dict[str, float]:
+        """Per-trial resource request for Ray (GPU share only when the cluster has GPUs)."""
+        res = {"cpu": self.cpus_per_trial}
+        if have_gpus and self.gpus_per_trial > 0:
+            res["gpu"] = self.gpus_per_trial
+        return res
+
+
+def _load(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "indomain": Strategy(
+        name="indomain",
+        description="RU-Net trained from scratch on the raw cube (HS3-Bench baseline)",
+        trainable="trainables.indomain:train_indomain",
+        search_space="search_spaces.indomain:SPACE",
+        model_name="runet",
+    ),
+}
+
+
+def get_strategy(name: str) -> Strategy:
+    """Look a strategy up; unknown names raise a ValueError listing the valid ones."""
+    try:
+        return STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; valid strategies: {', '.join(sorted(STRATEGIES))}") from None
+
+
+def parse_strategies(text: str) -> tuple[str, ...]:
+    """``"all"`` or a comma list -> validated strategy names (order kept, duplicates dropped)."""
+    if text.strip() == "all":
+        return tuple(STRATEGIES)
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        raise ValueError(f"--strategy is empty; valid strategies: all, {', '.join(sorted(STRATEGIES))}")
+    for n in names:
+        get_strategy(n)
+    return tuple(dict.fromkeys(names))

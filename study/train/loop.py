@@ -1,0 +1,251 @@
+"""The shared epoch loop every segmentation trainable uses.
+
+One loop, so that every strategy is trained, selected and evaluated the same
+way (benchmark.md §2.2–2.3): AdamW, cross-entropy with ``ignore_index`` (mean
+over valid pixels), random horizontal flip with p = 0.1 per sample, validation
+mIoU every epoch (ASHA needs a report every epoch to be able to stop a trial),
+best-validation checkpoint, and the test split evaluated exactly once, with
+that checkpoint, and only in the final (re-training) phase — tuning never sees
+test data.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from study.data.bundle import DataBundle, SplitArrays
+from study.data.specs import DatasetSpec
+from study.train.metrics import confusion_matrix, metrics_from_confusion
+
+Report = Callable[..., Any]
+CKPT_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings of one training run (all from the trial config)."""
+
+    lr: float
+    weight_decay: float
+    max_epochs: int
+    batch_size: int
+    seed: int
+    hflip_p: float = 0.1
+    patience: int | None = 30
+    checkpoint_every: int = 1
+    final: bool = False
+    eval_batch_size: int = 8
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
+        patience = config.get("patience", 30)
+        return cls(
+            lr=float(config["lr"]),
+            weight_decay=float(config.get("weight_decay", 0.0)),
+            max_epochs=int(config["max_epochs"]),
+            batch_size=int(config["batch_size"]),
+            seed=int(config.get("seed", 0)),
+            hflip_p=float(config.get("hflip_p", 0.1)),
+            patience=None if patience is None else int(patience),
+            checkpoint_every=int(config.get("checkpoint_every", 1)),
+            final=bool(config.get("final", False)),
+            eval_batch_size=int(config.get("eval_batch_size", 8)),
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) before a model is built, so its initial weights follow the seed."""
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def pick_device() -> torch.device:
+    """CUDA when Ray (or the user) gave this process a GPU, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W, C) float + (B, H, W) int -> (B, C, H, W) float32 and (B, H, W) int64 on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
+    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def random_hflip(x: torch.Tensor, y: torch.Tensor, p: float, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip image (B, C, H, W) and mask (B, H, W) jointly along W, each sample with probability p."""
+    if p <= 0:
+        return x, y
+    flip = torch.from_numpy(gen.random(x.shape[0]) < p).to(x.device)
+    if not bool(flip.any()):
+        return x, y
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    y = torch.where(flip[:, None, None], y.flip(-1), y)
+    return x, y
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: SplitArrays, spec: DatasetSpec, device: torch.device, batch_size: int) -> dict:
+    """Metrics of ``model`` on a whole split, from one confusion matrix (not per-image means)."""
+    model.eval()
+    cm = np.zeros((spec.n_classes, spec.n_classes), dtype=np.int64)
+    for start in range(0, len(split), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(split)))
+        x, y = to_tensors(*split.batch(idx), device)
+        pred = model(x).argmax(1)
+        cm += confusion_matrix(pred, y, spec.n_classes, spec.ignore_index)
+    return metrics_from_confusion(cm, spec.ignore_index)
+
+
+def train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    split: SplitArrays,
+    settings: TrainSettings,
+    gen: np.random.Generator,
+    device: torch.device,
+) -> float:
+    """One pass over the shuffled training subset; returns the mean loss over steps taken."""
+    model.train()
+    order = gen.permutation(len(split))
+    losses: list[float] = []
+    for start in range(0, len(order), settings.batch_size):
+        x, y = to_tensors(*split.batch(np.sort(order[start : start + settings.batch_size])), device)
+        x, y = random_hflip(x, y, settings.hflip_p, gen)
+        loss = loss_fn(model(x), y)
+        if torch.isnan(loss) and bool((y == loss_fn.ignore_index).all()):
+            continue  # every pixel of this batch is unlabelled: nothing to learn from
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss.item()} (lr={settings.lr:g}); trial stopped")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("miou", "oa", "macc", "macro_f1", "iou_per_class")
+    return {f"{prefix}_{k}": metrics[k] for k in keys}
+
+
+def _save_checkpoint(report: Report, metrics: dict, state: dict) -> None:
+    """Report with a Tune checkpoint (the state dict saved as ``state.pt`` in a temp dir)."""
+    from ray import tune  # local: trainables are also called as plain functions in tests
+
+    with tempfile.TemporaryDirectory() as d:
+        torch.save(state, os.path.join(d, CKPT_FILE))
+        report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _load_checkpoint(get_checkpoint: Callable[[], Any] | None) -> dict | None:
+    ckpt = get_checkpoint() if get_checkpoint else None
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d, open(os.path.join(d, CKPT_FILE), "rb") as fh:
+        return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
+
+
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    spec: DatasetSpec,
+    settings: TrainSettings,
+    report: Report,
+    *,
+    params: list[dict] | None = None,
+    get_checkpoint: Callable[[], Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """Train ``model``, reporting every epoch; in the final phase evaluate test once at the end.
+
+    ``params`` are optimizer parameter groups (default: all trainable parameters
+    at ``settings.lr``), so strategies with a frozen or slower backbone reuse the
+    loop. Returns the last reported metrics.
+    """
+    device = pick_device()
+    gen = np.random.default_rng(settings.seed)
+    model.to(device)
+    groups = params or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, eps=1e-8)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=spec.ignore_index)
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    start_epoch, best, best_epoch, best_state = 1, -1.0, 0, None
+    wall0, device_s = time.perf_counter(), 0.0
+
+    state = _load_checkpoint(get_checkpoint)
+    if state is not None:  # resume a trial that Ray restarted (node loss, failure retry, restore)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, best, best_epoch = state["epoch"] + 1, state["best_miou"], state["best_epoch"]
+        best_state, device_s = state["best_state"], state["device_s"]
+        gen.bit_generator.state = state["np_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    last: dict = {}
+    for epoch in range(start_epoch, settings.max_epochs + 1):
+        _sync(device)
+        t0 = time.perf_counter()
+        train_loss = train_epoch(model, opt, loss_fn, data.train, settings, gen, device)
+        val = evaluate(model, data.val, spec, device, settings.eval_batch_size)
+        _sync(device)
+        device_s += time.perf_counter() - t0
+        if val["miou"] > best:  # nan never wins: a trial with no valid val pixels keeps best = -1
+            best, best_epoch = val["miou"], epoch
+            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        stop_early = settings.patience is not None and epoch - best_epoch >= settings.patience
+        last_epoch = epoch == settings.max_epochs or stop_early
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            **_prefixed("val", val),
+            "best_val_miou": best,
+            "best_epoch": best_epoch,
+            "wall_s": time.perf_counter() - wall0,
+            "device_s": device_s,
+            "device": str(device),
+            "n_params": n_params,
+            "max_epochs": settings.max_epochs,
+            "is_last": last_epoch,
+            **(extra or {}),
+        }
+        if last_epoch and settings.final:
+            if best_state is not None:
+                model.load_state_dict(best_state)
+            metrics.update(_prefixed("test", evaluate(model, data.test, spec, device, settings.eval_batch_size)))
+        if last_epoch or epoch % settings.checkpoint_every == 0:
+            state = {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "best_state": best_state,
+                "best_miou": best,
+                "best_epoch": best_epoch,
+                "device_s": device_s,
+                "np_rng": gen.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+            }
+            _save_checkpoint(report, metrics, state)
+        else:
+            report(metrics)
+        last = metrics
+        if last_epoch:
+            break
+    return last

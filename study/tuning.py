@@ -1,0 +1,228 @@
+"""One cell of the study through Ray Tune: OptunaSearch + ASHA, then K final seeds.
+
+Tuning selects on validation only (metric ``best_val_miou``: the mIoU of the
+checkpoint a trial would hand on). The chosen configuration is re-trained with
+K training seeds, each evaluated once on test with its best-validation
+checkpoint. Rows reach the result store through a driver-side Tune callback,
+which does not depend on Tune's on-disk file layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+METRIC = "best_val_miou"
+_KEEP = (
+    "epoch", "train_loss", "val_miou", "val_oa", "val_macc", "val_macro_f1", "val_iou_per_class",
+    "test_miou", "test_oa", "test_macc", "test_macro_f1", "test_iou_per_class",
+    "best_val_miou", "best_epoch", "wall_s", "device_s", "device", "n_params", "model_name", "is_last",
+    "backbone_hash",
+)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """Content hash of a trial config (sorted JSON), the key that identifies a configuration."""
+    blob = json.dumps(dict(config), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The tuning budget every cell gets, so strategies are compared fairly."""
+
+    trials: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    final_seeds: int
+    max_concurrent: int | None = None
+    max_failures: int = 1
+    tune_seed: int = 0
+
+
+class ASHAAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that records trials ASHA stopped as PRUNED, not COMPLETE.
+
+    Ray's OptunaSearch tells Optuna a stopped trial's last low-rung value as if
+    it were final (ecosystem.md §2), which biases TPE towards configurations that
+    look good early. A trial that did not reach its own last epoch is pruned.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and not error and not result.get("is_last", True) and trial_id not in self._completed_trials:
+            import optuna
+
+            self._ot_study.tell(self._ot_trials[trial_id], None, state=optuna.trial.TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+@dataclass
+class TrialLog:
+    """Everything the driver saw of one trial."""
+
+    trial_id: str
+    config: dict[str, Any]
+    results: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.error is not None:
+            return "error"
+        if self.results and self.results[-1].get("is_last"):
+            return "completed"
+        return "stopped_early"
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        """The result at the best-validation epoch (the checkpoint this trial would hand on)."""
+        good = [r for r in self.results if r.get("val_miou") is not None]
+        if not good:
+            return None
+        last = self.results[-1]
+        return next((r for r in good if r["epoch"] == last.get("best_epoch")), max(good, key=lambda r: r["val_miou"]))
+
+
+class RowCollector(Callback):
+    """Driver-side callback: keeps every reported result per trial, plus errors; prints progress."""
+
+    def __init__(self, label: str, total: int, echo: Callable[[str], None] = print) -> None:
+        self.trials: dict[str, TrialLog] = {}
+        self.label, self.total, self.echo = label, total, echo
+        self.finished = 0
+
+    def _log(self, trial: Any) -> TrialLog:
+        if trial.trial_id not in self.trials:
+            self.trials[trial.trial_id] = TrialLog(trial.trial_id, dict(trial.config))
+        return self.trials[trial.trial_id]
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        log = self._log(trial)
+        row = {k: result.get(k) for k in _KEEP}
+        log.results = [r for r in log.results if r["epoch"] != row["epoch"]] + [row]  # a retried epoch replaces
+
+    def _done(self, trial: Any, how: str) -> None:
+        self.finished += 1
+        log = self._log(trial)
+        best = log.best
+        score = f"best val mIoU {best['val_miou']:.3f} @ epoch {best['epoch']}" if best else "no result"
+        self.echo(f"  [{self.label}] trial {self.finished}/{self.total} {how}: {score}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._done(trial, self._log(trial).status.replace("_", " "))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log = self._log(trial)
+        try:
+            err = trial.get_error()
+            log.error = str(err).strip().splitlines()[-1][:2000] if err is not None else "unknown error"
+        except Exception as exc:  # noqa: BLE001 - error text is best effort, the status is what matters
+            log.error = f"trial failed ({type(exc).__name__} while reading its error)"
+        self._done(trial, "FAILED")
+
+
+def _run_config(storage: Path, name: str, budget: Budget, callbacks: list[Callback]) -> RunConfig:
+    return RunConfig(
+        storage_path=str(storage.resolve()),
+        name=name,
+        verbose=0,
+        callbacks=callbacks,
+        failure_config=FailureConfig(max_failures=budget.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=2),
+    )
+
+
+def tune_cell(
+    trainable: Any,
+    space: dict[str, Any],
+    constants: dict[str, Any],
+    budget: Budget,
+    storage: Path,
+    name: str,
+    optuna_storage: Any | None,
+    label: str,
+    echo: Callable[[str], None] = print,
+) -> list[TrialLog]:
+    """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included)."""
+    searcher = ASHAAwareOptunaSearch(
+        space=space, metric=METRIC, mode="max", seed=budget.tune_seed, storage=optuna_storage, study_name=name
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=budget.max_epochs,
+        grace_period=budget.grace_period,
+        reduction_factor=budget.reduction_factor,
+    )
+    collector = RowCollector(f"{label} tune", budget.trials, echo)
+    tuner = Tuner(
+        trainable,
+        param_space=constants,
+        tune_config=TuneConfig(
+            metric=METRIC,
+            mode="max",
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=budget.trials,
+            max_concurrent_trials=budget.max_concurrent,
+            reuse_actors=True,
+        ),
+        run_config=_run_config(storage, name, budget, [collector]),
+    )
+    tuner.fit()  # does not raise on failed trials: their state is in the collector
+    return list(collector.trials.values())
+
+
+def final_runs(
+    trainable: Any,
+    config: dict[str, Any],
+    budget: Budget,
+    storage: Path,
+    name: str,
+    label: str,
+    echo: Callable[[str], None] = print,
+) -> list[TrialLog]:
+    """Re-train ``config`` with seeds 0..K-1, each evaluated once on test (no early stopping by ASHA)."""
+    param_space = {**config, "final": True, "seed": tune.grid_search(list(range(budget.final_seeds)))}
+    collector = RowCollector(f"{label} final", budget.final_seeds, echo)
+    tuner = Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=TuneConfig(num_samples=1, max_concurrent_trials=budget.max_concurrent, reuse_actors=True),
+        run_config=_run_config(storage, name, budget, [collector]),
+    )
+    tuner.fit()
+    return list(collector.trials.values())
+
+
+def pick_best(logs: list[TrialLog]) -> TrialLog:
+    """The trial whose best-validation checkpoint scored highest (ties: the earlier trial)."""
+    scored = [(log.best["val_miou"], -i, log) for i, log in enumerate(logs) if log.best is not None]
+    if not scored:
+        errors = "; ".join(f"{log.trial_id}: {log.error}" for log in logs if log.error) or "no trial reported"
+        raise RuntimeError(f"every tuning trial failed ({errors})")
+    return max(scored, key=lambda t: (t[0], t[1]))[2]
+
+
+def elapsed(t0: float) -> str:
+    return f"{time.perf_counter() - t0:.0f} s"
+
+
+def group_by_status(logs: list[TrialLog]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for log in logs:
+        counts[log.status] += 1
+    return dict(counts)

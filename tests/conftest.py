@@ -1,0 +1,33 @@
+"""Shared fixtures: one local Ray per test session, tiny synthetic data sets made once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+TINY = dict(height=24, width=40, n_train=6, n_val=3, n_test=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic HyKo2-like data set in the HS3-Bench layout (made once per session)."""
+    from study.data.generator import GeneratorConfig, generate_dataset
+    from study.data.specs import get_spec
+
+    out = tmp_path_factory.mktemp("tiny_hyko2")
+    return generate_dataset(get_spec("hyko2"), out, GeneratorConfig(**TINY, seed=3))
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory: pytest.TempPathFactory):
+    """One real local Ray for the whole test session (2 CPUs, no dashboard)."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

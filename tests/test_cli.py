@@ -1,0 +1,50 @@
+"""The CLI's user interface: --help with examples, one-line errors (exit 2), no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from study.run import build_parser, config_from_args, main
+
+
+def test_help_documents_every_flag_with_examples() -> None:
+    text = build_parser().format_help()
+    for flag in ("--strategy", "--dataset", "--data-root", "--fractions", "--trials", "--epochs", "--seeds",
+                 "--results", "--smoke", "--address"):
+        assert flag in text
+    assert "examples:" in text and "python -m study.run --strategy indomain --smoke" in text
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--strategy", "nope"], "unknown strategy 'nope'; valid strategies"),
+        (["--dataset", "indianpines"], "unknown dataset 'indianpines'; valid datasets: hcv2, hsidrive, hyko2"),
+        (["--fractions", "0.5,1.5"], "1.5"),
+        (["--fractions", "0,0.5"], "0"),
+        (["--epochs", "2", "--grace-period", "5"], "grace_period <= epochs"),
+        (["--trials", "0"], "--trials must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_cli_process_exits_2_without_traceback() -> None:
+    p = subprocess.run([sys.executable, "-m", "study.run", "--strategy", "bogus"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "unknown strategy" in p.stderr
+
+
+def test_presets_fill_in_only_what_was_not_given() -> None:
+    cfg = config_from_args(build_parser().parse_args(["--smoke", "--trials", "5"]))
+    assert cfg.trials == 5 and cfg.epochs == 2 and cfg.model_width == "tiny"
+    cfg = config_from_args(build_parser().parse_args(["--demo"]))
+    assert len(cfg.fractions) >= 3 and cfg.trials >= 4 and cfg.seeds >= 2
+    cfg = config_from_args(build_parser().parse_args(["--epochs", "3"]))  # preset grace period adapts
+    assert cfg.grace_period <= 3

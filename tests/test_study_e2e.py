@@ -1,0 +1,59 @@
+"""A real Ray Tune + OptunaSearch + ASHA smoke study, end to end, through the CLI entry point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import polars as pl
+import pyarrow.parquet as pq
+
+from study.results import RESULT_SCHEMA, part_files, read_store
+from study.run import main
+
+ARGS = ["--strategy", "indomain", "--dataset", "hyko2", "--width", "tiny", "--fractions", "0.5,1.0",
+        "--trials", "3", "--epochs", "3", "--grace-period", "1", "--seeds", "2", "--max-concurrent", "2"]
+
+
+def test_smoke_study_writes_a_store_that_matches_the_schema(ray_session, tiny_root: Path, tmp_path: Path,
+                                                            capsys) -> None:
+    results = tmp_path / "res"
+    rc = main([*ARGS, "--data-root", str(tiny_root), "--results", str(results)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    parts = part_files(results)
+    assert parts and all(pq.read_table(p).schema.remove_metadata() == RESULT_SCHEMA for p in parts)
+    df = read_store(results)
+
+    trials = df.filter(pl.col("row_kind") == "trial")
+    finals = df.filter(pl.col("row_kind") == "final")
+    epochs = df.filter(pl.col("row_kind") == "epoch")
+    assert trials.group_by("train_fraction").len().sort("train_fraction")["len"].to_list() == [3, 3]
+    assert finals.group_by("train_fraction").len()["len"].to_list() == [2, 2]
+    assert set(trials["status"]) <= {"completed", "stopped_early"}
+    # every trial reported every epoch it ran (ASHA can only stop trials that report)
+    for tid, group in epochs.group_by("trial_id"):
+        assert sorted(group["epoch"].to_list()) == list(range(1, group.height + 1))
+    # test metrics only in final rows; finals share the subset of their fraction with the tuning rows
+    assert df.filter(pl.col("row_kind") != "final")["test_miou"].null_count() == df.height - finals.height
+    assert finals["test_miou"].is_between(0, 1).all() and finals["seed"].sort().to_list() == [0, 0, 1, 1]
+    for frac, group in df.group_by("train_fraction"):
+        assert group["subset_hash"].n_unique() == 1
+    assert (df["n_train_images"] >= 1).all() and (df["data_source"] == str(tiny_root.resolve())).all()
+    # the final runs re-train the chosen configuration
+    for frac in (0.5, 1.0):
+        best = trials.filter(pl.col("train_fraction") == frac).sort("val_miou", descending=True).row(0, named=True)
+        chosen = finals.filter(pl.col("train_fraction") == frac)
+        assert chosen["lr"].unique().to_list() == [best["lr"]]
+    assert "test mIoU" in out and "indomain" in out
+
+    # Optuna has one study per cell in the journal, trials pruned or complete, none running
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(results / "optuna.journal")))
+    studies = optuna.get_all_study_summaries(storage)
+    assert len(studies) == 2 and all(s.n_trials == 3 for s in studies)
+
+    # re-running the same command finds every cell finished and adds no rows
+    rc = main([*ARGS, "--data-root", str(tiny_root), "--results", str(results)])
+    assert rc == 0 and read_store(results).height == df.height
+    assert "already finished" in capsys.readouterr().out
