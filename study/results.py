@@ -203,7 +203,9 @@ def check_store_version(results_dir: Path) -> None:
         meta = json.loads(f.read_text())
         version = int(meta["schema_version"])
     except (ValueError, KeyError, TypeError) as exc:
-        raise HsiStudyError(f"{f}: not a valid hsistudy study file ({exc}); expected JSON with 'schema_version'") from None
+        raise HsiStudyError(
+            f"{f}: not a valid hsistudy study file ({exc}); expected JSON with 'schema_version'"
+        ) from None
     if version != SCHEMA_VERSION:
         raise HsiStudyError(
             f"{results_dir}: written with result schema v{version}, this hsistudy reads v{SCHEMA_VERSION}; "

@@ -32,12 +32,12 @@ def test_smoke_study_writes_a_store_that_matches_the_schema(ray_session, tiny_ro
     assert finals.group_by("train_fraction").len()["len"].to_list() == [2, 2]
     assert set(trials["status"]) <= {"completed", "stopped_early"}
     # every trial reported every epoch it ran (ASHA can only stop trials that report)
-    for tid, group in epochs.group_by("trial_id"):
+    for _tid, group in epochs.group_by("trial_id"):
         assert sorted(group["epoch"].to_list()) == list(range(1, group.height + 1))
     # test metrics only in final rows; finals share the subset of their fraction with the tuning rows
     assert df.filter(pl.col("row_kind") != "final")["test_miou"].null_count() == df.height - finals.height
     assert finals["test_miou"].is_between(0, 1).all() and finals["seed"].sort().to_list() == [0, 0, 1, 1]
-    for frac, group in df.group_by("train_fraction"):
+    for _frac, group in df.group_by("train_fraction"):
         assert group["subset_hash"].n_unique() == 1
     assert (df["n_train_images"] >= 1).all() and (df["data_source"] == str(tiny_root.resolve())).all()
     # the final runs re-train the chosen configuration

@@ -194,7 +194,7 @@ def _pooled(pool: str, texture: float = 0.03, mix: float = 0.4):
 
 
 def _facade(rng: np.random.Generator) -> Material:
-    pool = ("sidewalk", "sidewalk", "paint", "tile", "roof", "metal")[rng.integers(6)]
+    pool = ("sidewalk", "sidewalk", "sidewalk", "paint", "paint", "tile", "roof", "metal")[rng.integers(8)]
     return Material(vary(rng, pool_draw(rng, pool)), vary(rng, pool_draw(rng, "sidewalk")), texture=0.03, mix=0.3)
 
 

@@ -231,6 +231,7 @@ def _vehicle(c: _Canvas, road: _Road, role: str, y: float, x: float, sun_side: f
     w, h = size[0] * s * r.uniform(0.9, 1.15), size[1] * s * r.uniform(0.9, 1.1)
     if role in ("bus", "truck") and r.random() < 0.5:
         w *= r.uniform(2.0, 4.0)  # seen from the side
+    w = min(w, 0.6 * c.w)  # nothing wider than most of the frame: keeps near objects plausible
     x0, x1, y0 = x - w / 2, x + w / 2, y - h
     shade = float(c.shadow[min(int(y), c.h - 1), int(np.clip(x, 0, c.w - 1))])
     _cast_shadow(c, road, y, x0, x1, h, sun_side, sun_len)

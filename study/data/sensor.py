@@ -151,9 +151,9 @@ def capture(spec: DatasetSpec, signal: np.ndarray, white: np.ndarray, rng: np.ra
         if cam.mosaic:
             signal = np.stack([_shift(signal[..., k], *cam.shifts[k]) for k in range(c)], axis=-1)
     prnu, vig = fixed_pattern(spec, h, w)
-    # Auto-exposure: the median pixel lands at 8–20 % of full well (sky and white paint may clip).
+    # Auto-exposure: the median pixel lands at 9–16 % of full well (sky and white paint may clip).
     median = float(np.median(signal.mean(axis=-1)))
-    exposure = rng.uniform(0.08, 0.2) * cam.full_well / max(median, 1e-9)
+    exposure = rng.uniform(0.09, 0.16) * cam.full_well / max(median, 1e-9)
     electrons = signal * (exposure * prnu * vig[..., None])
     electrons = electrons + np.sqrt(np.maximum(electrons, 0.0)) * rng.standard_normal(electrons.shape)
     electrons += rng.normal(0.0, cam.read_noise, electrons.shape)

@@ -149,9 +149,7 @@ class RUNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, C_in, H, W) -> logits (B, n_classes, H, W)."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"RUNet expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"RUNet expects input of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         h, w = x.shape[2], x.shape[3]
         pad_h, pad_w = max(0, MIN_SIZE - h), max(0, MIN_SIZE - w)
         if pad_h or pad_w:

@@ -88,7 +88,9 @@ def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> 
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
-def random_hflip(x: torch.Tensor, y: torch.Tensor, p: float, gen: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_hflip(
+    x: torch.Tensor, y: torch.Tensor, p: float, gen: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Flip image (B, C, H, W) and mask (B, H, W) jointly along W, each sample with probability p."""
     if p <= 0:
         return x, y

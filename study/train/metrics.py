@@ -10,14 +10,14 @@ Semantics:
 - pixels whose *target* is ``ignore_index`` are dropped before counting;
 - predictions of the ignore class on valid pixels stay: they are errors (they
   lower OA and the true class's recall/IoU);
-- macro metrics average over the *included* classes: every class except the
-  ignore class that has tp + fp + fn > 0 in the split. A class predicted but
-  absent from the target therefore counts with IoU = recall = F1 = 0.
-  mIoU and OA equal torchmetrics 1.9.0 exactly. Its macro Accuracy/F1 differ in
-  one case (checked by running it): when the ignore class is *predicted* on valid
-  pixels, torchmetrics counts the ignore class as one more class with score 0.
-  We exclude it from every macro metric, so all of them average over the same
-  classes; without ignore-class predictions the two agree exactly.
+- mIoU averages over every class except the ignore class that has
+  tp + fp + fn > 0 in the split. A class predicted but absent from the target
+  therefore counts with IoU = recall = F1 = 0.
+- mean accuracy (AA) and macro F1 follow torchmetrics 1.9.0 exactly (checked by
+  running it), including its one quirk: when the ignore class is *predicted* on
+  valid pixels, it counts as one more class with recall = F1 = 0. The paper's AA
+  and F1 numbers are computed that way, so ours are comparable with them.
+  All four metrics equal torchmetrics' on the hand-computed and random cases.
 """
 
 from __future__ import annotations
@@ -74,9 +74,7 @@ def _confusion_torch(pred: Tensor, target: Tensor, n_classes: int, ignore_index:
     return counts.reshape(n_classes, n_classes)
 
 
-def _confusion_numpy(
-    pred: np.ndarray, target: np.ndarray, n_classes: int, ignore_index: int | None
-) -> np.ndarray:
+def _confusion_numpy(pred: np.ndarray, target: np.ndarray, n_classes: int, ignore_index: int | None) -> np.ndarray:
     """(…) label arrays -> (K, K) int64 array."""
     pred = np.asarray(pred).reshape(-1).astype(np.int64, copy=False)
     target = np.asarray(target).reshape(-1).astype(np.int64, copy=False)
@@ -90,9 +88,7 @@ def _confusion_numpy(
     return counts.reshape(n_classes, n_classes).astype(np.int64, copy=False)
 
 
-def confusion_matrix(
-    pred: ArrayLike, target: ArrayLike, n_classes: int, ignore_index: int | None
-) -> np.ndarray:
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, n_classes: int, ignore_index: int | None) -> np.ndarray:
     """Confusion matrix of one batch: (K, K) int64, rows = target class, cols = predicted class.
 
     ``pred``: labels with the target's shape, e.g. (B, H, W), or scores (B, K, H, W)
@@ -202,6 +198,11 @@ def metrics_from_confusion(cm: np.ndarray, ignore_index: int | None) -> dict:
         # den == 0 only for classes with no target pixels: recall 0 by convention (torchmetrics).
         return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
+    # torchmetrics' Accuracy/F1 keep the ignore class when it was predicted (fp > 0), scoring 0.
+    included_acc = included.copy()
+    if has_ignore_class and fp[ignore_index] > 0:
+        included_acc[ignore_index] = True
+
     iou = _ratio(tp, tp + fp + fn)
     recall = _ratio(tp, tp + fn)
     f1 = _ratio(2 * tp, 2 * tp + fp + fn)
@@ -210,8 +211,8 @@ def metrics_from_confusion(cm: np.ndarray, ignore_index: int | None) -> dict:
     return {
         "miou": float(iou[included].mean()),
         "oa": float(tp.sum() / total),
-        "macc": float(recall[included].mean()),
-        "macro_f1": float(f1[included].mean()),
+        "macc": float(recall[included_acc].mean()),
+        "macro_f1": float(f1[included_acc].mean()),
         "iou_per_class": iou_per_class,
         "n_pixels": total,
     }
