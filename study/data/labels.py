@@ -101,10 +101,13 @@ def label_map(spec: DatasetSpec, scene: Scene, rng: np.random.Generator) -> np.n
     lut = instance_raw_labels(spec, scene)
     raw = lut[scene.inst]
     ignore = spec.raw_label_of(spec.ignore_index)
+    h, w = raw.shape
     seam = np.zeros(raw.shape, bool)
     seam[1:, :] |= raw[1:, :] != raw[:-1, :]
     seam[:, 1:] |= raw[:, 1:] != raw[:, :-1]
-    keep_seams = rng.uniform(0.2, 0.7)
-    drop = seam & (rng.random(raw.shape) < keep_seams)
+    # seams are left out in contiguous stretches (whole polygon edges), not as salt-and-pepper pixels
+    cell = 4
+    stretches = rng.random((h // cell + 1, w // cell + 1)) < rng.uniform(0.2, 0.7)
+    drop = seam & stretches.repeat(cell, 0).repeat(cell, 1)[:h, :w]
     raw = np.where(drop | scene.unlabelled, ignore, raw)
     return raw.astype(np.uint8)

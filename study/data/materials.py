@@ -46,10 +46,6 @@ def pool_draw(rng: np.random.Generator, pool: str) -> np.ndarray:
     return arr[rng.integers(arr.shape[0])]
 
 
-def flat(level: float) -> np.ndarray:
-    return np.full(_G.shape, float(level))
-
-
 def marking(rng: np.random.Generator) -> np.ndarray:
     """White (85 %) or yellow road marking, worn markings mixed 0–70 % with asphalt."""
     if rng.random() < 0.85:

@@ -123,23 +123,24 @@ def band_signal(scene: Scene, materials: list[mat.Material | None], ill: Illumin
         g[i] = scene.sun[i] * (ill.cos_elev if vertical else ill.sin_elev)
         f[i] = rng.uniform(0.4, 0.7) if vertical else 1.0
         tex[i], mix[i] = m.texture, m.mix
-    a = (rho * ill.e_dir / np.pi) @ response.T * g[:, None]
-    b = (rho * ill.e_diff / np.pi) @ response.T * f[:, None] + extra @ response.T
-    a_alt = (rho_alt * ill.e_dir / np.pi) @ response.T * g[:, None]
-    b_alt = (rho_alt * ill.e_diff / np.pi) @ response.T * f[:, None] + extra_alt @ response.T
+    f32 = np.float32
+    a = ((rho * ill.e_dir / np.pi) @ response.T * g[:, None]).astype(f32)
+    b = ((rho * ill.e_diff / np.pi) @ response.T * f[:, None] + extra @ response.T).astype(f32)
+    a_alt = ((rho_alt * ill.e_dir / np.pi) @ response.T * g[:, None]).astype(f32)
+    b_alt = ((rho_alt * ill.e_diff / np.pi) @ response.T * f[:, None] + extra_alt @ response.T).astype(f32)
     inst = scene.inst
-    s = scene.shadow[..., None]
+    s = scene.shadow[..., None].astype(f32)
     field = np.clip(0.5 + 0.35 * smooth_field(rng, h, w, rng.uniform(3.0, 10.0)), 0.0, 1.0)
     rows = (np.arange(h) + 0.5)[:, None] / max(scene.horizon, 1)
     sky_m = np.clip(rows**2 + 0.15 * smooth_field(rng, h, w, 12.0), 0.0, 1.0)
     is_sky = np.array([k == "sky" for k in scene.kinds])[inst]
-    m = np.where(is_sky, sky_m, field * mix[inst])[..., None]
+    m = np.where(is_sky, sky_m, field * mix[inst])[..., None].astype(f32)
     main = s * a[inst] + b[inst]
     alt = s * a_alt[inst] + b_alt[inst]
     out = main + m * (alt - main)
     noise = 0.6 * smooth_field(rng, h, w, rng.uniform(2.0, 6.0)) + 0.8 * rng.standard_normal((h, w))
-    out *= (1.0 + tex[inst] * noise)[..., None]
-    return np.maximum(out, 0.0)
+    out *= (1.0 + tex[inst] * noise)[..., None].astype(f32)
+    return np.maximum(out, f32(0.0))
 
 
 def material_under_sun_and_shadow(reflectance: np.ndarray, response: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

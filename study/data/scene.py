@@ -116,10 +116,9 @@ def _ground(c: _Canvas, road: _Road) -> None:
     xl, xr = road.left(c.yy), road.right(c.yy)
     half = (xr - xl) / 2.0
     for side, sign in ((0, -1.0), (1, 1.0)):
-        kind = ("grass", "grass", "soil", "sidewalk")[r.integers(4)]
-        role = "soil" if kind == "soil" else ("sidewalk" if kind == "sidewalk" else "grass")
+        kind = ("grass", "grass", "soil", "sidewalk")[r.integers(4)]  # beyond the sidewalk (role = kind)
         outer = below & ((c.xx < xl) if sign < 0 else (c.xx >= xr))
-        c.add(outer, role, kind, vertical=False, sun=1.0)
+        c.add(outer, kind, kind, vertical=False, sun=1.0)
         edge = xl if sign < 0 else xr
         walk = below & (np.abs(c.xx - edge) < road.walk[side] * half) & outer
         c.add(walk, "sidewalk", "sidewalk", vertical=False, sun=1.0)
@@ -241,7 +240,7 @@ def _vehicle(c: _Canvas, road: _Road, role: str, y: float, x: float, sun_side: f
         for wx in (x0 + 0.2 * w, x1 - 0.2 * w):
             c.add(c.ellipse(y - 0.2 * h, wx, 0.2 * h, 0.2 * w + 0.3), role, "rubber", part="wheel", shade=shade)
         if r.random() < (0.9 if role == "motorcycle" else 0.6):
-            _person(c, road, y - 0.45 * h, x, "rider", shade, scale=s)
+            _person(c, y - 0.45 * h, x, "rider", shade, scale=s)
         return
     body = "metal" if role == "train" and r.random() < 0.5 else ("car_body" if role != "train" else "painted")
     c.add(c.rect(y0, y - 0.12 * h, x0, x1), role, body, shade=shade)
@@ -261,7 +260,7 @@ def _vehicle(c: _Canvas, road: _Road, role: str, y: float, x: float, sun_side: f
               role, "glint", shade=1.0)
 
 
-def _person(c: _Canvas, road: _Road, y: float, x: float, role: str, shade: float, scale: float) -> None:
+def _person(c: _Canvas, y: float, x: float, role: str, shade: float, scale: float) -> None:
     r = c.rng
     h = 1.75 * scale * r.uniform(0.85, 1.1)
     w = max(1.0, 0.45 * scale)
@@ -305,6 +304,18 @@ def layout(rng: np.random.Generator, height: int, width: int) -> Scene:
         line = road.vx + rng.uniform(-0.2, 0.2) * width + rng.uniform(-1.5, 1.5) * (c.yy - road.hz)
         side = (c.xx < line) if rng.random() < 0.5 else (c.xx >= line)
         c.shadow[below & side & ground_ids] = 0.0
+    if rng.random() < 0.3:  # dappled shade of trees outside the frame
+        for _ in range(rng.integers(2, 6)):
+            y = rng.uniform(road.hz, height)
+            blob = c.ellipse(y, rng.uniform(0, width), rng.uniform(1, 3) * max(road.scale(y), 1.0),
+                             rng.uniform(2, 6) * max(road.scale(y), 1.0))
+            c.shadow[blob & ground_ids] = rng.uniform(0.0, 0.4)
+    if rng.random() < 0.3:  # guard rail (≈0.8 m high) standing on one road edge
+        slope = road.left_slope if rng.random() < 0.5 else road.right_slope
+        dy_edge = (c.xx - road.vx) / slope  # rows below the horizon where the edge passes column x
+        y_edge = road.hz + dy_edge
+        rail = (dy_edge > 1.0) & (c.yy <= y_edge) & (c.yy > y_edge - np.maximum(0.8 * road.ppm * dy_edge, 0.8))
+        c.add(rail, "guardrail", "metal")
     sun_side, sun_len = float(rng.choice([-1.0, 1.0])), float(rng.uniform(0.3, 1.5))
     for _ in range(rng.poisson(1.0)):  # roadside trees
         y = rng.uniform(road.hz + 0.3 * (height - road.hz), height)
@@ -327,7 +338,7 @@ def layout(rng: np.random.Generator, height: int, width: int) -> Scene:
             if what == "person":
                 shade = float(c.shadow[min(int(y), height - 1), int(np.clip(x, 0, width - 1))])
                 _cast_shadow(c, road, y, x - 0.25 * s, x + 0.25 * s, 1.75 * s, sun_side, sun_len)
-                _person(c, road, y, x, "person", shade, s)
+                _person(c, y, x, "person", shade, s)
             elif what == "pole":
                 _pole(c, road, y, x)
             else:
@@ -337,12 +348,6 @@ def layout(rng: np.random.Generator, height: int, width: int) -> Scene:
         else:
             x = rng.uniform(road.left(y), road.right(y))
             _vehicle(c, road, what, y, x, sun_side, sun_len)
-    if rng.random() < 0.3:  # guard rail (≈0.8 m high) standing on one road edge
-        slope = road.left_slope if rng.random() < 0.5 else road.right_slope
-        dy_edge = (c.xx - road.vx) / slope  # rows below the horizon where the edge passes column x
-        y_edge = road.hz + dy_edge
-        rail = (dy_edge > 1.0) & (c.yy <= y_edge) & (c.yy > y_edge - np.maximum(0.8 * road.ppm * dy_edge, 0.8))
-        c.add(rail, "guardrail", "metal")
     if rng.random() < 0.35:  # ego-vehicle bonnet at the bottom: unlabelled in all three datasets
         c.add(c.ellipse(height + rng.uniform(0.0, 0.05) * height, width / 2, rng.uniform(0.08, 0.16) * height,
                         width * rng.uniform(0.5, 0.8)), "ego", "car_body", sun=0.5)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +105,7 @@ def earthlib_library() -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[s
     return (spectra, wl, tuple(r["LEVEL_2"] for r in rows), tuple(r["LEVEL_3"] for r in rows))
 
 
-@lru_cache(maxsize=None)
+@cache
 def material_pool(name: str) -> np.ndarray:
     """Reflectance spectra (n, 601) of one material pool (see :data:`POOL_GROUPS`), read-only."""
     if name not in POOL_GROUPS:
