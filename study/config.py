@@ -24,7 +24,7 @@ DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 PRESETS: dict[str, dict[str, Any]] = {
     "full": dict(fractions=DEFAULT_FRACTIONS, trials=16, epochs=100, seeds=3, grace_period=10, width=None),
     "demo": dict(
-        fractions=(0.1, 0.25, 1.0), trials=4, epochs=10, seeds=2, grace_period=3, width="small",
+        fractions=(0.1, 0.25, 1.0), trials=4, epochs=30, seeds=2, grace_period=5, width="small", batch_size=4,
         synthetic=GeneratorConfig(height=64, width=128, n_train=40, n_val=12, n_test=16),
     ),
     "smoke": dict(

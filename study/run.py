@@ -125,17 +125,33 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     return cfg
 
 
+def quiet_ray_tune() -> None:
+    """Keep the console to our own progress lines: no Tune tables, TensorBoard files or Optuna chatter.
+
+    Tune's JSON/CSV trial logs are still written (see ``tuning._run_config``);
+    the Parquet store is the record of the study.
+    """
+    import logging
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+
+
 def init_ray(cfg: StudyConfig) -> None:
     """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray without a dashboard."""
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    quiet_ray_tune()
     if ray.is_initialized():  # e.g. a test session or a notebook that started Ray already
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on this machine only
         ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False,
                  configure_logging=False)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from ray import tune
 from ray.tune import Callback, CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -120,7 +121,8 @@ class RowCollector(Callback):
         log = self._log(trial)
         best = log.best
         score = f"best val mIoU {best['val_miou']:.3f} @ epoch {best['epoch']}" if best else "no result"
-        self.echo(f"  [{self.label}] trial {self.finished}/{self.total} {how}: {score}")
+        ran = f" after {log.results[-1]['epoch']} epochs" if log.results else ""
+        self.echo(f"  [{self.label}] trial {self.finished}/{self.total} {how}{ran}: {score}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._done(trial, self._log(trial).status.replace("_", " "))
@@ -140,7 +142,7 @@ def _run_config(storage: Path, name: str, budget: Budget, callbacks: list[Callba
         storage_path=str(storage.resolve()),
         name=name,
         verbose=0,
-        callbacks=callbacks,
+        callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
         failure_config=FailureConfig(max_failures=budget.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
     )
