@@ -33,7 +33,7 @@ test-all: install
 	$(PY) -m pytest -q -m "not cluster and not gpu"
 
 lint: install
-	$(PY) -m ruff check study trainables search_spaces tests benchmarks
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache results
