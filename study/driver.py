@@ -7,12 +7,19 @@ in the store are skipped, so re-running the same command continues a study.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import shutil
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pyarrow.compute as pc
 
 from study import __version__
 from study.config import StudyConfig
@@ -21,6 +28,8 @@ from study.data.generator import ensure_default_dataset
 from study.data.h5reader import H5Split, validate_dataset
 from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
+from study.errors import HsiStudyError
+from study.replay import replay_from_rows, replay_or_train, trial_key
 from study.results import read_table, write_rows, write_study_file
 from study.strategies import Strategy, get_strategy
 from study.tuning import Budget, TrialLog, config_hash, final_runs, pick_best, tune_cell
@@ -79,8 +88,6 @@ def finished_cells(results: Path, final_seeds: int) -> set[str]:
     table = read_table(results)
     if table.num_rows == 0:
         return set()
-    import pyarrow.compute as pc
-
     finals = table.filter(pc.equal(table["row_kind"], "final"))
     counts: dict[str, int] = {}
     for c in finals["cell_id"].to_pylist():
@@ -88,10 +95,16 @@ def finished_cells(results: Path, final_seeds: int) -> set[str]:
     return {c for c, n in counts.items() if n >= final_seeds}
 
 
-def _constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, have_gpu: bool, cpus: float) -> dict[str, Any]:
-    """Per-trial settings that are not searched (identical across the cell's trials)."""
+def _constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, cid: str, cpus: float) -> dict[str, Any]:
+    """Per-trial settings that are not searched (identical across the cell's trials).
+
+    ``cell_id`` and ``phase`` are part of every config so that a trial's content
+    hash (``replay.trial_key``) identifies it across re-runs.
+    """
     batch = cfg.batch_size or spec.batch_size
     return {
+        "cell_id": cid,
+        "phase": "tune",
         "max_epochs": cfg.epochs,
         "batch_size": min(batch, n_train),
         "width": cfg.model_width,
@@ -102,84 +115,122 @@ def _constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, have_gpu: bool
     }
 
 
-def _rows(logs: list[TrialLog], common: dict[str, Any], phase: str) -> list[dict[str, Any]]:
-    """Trial logs -> result rows: one per epoch, plus one summary row per trial (trial or final)."""
-    rows: list[dict[str, Any]] = []
-    for log in logs:
-        cfg = {k: v for k, v in log.config.items() if k not in ("final",)}
-        base = {
-            **common,
-            "phase": phase,
-            "trial_id": f"{common['cell_id']}-{phase}-{log.trial_id}",
-            "config_hash": config_hash({k: v for k, v in cfg.items() if k != "seed"}),
-            "seed": int(cfg.get("seed", 0)),
-            "max_epochs": int(cfg.get("max_epochs", 0)),
-            "lr": cfg.get("lr"),
-            "weight_decay": cfg.get("weight_decay"),
-            "dropout": cfg.get("dropout"),
-            "head_lr": cfg.get("head_lr"),
-            "backbone_lr": cfg.get("backbone_lr"),
-            "freeze_depth": cfg.get("freeze_depth"),
-            "batch_size": cfg.get("batch_size"),
-            "config_json": json.dumps(cfg, sort_keys=True, default=str),
-        }
-        for r in log.results:
-            rows.append({**base, **_metric_cols(r, with_test=False), "row_kind": "epoch", "status": "ok",
-                         "epoch": r["epoch"], "epochs_run": r["epoch"]})
-        best, last = log.best, (log.results[-1] if log.results else {})
-        summary = {**base, "row_kind": "trial" if phase == "tune" else "final", "status": log.status,
-                   "epochs_run": last.get("epoch", 0), "error": log.error}
-        if best is not None:
-            summary.update(_metric_cols(best, with_test=False))
-            summary["epoch"] = best["epoch"]
-        if phase == "final":
-            summary.update(_metric_cols(last, with_test=True, only_test=True))
-        summary.update({"wall_s": last.get("wall_s"), "device_s": last.get("device_s")})
-        rows.append(summary)
-    return rows
+def trial_rows(log: TrialLog, common: dict[str, Any]) -> list[dict[str, Any]]:
+    """One trial's log -> result rows: one per epoch plus its summary (``trial`` or ``final``) row."""
+    cfg = dict(log.config)
+    phase = str(cfg.get("phase", "tune"))
+    base = {
+        **common,
+        "phase": phase,
+        "trial_id": f"{common['cell_id']}-{phase}-{log.trial_id}",
+        "config_hash": config_hash({k: v for k, v in cfg.items() if k not in ("seed", "phase", "final")}),
+        "seed": int(cfg.get("seed", 0)),
+        "max_epochs": int(cfg.get("max_epochs", 0)),
+        **{k: cfg.get(k) for k in ("lr", "weight_decay", "dropout", "head_lr", "backbone_lr", "freeze_depth",
+                                   "batch_size")},
+        "config_json": json.dumps(cfg, sort_keys=True, default=str),
+    }
+    rows = [{**base, **_metric_cols(r, with_test=False), "row_kind": "epoch", "status": "ok",
+             "epoch": r["epoch"], "epochs_run": r["epoch"]} for r in log.results]
+    best, last = log.best, (log.results[-1] if log.results else {})
+    summary = {**base, "row_kind": "trial" if phase == "tune" else "final", "status": log.status,
+               "epochs_run": last.get("epoch", 0), "error": log.error}
+    if best is not None:
+        summary.update(_metric_cols(best, with_test=False))
+        summary["epoch"] = best["epoch"]
+    if phase == "final":
+        summary.update(_metric_cols(last, with_test=True, only_test=True))
+    summary.update({"wall_s": last.get("wall_s"), "device_s": last.get("device_s"), "node_id": last.get("node_id")})
+    return [*rows, summary]
 
 
 def _metric_cols(r: dict[str, Any], with_test: bool, only_test: bool = False) -> dict[str, Any]:
     keys = [] if only_test else ["train_loss", "val_miou", "val_oa", "val_macc", "val_macro_f1", "val_iou_per_class",
-                                 "wall_s", "device_s", "device", "n_params", "model_name", "backbone_hash"]
+                                 "wall_s", "device_s", "device", "node_id", "n_params", "model_name",
+                                 "backbone_hash"]
     if with_test:
         keys += ["test_miou", "test_oa", "test_macc", "test_macro_f1", "test_iou_per_class"]
     return {k: r.get(k) for k in keys if r.get(k) is not None}
 
 
+def _fresh_experiment(results: Path, name: str, journal: Any) -> None:
+    """Drop what an interrupted attempt left of this experiment (its finished trials are in the store)."""
+    import optuna
+
+    shutil.rmtree(results / "tune" / name, ignore_errors=True)
+    with contextlib.suppress(KeyError):  # KeyError: no such study yet
+        optuna.delete_study(study_name=name, storage=journal)
+
+
 def run_cell(
     cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest, cid: str,
     have_gpu: bool, echo: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
-    """Tune one cell, re-train the winner with K seeds, append all rows to the store."""
+) -> None:
+    """Tune one cell, re-train the winner with K seeds; every finished trial is stored at once."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from ray import tune
 
     results = Path(cfg.results)
+    stored = read_table(results)
+    stored = stored.filter(pc.equal(stored["cell_id"], cid)).to_pylist() if stored.num_rows else []
+    replay = replay_from_rows(stored)
+    if replay:
+        echo(f"  resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
     bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
     res = strategy.resources(have_gpu)
-    trainable = tune.with_resources(tune.with_parameters(strategy.load_trainable(), data=bundle), res)
+    trainable = tune.with_resources(
+        tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
+    )
     budget = budget_of(cfg)
-    constants = _constants(cfg, len(subset.names), prep.spec, have_gpu, res["cpu"])
+    constants = _constants(cfg, len(subset.names), prep.spec, cid, res["cpu"])
     journal = JournalStorage(JournalFileBackend(str((results / "optuna.journal").resolve())))
     common = {
         "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
         "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": __version__,
     }
+
+    def store(log: TrialLog) -> None:
+        if trial_key(log.config) not in replay:
+            write_rows(results, trial_rows(log, common), f"{cid}-{log.config.get('phase', 'tune')}")
+
     label = f"{strategy.name} {subset.fraction:g}"
+    _fresh_experiment(results, f"{cid}-tune", journal)
     logs = tune_cell(trainable, strategy.load_search_space(), constants, budget, results / "tune", f"{cid}-tune",
-                     journal, label, echo)
-    tune_rows = _rows(logs, common, "tune")
-    write_rows(results, tune_rows, f"{cid}-tune")
+                     journal, label, echo, on_finish=store)
     best = pick_best(logs)
-    chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final")}
+    chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
+    space = strategy.load_search_space()
     echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in chosen.items() if k in strategy.load_search_space()))
-    finals = final_runs(trainable, chosen, budget, results / "tune", f"{cid}-final", label, echo)
-    final_rows = _rows(finals, common, "final")
-    write_rows(results, final_rows, f"{cid}-final")
-    return tune_rows + final_rows
+                                                  for k, v in chosen.items() if k in space))
+    shutil.rmtree(results / "tune" / f"{cid}-final", ignore_errors=True)
+    final_runs(trainable, chosen, budget, results / "tune", f"{cid}-final", label, echo, on_finish=store)
+
+
+@contextlib.contextmanager
+def results_lock(results: Path) -> Iterator[None]:
+    """One writer per results directory: a second ``study.run`` stops with a clear message."""
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / ".lock"
+    fh = open(path, "a+")  # noqa: SIM115 - held for the whole study
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise HsiStudyError(
+            f"{results} is in use by another study.run ({holder}); wait for it to finish or use another --results"
+        ) from None
+    try:
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        fh.flush()
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
 
 
 def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = print) -> list[str]:

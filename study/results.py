@@ -87,6 +87,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("wall_s", _F),
         pa.field("device_s", _F),
         pa.field("device", _S),
+        pa.field("node_id", _S),  # Ray node the run's last epoch ran on
         pa.field("model_name", _S),
         pa.field("n_params", pa.int64()),
         pa.field("backbone_hash", _S),
@@ -100,7 +101,7 @@ RESULT_SCHEMA = pa.schema(
 COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 ROW_KINDS = ("epoch", "trial", "final")
 #: Timing/provenance columns that legitimately differ between two identical runs.
-TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device")
+TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device", "node_id")
 
 
 def _coerce(row: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:

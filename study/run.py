@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from study.driver import prepare, run_study
+    from study.driver import prepare, results_lock, run_study
     from study.summary import print_summary
 
     t0 = time.perf_counter()
@@ -179,10 +179,11 @@ def _main(args: argparse.Namespace) -> int:
     print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {cfg.dataset}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.fractions)}; {cfg.trials} trials x <= {cfg.epochs} epochs per cell, "
           f"{cfg.seeds} final seed(s); RU-Net width {cfg.model_width}")
-    prep = prepare(cfg)
-    init_ray(cfg)
-    failures = run_study(cfg, prep)
-    print_summary(cfg.results)
+    with results_lock(Path(cfg.results)):  # before anything is written: one writer per results directory
+        prep = prepare(cfg)
+        init_ray(cfg)
+        failures = run_study(cfg, prep)
+        print_summary(cfg.results)
     print(f"\nresults: {Path(cfg.results).resolve()}/rows/*.parquet  ({time.perf_counter() - t0:.0f} s in all)")
     if failures:
         print("failed cells:\n  " + "\n  ".join(failures), file=sys.stderr)

@@ -29,7 +29,7 @@ _KEEP = (
     "epoch", "train_loss", "val_miou", "val_oa", "val_macc", "val_macro_f1", "val_iou_per_class",
     "test_miou", "test_oa", "test_macc", "test_macro_f1", "test_iou_per_class",
     "best_val_miou", "best_epoch", "wall_s", "device_s", "device", "n_params", "model_name", "is_last",
-    "backbone_hash",
+    "backbone_hash", "node_id", "replayed",
 )
 
 
@@ -101,9 +101,15 @@ class TrialLog:
 class RowCollector(Callback):
     """Driver-side callback: keeps every reported result per trial, plus errors; prints progress."""
 
-    def __init__(self, label: str, total: int, echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        label: str,
+        total: int,
+        echo: Callable[[str], None] = print,
+        on_finish: Callable[[TrialLog], None] | None = None,
+    ) -> None:
         self.trials: dict[str, TrialLog] = {}
-        self.label, self.total, self.echo = label, total, echo
+        self.label, self.total, self.echo, self.on_finish = label, total, echo, on_finish
         self.finished = 0
 
     def _log(self, trial: Any) -> TrialLog:
@@ -122,7 +128,10 @@ class RowCollector(Callback):
         best = log.best
         score = f"best val mIoU {best['val_miou']:.3f} @ epoch {best['epoch']}" if best else "no result"
         ran = f" after {log.results[-1]['epoch']} epochs" if log.results else ""
-        self.echo(f"  [{self.label}] trial {self.finished}/{self.total} {how}{ran}: {score}")
+        replayed = " (replayed from the store)" if log.results and log.results[-1].get("replayed") else ""
+        self.echo(f"  [{self.label}] trial {self.finished}/{self.total} {how}{ran}: {score}{replayed}")
+        if self.on_finish is not None:  # persist now: a later crash cannot lose this trial
+            self.on_finish(log)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._done(trial, self._log(trial).status.replace("_", " "))
@@ -158,6 +167,7 @@ def tune_cell(
     optuna_storage: Any | None,
     label: str,
     echo: Callable[[str], None] = print,
+    on_finish: Callable[[TrialLog], None] | None = None,
 ) -> list[TrialLog]:
     """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included)."""
     searcher = ASHAAwareOptunaSearch(
@@ -169,7 +179,7 @@ def tune_cell(
         grace_period=budget.grace_period,
         reduction_factor=budget.reduction_factor,
     )
-    collector = RowCollector(f"{label} tune", budget.trials, echo)
+    collector = RowCollector(f"{label} tune", budget.trials, echo, on_finish)
     tuner = Tuner(
         trainable,
         param_space=constants,
@@ -196,10 +206,12 @@ def final_runs(
     name: str,
     label: str,
     echo: Callable[[str], None] = print,
+    on_finish: Callable[[TrialLog], None] | None = None,
 ) -> list[TrialLog]:
     """Re-train ``config`` with seeds 0..K-1, each evaluated once on test (no early stopping by ASHA)."""
-    param_space = {**config, "final": True, "seed": tune.grid_search(list(range(budget.final_seeds)))}
-    collector = RowCollector(f"{label} final", budget.final_seeds, echo)
+    param_space = {**config, "final": True, "phase": "final",
+                   "seed": tune.grid_search(list(range(budget.final_seeds)))}
+    collector = RowCollector(f"{label} final", budget.final_seeds, echo, on_finish)
     tuner = Tuner(
         trainable,
         param_space=param_space,

@@ -76,6 +76,16 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on (None outside Ray), recorded so results show placement."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - placement is informative only
+        return None
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -202,6 +212,7 @@ def fit(
         torch.set_rng_state(state["torch_rng"])
 
     last: dict = {}
+    node_id = ray_node_id()
     for epoch in range(start_epoch, settings.max_epochs + 1):
         _sync(device)
         t0 = time.perf_counter()
@@ -223,6 +234,7 @@ def fit(
             "wall_s": time.perf_counter() - wall0,
             "device_s": device_s,
             "device": str(device),
+            "node_id": node_id,
             "n_params": n_params,
             "max_epochs": settings.max_epochs,
             "is_last": last_epoch,

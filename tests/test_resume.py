@@ -1,0 +1,93 @@
+"""Resume without loss: an interrupted study, re-run, equals an uninterrupted one row for row."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from study.driver import results_lock
+from study.errors import HsiStudyError
+from study.results import TIMING_COLUMNS, part_files, read_store
+from study.run import main
+
+ARGS = ["--strategy", "indomain", "--dataset", "hyko2", "--width", "tiny", "--fractions", "0.5,1.0",
+        "--trials", "3", "--epochs", "3", "--grace-period", "1", "--seeds", "2", "--max-concurrent", "1"]
+ORDER = ["cell_id", "phase", "config_json", "row_kind", "epoch"]
+
+
+def comparable(results: Path) -> pl.DataFrame:
+    """The store without timing/placement columns, in a canonical row order."""
+    df = read_store(results).drop(list(TIMING_COLUMNS))
+    return df.with_columns(pl.col(pl.Float64).round(6)).sort(ORDER)
+
+
+def test_rerun_after_losing_trials_replays_finished_ones_and_matches(ray_session, tiny_root, tmp_path, capsys) -> None:
+    results = tmp_path / "res"
+    argv = [*ARGS, "--data-root", str(tiny_root), "--results", str(results)]
+    assert main(argv) == 0
+    reference = comparable(results)
+    capsys.readouterr()
+
+    # an "interruption" in the second cell: its final runs and one tuning trial never got stored
+    parts = part_files(results)
+    second = sorted({p.name.split("-")[1] for p in parts})[-1]  # fraction token of the last cell, e.g. "f1"
+    lost = [p for p in parts if f"-{second}-" in p.name and "-final-" in p.name]
+    lost += [p for p in parts if f"-{second}-" in p.name and "-tune-" in p.name][-1:]
+    assert len(lost) == 3
+    for p in lost:
+        p.unlink()
+
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "already finished, skipped" in out  # the first cell
+    assert out.count("(replayed from the store)") == 2  # the two stored tuning trials of the second cell
+    resumed = comparable(results)
+    assert resumed.height == reference.height
+    assert resumed.equals(reference)
+    assert not read_store(results).select("trial_id", "row_kind", "epoch").is_duplicated().any()
+
+
+def test_second_writer_on_the_same_results_dir_stops_with_a_clear_message(tmp_path) -> None:
+    with results_lock(tmp_path), pytest.raises(HsiStudyError, match="in use by another study.run"), \
+            results_lock(tmp_path):
+        pass
+    with results_lock(tmp_path):  # released after the first holder ends
+        pass
+
+
+@pytest.mark.slow
+def test_sigkill_during_second_cell_then_rerun_equals_uninterrupted_run(tiny_root, tmp_path) -> None:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "study.run", *ARGS, "--data-root", str(tiny_root), "--num-cpus", "2"]
+
+    clean = tmp_path / "clean"
+    subprocess.run([*base, "--results", str(clean)], env=env, check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*base, "--results", str(killed)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = time.time() + 300
+    # kill in the middle of the second cell: right after its first trial was stored
+    while time.time() < deadline and proc.poll() is None and not any("indomain 1 tune] trial 1/" in ln for ln in lines):
+        time.sleep(0.1)
+    assert proc.poll() is None, "the study ended before it could be killed:\n" + "".join(lines)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    time.sleep(2)  # let Ray's orphaned processes notice
+
+    rerun = subprocess.run([*base, "--results", str(killed)], env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "already finished, skipped" in rerun.stdout
+    assert "(replayed from the store)" in rerun.stdout  # the trial finished before the kill did not train again
+    assert comparable(killed).equals(comparable(clean))
