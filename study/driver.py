@@ -30,7 +30,7 @@ from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.errors import HsiStudyError
 from study.replay import replay_from_rows, replay_or_train, trial_key
-from study.results import read_table, write_rows, write_study_file
+from study.results import check_store_version, read_table, write_rows, write_study_file
 from study.strategies import Strategy, get_strategy
 from study.tuning import Budget, TrialLog, config_hash, final_runs, pick_best, tune_cell
 
@@ -48,6 +48,7 @@ class Prepared:
 
 def prepare(cfg: StudyConfig, echo: Callable[[str], None] = print) -> Prepared:
     """Resolve and validate data and subsets; write manifests. No Ray, no training."""
+    check_store_version(Path(cfg.results))  # before anything is written into an incompatible store
     spec = get_spec(cfg.dataset)
     if cfg.data_root is not None:
         root, source = Path(cfg.data_root), str(Path(cfg.data_root).resolve())
@@ -238,8 +239,8 @@ def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = pr
     import ray
 
     results = Path(cfg.results)
+    done = finished_cells(results, cfg.seeds)  # first: refuses a store of another schema version
     write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(), "data_root": str(prep.data_root)})
-    done = finished_cells(results, cfg.seeds)
     have_gpu = ray.cluster_resources().get("GPU", 0) > 0
     cells = [(s, f) for s in cfg.strategies for f in sorted(prep.subsets)]
     failures: list[str] = []

@@ -223,8 +223,13 @@ def final_runs(
 
 
 def pick_best(logs: list[TrialLog]) -> TrialLog:
-    """The trial whose best-validation checkpoint scored highest (ties: the earlier trial)."""
-    scored = [(log.best["val_miou"], -i, log) for i, log in enumerate(logs) if log.best is not None]
+    """The trial whose best-validation checkpoint scored highest (ties: the earlier trial).
+
+    Trials that errored are not eligible, even with good epochs before the error:
+    their configuration is unstable and would fail again in the final runs.
+    """
+    scored = [(log.best["val_miou"], -i, log) for i, log in enumerate(logs)
+              if log.best is not None and log.error is None]
     if not scored:
         errors = "; ".join(f"{log.trial_id}: {log.error}" for log in logs if log.error) or "no trial reported"
         raise RuntimeError(f"every tuning trial failed ({errors})")
