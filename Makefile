@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml requirements-data.txt
 
 demo: install
 	$(PY) -m study.run --strategy indomain --dataset hyko2 --results $(RESULTS) --demo
+	$(PY) -m study.report $(RESULTS) --csv
 
 test: install
 	$(PY) -m pytest -q

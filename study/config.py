@@ -57,7 +57,7 @@ class StudyConfig:
     address: str | None = None
     num_cpus: int | None = None
     max_concurrent: int | None = None
-    max_failures: int = 1
+    max_failures: int = 3
     preset: str = "full"
 
     def __post_init__(self) -> None:
@@ -89,6 +89,11 @@ class StudyConfig:
             raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if "://" in str(self.results) or str(self.results).startswith(("s3:", "gs:")):
+            raise ConfigError(
+                f"--results {self.results}: object-store URIs are not supported yet; use a shared filesystem "
+                "path (EFS/NFS/a Kubernetes volume) mounted on every node, see docs/cluster.md"
+            )
         if self.data_root is not None and not Path(self.data_root).is_dir():
             raise ConfigError(f"--data-root {self.data_root} is not a directory (expected <dataset>_<split>.h5 files)")
 

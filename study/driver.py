@@ -32,7 +32,7 @@ from study.errors import HsiStudyError
 from study.replay import replay_from_rows, replay_or_train, trial_key
 from study.results import check_store_version, read_table, write_rows, write_study_file
 from study.strategies import Strategy, get_strategy
-from study.tuning import Budget, TrialLog, config_hash, final_runs, pick_best, tune_cell
+from study.tuning import Budget, TrialLog, config_hash, echo, final_runs, pick_best, tune_cell
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Prepared:
     subsets: dict[float, SubsetManifest]
 
 
-def prepare(cfg: StudyConfig, echo: Callable[[str], None] = print) -> Prepared:
+def prepare(cfg: StudyConfig, echo: Callable[[str], None] = echo) -> Prepared:
     """Resolve and validate data and subsets; write manifests. No Ray, no training."""
     check_store_version(Path(cfg.results))  # before anything is written into an incompatible store
     spec = get_spec(cfg.dataset)
@@ -165,7 +165,7 @@ def _fresh_experiment(results: Path, name: str, journal: Any) -> None:
 
 def run_cell(
     cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest, cid: str,
-    have_gpu: bool, echo: Callable[[str], None] = print,
+    have_gpu: bool, echo: Callable[[str], None] = echo,
 ) -> None:
     """Tune one cell, re-train the winner with K seeds; every finished trial is stored at once."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -234,7 +234,7 @@ def results_lock(results: Path) -> Iterator[None]:
         fh.close()
 
 
-def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = print) -> list[str]:
+def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = echo) -> list[str]:
     """Run every (strategy, fraction) cell not already finished; returns failure messages."""
     import ray
 

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "local Ray on this machine")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     p.add_argument("--max-concurrent", type=int, default=None, help="max concurrent trials per cell")
-    p.add_argument("--max-failures", type=int, default=None, help="retries of a failing trial (default 1)")
+    p.add_argument("--max-failures", type=int, default=None,
+                   help="retries of a failing trial, from its last checkpoint (default 3)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="shrink everything: a run of about a minute")
     mode.add_argument("--demo", action="store_true", help="the `make demo` budget: 3 fractions x 4 trials, 2 seeds")
@@ -135,6 +136,9 @@ def quiet_ray_tune() -> None:
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray otherwise swaps builtins.print after it prints a node/worker error, and callbacks holding the
+    # original print can no longer be pickled into the next Tuner's state (crashes the study).
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     logging.getLogger("optuna").setLevel(logging.WARNING)

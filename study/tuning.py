@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -33,6 +34,11 @@ _KEEP = (
 )
 
 
+def echo(message: str) -> None:
+    """Default progress printer: a module-level function, so Tune can pickle callbacks holding it."""
+    print(message, flush=True)
+
+
 def config_hash(config: Mapping[str, Any]) -> str:
     """Content hash of a trial config (sorted JSON), the key that identifies a configuration."""
     blob = json.dumps(dict(config), sort_keys=True, default=str).encode()
@@ -49,7 +55,7 @@ class Budget:
     reduction_factor: int
     final_seeds: int
     max_concurrent: int | None = None
-    max_failures: int = 1
+    max_failures: int = 3
     tune_seed: int = 0
 
 
@@ -105,7 +111,7 @@ class RowCollector(Callback):
         self,
         label: str,
         total: int,
-        echo: Callable[[str], None] = print,
+        echo: Callable[[str], None] = echo,
         on_finish: Callable[[TrialLog], None] | None = None,
     ) -> None:
         self.trials: dict[str, TrialLog] = {}
@@ -137,13 +143,27 @@ class RowCollector(Callback):
         self._done(trial, self._log(trial).status.replace("_", " "))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        log = self._log(trial)
-        try:
-            err = trial.get_error()
-            log.error = str(err).strip().splitlines()[-1][:2000] if err is not None else "unknown error"
-        except Exception as exc:  # noqa: BLE001 - error text is best effort, the status is what matters
-            log.error = f"trial failed ({type(exc).__name__} while reading its error)"
+        self._log(trial).error = _error_text(trial)
         self._done(trial, "FAILED")
+
+
+def _error_text(trial: Any) -> str:
+    """Last line of the trial's error trace (``ExcType: message``), read from the local error file.
+
+    ``Trial.get_error`` reads the copy in storage, which may not be synced yet
+    when the callback runs; the local file is written before callbacks fire.
+    """
+    text = None
+    try:
+        if trial.error_file and os.path.exists(trial.error_file):
+            with open(trial.error_file) as fh:
+                text = fh.read()
+        if not text:
+            text = trial.get_error()
+    except Exception:  # noqa: BLE001 - error text is best effort, the status is what matters
+        text = None
+    lines = [ln.strip() for ln in str(text or "").splitlines() if ln.strip()]
+    return lines[-1][:2000] if lines else "trial failed (no error text was recorded by Ray)"
 
 
 def _run_config(storage: Path, name: str, budget: Budget, callbacks: list[Callback]) -> RunConfig:
@@ -166,7 +186,7 @@ def tune_cell(
     name: str,
     optuna_storage: Any | None,
     label: str,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = echo,
     on_finish: Callable[[TrialLog], None] | None = None,
 ) -> list[TrialLog]:
     """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included)."""
@@ -205,7 +225,7 @@ def final_runs(
     storage: Path,
     name: str,
     label: str,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = echo,
     on_finish: Callable[[TrialLog], None] | None = None,
 ) -> list[TrialLog]:
     """Re-train ``config`` with seeds 0..K-1, each evaluated once on test (no early stopping by ASHA)."""

@@ -1,0 +1,263 @@
+"""``python -m study.report RESULTS_DIR``: one self-contained HTML report of a study (no network needed).
+
+plotly.js is embedded once in the page head and every figure is a div that
+calls it, so the file opens offline, can be mailed or archived with the
+results, and never depends on a CDN that may change or vanish. The file is
+written atomically, so a report being regenerated is never seen half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import plotly.graph_objects as go
+import plotly.offline
+import polars as pl
+
+from study import analysis, plots
+from study.data.specs import SPECS
+from study.errors import HsiStudyError
+from study.results import SCHEMA_VERSION, atomic_write_text, part_files, read_store, study_file
+
+EXAMPLES = """\
+examples:
+  python -m study.report results/demo
+      writes results/demo/report.html (open it in any browser, no network needed)
+  python -m study.report results/hyko2 --out /tmp/hyko2.html --csv
+      report to /tmp/hyko2.html, summary table to results/hyko2/summary.csv
+  python -m study.report results/hyko2 --csv summary.csv --baseline indomain
+      the summary table (one row per dataset/strategy/fraction) as CSV for a spreadsheet
+"""
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0 auto;max-width:1280px;padding:16px 28px;
+color:#1d2733;line-height:1.45}
+h1{margin-bottom:4px} h2{border-bottom:2px solid #e3e8ef;padding-bottom:4px;margin-top:36px}
+.sub{color:#5b6b7c;margin-top:0} nav a{margin-right:14px;color:#1f5fa8;text-decoration:none}
+.banner{background:#fff4d6;border:1px solid #e3b341;border-radius:6px;padding:10px 14px;margin:14px 0}
+.headlines li{margin:6px 0} .note{color:#5b6b7c;font-size:0.92em}
+table.kv td{padding:2px 12px 2px 0;vertical-align:top} pre{background:#f5f7fa;padding:10px;overflow-x:auto}
+"""
+
+_FRACTION = pl.col("train_fraction").map_elements(analysis.fmt_fraction, return_dtype=pl.String).alias("fraction")
+_NONE = "<p class='note'>No finished cells yet.</p>"
+_TITLES = (("headlines", "Headlines"), ("curves", "Data-efficiency curves"), ("paired", "Paired differences"),
+           ("perclass", "Per-class IoU"), ("traces", "Tuning traces"), ("params", "Hyperparameters"),
+           ("summary", "Summary table"), ("compute", "Compute accounting"), ("provenance", "Provenance"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m study.report",
+        description="Write one self-contained HTML report (data-efficiency curves with bootstrap CIs, paired "
+        "differences, per-class IoU, tuning traces, hyperparameters, summary and compute tables) from a study's "
+        "Parquet result store. The page embeds plotly.js and opens without network access.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path, metavar="RESULTS_DIR", help="a study's results directory (has rows/)")
+    p.add_argument("--out", type=Path, default=None, help="HTML file to write (default RESULTS_DIR/report.html)")
+    p.add_argument("--csv", nargs="?", const="", default=None, metavar="PATH",
+                   help="also write the summary table as CSV (default path RESULTS_DIR/summary.csv)")
+    p.add_argument("--baseline", default="indomain", help="strategy the others are compared with (default indomain)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def load_store(results: Path) -> pl.DataFrame:
+    """The store's rows; HsiStudyError (one clear line) for a missing directory, no rows or a bad part."""
+    if not results.is_dir():
+        raise HsiStudyError(f"{results}: no such results directory; give the --results folder of a study "
+                            "(python -m study.run ... --results DIR)")
+    if not part_files(results):
+        raise HsiStudyError(f"{results}: no result rows in {results / 'rows'}; run a study into it first "
+                            "(python -m study.run --results DIR)")
+    try:
+        df = read_store(results)
+    except HsiStudyError:
+        raise
+    except Exception as exc:  # a corrupt or foreign Parquet file: name it instead of a pyarrow traceback
+        raise HsiStudyError(f"{results}: cannot read the result store ({type(exc).__name__}: {exc})") from exc
+    if df.is_empty():
+        raise HsiStudyError(f"{results}: the result store is empty; run a study into it first")
+    return df
+
+
+def _study_settings(results: Path) -> dict:
+    try:
+        return json.loads(study_file(results).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _div(fig: go.Figure, div_id: str) -> str:
+    """A figure as a div + inline newPlot call; plotly.js itself is in the page head, once."""
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
+                       config={"displaylogo": False, "responsive": True})
+
+
+def _slug(*parts: object) -> str:
+    return "-".join("".join(ch if ch.isalnum() else "_" for ch in str(p)) for p in parts)
+
+
+def _summary_display(cells: pl.DataFrame) -> pl.DataFrame:
+    return cells.select(
+        "dataset", "strategy", _FRACTION, pl.col("n_train_images").alias("images"),
+        pl.col("subset_hash").alias("subset"), "seeds",
+        pl.format("{} ± {}", (100 * pl.col("test_miou_mean")).round(1),
+                  (100 * pl.col("test_miou_std").fill_null(0)).round(1)).alias("test mIoU % (mean ± sd)"),
+        pl.format("[{}, {}]{}", (100 * pl.col("test_miou_ci_low")).round(1),
+                  (100 * pl.col("test_miou_ci_high")).round(1),
+                  pl.when(pl.col("ci_degenerate")).then(pl.lit(" (1 seed)")).otherwise(pl.lit(""))).alias("95 % CI"),
+        (100 * pl.col("test_oa_mean")).alias("OA %"), (100 * pl.col("test_macc_mean")).alias("mAcc %"),
+        (100 * pl.col("test_macro_f1_mean")).alias("F1 %"), (100 * pl.col("best_val_miou")).alias("best val mIoU %"))
+
+
+def _accounting_display(acc: pl.DataFrame) -> pl.DataFrame:
+    return acc.select(
+        "dataset", "strategy", _FRACTION, "trials",
+        pl.col("stopped_early").alias("stopped early"), "failed", pl.col("trial_epochs").alias("trial-epochs run"),
+        pl.col("epoch_budget").alias("budget (trials × max epochs)"), (100 * pl.col("saved_fraction")).alias("saved %"),
+        pl.col("final_runs").alias("final runs"), pl.col("device_s").alias("device-s"),
+        pl.col("wall_s").alias("wall-s"), pl.col("gpu_hours").alias("GPU-hours"))
+
+
+def _paired_display(paired: pl.DataFrame) -> pl.DataFrame:
+    pts = [(100 * pl.col(c)).alias(n) for c, n in (("mean_diff", "Δ mIoU (points)"), ("ci_low", "CI low"),
+                                                   ("ci_high", "CI high"))]
+    return paired.select("dataset", "strategy", _FRACTION,
+                         pl.col("n_pairs").alias("pairs"), *pts, pl.col("p_value").alias("p (sign-flip)"),
+                         pl.col("p_holm").alias("p (Holm)"))
+
+
+def _provenance(df: pl.DataFrame, results: Path) -> tuple[str, str]:
+    """(banner, section): data source (synthetic called out), code version, study id, models, settings."""
+    def values(col: str) -> str:
+        vals = [str(v) for v in df[col].drop_nulls().unique().sort().to_list()]
+        return ", ".join(vals) if vals else "–"
+
+    kinds = ", ".join(f"{k}: {n}" for k, n in df["row_kind"].value_counts().sort("row_kind").iter_rows())
+    sources = df["data_source"].drop_nulls().unique().sort().to_list()
+    synthetic = [s for s in sources if str(s).startswith("synthetic")]
+    banner = ""
+    if synthetic:
+        banner = (f'<div class="banner"><b>Synthetic data.</b> These results were computed on the embedded '
+                  f"synthetic HS3-like data ({html.escape(', '.join(synthetic))}), not on the real HS3-Bench "
+                  "datasets: do not quote them as benchmark numbers.</div>")
+    rows = [("study id", values("study_id")), ("data source", values("data_source") + (
+        "  (SYNTHETIC: generated HS3-like scenes, not HS3-Bench)" if synthetic else "")),
+        ("code version", values("code_version")), ("model", values("model_name")),
+        ("parameters", values("n_params")), ("backbone checkpoint hash", values("backbone_hash")),
+        ("devices", values("device")), ("result schema", f"v{SCHEMA_VERSION}"),
+        ("rows", f"{len(df)} ({kinds})"),
+        ("results directory", str(results.resolve())),
+        ("report generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))]
+    table = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    settings = _study_settings(results)
+    details = (f"<details><summary>study settings (study.json)</summary><pre>"
+               f"{html.escape(json.dumps(settings, indent=2, sort_keys=True))}</pre></details>" if settings else "")
+    return banner, f'<table class="kv">{table}</table>{details}'
+
+
+def build_html(df: pl.DataFrame, results: Path, baseline: str = "indomain") -> tuple[str, pl.DataFrame]:
+    """The report page and the summary frame (the CSV export writes exactly that frame)."""
+    cells = analysis.cell_summary(df)
+    paired = analysis.paired_differences(df, baseline)
+    savings = analysis.label_savings(df, baseline, cells=cells)
+    acc = analysis.compute_accounting(df)
+    traces = analysis.tuning_traces(df)
+    trials = analysis.trial_table(df)
+    sentences = analysis.headlines(df, baseline, cells=cells, paired=paired, savings=savings, accounting=acc)
+    datasets = df["dataset"].unique(maintain_order=True).sort().to_list()
+    sec: dict[str, list[str]] = {k: [] for k in ("curves", "paired", "perclass", "traces", "params")}
+    for d in datasets:
+        sec["curves"].append(_div(plots.curves_figure(cells, d), f"curves-{_slug(d)}"))
+        if paired.filter((pl.col("dataset") == d) & (pl.col("n_pairs") > 0)).is_empty():
+            sec["paired"].append(f"<p class='note'><b>{html.escape(d)}:</b> no strategy besides "
+                                 f"{html.escape(baseline)} has runs paired with it (same seed and subset).</p>")
+        else:
+            sec["paired"].append(_div(plots.paired_figure(paired, d, baseline), f"paired-{_slug(d)}"))
+        names = SPECS[d].class_names if d in SPECS else tuple(f"class {i}" for i in range(256))
+        per_class = analysis.per_class_iou(df.filter(pl.col("dataset") == d), names)
+        sec["perclass"].append(_div(plots.per_class_heatmap(per_class, d), f"perclass-{_slug(d)}"))
+        sec["traces"].append(_div(plots.tuning_traces_figure(traces, d), f"traces-{_slug(d)}"))
+        for s in trials.filter(pl.col("dataset") == d)["strategy"].unique().sort().to_list():
+            fig = plots.parallel_figure(trials, d, s, analysis.HYPERPARAMETERS)
+            sec["params"].append(_div(fig, f"params-{_slug(d, s)}"))
+    pct = {c: ".1f" for c in ("OA %", "mAcc %", "F1 %", "best val mIoU %", "saved %")}
+    summary = _div(plots.table_figure(_summary_display(cells), "summary per cell (test metrics over seeds)",
+                                      {**pct}), "summary-table") if len(cells) else _NONE
+    compute = _div(plots.table_figure(_accounting_display(acc), "compute per cell (tuning + final runs)",
+                                      {"saved %": ".0f", "device-s": ",.0f", "wall-s": ",.0f",
+                                       "GPU-hours": ".3f"}), "compute-table") if len(acc) else _NONE
+    if len(paired):
+        sec["paired"].append(_div(plots.table_figure(
+            _paired_display(paired), f"paired differences to {baseline}",
+            {"Δ mIoU (points)": "+.1f", "CI low": "+.1f", "CI high": "+.1f",
+             "p (sign-flip)": ".3g", "p (Holm)": ".3g"}), "paired-table"))
+    if not sec["params"]:
+        sec["params"].append("<p class='note'>No finished tuning trials in the store.</p>")
+    banner, provenance = _provenance(df, results)
+    study_ids = ", ".join(df["study_id"].unique().sort().to_list())
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+    nav = "".join(f'<a href="#{k}">{t}</a>' for k, t in _TITLES)
+    notes = {
+        "curves": "Mean test mIoU over training seeds; the band is the 95 % percentile bootstrap CI of the mean "
+                  "(10,000 resamples). Hover a point for images, subset hash and seeds.",
+        "paired": f"Each strategy minus {baseline} on the same training subset and seed. p: exact sign-flip "
+                  "permutation test of the mean difference, Holm-corrected across the fractions of one curve "
+                  "(with n pairs the smallest possible p is 2/2ⁿ).",
+        "perclass": "Mean test IoU of each class over seeds; the ignore class and classes absent from a split "
+                    "are blank.",
+        "traces": "Validation mIoU per epoch of every tuning trial; grey lines ending in ✕ were stopped early "
+                  "(by ASHA or patience).",
+        "params": "One line per tuning trial, coloured by its best validation mIoU; drag along an axis to filter.",
+    }
+    body = [f"<h1>hsistudy report: {html.escape(study_ids)}</h1>",
+            f'<p class="sub">datasets: {html.escape(", ".join(datasets))} · baseline: {html.escape(baseline)}</p>',
+            f"<nav>{nav}</nav>", banner, f'<h2 id="headlines">Headlines</h2><ul class="headlines">{items}</ul>']
+    for key, title in _TITLES[1:]:
+        body.append(f'<h2 id="{key}">{title}</h2>')
+        if key in notes:
+            body.append(f'<p class="note">{html.escape(notes[key])}</p>')
+        body += {"summary": [summary], "compute": [compute], "provenance": [provenance]}.get(key, sec.get(key, []))
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>hsistudy report: {html.escape(study_ids)}</title><style>{_CSS}</style>"
+            f"<script type=\"text/javascript\">{plotly.offline.get_plotlyjs()}</script></head>\n<body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+    return page, cells
+
+
+def write_report(results: Path, out: Path | None = None, csv: Path | None = None,
+                 baseline: str = "indomain") -> tuple[Path, Path | None]:
+    """Build the report (and optionally the summary CSV) for ``results``; both written atomically."""
+    df = load_store(results)
+    page, cells = build_html(df, results, baseline)
+    out = out or results / "report.html"
+    atomic_write_text(out, page)
+    if csv is not None:
+        atomic_write_text(csv, cells.write_csv())
+    return out, csv
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    csv = None if args.csv is None else Path(args.csv) if args.csv else args.results / "summary.csv"
+    try:
+        out, csv_out = write_report(args.results, args.out, csv, args.baseline)
+    except HsiStudyError as exc:
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(f"report written to {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline)")
+    if csv_out is not None:
+        print(f"summary table written to {csv_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Every cluster config the project ships is valid before anyone pays for a cluster.
+
+The ``ray up`` configs go through Ray's own offline validation (the function
+``ray up`` itself calls: defaults filled in, then ``ray-schema.json`` via
+jsonschema, plus Ray's extra rules), so a misspelt field fails here instead of
+minutes into a launch. ``prepare_config``/``validate_config`` are private Ray
+API: they are pinned by ``ray[tune]==2.60.0`` in pyproject.toml, and
+:func:`test_cluster_configs_install_the_pinned_versions` keeps the pins in step.
+The KubeRay manifests are checked for the fields hsistudy relies on (the CRD
+itself is not vendored).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_UP_CONFIGS = ["cluster.yaml", "cluster-onprem.yaml"]
+K8S_DIR = ROOT / "k8s"
+
+
+def _load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+def _validate(config: dict[str, Any]) -> dict[str, Any]:
+    """What ``ray up`` does with a config before it contacts any cloud: fill defaults, check the schema."""
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(config))
+    validate_config(prepared)
+    return prepared
+
+
+def _pins() -> dict[str, str]:
+    """Exact ``name==version`` pins of pyproject.toml's dependencies (extras dropped)."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    out = {}
+    for d in deps:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^;\s]+)", d.strip())
+        if m:
+            out[m.group(1).lower()] = m.group(2)
+    return out
+
+
+@pytest.mark.parametrize("name", RAY_UP_CONFIGS)
+def test_ray_up_config_passes_rays_schema_validation(name: str) -> None:
+    prepared = _validate(_load(name))
+    assert prepared["head_node_type"] in prepared["available_node_types"]
+
+
+def test_aws_config_has_a_cpu0_head_and_autoscaling_gpu_worker_types() -> None:
+    cfg = _load("cluster.yaml")
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert head["resources"].get("CPU") == 0, "trials must stay off the head"
+    gpu_types = {k: v for k, v in types.items() if v.get("resources", {}).get("GPU", 0) > 0}
+    assert sorted(t["resources"]["GPU"] for t in gpu_types.values()) == [1, 4]
+    for t in gpu_types.values():
+        assert 0 <= t["min_workers"] <= t["max_workers"]
+    assert sum(t["max_workers"] for t in gpu_types.values()) <= cfg["max_workers"]
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--num-cpus=0" in head_start
+
+
+@pytest.mark.parametrize("name", RAY_UP_CONFIGS)
+def test_cluster_configs_install_the_pinned_versions(name: str) -> None:
+    cfg = _load(name)
+    setup = "\n".join(cfg["setup_commands"])
+    pins = _pins()
+    assert f"torch=={pins['torch']}" in setup
+    assert f'"ray[default]=={pins["ray"]}"' in setup  # dashboard + job submission on the cluster
+    assert re.search(r"pip install .*-e ~?/?\S*hsistudy", setup)
+    assert re.search(r"pip install .*--no-deps -r \S*requirements-data\.txt", setup)
+    assert "--index-url" not in setup and "--extra-index-url" not in setup
+    assert "." in cfg["file_mounts"].values(), "the repository itself is copied to every node"
+    # `ray down` runs a bare `ray stop` in a login shell: ray must be on that PATH (ecosystem.md §7)
+    assert re.search(r"export PATH=\S*hsistudy-venv/bin", setup) and "~/.bashrc" in setup
+
+
+@pytest.mark.parametrize("name", RAY_UP_CONFIGS)
+def test_ray_up_commands_are_valid_bash(name: str) -> None:
+    """The schema sees commands as plain strings; ``bash -n`` catches a broken quote or brace."""
+    import subprocess
+
+    cfg = _load(name)
+    keys = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands",
+            "head_start_ray_commands", "worker_start_ray_commands")
+    for cmd in (c for k in keys for c in cfg.get(k) or []):
+        r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True)
+        assert r.returncode == 0, f"{name}: {cmd!r}: {r.stderr}"
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "message"),
+    [
+        ("cluster.yaml", lambda c: c.__setitem__("max_worker", c.pop("max_workers")), "'max_worker' was unexpected"),
+        ("cluster.yaml", lambda c: c["available_node_types"]["gpu.1x.a10g"].__setitem__(
+            "min_worker", c["available_node_types"]["gpu.1x.a10g"].pop("min_workers")), "'min_worker' was unexpected"),
+        ("cluster.yaml", lambda c: c.__setitem__("setup_command", c.pop("setup_commands")),
+         "'setup_command' was unexpected"),
+        ("cluster-onprem.yaml", lambda c: c.__setitem__("head_start_ray_command", c.pop("head_start_ray_commands")),
+         "'head_start_ray_command' was unexpected"),
+    ],
+    ids=["max_worker", "node-type-min_worker", "setup_command", "onprem-head_start_ray_command"],
+)
+def test_a_misspelt_field_fails_validation(name: str, mutate: Any, message: str) -> None:
+    import jsonschema
+
+    cfg = _load(name)
+    mutate(cfg)
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(message)):
+        _validate(cfg)
+
+
+def test_onprem_config_rejects_node_types() -> None:
+    """The local provider builds its single node type itself; ``available_node_types`` is an error there."""
+    import click
+
+    cfg = _load("cluster-onprem.yaml")
+    cfg["available_node_types"] = _load("cluster.yaml")["available_node_types"]
+    with pytest.raises(click.ClickException, match="available_node_types is not supported"):
+        _validate(cfg)
+
+
+# ---- KubeRay manifests: parse, required fields, what hsistudy needs ---------------------------------
+
+
+def _k8s_docs() -> list[dict[str, Any]]:
+    docs = []
+    for f in sorted(K8S_DIR.glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(f.read_text()) if d]
+    return docs
+
+
+def _cluster_specs() -> list[dict[str, Any]]:
+    """The RayCluster spec of every RayCluster and of every RayJob (its rayClusterSpec)."""
+    specs = []
+    for d in _k8s_docs():
+        if d["kind"] == "RayCluster":
+            specs.append(d["spec"])
+        elif d["kind"] == "RayJob" and "rayClusterSpec" in d["spec"]:
+            specs.append(d["spec"]["rayClusterSpec"])
+    return specs
+
+
+def test_k8s_manifests_have_the_expected_kinds() -> None:
+    docs = _k8s_docs()
+    for d in docs:
+        assert {"apiVersion", "kind", "metadata", "spec"} <= set(d), d.get("kind")
+        assert d["metadata"].get("name")
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds == ["PersistentVolumeClaim", "RayCluster", "RayJob"]
+    assert all(d["apiVersion"] == "ray.io/v1" for d in docs if d["kind"].startswith("Ray"))
+
+
+def test_kuberay_clusters_keep_trials_off_the_head_and_autoscale_gpu_workers() -> None:
+    specs = _cluster_specs()
+    assert len(specs) == 2
+    for spec in specs:
+        assert spec["rayVersion"] == _pins()["ray"]
+        assert spec["enableInTreeAutoscaling"] is True
+        assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+        (group,) = spec["workerGroupSpecs"]
+        assert group["groupName"] and group["minReplicas"] == 0 and group["maxReplicas"] == 4
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        assert int(container["resources"]["limits"]["nvidia.com/gpu"]) >= 1
+        assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def test_kuberay_results_volume_is_one_shared_claim_mounted_everywhere() -> None:
+    (pvc,) = [d for d in _k8s_docs() if d["kind"] == "PersistentVolumeClaim"]
+    assert "ReadWriteMany" in pvc["spec"]["accessModes"]
+    for spec in _cluster_specs():
+        for pod in [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"]
+                                                                   for g in spec["workerGroupSpecs"]]:
+            claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                      for v in pod["volumes"] if "persistentVolumeClaim" in v}
+            mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+            assert [mounts[n] for n, c in claims.items() if c == pvc["metadata"]["name"]] == ["/results"]
+
+
+def test_rayjob_entrypoint_is_a_valid_study_run_command() -> None:
+    from study.run import build_parser
+
+    (job,) = [d for d in _k8s_docs() if d["kind"] == "RayJob"]
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "study.run"]
+    args = build_parser().parse_args(argv[3:])  # every flag exists (argparse exits on an unknown one)
+    assert args.strategy == "all" and args.address == "auto"
+    assert str(args.results).startswith("/results/")

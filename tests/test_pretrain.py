@@ -1,0 +1,104 @@
+"""Pretraining data (real spectra at the target bands) and the pretraining CLI / cache."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from study import pretrain as pt
+from study.data import pretrain_data as pdata
+from study.data.specs import get_spec
+from study.models.checkpoints import checkpoint_hash, load_hypersl
+
+
+def test_indian_pines_wavelengths_match_tensorly_source() -> None:
+    np.testing.assert_array_equal(np.array(pdata.INDIAN_PINES_WAVELENGTHS), pdata.tensorly_wavelengths())
+    cube, labels = pdata.indian_pines()
+    assert cube.shape == (145, 145, 200) and labels.shape == (145, 145)
+
+
+def test_srf_resampling_and_scaling() -> None:
+    w = pdata.srf_matrix(np.array([500.0, 700.0]), fwhm=10.0)
+    np.testing.assert_allclose(w.sum(axis=0), 1.0)
+    assert abs(pdata.GRID_NM[w[:, 0].argmax()] - 500.0) < 1e-9
+    x = pdata.minmax_per_band(np.array([[1.0, 5.0], [3.0, 5.0], [2.0, 5.0]]))
+    np.testing.assert_allclose(x, [[0.0, 0.0], [1.0, 0.0], [0.5, 0.0]])
+
+
+def test_pools_hold_real_spectra_at_the_target_bands() -> None:
+    pools = pdata.build_pools(sensors=("hyko2", "hsidrive"))
+    assert {(p.source, p.sensor) for p in pools} == {(s, n) for s in ("indian_pines", "earthlib")
+                                                     for n in ("hyko2", "hsidrive")}
+    for p in pools:
+        np.testing.assert_array_equal(p.wavelengths, get_spec(p.sensor).wavelength_array())
+        assert p.spectra.dtype == np.float32 and p.spectra.min() == 0.0 and p.spectra.max() == 1.0
+        assert p.spectra.shape[0] == {"indian_pines": 145 * 145, "earthlib": 6373}[p.source]
+    counts = pdata.earthlib_counts()
+    assert sum(counts.values()) == 6373 and "road" not in counts and counts["soil"] == 4185
+    assert "canopy" not in pdata.earthlib_counts(include_simulated=False)
+    strict = pdata.pretraining_sources(include_simulated=False, ip_columns=(0, 73))
+    assert strict["indian_pines"].shape[0] == 145 * 73 and strict["earthlib"].shape[0] == 6373 - 2000
+
+
+def test_random_band_subsets() -> None:
+    rng = np.random.default_rng(0)
+    for n in (15, 25, 128):
+        for _ in range(50):
+            idx = pdata.random_band_subset(n, rng, min_bands=8)
+            assert np.all(np.diff(idx) > 0) and 8 <= idx.size <= n and idx[-1] < n
+    pool = pdata.SpectraPool("s", "hyko2", np.random.rand(10, 15).astype(np.float32),
+                             get_spec("hyko2").wavelength_array())
+    x, wl = pdata.sample_batch(pool, 6, rng)
+    assert x.shape == (6, wl.size) and np.all(np.diff(wl) > 0)
+
+
+def _tiny(**over: object) -> pt.PretrainConfig:
+    return replace(pt.default_config("tiny", smoke=True), steps=3, batch_size=16, **over)
+
+
+def test_pretrain_writes_checkpoint_and_cards(tmp_path: Path) -> None:
+    out = tmp_path / "bb.pt"
+    card = pt.pretrain(_tiny(), out, progress=False)
+    model = load_hypersl(out)
+    assert model.config.dim == 32
+    saved = json.loads((tmp_path / "bb.card.json").read_text())
+    assert saved == json.loads(json.dumps(card))
+    assert saved["checkpoint_hash"] == checkpoint_hash(out) and len(saved["sha256"]) == 64
+    assert saved["steps"] == 3 and saved["data"]["earthlib"]["spectra"] == 6373
+    assert saved["data"]["indian_pines"]["spectra"] == 21025 and np.isfinite(saved["final_loss"])
+    assert "not the released HyperSL weights" in saved["statement"]
+    md = (tmp_path / "bb.card.md").read_text()
+    assert "sanity pretraining" in md and saved["sha256"] in md
+
+
+def test_default_backbone_is_made_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = pt.pretrain
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pt, "pretrain", counting)
+    cfg = _tiny()
+    first = pt.ensure_default_backbone(tmp_path, config=cfg, progress=False)
+    again = pt.ensure_default_backbone(tmp_path, config=cfg, progress=False)
+    assert first == again and len(calls) == 1
+    assert first.parent == tmp_path / "backbones" and pt.settings_hash(cfg) in first.name
+    assert pt.settings_hash(_tiny(seed=1)) != pt.settings_hash(cfg)
+
+
+def test_cli_smoke_help_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert pt.main(["--smoke", "--steps", "2", "--quiet", "--out", str(tmp_path / "s.pt")]) == 0
+    assert "final loss" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        pt.main(["--help"])
+    assert exc.value.code == 0 and "examples:" in capsys.readouterr().out
+    for bad in (["--steps", "0"], ["--size", "gigantic"], ["--smoke", "--lr", "-1"]):
+        assert pt.main([*bad, "--out", str(tmp_path / "x.pt")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err

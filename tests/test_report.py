@@ -1,0 +1,109 @@
+"""study.report: one self-contained HTML file, the CSV export, and one-line CLI errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import plotly.offline
+import polars as pl
+import pytest
+from store_builder import build_store
+
+from study import analysis, report
+from study.plots import BAND_META, CURVE_META, curves_figure
+from study.results import SCHEMA_VERSION, read_store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_store(tmp_path_factory.mktemp("store"))
+
+
+def test_main_writes_one_self_contained_file_and_the_csv(store_dir: Path, tmp_path: Path, capsys) -> None:
+    out, csv = tmp_path / "r" / "report.html", tmp_path / "s.csv"
+    assert report.main([str(store_dir), "--out", str(out), "--csv", str(csv)]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]  # no temp file or asset folder left
+    page = out.read_text(encoding="utf-8")
+    assert page.count(plotly.offline.get_plotlyjs()) == 1  # the bundle, embedded exactly once
+    assert not re.search(r"<script[^>]+src=", page) and '<script src="http' not in page
+    assert not re.search(r"<link[^>]+href=[\"']https?:", page)
+    for section in ("Headlines", "Data-efficiency curves", "Paired differences", "Per-class IoU", "Tuning traces",
+                    "Hyperparameters", "Summary table", "Compute accounting", "Provenance"):
+        assert f">{section}</h2>" in page
+    for div in ("curves-hyko2", "paired-hyko2", "perclass-hyko2", "traces-hyko2", "params-hyko2-indomain",
+                "params-hyko2-crossdomain", "summary-table", "compute-table"):
+        assert f'id="{div}"' in page
+    assert "2x fewer labels" in page and "Synthetic data." in page and "0.1.0-test" in page
+    printed = capsys.readouterr().out
+    assert str(out) in printed and str(csv) in printed
+
+
+def test_csv_matches_the_summary_frame(store_dir: Path, tmp_path: Path) -> None:
+    assert report.main([str(store_dir), "--out", str(tmp_path / "r.html"), "--csv", str(tmp_path / "s.csv")]) == 0
+    written = pl.read_csv(tmp_path / "s.csv")
+    expected = analysis.cell_summary(read_store(store_dir))
+    assert written.columns == expected.columns and len(written) == 6
+    for col in expected.columns:
+        if expected[col].dtype.is_float():
+            assert written[col].to_list() == pytest.approx(expected[col].to_list())
+        else:
+            assert written[col].cast(pl.String).to_list() == expected[col].cast(pl.String).to_list()
+
+
+def test_default_paths_are_inside_the_results_dir(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "store", strategies=("indomain",), seeds=(0, 1))
+    assert report.main([str(store), "--csv"]) == 0
+    assert (store / "report.html").is_file() and (store / "summary.csv").is_file()
+
+
+def test_curve_figure_has_one_tagged_trace_per_strategy(store_dir: Path) -> None:
+    fig = curves_figure(analysis.cell_summary(read_store(store_dir)), "hyko2")
+    assert sorted(t.name for t in fig.data if t.meta == CURVE_META) == ["crossdomain", "indomain"]
+    assert sum(t.meta == BAND_META for t in fig.data) == 2
+    assert fig.layout.xaxis.type == "log"
+    hover = next(t for t in fig.data if t.meta == CURVE_META).hovertemplate
+    assert "images" in hover and "subset" in hover and "seeds" in hover
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "study.report", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_cli_help_has_examples() -> None:
+    res = _cli("--help")
+    assert res.returncode == 0 and "examples:" in res.stdout and "--csv" in res.stdout
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "version"])
+def test_errors_exit_2_with_one_line(case: str, tmp_path: Path, capsys) -> None:
+    target = tmp_path / "results"
+    if case == "empty":
+        (target / "rows").mkdir(parents=True)
+    elif case == "version":
+        build_store(target, strategies=("indomain",), seeds=(0,))
+        (target / "study.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
+    assert report.main([str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(target) in err
+
+
+def test_cli_error_in_a_subprocess_and_debug_traceback(tmp_path: Path) -> None:
+    res = _cli(str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
+    with pytest.raises(report.HsiStudyError):
+        report.main([str(tmp_path / "nowhere"), "--debug"])
+
+
+def test_store_without_finished_cells_still_reports(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "store", strategies=("indomain",), seeds=())
+    out, _ = report.write_report(store)
+    page = out.read_text(encoding="utf-8")
+    assert "No finished cells yet" in page and 'id="traces-hyko2"' in page
