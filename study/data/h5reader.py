@@ -114,6 +114,10 @@ class H5Split:
         self.shapes: list[tuple[int, int]] = []
         self.wavelengths = spec.wavelength_array()
         self.wavelength_source = ""
+        #: channels per pixel: the band count, or the feature width D of a feature file
+        #: (HS3-Bench layout whose ``image`` holds per-pixel backbone features, see study.features)
+        self.n_channels = self.wavelengths.size
+        self.feature_dim: int | None = None
         self.values_checked = False
         self._index: dict[str, int] = {}
         self._classes: list[frozenset[int]] | None = None
@@ -177,7 +181,14 @@ class H5Split:
     def _validate_structure(self) -> None:
         fh = self._file
         with self._reading(None):
-            self.wavelengths, self.wavelength_source = _resolve_wavelengths(fh, self.path, self.spec)
+            if "feature_dim" in fh.attrs:  # features replace the spectrum; keep the source's band centres
+                self.feature_dim = int(fh.attrs["feature_dim"])
+                self.wavelengths = np.asarray(fh.attrs["source_wavelengths"], dtype=np.float32)
+                self.wavelength_source = f"attribute 'source_wavelengths' of feature file {self.path.name}"
+                self.n_channels = self.feature_dim
+            else:
+                self.wavelengths, self.wavelength_source = _resolve_wavelengths(fh, self.path, self.spec)
+                self.n_channels = self.wavelengths.size
             names = sorted(k for k in fh if k != METADATA_KEY)
         if not names:
             raise DataValidationError(
@@ -222,7 +233,7 @@ class H5Split:
                 f"{where}: image H x W {ishape[:2]} != labels H x W {lshape}; the label map must cover the "
                 "image pixel for pixel (was one of them resized, or is the image stored (C, H, W)?)"
             )
-        n_wl = self.wavelengths.size
+        n_wl = self.n_channels
         if ishape[2] != n_wl:
             raise DataValidationError(
                 f"{where}: image has {ishape[2]} bands but there are {n_wl} wavelengths from "
@@ -312,7 +323,7 @@ class H5Split:
         """One sample by index or name: image (H, W, C) float32, labels (H, W) int64 (remapped, checked)."""
         name = self._name_of(item)
         h, w = self.shapes[self._index[name]]
-        image = np.empty((h, w, self.wavelengths.size), dtype=np.float32)
+        image = np.empty((h, w, self.n_channels), dtype=np.float32)
         return image, self._read_into(name, image)
 
     def classes_present(self) -> list[frozenset[int]]:
@@ -339,7 +350,7 @@ class H5Split:
                 f"{self.path}: selected samples differ in size ({listed}); load() stacks them into one "
                 "array, so they must share H x W. Fix: crop/resize them when converting, or read() one by one"
             )
-        (h, w), c = next(iter(sizes)), self.wavelengths.size
+        (h, w), c = next(iter(sizes)), self.n_channels
         images = np.empty((len(chosen), h, w, c), dtype=np.float32)
         labels = np.empty((len(chosen), h, w), dtype=np.int64)
         for j, name in enumerate(chosen):
