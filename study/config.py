@@ -58,6 +58,10 @@ class StudyConfig:
     num_cpus: int | None = None
     max_concurrent: int | None = None
     max_failures: int = 3
+    #: HyperSL checkpoint for the feature strategies; None: the locally pretrained default (cached)
+    backbone: Path | None = None
+    bn_mode: str = "chunk"  # "chunk" (paper: train-mode BN statistics per pixel chunk) or "running"
+    feature_dtype: str = "float16"
     preset: str = "full"
 
     def __post_init__(self) -> None:
@@ -94,8 +98,20 @@ class StudyConfig:
                 f"--results {self.results}: object-store URIs are not supported yet; use a shared filesystem "
                 "path (EFS/NFS/a Kubernetes volume) mounted on every node, see docs/cluster.md"
             )
+        if self.bn_mode not in ("chunk", "running"):
+            raise ConfigError(f"--bn-mode must be chunk or running, got {self.bn_mode!r}")
+        if self.feature_dtype not in ("float16", "float32"):
+            raise ConfigError(f"--feature-dtype must be float16 or float32, got {self.feature_dtype!r}")
+        if self.backbone is not None and not Path(self.backbone).is_file():
+            raise ConfigError(f"--backbone {self.backbone} is not a file (expected a HyperSL checkpoint .pt/.pth "
+                              "or .safetensors)")
         if self.data_root is not None and not Path(self.data_root).is_dir():
             raise ConfigError(f"--data-root {self.data_root} is not a directory (expected <dataset>_<split>.h5 files)")
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether any chosen strategy trains on frozen HyperSL features."""
+        return any(STRATEGIES[s].inputs == "features" for s in self.strategies)
 
     @property
     def model_width(self) -> str:
@@ -109,6 +125,7 @@ class StudyConfig:
         d["results"] = str(self.results)
         d["data_root"] = str(self.data_root) if self.data_root else None
         d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
+        d["backbone"] = str(self.backbone) if self.backbone else None
         d["model_width"] = self.model_width
         return d
 

@@ -44,6 +44,8 @@ class Prepared:
     source: str
     splits: dict[str, H5Split]
     subsets: dict[float, SubsetManifest]
+    feature_splits: dict[str, H5Split] | None = None  # frozen-backbone features, same samples as ``splits``
+    backbone_hash: str | None = None
 
 
 def prepare(cfg: StudyConfig, echo: Callable[[str], None] = echo) -> Prepared:
@@ -64,7 +66,39 @@ def prepare(cfg: StudyConfig, echo: Callable[[str], None] = echo) -> Prepared:
     }
     for f, m in subsets.items():
         m.write(Path(cfg.results) / "manifests" / f"{spec.name}-f{f:g}-s{cfg.subset_seed}-{m.content_hash}.json")
-    return Prepared(spec, root, source, splits, subsets)
+    feature_splits, backbone_hash = (prepare_features(cfg, spec, root, echo) if cfg.needs_features else (None, None))
+    return Prepared(spec, root, source, splits, subsets, feature_splits, backbone_hash)
+
+
+def prepare_features(
+    cfg: StudyConfig, spec: DatasetSpec, root: Path, echo: Callable[[str], None]
+) -> tuple[dict[str, H5Split], str]:
+    """Per-pixel HyperSL features of every split, computed at most once per (backbone, data, settings).
+
+    The frozen backbone's features are the expensive part of the crossdomain
+    strategies (design.md §6): the cache makes every trial of every cell reuse them.
+    """
+    import torch
+
+    from study.data.generator import default_cache_dir
+    from study.features import ensure_features
+    from study.models.checkpoints import checkpoint_hash
+    from study.pretrain import ensure_default_backbone
+
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    if cfg.backbone is not None:
+        backbone = Path(cfg.backbone)
+    else:
+        t0 = time.perf_counter()
+        backbone = ensure_default_backbone(cache_dir=cache, progress=True)
+        echo(f"backbone: locally pretrained HyperSL ({backbone}, {time.perf_counter() - t0:.0f} s); a small-scale "
+             "sanity pretraining, not the released weights")
+    t0 = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    folder = ensure_features(cache / "features", backbone, root, spec.name, bn_mode=cfg.bn_mode,
+                             dtype=cfg.feature_dtype, device=device, progress=True)
+    echo(f"features: {folder} (bn mode {cfg.bn_mode}, {cfg.feature_dtype}; {time.perf_counter() - t0:.1f} s)")
+    return validate_dataset(folder, spec), checkpoint_hash(backbone)
 
 
 def budget_of(cfg: StudyConfig) -> Budget:
@@ -177,7 +211,11 @@ def run_cell(
     replay = replay_from_rows(stored)
     if replay:
         echo(f"  resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
-    bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
+    if strategy.inputs == "features":
+        assert prep.feature_splits is not None, "prepare() computes features when a strategy needs them"
+        bundle = make_bundle(prep.spec, prep.feature_splits, subset, prep.source, prep.backbone_hash)
+    else:
+        bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
     res = strategy.resources(have_gpu)
     trainable = tune.with_resources(
         tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
@@ -189,6 +227,7 @@ def run_cell(
         "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
         "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": __version__,
+        "backbone_hash": bundle.backbone_hash,
     }
 
     def store(log: TrialLog) -> None:

@@ -67,6 +67,7 @@ class PretrainConfig:
     min_bands: int = 8
     include_simulated: bool = True
     ip_columns: tuple[int, int] = (0, 145)
+    ip_holdout: str = ""  # Indian Pines blocks kept out (pretrain_data.indian_pines_holdout), e.g. "checker20:test"
 
     def validate(self) -> PretrainConfig:
         from study.models.hypersl import SIZES
@@ -109,6 +110,7 @@ def _data_summary(config: PretrainConfig, pools: list[Any]) -> dict[str, Any]:
                           float(p.wavelengths[-1])], "srf_fwhm_nm": sensor_fwhm(p.sensor)} for p in pools}
     return {
         "indian_pines": {"spectra": counts["indian_pines"], "native_bands": 200, "columns": list(config.ip_columns),
+                         "holdout": config.ip_holdout,
                          "file": "tensorly/datasets/data/Indian_pines_corrected.npy", "sha256_16": _file_sha(tl),
                          "units": "at-sensor DN, min-max scaled per band over the scene"},
         "earthlib": {"spectra": counts["earthlib"], "level2": list(PERVIOUS_LEVEL2),
@@ -140,7 +142,8 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool) -> dict[str, An
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(config.seed)
-    pools = build_pools(include_simulated=config.include_simulated, ip_columns=config.ip_columns)
+    pools = build_pools(include_simulated=config.include_simulated, ip_columns=config.ip_columns,
+                        ip_holdout=config.ip_holdout)
     by_source: dict[str, list[Any]] = {}
     for p in pools:
         by_source.setdefault(p.source, []).append(p)

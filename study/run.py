@@ -25,6 +25,10 @@ examples:
       a full study on the embedded synthetic HSI-Drive-like data
   python -m study.run --strategy indomain --dataset hyko2 --data-root /data/hs3bench/hyko2 --results results/hyko2
       real HS3-Bench files: /data/hs3bench/hyko2/hyko2_{train,val,test}.h5
+  python -m study.run --strategy crossdomain,crossdomain-fc,indomain-fc --smoke
+      the HyperSL strategies: features of a locally pretrained backbone are computed once and cached
+  python -m study.run --strategy all --backbone 5_base_mask95_checkpoint.pt --data-root /data/hs3bench/hyko2
+      every strategy with the released HyperSL weights on real data
   python -m study.run --strategy indomain --address auto --results /shared/results/study1
       on a running Ray cluster (ray up cluster.yaml), results on shared storage
 """
@@ -57,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", default=None, help="RU-Net width: full (64, 17.3 M params), small (16), tiny (8), "
                    "or an integer; default full on real data, small on synthetic")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default: HS3-Bench's, e.g. 16)")
+    p.add_argument("--backbone", type=Path, default=None,
+                   help="HyperSL checkpoint for crossdomain strategies (released layout or ours); default: the "
+                   "locally pretrained sanity backbone, pretrained on first use and cached")
+    p.add_argument("--bn-mode", default="chunk", choices=["chunk", "running"],
+                   help="feature export BatchNorm: chunk = train-mode statistics per pixel chunk (paper), "
+                   "running = eval mode")
+    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
+                   help="storage of cached features (default float16)")
     p.add_argument("--results", type=Path, default=None, help="results directory (default results/<study id>)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache of generated data (default $HSISTUDY_CACHE or ~/.cache/hsistudy)")
@@ -119,6 +131,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         width=width, batch_size=args.batch_size, data_root=args.data_root, cache_dir=args.cache_dir,
         synthetic=_synthetic(args, preset), address=args.address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
     )
     cfg = build_config(preset, **given, results=args.results or Path("results"))
     if args.results is None:  # default folder named by the study id, which the settings above determine

@@ -22,6 +22,9 @@ class Strategy:
     trainable: str  # "module:function"
     search_space: str  # "module:ATTRIBUTE" (a dict of Optuna distributions)
     model_name: str
+    #: "raw": the cube's spectra; "features": per-pixel features of the frozen HyperSL backbone,
+    #: computed once per study and split (study.features cache) and shared by every trial
+    inputs: str = "raw"
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 1.0  # used only when the cluster has GPUs
 
@@ -51,6 +54,31 @@ STRATEGIES: dict[str, Strategy] = {
         trainable="trainables.indomain:train_indomain",
         search_space="search_spaces.indomain:SPACE",
         model_name="runet",
+    ),
+    "crossdomain": Strategy(
+        name="crossdomain",
+        description="HyperSL-RU-Net: frozen HyperSL per-pixel features replace the spectrum as RU-Net input",
+        trainable="trainables.indomain:train_indomain",  # the same RU-Net, on C = D feature channels
+        search_space="search_spaces.crossdomain:SPACE",
+        model_name="hypersl-runet",
+        inputs="features",
+    ),
+    "crossdomain-fc": Strategy(
+        name="crossdomain-fc",
+        description="HyperSL-FC: BatchNorm1d + Linear on frozen per-pixel HyperSL features",
+        trainable="trainables.crossdomain_fc:train_crossdomain_fc",
+        search_space="search_spaces.crossdomain_fc:SPACE",
+        model_name="hypersl-fc",
+        inputs="features",
+        gpus_per_trial=0.25,  # a tiny head: four trials share a GPU
+    ),
+    "indomain-fc": Strategy(
+        name="indomain-fc",
+        description="per-pixel BatchNorm1d + Linear on raw spectra (the fair baseline for HyperSL-FC)",
+        trainable="trainables.indomain_fc:train_indomain_fc",
+        search_space="search_spaces.indomain_fc:SPACE",
+        model_name="fc",
+        gpus_per_trial=0.25,
     ),
 }
 

@@ -34,6 +34,6 @@ def train_indomain(
     width = config.get("width", "full")
     seed_everything(settings.seed)
     model = build_runet(data.n_bands, spec.n_classes, width=width, dropout=float(config.get("dropout", 0.25)))
-    return fit(
-        model, data, spec, settings, report, get_checkpoint=get_checkpoint, extra={"model_name": f"runet-{width}"}
-    )
+    on_features = data.backbone_hash is not None  # HyperSL-RU-Net: the same RU-Net on feature channels
+    extra = {"model_name": f"{'hypersl-' if on_features else ''}runet-{width}", "backbone_hash": data.backbone_hash}
+    return fit(model, data, spec, settings, report, get_checkpoint=get_checkpoint, extra=extra)

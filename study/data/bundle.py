@@ -45,6 +45,7 @@ class DataBundle:
     wavelengths: np.ndarray  # (C,) nm
     subset: SubsetManifest
     source: str  # "synthetic:<dir>" or the real data root, recorded in every row
+    backbone_hash: str | None = None  # set when the images are frozen-backbone features, not spectra
 
     @property
     def n_bands(self) -> int:
@@ -61,7 +62,11 @@ def load_split(split: H5Split, names: tuple[str, ...] | None = None) -> SplitArr
 
 
 def make_bundle(
-    spec: DatasetSpec, splits: dict[str, H5Split], subset: SubsetManifest, source: str | Path
+    spec: DatasetSpec,
+    splits: dict[str, H5Split],
+    subset: SubsetManifest,
+    source: str | Path,
+    backbone_hash: str | None = None,
 ) -> DataBundle:
     """Assemble a cell's bundle: the subset of train, the complete val and test splits."""
     return DataBundle(
@@ -72,4 +77,5 @@ def make_bundle(
         wavelengths=np.asarray(splits["train"].wavelengths, dtype=np.float32),
         subset=subset,
         source=str(source),
+        backbone_hash=backbone_hash,
     )

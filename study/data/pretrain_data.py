@@ -122,18 +122,23 @@ class SpectraPool:
     wavelengths: np.ndarray
 
 
-def pretraining_sources(include_simulated: bool = True,
-                        ip_columns: tuple[int, int] = (0, 145)) -> dict[str, np.ndarray]:
+def pretraining_sources(include_simulated: bool = True, ip_columns: tuple[int, int] = (0, 145),
+                        ip_holdout: str = "") -> dict[str, np.ndarray]:
     """Source name -> spectra (N, 601) on GRID_NM, NaN/non-finite rows removed.
 
-    ``ip_columns`` keeps only Indian Pines columns [a, b): the strict variant of
-    an Indian Pines evaluation keeps its test block out of pretraining (data.md §5.2).
+    ``ip_columns`` keeps only Indian Pines columns [a, b) and ``ip_holdout``
+    (:func:`indian_pines_holdout`) drops whole blocks of the checkerboard split:
+    the strict variant of an Indian Pines evaluation keeps its test blocks out
+    of pretraining (data.md §5.2).
     """
     cube, _ = indian_pines()
     a, b = ip_columns
     if not 0 <= a < b <= cube.shape[1]:
         raise HsiStudyError(f"ip_columns must satisfy 0 <= a < b <= {cube.shape[1]}, got {ip_columns}")
-    ip = cube[:, a:b].reshape(-1, cube.shape[-1]).astype(np.float64)
+    keep_px = ~indian_pines_holdout(ip_holdout)
+    keep_px[:, :a] = False
+    keep_px[:, b:] = False
+    ip = cube[keep_px].astype(np.float64)
     out = {"indian_pines": to_grid(np.asarray(INDIAN_PINES_WAVELENGTHS), ip)}
     spectra, _, level2, level3 = earthlib_library()
     keep = np.isin(np.array(level2), PERVIOUS_LEVEL2)
@@ -154,15 +159,81 @@ def earthlib_counts(include_simulated: bool = True) -> dict[str, int]:
 
 
 def build_pools(sensors: tuple[str, ...] = SENSORS, include_simulated: bool = True,
-                ip_columns: tuple[int, int] = (0, 145)) -> list[SpectraPool]:
+                ip_columns: tuple[int, int] = (0, 145), ip_holdout: str = "") -> list[SpectraPool]:
     """Every (source, sensor) pool: SRF-resampled, then min–max per band over the source."""
     pools = []
-    for source, grid_spectra in pretraining_sources(include_simulated, ip_columns).items():
+    for source, grid_spectra in pretraining_sources(include_simulated, ip_columns, ip_holdout).items():
         for sensor in sensors:
             wl = get_spec(sensor).wavelength_array()
-            x = minmax_per_band(grid_spectra @ srf_matrix(wl, sensor_fwhm(sensor)))
-            pools.append(SpectraPool(source, sensor, x.astype(np.float32), wl))
+            pools.append(SpectraPool(source, sensor, to_sensor(grid_spectra, sensor), wl))
     return pools
+
+
+def to_sensor(grid_spectra: np.ndarray, sensor: str) -> np.ndarray:
+    """Spectra on GRID_NM (N, 601) -> the sensor's bands (Gaussian SRFs), min–max per band over N; float32.
+
+    The same transform feeds pretraining and the Indian Pines evaluation's
+    feature export, so the backbone sees identically scaled inputs in both.
+    """
+    wl = get_spec(sensor).wavelength_array()
+    return minmax_per_band(grid_spectra @ srf_matrix(wl, sensor_fwhm(sensor))).astype(np.float32)
+
+
+# ---------------------------------------------------------------- spatially disjoint Indian Pines split
+#: Checkerboard split of the 145 x 145 scene (data.md §5.2): square cells of ``IP_CELL`` px, even cells
+#: (row + column cell index even) train, odd cells test; ``IP_GUARD`` px at every cell border are left
+#: out of both, so a training pixel and a test pixel are always >= 2 * IP_GUARD + 1 px apart.
+IP_CELL = 20
+IP_GUARD = 2
+#: Classes kept by the evaluation: >= IP_MIN_PIXELS labelled pixels on *both* sides of the split.
+IP_MIN_PIXELS = 20
+
+
+def indian_pines_cells(cell: int = IP_CELL) -> tuple[np.ndarray, np.ndarray]:
+    """Cell parity (0 = training cell, 1 = test cell) and cell-row index of every pixel, both (145, 145)."""
+    if cell < 2:
+        raise HsiStudyError(f"checkerboard cell must be >= 2 px, got {cell}")
+    r, c = np.indices(indian_pines()[1].shape)
+    return (r // cell + c // cell) % 2, r // cell
+
+
+def indian_pines_split(cell: int = IP_CELL, guard: int = IP_GUARD) -> dict[str, np.ndarray]:
+    """Boolean (145, 145) masks of the labelled pixels per role (guard bands removed).
+
+    ``train``/``test``: even/odd checkerboard cells. ``fit``/``val``: the
+    training cells again, split by cell row (odd cell rows = validation), for
+    choosing settings without looking at the test cells.
+    """
+    if not 0 <= 2 * guard < cell:
+        raise HsiStudyError(f"guard must satisfy 0 <= 2 * guard < cell, got guard {guard}, cell {cell}")
+    _, labels = indian_pines()
+    parity, cell_row = indian_pines_cells(cell)
+    r, c = np.indices(labels.shape)
+    inner = (r % cell >= guard) & (r % cell < cell - guard) & (c % cell >= guard) & (c % cell < cell - guard)
+    lab = (labels > 0) & inner
+    train = lab & (parity == 0)
+    val = train & (cell_row % 2 == 1)
+    return {"train": train, "test": lab & (parity == 1), "fit": train & ~val, "val": val}
+
+
+def indian_pines_holdout(spec: str) -> np.ndarray:
+    """Boolean (145, 145) mask of the pixels a pretraining must not see.
+
+    ``""``: none. ``"checker<cell>:test"``: every pixel (labelled or not, guard
+    bands included) of the checkerboard's test cells. ``"checker<cell>:test+val"``:
+    the test cells and the validation cells (odd cell rows of the training cells).
+    """
+    shape = indian_pines()[1].shape
+    if not spec:
+        return np.zeros(shape, dtype=bool)
+    found = re.fullmatch(r"checker(\d+):(test|test\+val)", spec)
+    if found is None:
+        raise HsiStudyError(f"ip_holdout must be '', 'checker<cell>:test' or 'checker<cell>:test+val', got {spec!r}")
+    parity, cell_row = indian_pines_cells(int(found.group(1)))
+    out = parity == 1
+    if found.group(2) == "test+val":
+        out |= (parity == 0) & (cell_row % 2 == 1)
+    return out
 
 
 def random_band_subset(n_bands: int, rng: np.random.Generator, min_bands: int = 8, max_drop: float = 0.2) -> np.ndarray:

@@ -1,0 +1,55 @@
+"""The crossdomain strategies through the real driver: features computed once, reused by every trial."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import study.features as features_mod
+from study.models.checkpoints import checkpoint_hash, save_checkpoint
+from study.models.hypersl import build_hypersl
+from study.results import read_store
+from study.run import main
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny HyperSL saved in the released checkpoint layout (weights random: the plumbing is under test)."""
+    import torch
+
+    torch.manual_seed(0)
+    return save_checkpoint(build_hypersl("tiny"), tmp_path_factory.mktemp("bb") / "tiny_hypersl.pt")
+
+
+def test_study_with_n_trials_exports_each_split_once(ray_session, tiny_root, tiny_backbone, tmp_path, monkeypatch,
+                                                     capsys) -> None:
+    calls: list[str] = []
+    real = features_mod.export_split
+
+    def counting(model, data_root, dataset, split, *args, **kwargs):
+        calls.append(split)
+        return real(model, data_root, dataset, split, *args, **kwargs)
+
+    monkeypatch.setattr(features_mod, "export_split", counting)
+    argv = ["--strategy", "crossdomain,crossdomain-fc", "--dataset", "hyko2", "--data-root", str(tiny_root),
+            "--backbone", str(tiny_backbone), "--width", "tiny", "--fractions", "1.0", "--trials", "3",
+            "--epochs", "2", "--grace-period", "1", "--seeds", "1", "--cache-dir", str(tmp_path / "cache"),
+            "--results", str(tmp_path / "res")]
+    assert main(argv) == 0, capsys.readouterr()
+    assert sorted(calls) == ["test", "train", "val"]  # 2 strategies x (3 trials + 1 seed): once each
+
+    df = read_store(tmp_path / "res")
+    finals = df.filter(pl.col("row_kind") == "final")
+    assert sorted(finals["strategy"].unique().to_list()) == ["crossdomain", "crossdomain-fc"]
+    assert (df["backbone_hash"] == checkpoint_hash(tiny_backbone)).all()
+    assert set(finals["model_name"].to_list()) == {"hypersl-runet-tiny", "hypersl-fc"}
+    # all strategies at a fraction use the same training subset
+    assert df["subset_hash"].n_unique() == 1
+
+    calls.clear()  # a second study on the same data reuses the cache
+    argv[argv.index("--results") + 1] = str(tmp_path / "res2")
+    argv[argv.index("--fractions") + 1] = "0.5"
+    assert main(argv) == 0
+    assert calls == []
