@@ -62,6 +62,11 @@ class StudyConfig:
     backbone: Path | None = None
     bn_mode: str = "chunk"  # "chunk" (paper: train-mode BN statistics per pixel chunk) or "running"
     feature_dtype: str = "float16"
+    #: GPU requests per trial: "auto" (if the cluster has GPUs when the study starts), "on" (always: on an
+    #: autoscaling cluster this makes Ray start GPU workers), "off" (CPU only)
+    gpus: str = "auto"
+    dashboard: bool = False  # a local Ray's dashboard, bound to dashboard_host (localhost unless told otherwise)
+    dashboard_host: str = "127.0.0.1"
     preset: str = "full"
 
     def __post_init__(self) -> None:
@@ -98,6 +103,8 @@ class StudyConfig:
                 f"--results {self.results}: object-store URIs are not supported yet; use a shared filesystem "
                 "path (EFS/NFS/a Kubernetes volume) mounted on every node, see docs/cluster.md"
             )
+        if self.gpus not in ("auto", "on", "off"):
+            raise ConfigError(f"--gpus must be auto, on or off, got {self.gpus!r}")
         if self.bn_mode not in ("chunk", "running"):
             raise ConfigError(f"--bn-mode must be chunk or running, got {self.bn_mode!r}")
         if self.feature_dtype not in ("float16", "float32"):

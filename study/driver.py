@@ -83,19 +83,20 @@ def prepare_features(
     from study.data.generator import default_cache_dir
     from study.features import ensure_features
     from study.models.checkpoints import checkpoint_hash
-    from study.pretrain import ensure_default_backbone
+    from study.pretrain import default_config, ensure_default_backbone
 
     cache = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
     if cfg.backbone is not None:
         backbone = Path(cfg.backbone)
     else:
         t0 = time.perf_counter()
-        backbone = ensure_default_backbone(cache_dir=cache, progress=True)
+        smoke = cfg.preset == "smoke"  # --smoke: a seconds-long pretraining (plumbing, not quality)
+        backbone = ensure_default_backbone(cache_dir=cache, config=default_config("cpu", smoke=smoke), progress=True)
         echo(f"backbone: locally pretrained HyperSL ({backbone}, {time.perf_counter() - t0:.0f} s); a small-scale "
              "sanity pretraining, not the released weights")
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    folder = ensure_features(cache / "features", backbone, root, spec.name, bn_mode=cfg.bn_mode,
+    folder = ensure_features(cache, backbone, root, spec.name, bn_mode=cfg.bn_mode,
                              dtype=cfg.feature_dtype, device=device, progress=True)
     echo(f"features: {folder} (bn mode {cfg.bn_mode}, {cfg.feature_dtype}; {time.perf_counter() - t0:.1f} s)")
     return validate_dataset(folder, spec), checkpoint_hash(backbone)
@@ -280,7 +281,10 @@ def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = ec
     results = Path(cfg.results)
     done = finished_cells(results, cfg.seeds)  # first: refuses a store of another schema version
     write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(), "data_root": str(prep.data_root)})
-    have_gpu = ray.cluster_resources().get("GPU", 0) > 0
+    have_gpu = cfg.gpus == "on" or (cfg.gpus == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    if cfg.gpus == "auto" and not have_gpu and cfg.address:
+        echo("note: no GPU in the cluster yet, trials request CPU only; use --gpus on to make an autoscaling "
+             "cluster start GPU workers")
     cells = [(s, f) for s in cfg.strategies for f in sorted(prep.subsets)]
     failures: list[str] = []
     for i, (sname, frac) in enumerate(cells, 1):

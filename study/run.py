@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: $RAY_ADDRESS or a "
                    "local Ray on this machine")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    p.add_argument("--gpus", default="auto", choices=["auto", "on", "off"],
+                   help="per-trial GPU requests: auto (if the cluster has GPUs at start), on, off")
+    p.add_argument("--dashboard", action="store_true",
+                   help="start the local Ray dashboard (needs ray[default]); bound to --dashboard-host")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="interface of the local dashboard (default 127.0.0.1: this machine only)")
     p.add_argument("--max-concurrent", type=int, default=None, help="max concurrent trials per cell")
     p.add_argument("--max-failures", type=int, default=None,
                    help="retries of a failing trial, from its last checkpoint (default 3)")
@@ -132,6 +138,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         synthetic=_synthetic(args, preset), address=args.address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
+        gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
     )
     cfg = build_config(preset, **given, results=args.results or Path("results"))
     if args.results is None:  # default folder named by the study id, which the settings above determine
@@ -169,8 +176,9 @@ def init_ray(cfg: StudyConfig) -> None:
         ray.init(address=address, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on this machine only
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        # the dashboard exposes job control: off by default, and bound to localhost unless the user says otherwise
+        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard,
+                 dashboard_host=cfg.dashboard_host, log_to_driver=False, configure_logging=False)
 
 
 def main(argv: list[str] | None = None) -> int:

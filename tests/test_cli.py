@@ -48,3 +48,29 @@ def test_presets_fill_in_only_what_was_not_given() -> None:
     assert len(cfg.fractions) >= 3 and cfg.trials >= 4 and cfg.seeds >= 2
     cfg = config_from_args(build_parser().parse_args(["--epochs", "3"]))  # preset grace period adapts
     assert cfg.grace_period <= 3
+
+
+def test_local_ray_dashboard_is_off_by_default_and_bound_to_localhost(monkeypatch) -> None:
+    import ray
+
+    from study.run import init_ray
+
+    seen: dict = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    init_ray(config_from_args(build_parser().parse_args(["--smoke"])))
+    assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
+    init_ray(config_from_args(build_parser().parse_args(["--smoke", "--dashboard"])))
+    assert seen["include_dashboard"] is True and seen["dashboard_host"] == "127.0.0.1"
+
+
+def test_gpu_requests_follow_the_flag() -> None:
+    from study.strategies import get_strategy
+
+    assert get_strategy("indomain").resources(have_gpus=True) == {"cpu": 1.0, "gpu": 1.0}
+    assert get_strategy("crossdomain-fc").resources(have_gpus=True)["gpu"] == 0.25
+    assert "gpu" not in get_strategy("indomain").resources(have_gpus=False)
+    with pytest.raises(SystemExit) as exc:  # argparse: one usage line naming the valid choices, exit 2
+        build_parser().parse_args(["--gpus", "maybe"])
+    assert exc.value.code == 2

@@ -53,6 +53,10 @@ def test_smoke_study_writes_a_store_that_matches_the_schema(ray_session, tiny_ro
         str(results / "optuna.journal")))
     studies = optuna.get_all_study_summaries(storage)
     assert len(studies) == 2 and all(s.n_trials == 3 for s in studies)
+    states = [t.state for s in studies for t in optuna.load_study(study_name=s.study_name, storage=storage).trials]
+    pruned = states.count(optuna.trial.TrialState.PRUNED)
+    assert set(states) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    assert pruned == trials.filter(pl.col("status") == "stopped_early").height  # ASHA stops are PRUNED in Optuna
 
     # re-running the same command finds every cell finished and adds no rows
     rc = main([*ARGS, "--data-root", str(tiny_root), "--results", str(results)])
