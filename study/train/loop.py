@@ -29,6 +29,10 @@ from study.data.specs import DatasetSpec
 from study.train.metrics import confusion_matrix, metrics_from_confusion
 
 Report = Callable[..., Any]
+#: (model, optimizer, loss_fn, train split, numpy Generator, device) -> mean training loss of the epoch
+EpochFn = Callable[[nn.Module, torch.optim.Optimizer, nn.Module, SplitArrays, np.random.Generator, torch.device], float]
+#: (model, split, spec, device, batch size) -> metrics of one confusion matrix over the split
+EvalFn = Callable[[nn.Module, SplitArrays, DatasetSpec, torch.device, int], dict]
 CKPT_FILE = "state.pt"
 
 
@@ -185,13 +189,22 @@ def fit(
     params: list[dict] | None = None,
     get_checkpoint: Callable[[], Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    epoch_fn: EpochFn | None = None,
+    eval_fn: EvalFn = evaluate,
 ) -> dict:
     """Train ``model``, reporting every epoch; in the final phase evaluate test once at the end.
 
     ``params`` are optimizer parameter groups (default: all trainable parameters
     at ``settings.lr``), so strategies with a frozen or slower backbone reuse the
-    loop. Returns the last reported metrics.
+    loop. ``epoch_fn``/``eval_fn`` replace the image-level epoch and evaluation
+    (the per-pixel models pass theirs), so selection, early stopping, reports,
+    checkpoints and resumption are one code path for every strategy. Returns the
+    last reported metrics.
     """
+    if epoch_fn is None:
+        def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - EpochFn
+            return train_epoch(model, opt, loss_fn, split, settings, gen, device)
+
     device = pick_device()
     gen = np.random.default_rng(settings.seed)
     model.to(device)
@@ -216,8 +229,8 @@ def fit(
     for epoch in range(start_epoch, settings.max_epochs + 1):
         _sync(device)
         t0 = time.perf_counter()
-        train_loss = train_epoch(model, opt, loss_fn, data.train, settings, gen, device)
-        val = evaluate(model, data.val, spec, device, settings.eval_batch_size)
+        train_loss = epoch_fn(model, opt, loss_fn, data.train, gen, device)
+        val = eval_fn(model, data.val, spec, device, settings.eval_batch_size)
         _sync(device)
         device_s += time.perf_counter() - t0
         if val["miou"] > best:  # nan never wins: a trial with no valid val pixels keeps best = -1
@@ -243,7 +256,7 @@ def fit(
         if last_epoch and settings.final:
             if best_state is not None:
                 model.load_state_dict(best_state)
-            metrics.update(_prefixed("test", evaluate(model, data.test, spec, device, settings.eval_batch_size)))
+            metrics.update(_prefixed("test", eval_fn(model, data.test, spec, device, settings.eval_batch_size)))
         if last_epoch or epoch % settings.checkpoint_every == 0:
             state = {
                 "epoch": epoch,

@@ -22,8 +22,6 @@ segmentation strategies.
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,16 +31,7 @@ from torch import nn
 
 from study.data.bundle import DataBundle, SplitArrays
 from study.data.specs import DatasetSpec
-from study.train.loop import (
-    Report,
-    TrainSettings,
-    _load_checkpoint,
-    _prefixed,
-    _save_checkpoint,
-    _sync,
-    pick_device,
-    ray_node_id,
-)
+from study.train.loop import Report, TrainSettings, fit
 from study.train.metrics import ConfusionAccumulator
 
 #: Images per loaded batch of the paper's per-pixel arm (benchmark.md §4.1 item 3).
@@ -163,8 +152,8 @@ def fit_pixels(
     """Train a per-pixel ``model`` ((P, D) -> (P, K)), reporting every epoch; test once at the end when final.
 
     Reports, checkpoints (every ``settings.checkpoint_every`` epochs and the last),
-    resumption, early stopping and best-val selection follow ``loop.fit`` line for
-    line. ``images_per_batch`` defaults to the paper's per dataset. Returns the last
+    resumption, early stopping and best-val selection are ``loop.fit``'s: only the
+    epoch and the evaluation are per-pixel. ``images_per_batch`` defaults to the paper's per dataset. Returns the last
     reported metrics.
     """
     if sub_batch < 2:
@@ -172,75 +161,9 @@ def fit_pixels(
     ipb = int(images_per_batch or default_images_per_batch(spec))
     if ipb < 1:
         raise ValueError(f"images_per_batch must be >= 1, got {ipb}")
-    device = pick_device()
-    gen = np.random.default_rng(settings.seed)
-    model.to(device)
-    groups = params or [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, eps=1e-8)
-    loss_fn = nn.CrossEntropyLoss(ignore_index=spec.ignore_index)
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    start_epoch, best, best_epoch, best_state = 1, -1.0, 0, None
-    wall0, device_s = time.perf_counter(), 0.0
 
-    state = _load_checkpoint(get_checkpoint)
-    if state is not None:  # resume a trial that Ray restarted (node loss, failure retry, restore)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best_miou"], state["best_epoch"]
-        best_state, device_s = state["best_state"], state["device_s"]
-        gen.bit_generator.state = state["np_rng"]
-        torch.set_rng_state(state["torch_rng"])
+    def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - loop.EpochFn
+        return train_pixel_epoch(model, opt, loss_fn, split, gen, device, sub_batch, ipb)
 
-    last: dict = {}
-    node_id = ray_node_id()
-    for epoch in range(start_epoch, settings.max_epochs + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        train_loss = train_pixel_epoch(model, opt, loss_fn, data.train, gen, device, sub_batch, ipb)
-        val = evaluate_pixels(model, data.val, spec, device, settings.eval_batch_size)
-        _sync(device)
-        device_s += time.perf_counter() - t0
-        if val["miou"] > best:  # nan never wins: a trial with no valid val pixels keeps best = -1
-            best, best_epoch = val["miou"], epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        stop_early = settings.patience is not None and epoch - best_epoch >= settings.patience
-        last_epoch = epoch == settings.max_epochs or stop_early
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            **_prefixed("val", val),
-            "best_val_miou": best,
-            "best_epoch": best_epoch,
-            "wall_s": time.perf_counter() - wall0,
-            "device_s": device_s,
-            "device": str(device),
-            "node_id": node_id,
-            "n_params": n_params,
-            "max_epochs": settings.max_epochs,
-            "is_last": last_epoch,
-            **(extra or {}),
-        }
-        if last_epoch and settings.final:
-            if best_state is not None:
-                model.load_state_dict(best_state)
-            test = evaluate_pixels(model, data.test, spec, device, settings.eval_batch_size)
-            metrics.update(_prefixed("test", test))
-        if last_epoch or epoch % settings.checkpoint_every == 0:
-            state = {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "best_state": best_state,
-                "best_miou": best,
-                "best_epoch": best_epoch,
-                "device_s": device_s,
-                "np_rng": gen.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
-            }
-            _save_checkpoint(report, metrics, state)
-        else:
-            report(metrics)
-        last = metrics
-        if last_epoch:
-            break
-    return last
+    return fit(model, data, spec, settings, report, params=params, get_checkpoint=get_checkpoint, extra=extra,
+               epoch_fn=epoch_fn, eval_fn=evaluate_pixels)
