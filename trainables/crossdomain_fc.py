@@ -17,11 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from study.data.bundle import DataBundle
-from study.data.specs import get_spec
-from study.models.heads import PixelFC
-from study.train.loop import seed_everything
-from study.train.pixel_loop import SUB_BATCH, fit_pixels, pixel_settings
-from study.train.threads import configure_threads
+from study.train.pixel_loop import train_pixel_head
 
 
 def train_crossdomain_fc(
@@ -31,19 +27,4 @@ def train_crossdomain_fc(
     get_checkpoint: Callable[[], Any] | None = None,
 ) -> dict:
     """Train one HyperSL-FC head configuration; reports val metrics every epoch (test only when final)."""
-    if report is None:
-        from ray import tune
-
-        report, get_checkpoint = tune.report, tune.get_checkpoint
-    configure_threads(config)
-    spec = get_spec(data.dataset)
-    settings = pixel_settings(config)
-    seed_everything(settings.seed)
-    model = PixelFC(data.n_bands, spec.n_classes, batchnorm=bool(config.get("batchnorm", True)))
-    return fit_pixels(
-        model, data, spec, settings, report,
-        get_checkpoint=get_checkpoint,
-        sub_batch=int(config.get("sub_batch", SUB_BATCH)),
-        images_per_batch=config.get("images_per_batch"),
-        extra={"model_name": "hypersl-fc", "backbone_hash": getattr(data, "backbone_hash", None)},
-    )
+    return train_pixel_head(config, data, report, get_checkpoint, model_name="hypersl-fc")

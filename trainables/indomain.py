@@ -13,7 +13,7 @@ from typing import Any
 from study.data.bundle import DataBundle
 from study.data.specs import get_spec
 from study.models.runet import build_runet
-from study.train.loop import TrainSettings, fit, seed_everything
+from study.train.loop import TrainSettings, fit, seed_everything, tune_hooks
 from study.train.threads import configure_threads
 
 
@@ -24,10 +24,7 @@ def train_indomain(
     get_checkpoint: Callable[[], Any] | None = None,
 ) -> dict:
     """Train one RU-Net configuration; reports val metrics every epoch (test only when final)."""
-    if report is None:
-        from ray import tune
-
-        report, get_checkpoint = tune.report, tune.get_checkpoint
+    report, get_checkpoint = tune_hooks(report, get_checkpoint)
     configure_threads(config)
     spec = get_spec(data.dataset)
     settings = TrainSettings.from_config(config)

@@ -68,6 +68,17 @@ class TrainSettings:
         )
 
 
+def tune_hooks(
+    report: Report | None, get_checkpoint: Callable[[], Any] | None
+) -> tuple[Report, Callable[[], Any] | None]:
+    """Ray Tune's report/get_checkpoint unless the caller (a test, a benchmark) passes its own."""
+    if report is None:
+        from ray import tune
+
+        return tune.report, tune.get_checkpoint
+    return report, get_checkpoint
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch (CPU and CUDA) before a model is built, so its initial weights follow the seed."""
     torch.manual_seed(seed)

@@ -167,3 +167,35 @@ def fit_pixels(
 
     return fit(model, data, spec, settings, report, params=params, get_checkpoint=get_checkpoint, extra=extra,
                epoch_fn=epoch_fn, eval_fn=evaluate_pixels)
+
+
+def train_pixel_head(
+    config: Mapping[str, Any],
+    data: DataBundle,
+    report: Report | None,
+    get_checkpoint: Callable[[], Any] | None,
+    model_name: str,
+) -> dict:
+    """The body every per-pixel trainable shares: config -> head -> fit_pixels (HyperSL-FC, in-domain FC).
+
+    The head is BatchNorm1d + Linear (``config["batchnorm"]=False``: Linear only)
+    over whatever channels the bundle holds: HyperSL features or raw bands.
+    """
+    from study.data.specs import get_spec
+    from study.models.heads import PixelFC
+    from study.train.loop import seed_everything, tune_hooks
+    from study.train.threads import configure_threads
+
+    report, get_checkpoint = tune_hooks(report, get_checkpoint)
+    configure_threads(config)
+    spec = get_spec(data.dataset)
+    settings = pixel_settings(config)
+    seed_everything(settings.seed)
+    model = PixelFC(data.n_bands, spec.n_classes, batchnorm=bool(config.get("batchnorm", True)))
+    return fit_pixels(
+        model, data, spec, settings, report,
+        get_checkpoint=get_checkpoint,
+        sub_batch=int(config.get("sub_batch", SUB_BATCH)),
+        images_per_batch=config.get("images_per_batch"),
+        extra={"model_name": model_name, "backbone_hash": getattr(data, "backbone_hash", None)},
+    )
