@@ -25,6 +25,7 @@ def write_split(
     hw: tuple[int, int] = (4, 5),
     seed: int = 0,
     edit: Callable[[h5py.File], None] | None = None,
+    prefix: str = "",
 ) -> Path:
     """A valid split file for ``spec`` (raw label ids drawn from the spec's map), then ``edit``."""
     rng = np.random.default_rng(seed)
@@ -32,7 +33,7 @@ def write_split(
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as f:
         for i in range(n):
-            g = f.create_group(f"s{i:02d}")
+            g = f.create_group(f"{prefix}s{i:02d}")
             g["image"] = rng.random((*hw, spec.n_bands))
             g["labels"] = rng.choice(raw_ids, size=hw).astype(np.uint8)
         meta = f.create_group("metadata")
@@ -175,7 +176,7 @@ def test_open_split_reopens_a_rewritten_file(make_file: Callable[..., Path]) -> 
 
 def test_validate_dataset_checks_all_splits(tmp_path: Path) -> None:
     for s in HYKO2.splits:
-        write_split(split_path(tmp_path, HYKO2, s), HYKO2)
+        write_split(split_path(tmp_path, HYKO2, s), HYKO2, prefix=s)
     splits = validate_dataset(tmp_path, HYKO2)
     assert set(splits) == {"train", "val", "test"} and all(sp.values_checked for sp in splits.values())
     assert splits["val"] is open_split(tmp_path, HYKO2, "val")
@@ -183,7 +184,7 @@ def test_validate_dataset_checks_all_splits(tmp_path: Path) -> None:
 
 def test_validate_dataset_requires_one_band_set(tmp_path: Path) -> None:
     for s in HYKO2.splits:
-        write_split(split_path(tmp_path, HYKO2, s), HYKO2)
+        write_split(split_path(tmp_path, HYKO2, s), HYKO2, prefix=s)
     with h5py.File(split_path(tmp_path, HYKO2, "test"), "a") as f:
         f.attrs["wavelengths"] = np.linspace(400.0, 900.0, 15)
     with pytest.raises(DataValidationError, match="hyko2_test.h5.*share one band set"):
@@ -326,3 +327,10 @@ def test_unknown_name_and_size_mismatch(make_file: Callable[..., Path]) -> None:
     assert sp.load(["s00", "s01"])[0].shape == (2, 4, 5, 15)
     with pytest.raises(IndexError):
         sp.read(10)
+
+
+def test_a_sample_in_two_splits_is_refused(tmp_path: Path) -> None:
+    for s in HYKO2.splits:
+        write_split(split_path(tmp_path, HYKO2, s), HYKO2, prefix="train" if s == "test" else s)
+    with pytest.raises(DataValidationError, match=r"hyko2_test.h5: sample .trains00. is also in .*hyko2_train.h5"):
+        validate_dataset(tmp_path, HYKO2)

@@ -389,7 +389,7 @@ def close_all() -> None:
 
 
 def validate_dataset(root: str | Path, spec: DatasetSpec) -> dict[str, H5Split]:
-    """Open every split with full value checks; also require one band set across splits."""
+    """Open every split with full value checks; require one band set and disjoint splits."""
     root = Path(root)
     if not root.is_dir():
         raise DataValidationError(
@@ -406,4 +406,13 @@ def validate_dataset(root: str | Path, spec: DatasetSpec) -> dict[str, H5Split]:
                 f"{first.path}'s {first.wavelengths.size} ({first.wavelength_source}); all splits of a "
                 "dataset must share one band set"
             )
+    seen: dict[str, H5Split] = {}
+    for sp in splits.values():  # a sample in two splits leaks test data into training or selection
+        for name in sp.names:
+            other = seen.setdefault(name, sp)
+            if other is not sp:
+                raise DataValidationError(
+                    f"{sp.path}: sample {name!r} is also in {other.path}; train, val and test must be disjoint "
+                    "(fix the split lists the files were made from)"
+                )
     return splits
