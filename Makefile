@@ -33,6 +33,9 @@ test: install
 test-all: install
 	$(PY) -m pytest -q -m "not cluster and not gpu"
 
+bench: install
+	$(PY) -m benchmarks
+
 lint: install
 	$(PY) -m ruff check .
 

@@ -1,0 +1,114 @@
+"""Smoke test of ``benchmarks/``: every module imports and its measuring core runs at a trivial size.
+
+No Ray is started here: the Ray parts of ``orchestration`` and ``early_stopping``
+are exercised by ``python -m benchmarks``; their pure pieces (overhead maths,
+extrapolation, ASHA-vs-FIFO comparison) are checked below.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+# benchmarks/ is not part of the installed package (it is run as `python -m benchmarks` from the repo root)
+ROOT = str(Path(__file__).resolve().parents[1])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the benchmarks use on CPU (two collapse when another job holds a core)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+MODULES = ("orchestration", "throughput", "feature_export", "feature_cache", "early_stopping", "data_loading",
+           "__main__")
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_module_imports_and_has_main(name: str) -> None:
+    mod = importlib.import_module(f"benchmarks.{name}")
+    assert callable(mod.main)
+
+
+def test_common_machine_info_and_atomic_write(tmp_path: Path) -> None:
+    from benchmarks._common import machine_info, write_result
+
+    info = machine_info()
+    keys = {"cpu_count", "torch_threads", "load_average", "torch", "ray", "device", "git_commit", "command"}
+    assert keys <= set(info)
+    out = write_result("x", {"machine": info}, tmp_path)
+    assert json.loads(out.read_text())["machine"]["device"] == info["device"]
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
+
+
+def test_orchestration_pure_pieces() -> None:
+    from benchmarks.orchestration import extrapolate, overhead_pct
+
+    assert overhead_pct(11.0, 10.0) == pytest.approx(10.0)
+    # 2 s fixed per trial + 5 % proportional, measured at two trial lengths
+    pts = [{"n_trials": 3, "direct_s": d, "overhead_s": 3 * 2.0 + 0.05 * d} for d in (3.0, 60.0)]
+    ext = extrapolate(pts, trial_s=60.0)
+    assert ext["fixed_s_per_trial"] == pytest.approx(2.0) and ext["proportional_pct"] == pytest.approx(5.0)
+    assert ext["pct_at_trial_s"] == pytest.approx(100 * (2.0 / 60 + 0.05), abs=0.01)
+    assert "fixed" in extrapolate(pts[:1])["method"]
+
+
+def test_early_stopping_compare() -> None:
+    from benchmarks.early_stopping import compare, config_key
+
+    k = [config_key({"lr": v, "weight_decay": 0.0, "dropout": 0.1}) for v in (1e-3, 1e-2)]
+    asha = [{"key": k[0], "epochs": 10, "best_val": 0.50, "status": "completed"},
+            {"key": k[1], "epochs": 1, "best_val": 0.20, "status": "stopped_early"}]
+    fifo = [{"key": k[0], "epochs": 10, "best_val": 0.50, "status": "completed"},
+            {"key": k[1], "epochs": 10, "best_val": 0.505, "status": "completed"}]
+    c = compare(asha, fifo)
+    assert c["saved_pct"] == pytest.approx(45.0) and c["same_configs"]
+    assert c["regret_points"] == pytest.approx(0.5) and not c["same_best_config"]
+
+
+def test_throughput_measure_tiny() -> None:
+    from benchmarks.throughput import measure
+
+    rows = measure(True, "cpu", datasets=("hyko2",), cap_s=1e6, size_override=(32, 32),
+                   models=("runet-small", "hypersl-fc-64"))
+    assert [r["model"] for r in rows] == ["runet-small", "hypersl-fc-64"]
+    for r in rows:
+        assert {"model", "images_s", "pixels_s", "peak_rss_mb", "peak_cuda_mb"} <= set(r) and r["images_s"] > 0
+
+
+def test_feature_export_measure_tiny() -> None:
+    from benchmarks.feature_export import flops_per_pixel, measure, peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and peak_tflops("Some GPU") is None
+    assert flops_per_pixel(15, 256, 8) == pytest.approx(8 * (24 * 16 * 256**2 + 4 * 16**2 * 256))
+    rows = measure(("tiny",), ("hyko2",), (16, 32), "cpu", min_s=0.01, cap_s=5.0)
+    measured = [r for r in rows if r.get("pixels_s")]
+    assert {(r["dtype"], r["bn_mode"]) for r in rows} >= {("fp32", "chunk"), ("fp32", "running")}
+    assert measured and all({"gflop_s", "peak_pct", "chunk"} <= set(r) for r in measured)
+
+
+def test_feature_cache_measure_tiny(tmp_path: Path) -> None:
+    from benchmarks.feature_cache import measure, target_ratio
+
+    assert target_ratio(10) == pytest.approx(0.2)
+    res = measure((16, 24, 2, 1, "tiny", 2, 1, 1), tmp_path, cache_dir=tmp_path / "cache", use_trainable=False)
+    assert {"export_s", "head_s_per_trial", "uncached_s", "cached_s", "ratio", "target_ratio"} <= set(res)
+    assert 0 < res["ratio"] <= 1.0
+
+
+def test_data_loading_measure_tiny(tmp_path: Path) -> None:
+    from benchmarks.data_loading import measure
+
+    (row,) = measure(("hyko2",), True, tmp_path, size_override=(16, 24))
+    assert {"read_images_s", "load_images_s", "assemble_images_s", "model_images_s", "ratio"} <= set(row)
+    assert row["read_images_s"] > 0 and row["assemble_images_s"] > 0
