@@ -274,3 +274,14 @@ def peak_memory(device: str) -> Iterator[dict[str, float | None]]:
 
 def quiet(_: str) -> None:
     """An echo that prints nothing (the driver's progress lines would bury the tables)."""
+
+
+def standard_main(name: str, doc: str | None, run: Callable[..., Any], argv: list[str] | None) -> int:
+    """The CLI every benchmark shares: --quick/--full, --threads, --no-save, then ``run(quick, save=...)``."""
+    p = argparse.ArgumentParser(prog=f"python -m benchmarks.{name}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mode_args(p)
+    args = p.parse_args(argv)
+    apply_threads(args.threads)
+    run(resolve_quick(args.quick), save=not args.no_save)
+    return 0

@@ -16,7 +16,6 @@ written); cold-disk reads need root to drop caches and are not measured.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 import torch
 
-from benchmarks._common import add_mode_args, apply_threads, finish, machine_info, print_table, resolve_quick, target
+from benchmarks._common import finish, machine_info, print_table, standard_main, target
 
 #: images in the benchmark's train split per dataset (quick, full)
 IMAGES = {"hyko2": (4, 16), "hsidrive": (4, 16), "hcv2": (2, 4)}
@@ -152,13 +151,7 @@ def run(quick: bool, save: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.data_loading", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_mode_args(p)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
-    run(resolve_quick(args.quick), save=not args.no_save)
-    return 0
+    return standard_main("data_loading", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ cost (the driver reads it once per cell). Target: cached / uncached <= (1 + 0.1 
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import h5py
 import numpy as np
 import torch
 
-from benchmarks._common import add_mode_args, apply_threads, finish, machine_info, print_table, resolve_quick, target
+from benchmarks._common import finish, machine_info, print_table, standard_main, target
 
 #: (image H, W, train images, val images, HyperSL size, N trials, head epochs, exports timed)
 QUICK = (48, 96, 4, 2, "cpu", 8, 3, 2)
@@ -168,13 +167,7 @@ def run(quick: bool, save: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.feature_cache", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_mode_args(p)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
-    run(resolve_quick(args.quick), save=not args.no_save)
-    return 0
+    return standard_main("feature_cache", __doc__, run, argv)
 
 
 if __name__ == "__main__":

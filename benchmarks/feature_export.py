@@ -14,7 +14,6 @@ peak for HCV2-sized spectra (128 bands). Every measurement goes through
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from contextlib import nullcontext
@@ -25,13 +24,11 @@ import numpy as np
 import torch
 
 from benchmarks._common import (
-    add_mode_args,
-    apply_threads,
     cuda_available,
     finish,
     machine_info,
     print_table,
-    resolve_quick,
+    standard_main,
     target,
 )
 
@@ -174,13 +171,7 @@ def run(quick: bool, save: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.feature_export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_mode_args(p)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
-    run(resolve_quick(args.quick), save=not args.no_save)
-    return 0
+    return standard_main("feature_export", __doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ the estimate from its counted conv FLOPs and the rate measured just before.
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -23,14 +22,12 @@ import torch
 from torch import nn
 
 from benchmarks._common import (
-    add_mode_args,
-    apply_threads,
     cuda_available,
     finish,
     machine_info,
     peak_memory,
     print_table,
-    resolve_quick,
+    standard_main,
     target,
 )
 
@@ -198,13 +195,7 @@ def run(quick: bool, save: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_mode_args(p)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)
-    run(resolve_quick(args.quick), save=not args.no_save)
-    return 0
+    return standard_main("throughput", __doc__, run, argv)
 
 
 if __name__ == "__main__":
