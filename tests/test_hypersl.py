@@ -146,6 +146,26 @@ def test_masked_pretraining_pass_reconstructs_every_band() -> None:
     assert masked_modelling_loss(x, x).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_mask_input_hides_the_masked_bands_from_the_stem() -> None:
+    """With mask_input the output cannot depend on masked band values (the stem's kernels would leak them)."""
+    m = build_hypersl("tiny").eval()
+    x, wl = torch.rand(4, 25), torch.linspace(535.0, 975.0, 25)
+    torch.manual_seed(1)
+    keep = torch.argsort(torch.rand(4, 25), dim=1)[:, : int(25 * 0.5)]  # the ids tokens() will draw
+    changed = x.clone()
+    changed[torch.ones_like(x, dtype=torch.bool).scatter_(1, keep, False)] += 0.5
+    outs = {}
+    with torch.no_grad():
+        for name, mask_input in (("leaky", False), ("hidden", True)):
+            for key, xx in (("x", x), ("changed", changed)):
+                torch.manual_seed(1)
+                outs[name, key] = m(xx, wl, mask_ratio=0.5, mask_input=mask_input)
+    torch.testing.assert_close(outs["hidden", "x"], outs["hidden", "changed"])
+    assert not torch.allclose(outs["leaky", "x"][0], outs["leaky", "changed"][0])
+    with torch.no_grad():  # feature extraction (mask ratio 0) is unaffected by the option
+        torch.testing.assert_close(m(x, wl, 0.0, mask_input=True)[0], m.features(x, wl))
+
+
 def test_layer_groups_and_freeze_depth() -> None:
     m = build_hypersl("cpu")  # 3 encoder layers: stem, 2 blocks, final layer
     groups = layer_groups(m)

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from study import pretrain as pt
 from study.data import pretrain_data as pdata
 from study.data.specs import get_spec
+from study.errors import HsiStudyError
 from study.models.checkpoints import checkpoint_hash, load_hypersl
 
 
@@ -56,6 +58,47 @@ def test_random_band_subsets() -> None:
     assert x.shape == (6, wl.size) and np.all(np.diff(wl) > 0)
 
 
+def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Chebyshev dilation of a boolean image."""
+    out = np.zeros_like(mask)
+    padded = np.pad(mask, radius)
+    for dr in range(2 * radius + 1):
+        for dc in range(2 * radius + 1):
+            out |= padded[dr : dr + mask.shape[0], dc : dc + mask.shape[1]]
+    return out
+
+
+def test_indian_pines_checkerboard_split_is_disjoint_and_holdouts_cover_it() -> None:
+    split = pdata.indian_pines_split()
+    train, test, fit, val = split["train"], split["test"], split["fit"], split["val"]
+    assert train.sum() > 3000 and test.sum() > 3000 and fit.sum() > 1000 and val.sum() > 1000
+    assert not (_dilate(train, 2 * pdata.IP_GUARD) & test).any()  # >= 2 * guard + 1 px apart
+    assert not (fit & ~train).any() and not (val & ~train).any() and not (_dilate(fit, 2) & val).any()
+    _, labels = pdata.indian_pines()
+    both = (np.bincount(labels[train], minlength=17) >= pdata.IP_MIN_PIXELS) & (
+        np.bincount(labels[test], minlength=17) >= pdata.IP_MIN_PIXELS)
+    assert list(np.flatnonzero(~both[1:]) + 1) == [1, 7, 9]  # Alfalfa, Grass-pasture-mowed, Oats dropped
+    strict = pdata.indian_pines_holdout("checker20:test")
+    assert strict[test].all() and not strict[train].any() and not pdata.indian_pines_holdout("").any()
+    tuning = pdata.indian_pines_holdout("checker20:test+val")
+    assert tuning[test].all() and tuning[val].all() and not tuning[fit].any()
+    n = pdata.pretraining_sources(ip_holdout="checker20:test")["indian_pines"].shape[0]
+    assert n == 145 * 145 - strict.sum()
+    with pytest.raises(HsiStudyError, match="ip_holdout"):
+        pdata.indian_pines_holdout("columns:73")
+
+
+def test_effective_mask_ratio_keeps_min_visible_tokens() -> None:
+    from study.models.hypersl import build_hypersl
+
+    m = build_hypersl("tiny")
+    for min_visible, bands, visible in ((0, 15, 1), (0, 128, 6), (4, 15, 4), (4, 25, 4), (4, 128, 6), (30, 25, 25)):
+        cfg = pt.default_config("tiny", mask_ratio=0.95, min_visible=min_visible)
+        ratio = pt.effective_mask_ratio(cfg, bands)
+        kept = bands if ratio == 0 else m.random_masking(torch.zeros(2, bands, 4), ratio)[0].shape[1]
+        assert kept == visible, (min_visible, bands, ratio)
+
+
 def _tiny(**over: object) -> pt.PretrainConfig:
     return replace(pt.default_config("tiny", smoke=True), steps=3, batch_size=16, **over)
 
@@ -95,10 +138,18 @@ def test_default_backbone_is_made_once_and_cached(tmp_path: Path, monkeypatch: p
 def test_cli_smoke_help_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert pt.main(["--smoke", "--steps", "2", "--quiet", "--out", str(tmp_path / "s.pt")]) == 0
     assert "final loss" in capsys.readouterr().out
+    assert pt.main(["--smoke", "--steps", "2", "--quiet", "--min-visible", "4", "--mask-input", "--ip-holdout",
+                    "checker20:test", "--out", str(tmp_path / "d.pt")]) == 0
+    card = json.loads((tmp_path / "d.card.json").read_text())
+    assert card["settings"]["min_visible"] == 4 and card["settings"]["mask_input"] is True
+    assert card["data"]["indian_pines"]["spectra"] == 145 * 145 - pdata.indian_pines_holdout("checker20:test").sum()
+    assert "held out: checker20:test" in (tmp_path / "d.card.md").read_text()
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
         pt.main(["--help"])
     assert exc.value.code == 0 and "examples:" in capsys.readouterr().out
-    for bad in (["--steps", "0"], ["--size", "gigantic"], ["--smoke", "--lr", "-1"]):
+    for bad in (["--steps", "0"], ["--size", "gigantic"], ["--smoke", "--lr", "-1"], ["--ip-holdout", "left"],
+                ["--min-visible", "-1"]):
         assert pt.main([*bad, "--out", str(tmp_path / "x.pt")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err

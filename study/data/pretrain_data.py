@@ -17,6 +17,11 @@ min–max scaled per band over the whole source ("scene"), as HyperSL's own
 pretraining scales each scene (benchmark.md §3.4). Training batches take a
 random band subset of one sensor layout (a contiguous window with a few bands
 dropped), so band counts and spacings vary as across real sensors.
+
+The spatially disjoint Indian Pines split used to evaluate the backbone
+(``benchmarks/indian_pines_fc.py``) lives here too, because the strict variant
+of that evaluation must keep the split's test blocks out of pretraining
+(``ip_holdout``, data.md §5.2).
 """
 
 from __future__ import annotations
@@ -190,30 +195,40 @@ IP_MIN_PIXELS = 20
 
 
 def indian_pines_cells(cell: int = IP_CELL) -> tuple[np.ndarray, np.ndarray]:
-    """Cell parity (0 = training cell, 1 = test cell) and cell-row index of every pixel, both (145, 145)."""
-    if cell < 2:
-        raise HsiStudyError(f"checkerboard cell must be >= 2 px, got {cell}")
+    """Cell parity (0 = training cell, 1 = test cell) and validation quadrant flag of every pixel, (145, 145).
+
+    The validation quadrants are the anti-diagonal quarters (top-right and
+    bottom-left) of each cell: inside the training cells they hold the
+    validation pixels, so every training cell gives pixels to both ``fit`` and ``val``.
+    """
+    if cell < 4:
+        raise HsiStudyError(f"checkerboard cell must be >= 4 px, got {cell}")
     r, c = np.indices(indian_pines()[1].shape)
-    return (r // cell + c // cell) % 2, r // cell
+    half = cell // 2
+    return (r // cell + c // cell) % 2, (r % cell < half) != (c % cell < half)
 
 
 def indian_pines_split(cell: int = IP_CELL, guard: int = IP_GUARD) -> dict[str, np.ndarray]:
     """Boolean (145, 145) masks of the labelled pixels per role (guard bands removed).
 
-    ``train``/``test``: even/odd checkerboard cells. ``fit``/``val``: the
-    training cells again, split by cell row (odd cell rows = validation), for
-    choosing settings without looking at the test cells.
+    ``train``/``test``: even/odd checkerboard cells, without the ``guard`` px at
+    every cell border. ``fit``/``val``: the training pixels again, split into the
+    diagonal / anti-diagonal quarters of each training cell with a further 1 px
+    guard on each side of the quarter borders, for choosing settings without
+    looking at the test cells.
     """
-    if not 0 <= 2 * guard < cell:
-        raise HsiStudyError(f"guard must satisfy 0 <= 2 * guard < cell, got guard {guard}, cell {cell}")
+    if not 0 <= 2 * guard < cell // 2:
+        raise HsiStudyError(f"guard must satisfy 0 <= 2 * guard < cell / 2, got guard {guard}, cell {cell}")
     _, labels = indian_pines()
-    parity, cell_row = indian_pines_cells(cell)
+    parity, val_quarter = indian_pines_cells(cell)
     r, c = np.indices(labels.shape)
-    inner = (r % cell >= guard) & (r % cell < cell - guard) & (c % cell >= guard) & (c % cell < cell - guard)
+    rr, cc, half = r % cell, c % cell, cell // 2
+    inner = (rr >= guard) & (rr < cell - guard) & (cc >= guard) & (cc < cell - guard)
     lab = (labels > 0) & inner
     train = lab & (parity == 0)
-    val = train & (cell_row % 2 == 1)
-    return {"train": train, "test": lab & (parity == 1), "fit": train & ~val, "val": val}
+    quarter_inner = (np.abs(2 * rr + 1 - 2 * half) > 2) & (np.abs(2 * cc + 1 - 2 * half) > 2)
+    return {"train": train, "test": lab & (parity == 1), "fit": train & quarter_inner & ~val_quarter,
+            "val": train & quarter_inner & val_quarter}
 
 
 def indian_pines_holdout(spec: str) -> np.ndarray:
@@ -221,7 +236,7 @@ def indian_pines_holdout(spec: str) -> np.ndarray:
 
     ``""``: none. ``"checker<cell>:test"``: every pixel (labelled or not, guard
     bands included) of the checkerboard's test cells. ``"checker<cell>:test+val"``:
-    the test cells and the validation cells (odd cell rows of the training cells).
+    also the validation quarters of the training cells.
     """
     shape = indian_pines()[1].shape
     if not spec:
@@ -229,10 +244,10 @@ def indian_pines_holdout(spec: str) -> np.ndarray:
     found = re.fullmatch(r"checker(\d+):(test|test\+val)", spec)
     if found is None:
         raise HsiStudyError(f"ip_holdout must be '', 'checker<cell>:test' or 'checker<cell>:test+val', got {spec!r}")
-    parity, cell_row = indian_pines_cells(int(found.group(1)))
+    parity, val_quarter = indian_pines_cells(int(found.group(1)))
     out = parity == 1
     if found.group(2) == "test+val":
-        out |= (parity == 0) & (cell_row % 2 == 1)
+        out |= val_quarter
     return out
 
 
@@ -248,9 +263,11 @@ def random_band_subset(n_bands: int, rng: np.random.Generator, min_bands: int = 
     return idx
 
 
-def sample_batch(pool: SpectraPool, batch: int, rng: np.random.Generator,
-                 min_bands: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """``batch`` random spectra on a random band subset: (batch, L) float32 and centres (L,) nm."""
+def sample_batch(pool: SpectraPool, batch: int, rng: np.random.Generator, min_bands: int = 8,
+                 band_subsets: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """``batch`` random spectra on a random band subset (or all bands): (batch, L) float32 and centres (L,) nm."""
     rows = rng.integers(0, pool.spectra.shape[0], size=batch)
+    if not band_subsets:
+        return pool.spectra[rows], pool.wavelengths
     cols = random_band_subset(pool.spectra.shape[1], rng, min_bands)
     return pool.spectra[np.ix_(rows, cols)], pool.wavelengths[cols]

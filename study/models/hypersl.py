@@ -232,23 +232,37 @@ class HyperSL(nn.Module):
         x = torch.cat([self.embedding_layer_1(x), self.embedding_layer_2(x), self.embedding_layer_3(x)], dim=1)
         return self.embedding_layer_4(x).transpose(1, 2)
 
-    def random_masking(self, x: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor]:
+    def random_masking(self, x: Tensor, mask_ratio: float,
+                       ids_shuffle: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """MAE masking by argsort of uniform noise: kept tokens (N, L', D) and ids_restore (N, L)."""
         n, length, d = x.shape
         keep = max(1, int(length * (1.0 - mask_ratio)))
-        ids_shuffle = torch.argsort(torch.rand(n, length, device=x.device), dim=1)
+        if ids_shuffle is None:
+            ids_shuffle = torch.argsort(torch.rand(n, length, device=x.device), dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         kept = torch.gather(x, 1, ids_shuffle[:, :keep, None].expand(-1, -1, d))
         return kept, ids_restore
 
-    def tokens(self, x: Tensor, wavelengths: Tensor, mask_ratio: float = 0.0) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Stem + PE (+ masking) + global token: (N, 1+L', D), the PE and ids_restore (None if r = 0)."""
+    def tokens(self, x: Tensor, wavelengths: Tensor, mask_ratio: float = 0.0,
+               mask_input: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Stem + PE (+ masking) + global token: (N, 1+L', D), the PE and ids_restore (None if r = 0).
+
+        ``mask_input`` (a pretraining option, not the reference): the masked bands
+        are also zeroed in the spectrum *before* the stem, whose kernels (up to 13
+        bands) otherwise let every visible token see its masked neighbours.
+        """
         x, wl = self._check(x, wavelengths)
         pe = self.positional_encoding(wl)
-        t = self.embed(x) + pe
-        ids_restore = None
+        ids_restore = ids_shuffle = None
         if mask_ratio > 0:
-            t, ids_restore = self.random_masking(t, mask_ratio)
+            ids_shuffle = torch.argsort(torch.rand(x.shape, device=x.device), dim=1)
+            if mask_input:
+                keep = max(1, int(x.shape[1] * (1.0 - mask_ratio)))
+                visible = torch.zeros_like(x).scatter_(1, ids_shuffle[:, :keep], 1.0)
+                x = x * visible
+        t = self.embed(x) + pe
+        if ids_shuffle is not None:
+            t, ids_restore = self.random_masking(t, mask_ratio, ids_shuffle)
         t = torch.cat([self.global_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)
         return t, pe, ids_restore
 
@@ -294,9 +308,10 @@ class HyperSL(nn.Module):
             x = block(x)
         return self.decoder_layer(self.norm2(x).transpose(1, 2))[:, 0]
 
-    def forward(self, x: Tensor, wavelengths: Tensor, mask_ratio: float = 0.0) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, wavelengths: Tensor, mask_ratio: float = 0.0,
+                mask_input: bool = False) -> tuple[Tensor, Tensor]:
         """Pretraining pass: features z (N, D) and the reconstruction (N, L)."""
-        h, pe, ids_restore = self.tokens(x, wavelengths, mask_ratio)
+        h, pe, ids_restore = self.tokens(x, wavelengths, mask_ratio, mask_input)
         h, k, v = self.run_blocks(h)
         z = self.aggregate(h)
         return z, self.decode(z, k, v, pe, ids_restore)
