@@ -1,19 +1,27 @@
-"""Search space of the ``crossdomain-fc`` strategy (HyperSL-FC: BN1d + Linear on frozen features).
+"""Search space of the ``crossdomain-fc`` strategy (HyperSL-FC: BN1d + Linear on per-pixel features).
 
 Plain Optuna distributions, nothing Ray-specific. The paper trains this head
 with AdamW lr 1e-4, wd 1e-4 (``shared/reference/benchmark.md`` §4.1 item 3):
 lr spans 1e-5..1e-2, a decade below and two above, because a linear head after
 BatchNorm often tolerates much larger steps and with few labelled images the
 paper's small lr may not converge within the epoch budget; weight decay spans
-1e-6..1e-1 on a log scale, as for the other strategies. Freeze depth k and the
-backbone lr are not searched here: k = 0 (features come from the cache).
+1e-6..1e-1 on a log scale, as for the other strategies. ``lr`` is the head's.
+
+``freeze_depth`` and ``backbone_lr`` are those of ``search_spaces.crossdomain``
+(same K_MAX and range, same reasons: per-pixel transformer compute, stem kept
+frozen). At k = 0 the features come from the cache and ``backbone_lr`` is
+sampled but ignored.
 """
 
 from __future__ import annotations
 
-from optuna.distributions import BaseDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+
+from search_spaces.crossdomain import K_MAX
 
 SPACE: dict[str, BaseDistribution] = {
     "lr": FloatDistribution(1e-5, 1e-2, log=True),
     "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
+    "freeze_depth": IntDistribution(0, K_MAX),
+    "backbone_lr": FloatDistribution(1e-6, 1e-3, log=True),
 }

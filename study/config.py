@@ -16,9 +16,14 @@ from typing import Any
 from study.data.generator import GeneratorConfig
 from study.data.specs import SPECS
 from study.errors import ConfigError
+from study.storage import check_results_text
 from study.strategies import STRATEGIES
 
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+VIT_SIZES = ("tiny", "small", "base", "large")  # study.models.vit.SIZES (not imported: no torch here)
+#: Settings added after studies were already being run: left out of the study id while at their default,
+#: so re-running an older command still finds its results folder and finished cells.
+_ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None}
 
 #: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -40,7 +45,7 @@ class StudyConfig:
 
     strategies: tuple[str, ...]
     dataset: str
-    results: Path
+    results: Path | str  # a local folder, or an object-store URI as text (s3://bucket/prefix; see study/storage.py)
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     trials: int = 16
     epochs: int = 100
@@ -65,6 +70,12 @@ class StudyConfig:
     #: GPU requests per trial: "auto" (if the cluster has GPUs when the study starts), "on" (always: on an
     #: autoscaling cluster this makes Ray start GPU workers), "off" (CPU only)
     gpus: str = "auto"
+    #: crossmodality: DINOv2 weights file (timm / DINOv2 hub / Hugging Face layout); None: look in the HF hub cache
+    rgb_weights: Path | None = None
+    allow_random_init: bool = False  # crossmodality without pretrained weights (otherwise the study refuses)
+    #: crossmodality ViT size (tiny/small/base/large); None: the weights' size, else tiny under --smoke/--demo
+    #: (CPU-sized, no released weights) and small otherwise
+    vit_size: str | None = None
     dashboard: bool = False  # a local Ray's dashboard, bound to dashboard_host (localhost unless told otherwise)
     dashboard_host: str = "127.0.0.1"
     preset: str = "full"
@@ -98,11 +109,7 @@ class StudyConfig:
             raise ConfigError(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if "://" in str(self.results) or str(self.results).startswith(("s3:", "gs:")):
-            raise ConfigError(
-                f"--results {self.results}: object-store URIs are not supported yet; use a shared filesystem "
-                "path (EFS/NFS/a Kubernetes volume) mounted on every node, see docs/cluster.md"
-            )
+        check_results_text(self.results)  # URI syntax only; reaching the store is checked before training
         if self.gpus not in ("auto", "on", "off"):
             raise ConfigError(f"--gpus must be auto, on or off, got {self.gpus!r}")
         if self.bn_mode not in ("chunk", "running"):
@@ -112,6 +119,11 @@ class StudyConfig:
         if self.backbone is not None and not Path(self.backbone).is_file():
             raise ConfigError(f"--backbone {self.backbone} is not a file (expected a HyperSL checkpoint .pt/.pth "
                               "or .safetensors)")
+        if self.rgb_weights is not None and not Path(self.rgb_weights).is_file():
+            raise ConfigError(f"--rgb-weights {self.rgb_weights} is not a file (expected DINOv2 ViT weights, "
+                              ".safetensors or .pth)")
+        if self.vit_size is not None and self.vit_size not in VIT_SIZES:
+            raise ConfigError(f"--vit-size must be one of {', '.join(VIT_SIZES)}, got {self.vit_size!r}")
         if self.data_root is not None and not Path(self.data_root).is_dir():
             raise ConfigError(f"--data-root {self.data_root} is not a directory (expected <dataset>_<split>.h5 files)")
 
@@ -119,6 +131,11 @@ class StudyConfig:
     def needs_features(self) -> bool:
         """Whether any chosen strategy trains on frozen HyperSL features."""
         return any(STRATEGIES[s].inputs == "features" for s in self.strategies)
+
+    @property
+    def rgb_default_size(self) -> str:
+        """crossmodality ViT size when neither --vit-size nor a weights file says: tiny on CPU presets."""
+        return self.vit_size or ("tiny" if self.preset in ("smoke", "demo") else "small")
 
     @property
     def model_width(self) -> str:
@@ -133,13 +150,15 @@ class StudyConfig:
         d["data_root"] = str(self.data_root) if self.data_root else None
         d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
         d["backbone"] = str(self.backbone) if self.backbone else None
+        d["rgb_weights"] = str(self.rgb_weights) if self.rgb_weights else None
         d["model_width"] = self.model_width
         return d
 
     @property
     def study_id(self) -> str:
         """Stable id of the study's protocol (not of its runtime placement)."""
-        keep = {k: v for k, v in self.settings().items() if k not in ("results", "cache_dir", "address", "num_cpus")}
+        keep = {k: v for k, v in self.settings().items() if k not in ("results", "cache_dir", "address", "num_cpus")
+                and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
         blob = json.dumps(keep, sort_keys=True, default=str).encode()
         return f"{self.dataset}-{hashlib.sha256(blob).hexdigest()[:10]}"
 

@@ -11,19 +11,18 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
 from study import __version__
 from study.config import StudyConfig
-from study.data.bundle import make_bundle
+from study.data.bundle import DataBundle, make_bundle
 from study.data.generator import ensure_default_dataset
 from study.data.h5reader import H5Split, validate_dataset
 from study.data.specs import DatasetSpec, get_spec
@@ -31,8 +30,12 @@ from study.data.subsets import SubsetManifest, make_subset
 from study.errors import HsiStudyError
 from study.replay import replay_from_rows, replay_or_train, trial_key
 from study.results import check_store_version, read_table, write_rows, write_study_file
+from study.storage import Location, WorkingCopy, lease, open_results, resolve
 from study.strategies import Strategy, get_strategy
 from study.tuning import Budget, TrialLog, config_hash, echo, final_runs, pick_best, tune_cell
+
+if TYPE_CHECKING:
+    from study.models.vit_weights import RgbBackbone
 
 
 @dataclass(frozen=True)
@@ -46,11 +49,14 @@ class Prepared:
     subsets: dict[float, SubsetManifest]
     feature_splits: dict[str, H5Split] | None = None  # frozen-backbone features, same samples as ``splits``
     backbone_hash: str | None = None
+    rgb: RgbBackbone | None = None  # the crossmodality ViT and its weights, when that strategy runs
+    backbone_path: Path | None = None  # the HyperSL checkpoint: trials with freeze depth k > 0 load its weights
 
 
 def prepare(cfg: StudyConfig, echo: Callable[[str], None] = echo) -> Prepared:
     """Resolve and validate data and subsets; write manifests. No Ray, no training."""
-    check_store_version(Path(cfg.results))  # before anything is written into an incompatible store
+    results = resolve(cfg.results)
+    check_store_version(results)  # before anything is written into an incompatible store
     spec = get_spec(cfg.dataset)
     if cfg.data_root is not None:
         root, source = Path(cfg.data_root), str(Path(cfg.data_root).resolve())
@@ -65,15 +71,27 @@ def prepare(cfg: StudyConfig, echo: Callable[[str], None] = echo) -> Prepared:
         f: make_subset(spec.name, train.names, train.classes_present(), f, cfg.subset_seed) for f in cfg.fractions
     }
     for f, m in subsets.items():
-        m.write(Path(cfg.results) / "manifests" / f"{spec.name}-f{f:g}-s{cfg.subset_seed}-{m.content_hash}.json")
-    feature_splits, backbone_hash = (prepare_features(cfg, spec, root, echo) if cfg.needs_features else (None, None))
-    return Prepared(spec, root, source, splits, subsets, feature_splits, backbone_hash)
+        results.write_text(f"manifests/{spec.name}-f{f:g}-s{cfg.subset_seed}-{m.content_hash}.json", m.to_json())
+    feature_splits, backbone_hash, backbone_path = (prepare_features(cfg, spec, root, echo) if cfg.needs_features
+                                                    else (None, None, None))
+    rgb = prepare_rgb(cfg, echo) if "crossmodality" in cfg.strategies else None
+    return Prepared(spec, root, source, splits, subsets, feature_splits, backbone_hash, rgb, backbone_path)
+
+
+def prepare_rgb(cfg: StudyConfig, echo: Callable[[str], None]) -> RgbBackbone:
+    """Find and check the crossmodality ViT weights now, so a missing or wrong file stops before Ray starts."""
+    from study.models.vit_weights import resolve_rgb_backbone
+
+    rgb = resolve_rgb_backbone(cfg.rgb_weights, cfg.vit_size, cfg.allow_random_init, cfg.rgb_default_size)
+    echo(f"crossmodality backbone: {rgb.describe()}")
+    return rgb
 
 
 def prepare_features(
     cfg: StudyConfig, spec: DatasetSpec, root: Path, echo: Callable[[str], None]
-) -> tuple[dict[str, H5Split], str]:
-    """Per-pixel HyperSL features of every split, computed at most once per (backbone, data, settings).
+) -> tuple[dict[str, H5Split], str, Path]:
+    """Per-pixel HyperSL features of every split, computed at most once per (backbone, data, settings),
+    their backbone's hash and checkpoint path.
 
     The frozen backbone's features are the expensive part of the crossdomain
     strategies (design.md §6): the cache makes every trial of every cell reuse them.
@@ -99,7 +117,19 @@ def prepare_features(
     folder = ensure_features(cache, backbone, root, spec.name, bn_mode=cfg.bn_mode,
                              dtype=cfg.feature_dtype, device=device, progress=True)
     echo(f"features: {folder} (bn mode {cfg.bn_mode}, {cfg.feature_dtype}; {time.perf_counter() - t0:.1f} s)")
-    return validate_dataset(folder, spec), checkpoint_hash(backbone)
+    return validate_dataset(folder, spec), checkpoint_hash(backbone), backbone
+
+
+def with_backbone_inputs(bundle: DataBundle, prep: Prepared, bn_mode: str, subset: SubsetManifest) -> DataBundle:
+    """A feature bundle plus what its trials need for freeze depth k > 0: raw spectra of the same samples and
+    the backbone's weights (``study.train.unfrozen``); k = 0 trials ignore them."""
+    from study.features import default_chunk
+    from study.train.unfrozen import backbone_inputs
+
+    if prep.backbone_path is None:
+        return bundle
+    raw = make_bundle(prep.spec, prep.splits, subset, prep.source)
+    return replace(bundle, backbone=backbone_inputs(prep.backbone_path, raw, bn_mode, default_chunk(prep.spec.name)))
 
 
 def budget_of(cfg: StudyConfig) -> Budget:
@@ -119,7 +149,7 @@ def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest) -> str:
     return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{cfg.study_id.rsplit('-', 1)[-1]}"
 
 
-def finished_cells(results: Path, final_seeds: int) -> set[str]:
+def finished_cells(results: Path | Location, final_seeds: int) -> set[str]:
     """Cells that already have all their final rows in the store."""
     table = read_table(results)
     if table.num_rows == 0:
@@ -183,17 +213,17 @@ def trial_rows(log: TrialLog, common: dict[str, Any]) -> list[dict[str, Any]]:
 def _metric_cols(r: dict[str, Any], with_test: bool, only_test: bool = False) -> dict[str, Any]:
     keys = [] if only_test else ["train_loss", "val_miou", "val_oa", "val_macc", "val_macro_f1", "val_iou_per_class",
                                  "wall_s", "device_s", "device", "node_id", "n_params", "model_name",
-                                 "backbone_hash"]
+                                 "backbone_hash", "backbone_pretrained"]
     if with_test:
         keys += ["test_miou", "test_oa", "test_macc", "test_macro_f1", "test_iou_per_class"]
     return {k: r.get(k) for k in keys if r.get(k) is not None}
 
 
-def _fresh_experiment(results: Path, name: str, journal: Any) -> None:
+def _fresh_experiment(results: Location, name: str, journal: Any) -> None:
     """Drop what an interrupted attempt left of this experiment (its finished trials are in the store)."""
     import optuna
 
-    shutil.rmtree(results / "tune" / name, ignore_errors=True)
+    results.delete_dir("tune", name)
     with contextlib.suppress(KeyError):  # KeyError: no such study yet
         optuna.delete_study(study_name=name, storage=journal)
 
@@ -206,7 +236,7 @@ def run_cell(
     from optuna.storages.journal import JournalFileBackend, JournalStorage
     from ray import tune
 
-    results = Path(cfg.results)
+    results = resolve(cfg.results)
     stored = read_table(results)
     stored = stored.filter(pc.equal(stored["cell_id"], cid)).to_pylist() if stored.num_rows else []
     replay = replay_from_rows(stored)
@@ -215,6 +245,7 @@ def run_cell(
     if strategy.inputs == "features":
         assert prep.feature_splits is not None, "prepare() computes features when a strategy needs them"
         bundle = make_bundle(prep.spec, prep.feature_splits, subset, prep.source, prep.backbone_hash)
+        bundle = with_backbone_inputs(bundle, prep, cfg.bn_mode, subset)
     else:
         bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
     res = strategy.resources(have_gpu)
@@ -223,36 +254,58 @@ def run_cell(
     )
     budget = budget_of(cfg)
     constants = _constants(cfg, len(subset.names), prep.spec, cid, res["cpu"])
-    journal = JournalStorage(JournalFileBackend(str((results / "optuna.journal").resolve())))
+    if strategy.name == "crossmodality" and prep.rgb is not None:  # other strategies' configs stay as they were
+        constants.update(prep.rgb.trial_config())
+    # Optuna's journal needs a local file: on an object store a working copy, pushed after every trial
+    journal_file = WorkingCopy(results, "optuna.journal").pull()
+    journal = JournalStorage(JournalFileBackend(str(journal_file.path.resolve())))
     common = {
         "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
         "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": __version__,
-        "backbone_hash": bundle.backbone_hash,
+        "backbone_hash": prep.rgb.sha if strategy.name == "crossmodality" and prep.rgb else bundle.backbone_hash,
     }
 
     def store(log: TrialLog) -> None:
         if trial_key(log.config) not in replay:
             write_rows(results, trial_rows(log, common), f"{cid}-{log.config.get('phase', 'tune')}")
+        if log.config.get("phase", "tune") == "tune":
+            journal_file.push()
 
     label = f"{strategy.name} {subset.fraction:g}"
-    _fresh_experiment(results, f"{cid}-tune", journal)
-    logs = tune_cell(trainable, strategy.load_search_space(), constants, budget, results / "tune", f"{cid}-tune",
-                     journal, label, echo, on_finish=store)
+    with contextlib.closing(journal_file):  # pushed once more (and its temp folder removed) however the cell ends
+        try:
+            _fresh_experiment(results, f"{cid}-tune", journal)
+            logs = tune_cell(trainable, strategy.load_search_space(), constants, budget, results.child("tune"),
+                             f"{cid}-tune", journal, label, echo, on_finish=store)
+        finally:
+            journal_file.push()
     best = pick_best(logs)
     chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
     space = strategy.load_search_space()
     echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in chosen.items() if k in space))
-    shutil.rmtree(results / "tune" / f"{cid}-final", ignore_errors=True)
-    final_runs(trainable, chosen, budget, results / "tune", f"{cid}-final", label, echo, on_finish=store)
+    results.delete_dir("tune", f"{cid}-final")
+    final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo, on_finish=store)
 
 
 @contextlib.contextmanager
-def results_lock(results: Path) -> Iterator[None]:
-    """One writer per results directory: a second ``study.run`` stops with a clear message."""
-    results.mkdir(parents=True, exist_ok=True)
-    path = results / ".lock"
+def results_lock(results: Path | str | Location) -> Iterator[None]:
+    """One writer per results location: a second ``study.run`` stops with a clear message.
+
+    A local folder gets an fcntl lock (released by the kernel when the holder dies); an object store,
+    which has no locks, a renewed lease object (``storage.lease``: best effort, see there). Resolving
+    and probing the location here makes a bad URI, a missing bucket or missing credentials fail with
+    one line before anything is prepared or trained.
+    """
+    loc = open_results(results)
+    if not loc.is_local:
+        with lease(loc):
+            yield
+        return
+    folder = loc.local()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".lock"
     fh = open(path, "a+")  # noqa: SIM115 - held for the whole study
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -261,7 +314,7 @@ def results_lock(results: Path) -> Iterator[None]:
         holder = fh.read().strip() or "another process"
         fh.close()
         raise HsiStudyError(
-            f"{results} is in use by another study.run ({holder}); wait for it to finish or use another --results"
+            f"{loc.show()} is in use by another study.run ({holder}); wait for it to finish or use another --results"
         ) from None
     try:
         fh.seek(0)
@@ -278,7 +331,7 @@ def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = ec
     """Run every (strategy, fraction) cell not already finished; returns failure messages."""
     import ray
 
-    results = Path(cfg.results)
+    results = resolve(cfg.results)
     done = finished_cells(results, cfg.seeds)  # first: refuses a store of another schema version
     write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(), "data_root": str(prep.data_root)})
     have_gpu = cfg.gpus == "on" or (cfg.gpus == "auto" and ray.cluster_resources().get("GPU", 0) > 0)

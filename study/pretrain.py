@@ -90,6 +90,8 @@ class PretrainConfig:
     sources: tuple[str, ...] = ("indian_pines", "earthlib")  # one batch per source per step, losses summed
     sensors: tuple[str, ...] = ("hyko2", "hsidrive", "hcv2")  # band layouts (a random one per batch)
     ip_holdout: str = ""  # Indian Pines blocks kept out (pretrain_data.indian_pines_holdout), e.g. "checker20:test"
+    z_recon: float = 0.0  # weight of an auxiliary loss: reconstruct the spectrum from the feature z alone
+    z_recon_mask: float = 0.0  # mask ratio of the encoder pass whose z that auxiliary loss decodes
 
     def validate(self) -> PretrainConfig:
         from study.models.hypersl import SIZES
@@ -100,6 +102,9 @@ class PretrainConfig:
             raise HsiStudyError(f"steps >= 1 and batch size >= 2 must hold, got {self.steps} and {self.batch_size}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise HsiStudyError(f"mask ratio must be in [0, 1), got {self.mask_ratio}")
+        if not (self.z_recon >= 0.0 and math.isfinite(self.z_recon)) or not 0.0 <= self.z_recon_mask < 1.0:
+            raise HsiStudyError(f"z_recon must be >= 0 and z_recon_mask in [0, 1), got {self.z_recon}, "
+                                f"{self.z_recon_mask}")
         if self.min_visible < 0:
             raise HsiStudyError(f"min visible tokens must be >= 0, got {self.min_visible}")
         from study.data.pretrain_data import SENSORS, indian_pines_holdout
@@ -129,9 +134,24 @@ def effective_mask_ratio(config: PretrainConfig, n_bands: int) -> float:
     return max(0.0, 1.0 - (min(config.min_visible, n_bands) + 0.5) / n_bands) if config.min_visible < n_bands else 0.0
 
 
+def z_only_reconstruction(model: Any, x: torch.Tensor, wavelengths: torch.Tensor,
+                          config: PretrainConfig) -> torch.Tensor:
+    """The ``z_recon`` auxiliary pass: encode (mask ratio ``z_recon_mask``) and decode the spectrum from z alone."""
+    h, pe, _ = model.tokens(x, wavelengths, config.z_recon_mask, config.mask_input and config.z_recon_mask > 0)
+    return model.decode_from_feature(model.aggregate(model.run_blocks(h)[0]), pe)
+
+
+#: Opt-in fields left out of :func:`settings_hash` while at their defaults (the default backbone's key is unchanged).
+_OPT_IN_UNHASHED_AT_DEFAULT = ("z_recon", "z_recon_mask")
+
+
 def settings_hash(config: PretrainConfig) -> str:
     """12 hex digits over the config and the code version: the cache key of a pretrained backbone."""
-    key = json.dumps({"config": asdict(config), "version": PRETRAIN_VERSION}, sort_keys=True)
+    settings = asdict(config)
+    for name in _OPT_IN_UNHASHED_AT_DEFAULT:  # fields added after version 2: default values keep old cache keys
+        if settings[name] == PretrainConfig.__dataclass_fields__[name].default:
+            del settings[name]
+    key = json.dumps({"config": settings, "version": PRETRAIN_VERSION}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -201,8 +221,11 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool) -> dict[str, An
             pool = source_pools[int(rng.integers(len(source_pools)))]
             x, wl = sample_batch(pool, config.batch_size, rng, config.min_bands, config.band_subsets)
             xt = torch.from_numpy(x)
-            _, recon = model(xt, torch.from_numpy(wl), effective_mask_ratio(config, wl.size), config.mask_input)
+            wt = torch.from_numpy(wl)
+            _, recon = model(xt, wt, effective_mask_ratio(config, wl.size), config.mask_input)
             total = total + masked_modelling_loss(recon, xt)
+            if config.z_recon > 0:
+                total = total + config.z_recon * masked_modelling_loss(z_only_reconstruction(model, xt, wt, config), xt)
         if not torch.isfinite(total):
             raise HsiStudyError(f"pretraining diverged at step {step} (loss {total.item()}); try a lower --lr")
         total.backward()

@@ -27,7 +27,8 @@ import numpy as np
 
 #: Metrics re-reported for a replayed epoch (the per-epoch columns of the store).
 _EPOCH_KEYS = ("train_loss", "val_miou", "val_oa", "val_macc", "val_macro_f1", "val_iou_per_class",
-               "wall_s", "device_s", "device", "n_params", "model_name", "backbone_hash", "node_id")
+               "wall_s", "device_s", "device", "n_params", "model_name", "backbone_hash", "backbone_pretrained",
+               "node_id")
 _TEST_KEYS = ("test_miou", "test_oa", "test_macc", "test_macro_f1", "test_iou_per_class")
 
 

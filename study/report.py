@@ -22,7 +22,8 @@ import polars as pl
 from study import analysis, plots
 from study.data.specs import SPECS
 from study.errors import HsiStudyError
-from study.results import SCHEMA_VERSION, atomic_write_text, part_files, read_store, study_file
+from study.results import SCHEMA_VERSION, STUDY_FILE, Results, part_paths, read_store
+from study.storage import is_uri, join, open_results, resolve, results_arg, write_to
 
 EXAMPLES = """\
 examples:
@@ -32,6 +33,8 @@ examples:
       report to /tmp/hyko2.html, summary table to results/hyko2/summary.csv
   python -m study.report results/hyko2 --csv summary.csv --baseline indomain
       the summary table (one row per dataset/strategy/fraction) as CSV for a spreadsheet
+  python -m study.report s3://my-bucket/studies/hyko2 --out hyko2.html
+      a study stored in a bucket, read in place; the report is written locally (default: into the bucket)
 """
 
 _CSS = """
@@ -58,8 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         "differences, per-class IoU, tuning traces, hyperparameters, summary and compute tables) from a study's "
         "Parquet result store. The page embeds plotly.js and opens without network access.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", type=Path, metavar="RESULTS_DIR", help="a study's results directory (has rows/)")
-    p.add_argument("--out", type=Path, default=None, help="HTML file to write (default RESULTS_DIR/report.html)")
+    p.add_argument("results", type=results_arg, metavar="RESULTS_DIR",
+                   help="a study's results folder or object-store URI (has rows/)")
+    p.add_argument("--out", type=results_arg, default=None,
+                   help="HTML file (local path or URI) to write (default RESULTS_DIR/report.html)")
     p.add_argument("--csv", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the summary table as CSV (default path RESULTS_DIR/summary.csv)")
     p.add_argument("--baseline", default="indomain", help="strategy the others are compared with (default indomain)")
@@ -67,28 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_store(results: Path) -> pl.DataFrame:
+def load_store(results: Results) -> pl.DataFrame:
     """The store's rows; HsiStudyError (one clear line) for a missing directory, no rows or a bad part."""
-    if not results.is_dir():
-        raise HsiStudyError(f"{results}: no such results directory; give the --results folder of a study "
+    loc = open_results(results)  # a URI: unknown scheme, missing bucket or credentials fail here, in one line
+    if not loc.is_dir():
+        raise HsiStudyError(f"{loc.show()}: no such results directory; give the --results folder of a study "
                             "(python -m study.run ... --results DIR)")
-    if not part_files(results):
-        raise HsiStudyError(f"{results}: no result rows in {results / 'rows'}; run a study into it first "
+    if not part_paths(loc):
+        raise HsiStudyError(f"{loc.show()}: no result rows in {loc.show('rows')}; run a study into it first "
                             "(python -m study.run --results DIR)")
     try:
-        df = read_store(results)
+        df = read_store(loc)
     except HsiStudyError:
         raise
     except Exception as exc:  # a corrupt or foreign Parquet file: name it instead of a pyarrow traceback
-        raise HsiStudyError(f"{results}: cannot read the result store ({type(exc).__name__}: {exc})") from exc
+        raise HsiStudyError(f"{loc.show()}: cannot read the result store ({type(exc).__name__}: {exc})") from exc
     if df.is_empty():
-        raise HsiStudyError(f"{results}: the result store is empty; run a study into it first")
+        raise HsiStudyError(f"{loc.show()}: the result store is empty; run a study into it first")
     return df
 
 
-def _study_settings(results: Path) -> dict:
+def _study_settings(results: Results) -> dict:
     try:
-        return json.loads(study_file(results).read_text())
+        return json.loads(resolve(results).read_text(STUDY_FILE))
     except (OSError, ValueError):
         return {}
 
@@ -133,7 +139,7 @@ def _paired_display(paired: pl.DataFrame) -> pl.DataFrame:
                          pl.col("p_holm").alias("p (Holm)"))
 
 
-def _provenance(df: pl.DataFrame, results: Path) -> tuple[str, str]:
+def _provenance(df: pl.DataFrame, results: Results) -> tuple[str, str]:
     """(banner, section): data source (synthetic called out), code version, study id, models, settings."""
     def values(col: str) -> str:
         vals = [str(v) for v in df[col].drop_nulls().unique().sort().to_list()]
@@ -153,7 +159,7 @@ def _provenance(df: pl.DataFrame, results: Path) -> tuple[str, str]:
         ("parameters", values("n_params")), ("backbone checkpoint hash", values("backbone_hash")),
         ("devices", values("device")), ("result schema", f"v{SCHEMA_VERSION}"),
         ("rows", f"{len(df)} ({kinds})"),
-        ("results directory", str(results.resolve())),
+        ("results directory", resolve(results).name_of(resolve(results).path())),
         ("report generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))]
     table = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in rows)
     settings = _study_settings(results)
@@ -162,7 +168,7 @@ def _provenance(df: pl.DataFrame, results: Path) -> tuple[str, str]:
     return banner, f'<table class="kv">{table}</table>{details}'
 
 
-def build_html(df: pl.DataFrame, results: Path, baseline: str = "indomain") -> tuple[str, pl.DataFrame]:
+def build_html(df: pl.DataFrame, results: Results, baseline: str = "indomain") -> tuple[str, pl.DataFrame]:
     """The report page and the summary frame (the CSV export writes exactly that frame)."""
     cells = analysis.cell_summary(df)
     paired = analysis.paired_differences(df, baseline)
@@ -231,21 +237,25 @@ def build_html(df: pl.DataFrame, results: Path, baseline: str = "indomain") -> t
     return page, cells
 
 
-def write_report(results: Path, out: Path | None = None, csv: Path | None = None,
-                 baseline: str = "indomain") -> tuple[Path, Path | None]:
-    """Build the report (and optionally the summary CSV) for ``results``; both written atomically."""
+def write_report(results: Path | str, out: Path | str | None = None, csv: Path | str | None = None,
+                 baseline: str = "indomain") -> tuple[Path | str, Path | str | None]:
+    """Build the report (and optionally the summary CSV) for ``results``; both written whole.
+
+    ``results`` may be an object-store URI; ``out`` and ``csv`` may each be a local path or a URI
+    (by default they go next to the rows, i.e. into the bucket for a URI store).
+    """
     df = load_store(results)
     page, cells = build_html(df, results, baseline)
-    out = out or results / "report.html"
-    atomic_write_text(out, page)
+    out = out if out is not None else join(results, "report.html")
+    write_to(out, page.encode("utf-8"))
     if csv is not None:
-        atomic_write_text(csv, cells.write_csv())
+        write_to(csv, cells.write_csv().encode("utf-8"))
     return out, csv
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    csv = None if args.csv is None else Path(args.csv) if args.csv else args.results / "summary.csv"
+    csv = None if args.csv is None else results_arg(args.csv) if args.csv else join(args.results, "summary.csv")
     try:
         out, csv_out = write_report(args.results, args.out, csv, args.baseline)
     except HsiStudyError as exc:
@@ -253,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    print(f"report written to {out} ({out.stat().st_size / 1e6:.1f} MB, opens offline)")
+    size = "" if is_uri(out) else f"{Path(out).stat().st_size / 1e6:.1f} MB, "
+    print(f"report written to {out} ({size}opens offline)")
     if csv_out is not None:
         print(f"summary table written to {csv_out}")
     return 0

@@ -5,25 +5,26 @@ run becomes one row of :data:`RESULT_SCHEMA`. Writers always pass the schema,
 so a misspelt or mistyped column fails at write time instead of surfacing as a
 confusing null in the report weeks later.
 
-Layout of a results directory::
+Layout of a results location (a local folder or an object-store URI, see :mod:`study.storage`)::
 
     <results>/study.json              study settings + schema version
-    <results>/rows/<part>.parquet     immutable parts, each written to a temp file then renamed
+    <results>/rows/<part>.parquet     immutable parts, each written whole (temp file + rename locally;
+                                      one upload on an object store, which shows an object only once complete)
     <results>/manifests/*.json        training-subset manifests (their hash is in every row)
     <results>/tune/                   Ray Tune experiment folders (checkpoints, state)
     <results>/optuna.journal          Optuna journal storage (open with optuna-dashboard)
 
 Parts are never rewritten, so a crash can lose at most the part being
-written, never an earlier one, and readers never see half a file.
+written, never an earlier one, and readers never see half a file. Every
+function here takes a local path, a URI or a :class:`study.storage.Location`.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import uuid
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from study.errors import HsiStudyError
+from study.storage import Location, resolve
+from study.storage import atomic_write_bytes as atomic_write_bytes  # re-exported: checkpoints, pretrain, report
+from study.storage import atomic_write_text as atomic_write_text
+
+#: What every reader/writer here accepts as the store: a local path, a URI, or a resolved Location.
+Results = str | Path | Location
 
 #: Bump when a column is renamed, removed or changes meaning; readers refuse other versions.
 SCHEMA_VERSION = 1
@@ -91,6 +98,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("model_name", _S),
         pa.field("n_params", pa.int64()),
         pa.field("backbone_hash", _S),
+        pa.field("backbone_pretrained", pa.bool_()),  # crossmodality: True = released weights, False = random init
         pa.field("data_source", _S),
         pa.field("code_version", _S),
         pa.field("error", _S),
@@ -102,6 +110,20 @@ COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 ROW_KINDS = ("epoch", "trial", "final")
 #: Timing/provenance columns that legitimately differ between two identical runs.
 TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device", "node_id")
+#: Nullable columns added within schema v1: parts written before them are read with nulls there,
+#: so older stores stay readable without a version bump (no column was renamed or changed meaning).
+ADDED_COLUMNS = ("backbone_pretrained",)
+
+
+def _with_added_columns(t: pa.Table) -> pa.Table:
+    """A part written before :data:`ADDED_COLUMNS` existed -> the current schema (nulls in the new columns)."""
+    missing = [n for n in ADDED_COLUMNS if n not in t.schema.names]
+    for name in missing:
+        field = RESULT_SCHEMA.field(name)
+        t = t.append_column(field, pa.nulls(t.num_rows, field.type))
+    if missing and set(RESULT_SCHEMA.names) <= set(t.schema.names):  # else the schema check names the problem
+        t = t.select(list(RESULT_SCHEMA.names))
+    return t
 
 
 def _coerce(row: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,99 +144,99 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]], **defaults: Any) -> pa.Tabl
     return pa.Table.from_pylist([_coerce(r, defaults) for r in rows], schema=RESULT_SCHEMA)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder + rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def write_rows(results_dir: Results, rows: Iterable[Mapping[str, Any]], part_name: str,
+               **defaults: Any) -> str | None:
+    """Append rows to the store as one new Parquet part, written whole (see module docstring). None if no rows.
 
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def write_rows(results_dir: Path, rows: Iterable[Mapping[str, Any]], part_name: str, **defaults: Any) -> Path | None:
-    """Append rows to the store as one new Parquet part (temp file + rename). None if no rows."""
+    The part is serialised in memory first (parts are one trial: kilobytes), so the file system sees a
+    single complete write: a local temp file + rename, or one object upload.
+    """
     table = rows_to_table(rows, **defaults)
     if table.num_rows == 0:
         return None
-    rows_dir = Path(results_dir) / "rows"
-    rows_dir.mkdir(parents=True, exist_ok=True)
-    final = rows_dir / f"{part_name}-{uuid.uuid4().hex[:8]}.parquet"
-    fd, tmp = tempfile.mkstemp(dir=rows_dir, prefix=".part.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf)
+    return resolve(results_dir).write_bytes(f"rows/{part_name}-{uuid.uuid4().hex[:8]}.parquet",
+                                            buf.getvalue().to_pybytes())
 
 
-def part_files(results_dir: Path) -> list[Path]:
-    """Finished parts only (temp files start with a dot and are skipped)."""
-    return sorted((Path(results_dir) / "rows").glob("[!.]*.parquet"))
+def part_paths(results_dir: Results) -> list[str]:
+    """Finished parts only, as paths on the location's filesystem (temp files start with a dot: skipped)."""
+    return resolve(results_dir).list_files("rows", ".parquet")
 
 
-def read_table(results_dir: Path) -> pa.Table:
-    """All rows of a store as one Arrow table; refuses a store of another schema version."""
-    check_store_version(results_dir)
-    parts = part_files(results_dir)
+def part_files(results_dir: str | Path) -> list[Path]:
+    """Finished parts of a local store as Paths (scripts and tests that open or delete single parts)."""
+    return [Path(p) for p in part_paths(resolve(results_dir).local())]
+
+
+def _read_part(loc: Location, path: str) -> pa.Table:
+    with loc.fs.open_input_file(path) as fh:
+        t = _with_added_columns(pq.read_table(fh))
+    if t.schema.remove_metadata() != RESULT_SCHEMA:
+        raise HsiStudyError(
+            f"{loc.name_of(path)}: columns do not match "
+            f"result schema v{SCHEMA_VERSION}; this part was written by another hsistudy version "
+            "(move it aside or use that version)"
+        )
+    return t
+
+
+def read_table(results_dir: Results) -> pa.Table:
+    """All rows of a store as one Arrow table; refuses a store of another schema version.
+
+    On an object store every part is one GET with its latency, so parts are fetched by 16 threads.
+    """
+    loc = resolve(results_dir)
+    check_store_version(loc)
+    parts = part_paths(loc)
     if not parts:
         return RESULT_SCHEMA.empty_table()
-    tables = []
-    for p in parts:
-        t = pq.read_table(p)
-        if t.schema.remove_metadata() != RESULT_SCHEMA:
-            raise HsiStudyError(
-                f"{p}: columns do not match result schema v{SCHEMA_VERSION}; "
-                "this part was written by another hsistudy version (move it aside or use that version)"
-            )
-        tables.append(t)
+    if loc.is_local:
+        tables = [_read_part(loc, p) for p in parts]
+    else:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            tables = list(pool.map(lambda p: _read_part(loc, p), parts))
     return pa.concat_tables(tables)
 
 
-def read_store(results_dir: Path):  # -> polars.DataFrame (imported lazily: writers need no polars)
+def read_store(results_dir: Results):  # -> polars.DataFrame (imported lazily: writers need no polars)
     """All rows as a polars DataFrame."""
     import polars as pl
 
     return pl.from_arrow(read_table(results_dir))
 
 
-def study_file(results_dir: Path) -> Path:
-    return Path(results_dir) / "study.json"
+STUDY_FILE = "study.json"
 
 
-def check_store_version(results_dir: Path) -> None:
+def study_file(results_dir: str | Path) -> Path:
+    """The local path of a local store's study.json (remote stores: ``resolve(results).read_text(STUDY_FILE)``)."""
+    return resolve(results_dir).local(STUDY_FILE)
+
+
+def check_store_version(results_dir: Results) -> None:
     """Raise a clear error if ``results_dir`` was written with another schema version."""
-    f = study_file(results_dir)
-    if not f.exists():
+    loc = resolve(results_dir)
+    try:
+        text = loc.read_text(STUDY_FILE)
+    except FileNotFoundError:
         return
     try:
-        meta = json.loads(f.read_text())
+        meta = json.loads(text)
         version = int(meta["schema_version"])
     except (ValueError, KeyError, TypeError) as exc:
         raise HsiStudyError(
-            f"{f}: not a valid hsistudy study file ({exc}); expected JSON with 'schema_version'"
+            f"{loc.show(STUDY_FILE)}: not a valid hsistudy study file ({exc}); expected JSON with 'schema_version'"
         ) from None
     if version != SCHEMA_VERSION:
         raise HsiStudyError(
-            f"{results_dir}: written with result schema v{version}, this hsistudy reads v{SCHEMA_VERSION}; "
-            "use a new --results directory or the hsistudy version that wrote it"
+            f"{loc.show()}: written with result schema v{version}, this hsistudy reads v{SCHEMA_VERSION}; "
+            "use a new --results location or the hsistudy version that wrote it"
         )
 
 
-def write_study_file(results_dir: Path, settings: Mapping[str, Any]) -> Path:
-    """Record study settings and the schema version (atomically)."""
+def write_study_file(results_dir: Results, settings: Mapping[str, Any]) -> str:
+    """Record study settings and the schema version (written whole)."""
     payload = {"schema_version": SCHEMA_VERSION, **settings}
-    return atomic_write_text(study_file(results_dir), json.dumps(payload, indent=2, sort_keys=True, default=str))
+    return resolve(results_dir).write_text(STUDY_FILE, json.dumps(payload, indent=2, sort_keys=True, default=str))

@@ -13,6 +13,7 @@ from study.data.generator import GeneratorConfig
 from study.data.specs import SPECS
 from study.data.subsets import parse_fractions
 from study.errors import ConfigError, HsiStudyError
+from study.storage import resolve, results_arg
 from study.strategies import STRATEGIES, parse_strategies
 
 EXAMPLES = """\
@@ -29,8 +30,15 @@ examples:
       the HyperSL strategies: features of a locally pretrained backbone are computed once and cached
   python -m study.run --strategy all --backbone 5_base_mask95_checkpoint.pt --data-root /data/hs3bench/hyko2
       every strategy with the released HyperSL weights on real data
+  python -m study.run --strategy crossmodality --allow-random-init --smoke
+      the DINOv2 ViT arm end to end with a random-init tiny ViT (plumbing only, no pretrained weights)
+  python -m study.run --strategy crossmodality,indomain --data-root /data/hs3bench/hyko2 --rgb-weights \
+        ~/.cache/huggingface/hub/models--timm--vit_small_patch14_dinov2.lvd142m/snapshots/<rev>/model.safetensors
+      cross-modality transfer from released DINOv2 ViT-S/14 weights (timm, DINOv2-hub or HF layout)
   python -m study.run --strategy indomain --address auto --results /shared/results/study1
       on a running Ray cluster (ray up cluster.yaml), results on shared storage
+  python -m study.run --strategy all --address auto --results s3://my-bucket/studies/hyko2
+      results, checkpoints and the Optuna journal in an S3 bucket (credentials from the usual AWS variables)
 """
 
 
@@ -69,7 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
                    "running = eval mode")
     p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
                    help="storage of cached features (default float16)")
-    p.add_argument("--results", type=Path, default=None, help="results directory (default results/<study id>)")
+    p.add_argument("--rgb-weights", type=Path, default=None,
+                   help="crossmodality: DINOv2 ViT weights (.safetensors or .pth; timm, DINOv2-hub or Hugging Face "
+                   "layout); default: look in the Hugging Face hub cache, never download")
+    p.add_argument("--allow-random-init", action="store_true",
+                   help="crossmodality: train a randomly initialised ViT when no weights are found (else the run "
+                   "stops before training)")
+    p.add_argument("--vit-size", default=None, choices=["tiny", "small", "base", "large"],
+                   help="crossmodality ViT size (default: the weights' size; else tiny under --smoke/--demo, "
+                   "small otherwise)")
+    p.add_argument("--results", type=results_arg, default=None,
+                   help="results folder, or an object-store URI such as s3://bucket/prefix or gs://bucket/prefix "
+                   "(default results/<study id>)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="cache of generated data (default $HSISTUDY_CACHE or ~/.cache/hsistudy)")
     p.add_argument("--synthetic-size", default=None, help="synthetic image size HxW, e.g. 64x128")
@@ -139,6 +158,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
+        rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
     )
     cfg = build_config(preset, **given, results=args.results or Path("results"))
     if args.results is None:  # default folder named by the study id, which the settings above determine
@@ -204,12 +224,13 @@ def _main(args: argparse.Namespace) -> int:
     print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {cfg.dataset}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.fractions)}; {cfg.trials} trials x <= {cfg.epochs} epochs per cell, "
           f"{cfg.seeds} final seed(s); RU-Net width {cfg.model_width}")
-    with results_lock(Path(cfg.results)):  # before anything is written: one writer per results directory
+    with results_lock(cfg.results):  # before anything is written: one writer per results location
         prep = prepare(cfg)
         init_ray(cfg)
         failures = run_study(cfg, prep)
         print_summary(cfg.results)
-    print(f"\nresults: {Path(cfg.results).resolve()}/rows/*.parquet  ({time.perf_counter() - t0:.0f} s in all)")
+    loc = resolve(cfg.results)
+    print(f"\nresults: {loc.name_of(loc.path('rows', '*.parquet'))}  ({time.perf_counter() - t0:.0f} s in all)")
     if failures:
         print("failed cells:\n  " + "\n  ".join(failures), file=sys.stderr)
         return 1

@@ -23,7 +23,8 @@ class Strategy:
     search_space: str  # "module:ATTRIBUTE" (a dict of Optuna distributions)
     model_name: str
     #: "raw": the cube's spectra; "features": per-pixel features of the frozen HyperSL backbone,
-    #: computed once per study and split (study.features cache) and shared by every trial
+    #: computed once per study and split (study.features cache) and shared by every trial; the driver also
+    #: attaches the raw spectra and the backbone's weights for trials with freeze depth k > 0
     inputs: str = "raw"
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 1.0  # used only when the cluster has GPUs
@@ -57,20 +58,31 @@ STRATEGIES: dict[str, Strategy] = {
     ),
     "crossdomain": Strategy(
         name="crossdomain",
-        description="HyperSL-RU-Net: frozen HyperSL per-pixel features replace the spectrum as RU-Net input",
-        trainable="trainables.indomain:train_indomain",  # the same RU-Net, on C = D feature channels
+        description="HyperSL-RU-Net: HyperSL per-pixel features (frozen, or last k layers tuned) replace the "
+                    "spectrum as RU-Net input",
+        trainable="trainables.crossdomain:train_crossdomain",  # k = 0: the indomain RU-Net on D feature channels
         search_space="search_spaces.crossdomain:SPACE",
         model_name="hypersl-runet",
         inputs="features",
     ),
     "crossdomain-fc": Strategy(
         name="crossdomain-fc",
-        description="HyperSL-FC: BatchNorm1d + Linear on frozen per-pixel HyperSL features",
+        description="HyperSL-FC: BatchNorm1d + Linear on per-pixel HyperSL features (frozen, or last k layers tuned)",
         trainable="trainables.crossdomain_fc:train_crossdomain_fc",
         search_space="search_spaces.crossdomain_fc:SPACE",
         model_name="hypersl-fc",
         inputs="features",
         gpus_per_trial=0.25,  # a tiny head: four trials share a GPU
+    ),
+    "crossmodality": Strategy(
+        name="crossmodality",
+        description="DINOv2 RGB ViT on a pseudo-RGB / learned 1x1 bridge of the cube, light segmentation head",
+        trainable="trainables.crossmodality:train_crossmodality",
+        search_space="search_spaces.crossmodality:SPACE",
+        model_name="dinov2-vit",
+        # half a GPU: ViT-S/B with a frozen or shallowly unfrozen backbone needs a few GB and is bound by the
+        # input pipeline at batch 4-16, so two trials share a device; use 1.0 for ViT-L with deep unfreezing
+        gpus_per_trial=0.5,
     ),
     "indomain-fc": Strategy(
         name="indomain-fc",

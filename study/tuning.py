@@ -25,12 +25,14 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from study.storage import Location, resolve
+
 METRIC = "best_val_miou"
 _KEEP = (
     "epoch", "train_loss", "val_miou", "val_oa", "val_macc", "val_macro_f1", "val_iou_per_class",
     "test_miou", "test_oa", "test_macc", "test_macro_f1", "test_iou_per_class",
     "best_val_miou", "best_epoch", "wall_s", "device_s", "device", "n_params", "model_name", "is_last",
-    "backbone_hash", "node_id", "replayed",
+    "backbone_hash", "backbone_pretrained", "node_id", "replayed",
 )
 
 
@@ -166,9 +168,17 @@ def _error_text(trial: Any) -> str:
     return lines[-1][:2000] if lines else "trial failed (no error text was recorded by Ray)"
 
 
-def _run_config(storage: Path, name: str, budget: Budget, callbacks: list[Callback]) -> RunConfig:
+def _run_config(storage: Path | Location, name: str, budget: Budget, callbacks: list[Callback]) -> RunConfig:
+    """Tune's run settings; experiment state and trial checkpoints go to ``storage``, local or remote.
+
+    For an object store Ray gets the resolved pyarrow filesystem and the bucket-relative path (its
+    ``storage_filesystem`` contract), so every worker uploads its checkpoints there directly and
+    ``tune.get_checkpoint`` downloads them on a retry, wherever the retry runs.
+    """
+    loc = resolve(storage)
     return RunConfig(
-        storage_path=str(storage.resolve()),
+        storage_path=loc.path(),
+        storage_filesystem=None if loc.is_local else loc.fs,
         name=name,
         verbose=0,
         callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
@@ -182,7 +192,7 @@ def tune_cell(
     space: dict[str, Any],
     constants: dict[str, Any],
     budget: Budget,
-    storage: Path,
+    storage: Path | Location,
     name: str,
     optuna_storage: Any | None,
     label: str,
@@ -222,7 +232,7 @@ def final_runs(
     trainable: Any,
     config: dict[str, Any],
     budget: Budget,
-    storage: Path,
+    storage: Path | Location,
     name: str,
     label: str,
     echo: Callable[[str], None] = echo,

@@ -9,6 +9,11 @@ import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# tests/test_object_store.py talks to a local moto S3 server. Set here, before the session's Ray starts,
+# so Ray's workers inherit it too: dummy credentials, and no lookups at the EC2 metadata address.
+os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
 TINY = dict(height=24, width=40, n_train=6, n_val=3, n_test=3)
 

@@ -47,6 +47,11 @@ def test_study_with_n_trials_exports_each_split_once(ray_session, tiny_root, tin
     assert set(finals["model_name"].to_list()) == {"hypersl-runet-tiny", "hypersl-fc"}
     # all strategies at a fraction use the same training subset
     assert df["subset_hash"].n_unique() == 1
+    # freeze depth is searched: its columns are filled, and the seeded search runs trials with k > 0 (no export:
+    # those recompute features from the raw spectra the driver attaches)
+    summaries = df.filter(pl.col("row_kind") != "epoch")
+    assert summaries["freeze_depth"].null_count() == 0 and summaries["backbone_lr"].null_count() == 0
+    assert (summaries["freeze_depth"] > 0).sum() >= 2 and (summaries["status"] != "error").all()
 
     calls.clear()  # a second study on the same data reuses the cache
     argv[argv.index("--results") + 1] = str(tmp_path / "res2")

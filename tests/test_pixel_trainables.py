@@ -176,12 +176,13 @@ def test_trainable_sub_batches_skip_all_ignore_and_single_pixels() -> None:
 def test_every_search_space_key_changes_the_result(trainable, data_name, space, request) -> None:
     data = request.getfixturevalue(data_name)
     base = {**CONFIG, "max_epochs": 1, "lr": 1e-2, "weight_decay": 1e-4, "sub_batch": 256}
-    assert set(space) == {"lr", "weight_decay"} and set(space) <= set(base)
+    head_keys = set(space) - {"freeze_depth", "backbone_lr"}  # the backbone's: tests/test_freeze_depth.py
+    assert head_keys == {"lr", "weight_decay"} and head_keys <= set(base)
     ref = run(trainable, base, data).metrics[0]["train_loss"]
     for key, value in (("lr", 1e-3), ("weight_decay", 0.5)):
         assert run(trainable, {**base, key: value}, data).metrics[0]["train_loss"] != ref, key
-    for key, dist in space.items():
-        assert dist.log and dist.low < dist.high, key
+    for key in head_keys:
+        assert space[key].log and space[key].low < space[key].high, key
 
 
 def test_batchnorm_is_configurable_and_search_spaces_bracket_the_paper() -> None:
@@ -194,7 +195,8 @@ def test_batchnorm_is_configurable_and_search_spaces_bracket_the_paper() -> None
     assert PixelFC(256, 11)(torch.randn(5, 256)).shape == (5, 11)
     assert CROSSDOMAIN_FC_SPACE["lr"].low <= 1e-4 <= CROSSDOMAIN_FC_SPACE["lr"].high  # HyperSL-FC: 1e-4
     assert INDOMAIN_FC_SPACE["lr"].low <= 1e-3 <= INDOMAIN_FC_SPACE["lr"].high  # paper's fc: 1e-3
-    assert set(CROSSDOMAIN_SPACE) == {"lr", "weight_decay", "dropout"}  # HyperSL-RU-Net: the RU-Net recipe
+    # HyperSL-RU-Net: the RU-Net recipe, plus the backbone's freeze depth and lr
+    assert set(CROSSDOMAIN_SPACE) == {"lr", "weight_decay", "dropout", "freeze_depth", "backbone_lr"}
     assert CROSSDOMAIN_SPACE["lr"].low <= 1e-3 <= CROSSDOMAIN_SPACE["lr"].high
 
 

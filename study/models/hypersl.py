@@ -308,6 +308,18 @@ class HyperSL(nn.Module):
             x = block(x)
         return self.decoder_layer(self.norm2(x).transpose(1, 2))[:, 0]
 
+    def decode_from_feature(self, z: Tensor, pe: Tensor) -> Tensor:
+        """Reconstruct the full spectrum (N, L) from z (N, D) alone (a pretraining option, not the reference).
+
+        The existing decoder with the cross-attention bypassed: every band position
+        gets ``norm1(proj(z)) + pe``, so all the spectrum's information must pass
+        through z. Uses only existing sub-modules, so the state dict is unchanged.
+        """
+        x = self.norm1(self.corss_attn.proj(z))[:, None] + pe
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_layer(self.norm2(x).transpose(1, 2))[:, 0]
+
     def forward(self, x: Tensor, wavelengths: Tensor, mask_ratio: float = 0.0,
                 mask_input: bool = False) -> tuple[Tensor, Tensor]:
         """Pretraining pass: features z (N, D) and the reconstruction (N, L)."""

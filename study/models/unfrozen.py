@@ -1,0 +1,220 @@
+"""HyperSL with freeze depth k > 0: the frozen prefix runs without grad, the last k layer groups train.
+
+Why a wrapper and not ``HyperSL.features``: with k > 0 a trial runs the backbone
+itself on raw spectra (the feature cache only holds k = 0 outputs), and it must
+produce exactly the features the cache export produces for the same weights, or
+the k = 0 and k > 0 arms of one search would see different inputs.
+
+BatchNorm is the only batch-dependent part of HyperSL (the four stem BNs; the
+transformer uses LayerNorm). The export (``study.features``) normalises the stem
+with either each raster chunk's own batch statistics (``bn_mode="chunk"``, the
+paper's never-``eval()``-ed backbone) or the stored running statistics
+(``"running"``). A trial samples sub-batches and crops that never coincide with
+the export's chunks, so here the stem never calls its BN modules: it normalises
+with *given* statistics instead:
+
+- ``running``: the BN buffers, exactly eval-mode BN (never updated: they are
+  buffers, not parameters, and no train-mode BN forward ever runs);
+- ``chunk``: a table of per-chunk (mean, var) of every stem BN input, computed
+  by :meth:`UnfrozenHyperSL.refresh_stats` over the export's chunks (raster
+  order, ``chunk_size`` pixels, per image). Each pixel carries the id of its
+  chunk, so any subset of pixels gets the statistics the export used for it and
+  the features at the start of training equal the cached ones.
+
+A trainable stem (k = number of groups; never proposed by the search spaces)
+keeps these semantics: in chunk mode the table is recomputed with the current
+weights at the start of every epoch and of every evaluation (the trainables do
+this), so evaluation sees exactly what an export of the trained stem would give;
+within an epoch the statistics are constants (no gradient through them). Its
+BN affine parameters train; running statistics never change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from study.features import BN_MODES
+from study.models.hypersl import HyperSL, freeze, layer_groups
+
+#: BatchNorms in the stem (three conv branches + the 1x1 fuse), in forward order.
+N_STEM_BN = 4
+#: Pixels per chunk of a no-grad (evaluation) forward: bounds memory, results do not depend on it.
+EVAL_CHUNK = 16_384
+#: Pixels per gradient-checkpointed chunk when more pixels need gradients at once (RU-Net batches):
+#: activations of only one chunk are alive in backward. The paper's FC sub-batch (8,192) fits in one.
+GRAD_CHUNK = 8_192
+
+
+def _stem_branch(seq: nn.Sequential, x: Tensor, stats: Tensor | None, collect: list[Tensor] | None) -> Tensor:
+    """conv -> BN (with given statistics) -> GELU on (N, Cin, L).
+
+    ``stats`` (N, 2, D) per-pixel (mean, var), or None for the running buffers;
+    with ``collect`` the input's own batch statistics over N x L are used and
+    appended (train-mode BN of one export chunk; biased variance as in BN).
+    """
+    conv, bn, act = seq
+    a = conv(x)
+    if collect is not None:
+        mean, var = a.mean(dim=(0, 2)), a.var(dim=(0, 2), unbiased=False)
+        collect.append(torch.stack([mean, var]))
+    elif stats is None:
+        mean, var = bn.running_mean, bn.running_var
+    else:
+        mean, var = stats[:, 0], stats[:, 1]
+    a = (a - mean[..., None]) * torch.rsqrt(var[..., None] + bn.eps)
+    return act(a * bn.weight[:, None] + bn.bias[:, None])
+
+
+def embed_with_stats(model: HyperSL, x: Tensor, stats: Tensor | None = None,
+                     collect: list[Tensor] | None = None) -> Tensor:
+    """HyperSL's multi-scale stem on spectra (N, L) -> band tokens (N, L, D), BN from ``stats`` (N, 4, 2, D)."""
+    x = x.unsqueeze(1)
+    branches = (model.embedding_layer_1, model.embedding_layer_2, model.embedding_layer_3)
+    parts = [_stem_branch(b, x, None if stats is None else stats[:, i], collect) for i, b in enumerate(branches)]
+    fused = _stem_branch(model.embedding_layer_4, torch.cat(parts, dim=1),
+                         None if stats is None else stats[:, 3], collect)
+    return fused.transpose(1, 2)
+
+
+@torch.no_grad()
+def chunk_stats(model: HyperSL, spectra: Tensor) -> Tensor:
+    """(mean, var) of every stem BN input over one export chunk of spectra (n, L): (4, 2, D)."""
+    collect: list[Tensor] = []
+    embed_with_stats(model, spectra.to(model.div_term.dtype), collect=collect)
+    return torch.stack(collect)
+
+
+def chunks_per_image(height: int, width: int, chunk_size: int) -> int:
+    return -(-height * width // chunk_size)
+
+
+def chunk_id_map(n_images: int, height: int, width: int, chunk_size: int, offset: int = 0) -> np.ndarray:
+    """Export chunk of every pixel, (N, H, W) int32: image i, raster pixel p -> offset + i*cpi + p // chunk_size."""
+    cpi = chunks_per_image(height, width, chunk_size)
+    within = (np.arange(height * width) // chunk_size).reshape(height, width)
+    ids = offset + np.arange(n_images)[:, None, None] * cpi + within[None]
+    if ids.size and int(ids.max()) >= 2**24:
+        raise ValueError("more than 2^24 export chunks: chunk ids travel as float32 and would lose precision")
+    return ids.astype(np.int32)
+
+
+class UnfrozenHyperSL(nn.Module):
+    """Per-pixel features (P, C) + chunk ids (P,) -> (P, D) with the last ``k`` layer groups trainable.
+
+    ``k = 0`` is allowed (everything frozen, for tests and comparisons). The
+    frozen prefix runs under ``no_grad`` (not ``inference_mode``: its output
+    feeds layers that save it for backward). With gradients on and more than
+    ``grad_chunk`` pixels the pixels run in gradient-checkpointed chunks.
+    """
+
+    def __init__(self, hypersl: HyperSL, k: int, wavelengths: np.ndarray | Tensor, bn_mode: str = "chunk",
+                 grad_chunk: int = GRAD_CHUNK, eval_chunk: int = EVAL_CHUNK) -> None:
+        super().__init__()
+        if bn_mode not in BN_MODES:
+            raise ValueError(f"bn mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+        self.n_groups = len(layer_groups(hypersl))
+        freeze(hypersl, k)  # validates 0 <= k <= n_groups
+        self.hypersl, self.k, self.bn_mode = hypersl, k, bn_mode
+        self.grad_chunk, self.eval_chunk = grad_chunk, eval_chunk
+        self.register_buffer("wavelengths", torch.as_tensor(np.asarray(wavelengths, dtype=np.float32)),
+                             persistent=False)
+        # per-chunk BN statistics: derived data, recomputed from the weights, so not in the state dict
+        self.register_buffer("stats", torch.zeros(0, N_STEM_BN, 2, hypersl.dim), persistent=False)
+        self._sources: list[np.ndarray] = []
+        self._chunk_size = 0
+
+    @property
+    def stem_trainable(self) -> bool:
+        return self.k == self.n_groups
+
+    @property
+    def dim(self) -> int:
+        return self.hypersl.dim
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.hypersl.parameters() if p.requires_grad]
+
+    # ---- chunk statistics
+    def set_sources(self, images: list[np.ndarray], chunk_size: int) -> None:
+        """Raw images (N, H, W, C) of every split in chunk-id order (see :func:`chunk_id_map` offsets)."""
+        self._sources, self._chunk_size = list(images), int(chunk_size)
+
+    @torch.no_grad()
+    def refresh_stats(self) -> None:
+        """Recompute the per-chunk statistics table from the sources with the current stem (chunk mode only)."""
+        if self.bn_mode != "chunk":
+            return
+        device, cs, rows = self.wavelengths.device, self._chunk_size, []
+        for images in self._sources:
+            for image in images:
+                flat = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(-1, image.shape[-1]))
+                rows += [chunk_stats(self.hypersl, flat[s : s + cs].to(device)) for s in range(0, len(flat), cs)]
+        self.stats = torch.stack(rows) if rows else self.stats
+
+    # ---- forward
+    def _tokens(self, x: Tensor, ids: Tensor) -> Tensor:
+        m = self.hypersl
+        x, wl = m._check(x, self.wavelengths)
+        stats = self.stats[ids] if self.bn_mode == "chunk" else None
+        t = embed_with_stats(m, x, stats) + m.positional_encoding(wl)
+        return torch.cat([m.global_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)
+
+    def _features(self, x: Tensor, ids: Tensor) -> Tensor:
+        m, grad = self.hypersl, torch.is_grad_enabled()
+        blocks = [*m.encoder_blocks, m.transformer_encoder_layer]  # layer groups 1.. (group 0 is the stem)
+        n_frozen_blocks = len(blocks) - min(self.k, len(blocks))
+        with torch.set_grad_enabled(grad and self.stem_trainable):
+            h = self._tokens(x, ids)
+        with torch.no_grad():
+            for block in blocks[:n_frozen_blocks]:
+                h = block(h)
+        for block in blocks[n_frozen_blocks:]:
+            h = block(h)
+        return m.aggregate(h)
+
+    def forward(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Spectra (P, C) and chunk ids (P,) int64 -> features (P, D)."""
+        if self.bn_mode == "chunk" and self.stats.shape[0] == 0:
+            raise RuntimeError("chunk-mode statistics are missing: call set_sources() and refresh_stats() first")
+        if not torch.is_grad_enabled():
+            step = self.eval_chunk
+            return torch.cat([self._features(x[s : s + step], ids[s : s + step]) for s in range(0, len(x), step)])
+        if len(x) <= self.grad_chunk:
+            return self._features(x, ids)
+        step = self.grad_chunk
+        return torch.cat([checkpoint(self._features, x[s : s + step], ids[s : s + step], use_reentrant=False)
+                          for s in range(0, len(x), step)])
+
+
+def _split_ids(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Last channel = export chunk id (float32, exact below 2^24) -> (spectra, ids int64)."""
+    return x[..., :-1], x[..., -1].round().long()
+
+
+class BackbonePixelFC(nn.Module):
+    """HyperSL-FC with k > 0: pixels (P, C+1) (spectra + chunk id) -> HyperSL features -> head -> (P, K)."""
+
+    def __init__(self, backbone: UnfrozenHyperSL, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: Tensor) -> Tensor:
+        spectra, ids = _split_ids(x)
+        return self.head(self.backbone(spectra, ids))
+
+
+class BackboneRUNet(nn.Module):
+    """HyperSL-RU-Net with k > 0: images (B, C+1, H, W) -> per-pixel features (B, D, H, W) -> RU-Net logits."""
+
+    def __init__(self, backbone: UnfrozenHyperSL, runet: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.runet = backbone, runet
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        spectra, ids = _split_ids(x.permute(0, 2, 3, 1).reshape(b * h * w, -1))
+        z = self.backbone(spectra, ids)
+        return self.runet(z.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous())

@@ -1,0 +1,207 @@
+"""Freeze depth k > 0 for the cross-domain strategies (issue #3): what trains, what agrees, what resumes."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from study.data.bundle import DataBundle, SplitArrays, make_bundle
+from study.data.h5reader import validate_dataset
+from study.data.specs import get_spec
+from study.data.subsets import make_subset
+from study.features import export_image
+from study.models.checkpoints import checkpoint_hash, load_hypersl, save_checkpoint
+from study.models.heads import PixelFC
+from study.models.hypersl import build_hypersl, layer_groups
+from study.models.unfrozen import BackbonePixelFC
+from study.strategies import STRATEGIES
+from study.train.unfrozen import backbone_inputs, build_backbone, param_groups, random_crops
+from trainables.crossdomain import train_crossdomain
+from trainables.crossdomain_fc import train_crossdomain_fc
+
+CHUNK = 100  # 16x24 = 384 px per image -> 4 export chunks, the last one partial
+FC = dict(lr=1e-2, backbone_lr=1e-3, weight_decay=1e-4, max_epochs=3, batch_size=2, seed=0, final=True,
+          patience=None, num_threads=1, sub_batch=512, freeze_depth=1)
+RUNET = {**FC, "width": "tiny", "crop_size": 16, "dropout": 0.25}
+DECODER = ("mask_token", "corss_attn.", "decoder_blocks.", "norm1.", "norm2.", "decoder_layer.")
+
+
+class Recorder:
+    """A stand-in for ray.tune.report that keeps metrics and copies checkpoints."""
+
+    def __init__(self, keep: Path | None = None) -> None:
+        self.metrics: list[dict] = []
+        self.keep = keep
+
+    def __call__(self, metrics: dict, checkpoint=None) -> None:
+        self.metrics.append(dict(metrics))
+        if checkpoint is not None and self.keep is not None:
+            shutil.copytree(checkpoint.path, self.keep / f"epoch{metrics['epoch']}")
+
+
+def run(trainable, config: dict, data: DataBundle, keep: Path | None = None, ckpt=None) -> Recorder:
+    rec = Recorder(keep)
+    trainable(dict(config), data, report=rec, get_checkpoint=lambda: ckpt)
+    return rec
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread, as the trainables use (num_threads=1): on a busy 2-core box two threads of tiny
+    matrix products spin-wait on each other and run ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(build_hypersl("tiny"), tmp_path_factory.mktemp("bb") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def raw(tiny_root: Path) -> DataBundle:
+    spec = get_spec("hyko2")
+    splits = validate_dataset(tiny_root, spec)
+    subset = make_subset("hyko2", splits["train"].names, splits["train"].classes_present(), 1.0, 0)
+    full = make_bundle(spec, splits, subset, "synthetic:test")
+
+    def small(s: SplitArrays, n: int) -> SplitArrays:  # fewer, smaller images: per-pixel transformers are slow
+        return SplitArrays(images=s.images[:n, :16, :24], labels=s.labels[:n, :16, :24], names=s.names[:n])
+
+    return replace(full, train=small(full.train, 3), val=small(full.val, 2), test=small(full.test, 1))
+
+
+def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk") -> DataBundle:
+    """What the driver builds: the cached k = 0 export (float16) as images, plus the k > 0 inputs."""
+    model = load_hypersl(ckpt)
+
+    def export(s: SplitArrays) -> SplitArrays:
+        feats = [export_image(model, im, raw.wavelengths, bn_mode=bn_mode, chunk_size=CHUNK, dtype="float16")
+                 for im in s.images]
+        return replace(s, images=np.stack(feats))
+
+    return replace(raw, train=export(raw.train), val=export(raw.val), test=export(raw.test),
+                   backbone_hash=checkpoint_hash(ckpt), backbone=backbone_inputs(ckpt, raw, bn_mode, CHUNK))
+
+
+@pytest.fixture(scope="module")
+def data(raw: DataBundle, ckpt: Path) -> DataBundle:
+    return feature_bundle(raw, ckpt)
+
+
+@pytest.mark.parametrize("bn_mode", ["chunk", "running"])
+def test_k_path_before_any_step_equals_the_cached_export(raw, ckpt, bn_mode) -> None:
+    data = feature_bundle(raw, ckpt, bn_mode)
+    backbone, chunked = build_backbone({"freeze_depth": 1}, data)
+    for name in ("train", "val"):
+        x, _ = getattr(chunked, name).batch(np.arange(2))
+        pixels = torch.from_numpy(x.reshape(-1, x.shape[-1]))
+        with torch.inference_mode():
+            z = backbone(pixels[:, :-1], pixels[:, -1].long()).numpy()
+        cached = getattr(data, name).images[:2].reshape(-1, backbone.dim).astype(np.float32)
+        np.testing.assert_allclose(z, cached, rtol=2e-3, atol=2e-3)  # the cache is float16
+
+
+@pytest.mark.parametrize("k", [0, 1, "all"])
+def test_one_step_changes_only_the_allowed_parameters(data, k) -> None:
+    n_groups = len(layer_groups(build_hypersl("tiny")))
+    k = n_groups if k == "all" else k
+    backbone, chunked = build_backbone({"freeze_depth": k}, data)
+    head = PixelFC(backbone.dim, get_spec("hyko2").n_classes)
+    model = BackbonePixelFC(backbone, head)
+    before = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    opt = torch.optim.AdamW(param_groups(head, backbone, 1e-2, 1e-2), weight_decay=1e-2)
+    x, y = chunked.train.batch(np.arange(2))
+    x, y = torch.from_numpy(x.reshape(-1, x.shape[-1])), torch.from_numpy(y.reshape(-1))
+    model.train()
+    torch.nn.functional.cross_entropy(model(x), y, ignore_index=get_spec("hyko2").ignore_index).backward()
+    opt.step()
+    changed = {n for n, t in model.state_dict().items() if not torch.equal(t, before[n])}
+    bb = {n.removeprefix("backbone.hypersl.") for n in changed if n.startswith("backbone.")}
+    assert {n for n in changed if n.startswith("head.")} == {"head.norm.weight", "head.norm.bias",
+                                                             "head.norm.running_mean", "head.norm.running_var",
+                                                             "head.norm.num_batches_tracked", "head.fc.weight",
+                                                             "head.fc.bias"}
+    if k == 0:
+        assert bb == set()
+    elif k == 1:
+        assert bb and all(n.startswith("transformer_encoder_layer.") for n in bb)
+        assert len(bb) == len(list(model.backbone.hypersl.transformer_encoder_layer.parameters()))
+    else:  # everything used for features: all parameters except pe/div_term/decoder; BN statistics untouched
+        params = {n for n, _ in model.backbone.hypersl.named_parameters()}
+        assert bb == {n for n in params if n not in ("pe", "div_term") and not n.startswith(DECODER)}
+    assert not any("running_" in n or "num_batches" in n for n in bb)
+
+
+@pytest.mark.parametrize(("trainable", "config"), [
+    (train_crossdomain_fc, FC),
+    (train_crossdomain, RUNET),
+    (train_crossdomain_fc, {**FC, "freeze_depth": 3}),  # trainable stem: chunk statistics follow the weights
+], ids=["crossdomain-fc", "crossdomain", "crossdomain-fc-all"])
+def test_k_trial_resumes_identically_from_its_epoch_checkpoint(trainable, config, data, tmp_path) -> None:
+    from ray import tune
+
+    full = run(trainable, config, data, keep=tmp_path)
+    assert [m["epoch"] for m in full.metrics] == [1, 2, 3]
+    assert all(math.isfinite(m["train_loss"]) and 0 <= m["val_miou"] <= 1 for m in full.metrics)
+    state = torch.load(tmp_path / "epoch2" / "state.pt", map_location="cpu", weights_only=True)
+    trained = {k.removeprefix("backbone.hypersl."): v for k, v in state["model"].items() if k.startswith("backbone.")}
+    assert not torch.equal(trained["transformer_encoder_layer.mlp.fc2.weight"],
+                           data.backbone.weights["transformer_encoder_layer.mlp.fc2.weight"])
+    stem = "embedding_layer_4.0.weight"
+    assert torch.equal(trained[stem], data.backbone.weights[stem]) == (config["freeze_depth"] < 3)
+
+    resumed = run(trainable, config, data, ckpt=tune.Checkpoint.from_directory(str(tmp_path / "epoch2")))
+    assert [m["epoch"] for m in resumed.metrics] == [3]
+    for key in ("train_loss", "val_miou", "best_val_miou", "test_miou", "test_oa"):
+        assert resumed.metrics[0][key] == full.metrics[-1][key], key
+    assert full.metrics[-1]["backbone_hash"] == data.backbone_hash
+
+
+def test_k0_is_the_cached_path_and_k_and_backbone_lr_change_the_result(data) -> None:
+    one = {**FC, "max_epochs": 1, "final": False}
+    k0 = run(train_crossdomain_fc, {**one, "freeze_depth": 0}, data).metrics[0]
+    without = run(train_crossdomain_fc, {**one, "freeze_depth": 0}, replace(data, backbone=None)).metrics[0]
+    assert k0["train_loss"] == without["train_loss"]  # k = 0 never touches the backbone inputs
+    k0_other_blr = run(train_crossdomain_fc, {**one, "freeze_depth": 0, "backbone_lr": 1e-5}, data).metrics[0]
+    assert k0_other_blr["train_loss"] == k0["train_loss"]  # backbone_lr is ignored at k = 0
+    k1 = run(train_crossdomain_fc, one, data).metrics[0]
+    k1_blr = run(train_crossdomain_fc, {**one, "backbone_lr": 1e-2}, data).metrics[0]
+    assert len({k0["train_loss"], k1["train_loss"], k1_blr["train_loss"]}) == 3
+    assert k1["n_params"] > k0["n_params"]
+    with pytest.raises(ValueError, match="freeze_depth"):
+        run(train_crossdomain_fc, one, replace(data, backbone=None))
+
+
+def test_search_spaces_propose_freeze_depth_and_backbone_lr() -> None:
+    for strategy in (s for s in STRATEGIES.values() if s.inputs == "features"):
+        space = strategy.load_search_space()
+        assert {"freeze_depth", "backbone_lr"} <= set(space), strategy.name
+        fd, blr = space["freeze_depth"], space["backbone_lr"]
+        assert fd.low == 0 and 1 <= fd.high < len(layer_groups(build_hypersl("tiny")))  # the stem stays frozen
+        assert blr.log and blr.low < blr.high <= space["lr"].high
+
+
+def test_random_crops_move_chunk_ids_with_their_pixels(data) -> None:
+    _, chunked = build_backbone({"freeze_depth": 1}, data)
+    src = chunked.train
+    crops = random_crops(src, 16, np.random.default_rng(0))
+    assert crops.images.shape[1:3] == (16, 16) and crops.chunk_ids.shape == crops.labels.shape
+    x, _ = crops.batch(np.arange(len(crops)))
+    np.testing.assert_array_equal(x[..., -1], crops.chunk_ids)  # the id channel is the last one
+    h, w = src.labels.shape[1:]
+    for i in range(len(crops)):
+        r, c = next((r, c) for r in range(h - 15) for c in range(w - 15)
+                    if np.array_equal(src.images[i, r : r + 16, c : c + 16], crops.images[i]))
+        np.testing.assert_array_equal(crops.chunk_ids[i], src.chunk_ids[i, r : r + 16, c : c + 16])
+        np.testing.assert_array_equal(crops.labels[i], src.labels[i, r : r + 16, c : c + 16])
+    assert random_crops(src, 1000, np.random.default_rng(0)) is src
