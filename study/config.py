@@ -23,7 +23,8 @@ DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 VIT_SIZES = ("tiny", "small", "base", "large")  # study.models.vit.SIZES (not imported: no torch here)
 #: Settings added after studies were already being run: left out of the study id while at their default,
 #: so re-running an older command still finds its results folder and finished cells.
-_ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None}
+_ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
+                                 "max_freeze_depth": None}
 
 #: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -31,10 +32,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "demo": dict(
         fractions=(0.1, 0.25, 1.0), trials=4, epochs=30, seeds=2, grace_period=5, width="small", batch_size=4,
         synthetic=GeneratorConfig(height=64, width=128, n_train=40, n_val=12, n_test=16),
+        # a per-pixel transformer in every training step (k > 0) costs minutes per epoch on a laptop CPU
+        max_freeze_depth=0,
     ),
     "smoke": dict(
         fractions=(0.5, 1.0), trials=2, epochs=2, seeds=1, grace_period=1, width="tiny",
-        synthetic=GeneratorConfig(height=32, width=48, n_train=6, n_val=3, n_test=3),
+        synthetic=GeneratorConfig(height=32, width=48, n_train=6, n_val=3, n_test=3), max_freeze_depth=0,
     ),
 }
 
@@ -76,6 +79,8 @@ class StudyConfig:
     #: crossmodality ViT size (tiny/small/base/large); None: the weights' size, else tiny under --smoke/--demo
     #: (CPU-sized, no released weights) and small otherwise
     vit_size: str | None = None
+    #: cap on the searched freeze depth k (trainable backbone groups/blocks); None: each search space's own range
+    max_freeze_depth: int | None = None
     dashboard: bool = False  # a local Ray's dashboard, bound to dashboard_host (localhost unless told otherwise)
     dashboard_host: str = "127.0.0.1"
     preset: str = "full"
@@ -122,6 +127,8 @@ class StudyConfig:
         if self.rgb_weights is not None and not Path(self.rgb_weights).is_file():
             raise ConfigError(f"--rgb-weights {self.rgb_weights} is not a file (expected DINOv2 ViT weights, "
                               ".safetensors or .pth)")
+        if self.max_freeze_depth is not None and self.max_freeze_depth < 0:
+            raise ConfigError(f"--max-freeze-depth must be >= 0 (0 = frozen backbones), got {self.max_freeze_depth}")
         if self.vit_size is not None and self.vit_size not in VIT_SIZES:
             raise ConfigError(f"--vit-size must be one of {', '.join(VIT_SIZES)}, got {self.vit_size!r}")
         if self.data_root is not None and not Path(self.data_root).is_dir():

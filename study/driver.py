@@ -228,6 +228,23 @@ def _fresh_experiment(results: Location, name: str, journal: Any) -> None:
         optuna.delete_study(study_name=name, storage=journal)
 
 
+def search_space(cfg: StudyConfig, strategy: Strategy) -> dict[str, Any]:
+    """The strategy's search space, with ``freeze_depth`` capped at ``cfg.max_freeze_depth`` when one is set.
+
+    Why a cap rather than separate spaces: k > 0 puts the backbone into every
+    training step (HyperSL per pixel: minutes per epoch on a laptop CPU), so the
+    demo/smoke presets search frozen backbones only while a GPU cluster searches
+    the strategy's full range; every cell of one study still gets the same space.
+    """
+    from optuna.distributions import IntDistribution
+
+    space = strategy.load_search_space()
+    dist = space.get("freeze_depth")
+    if cfg.max_freeze_depth is not None and isinstance(dist, IntDistribution) and dist.high > cfg.max_freeze_depth:
+        space["freeze_depth"] = IntDistribution(dist.low, max(dist.low, cfg.max_freeze_depth), step=dist.step)
+    return space
+
+
 def run_cell(
     cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest, cid: str,
     have_gpu: bool, echo: Callable[[str], None] = echo,
@@ -276,13 +293,13 @@ def run_cell(
     with contextlib.closing(journal_file):  # pushed once more (and its temp folder removed) however the cell ends
         try:
             _fresh_experiment(results, f"{cid}-tune", journal)
-            logs = tune_cell(trainable, strategy.load_search_space(), constants, budget, results.child("tune"),
+            logs = tune_cell(trainable, search_space(cfg, strategy), constants, budget, results.child("tune"),
                              f"{cid}-tune", journal, label, echo, on_finish=store)
         finally:
             journal_file.push()
     best = pick_best(logs)
     chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
-    space = strategy.load_search_space()
+    space = search_space(cfg, strategy)
     echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in chosen.items() if k in space))
     results.delete_dir("tune", f"{cid}-final")

@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-random-init", action="store_true",
                    help="crossmodality: train a randomly initialised ViT when no weights are found (else the run "
                    "stops before training)")
+    p.add_argument("--max-freeze-depth", type=int, default=None, metavar="K",
+                   help="search freeze depths 0..K only (0: frozen backbones, features cached once); default: each "
+                   "strategy's own range, 0 under --smoke/--demo (k > 0 runs the backbone in every training step)")
     p.add_argument("--vit-size", default=None, choices=["tiny", "small", "base", "large"],
                    help="crossmodality ViT size (default: the weights' size; else tiny under --smoke/--demo, "
                    "small otherwise)")
@@ -132,6 +135,18 @@ def _synthetic(args: argparse.Namespace, preset: str) -> GeneratorConfig | None:
     return GeneratorConfig(height=h, width=w, n_train=n[0], n_val=n[1], n_test=n[2], seed=base.seed)
 
 
+def _model_sizes(cfg: StudyConfig) -> str:
+    """The header's model-size note, naming only the models the chosen strategies use."""
+    parts = []
+    if set(cfg.strategies) & {"indomain", "crossdomain"}:
+        parts.append(f"RU-Net width {cfg.model_width}")
+    if "crossmodality" in cfg.strategies:
+        parts.append(f"ViT {cfg.vit_size or 'size from the weights, else ' + cfg.rgb_default_size}")
+    if cfg.max_freeze_depth is not None and set(cfg.strategies) - {"indomain", "indomain-fc"}:
+        parts.append(f"freeze depth <= {cfg.max_freeze_depth}")
+    return "; " + ", ".join(parts) if parts else ""
+
+
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     """Flags -> a validated StudyConfig (ConfigError on anything invalid)."""
     preset = "smoke" if args.smoke else "demo" if args.demo else "full"
@@ -159,6 +174,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
+        max_freeze_depth=args.max_freeze_depth,
     )
     cfg = build_config(preset, **given, results=args.results or Path("results"))
     if args.results is None:  # default folder named by the study id, which the settings above determine
@@ -223,7 +239,7 @@ def _main(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {cfg.dataset}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.fractions)}; {cfg.trials} trials x <= {cfg.epochs} epochs per cell, "
-          f"{cfg.seeds} final seed(s); RU-Net width {cfg.model_width}")
+          f"{cfg.seeds} final seed(s){_model_sizes(cfg)}")
     with results_lock(cfg.results):  # before anything is written: one writer per results location
         prep = prepare(cfg)
         init_ray(cfg)

@@ -36,6 +36,7 @@ def test_study_with_n_trials_exports_each_split_once(ray_session, tiny_root, tin
     argv = ["--strategy", "crossdomain,crossdomain-fc", "--dataset", "hyko2", "--data-root", str(tiny_root),
             "--backbone", str(tiny_backbone), "--width", "tiny", "--fractions", "1.0", "--trials", "3",
             "--epochs", "2", "--grace-period", "1", "--seeds", "1", "--cache-dir", str(tmp_path / "cache"),
+            "--max-freeze-depth", "1",
             "--results", str(tmp_path / "res")]
     assert main(argv) == 0, capsys.readouterr()
     assert sorted(calls) == ["test", "train", "val"]  # 2 strategies x (3 trials + 1 seed): once each
@@ -58,3 +59,26 @@ def test_study_with_n_trials_exports_each_split_once(ray_session, tiny_root, tin
     argv[argv.index("--fractions") + 1] = "0.5"
     assert main(argv) == 0
     assert calls == []
+
+
+def test_max_freeze_depth_caps_the_searched_range_and_presets_freeze() -> None:
+    """--max-freeze-depth clips freeze_depth; --smoke/--demo search frozen backbones only; other keys untouched."""
+    from optuna.distributions import IntDistribution
+
+    from study.config import build_config
+    from study.driver import search_space
+    from study.strategies import get_strategy
+
+    for name in ("crossdomain", "crossdomain-fc", "crossmodality"):
+        strategy = get_strategy(name)
+        full = strategy.load_search_space()
+        assert full["freeze_depth"].high >= 2
+        capped = search_space(build_config("full", strategies=(name,), dataset="hyko2", results="r",
+                                           max_freeze_depth=1), strategy)
+        assert capped["freeze_depth"] == IntDistribution(0, 1)
+        assert {k: v for k, v in capped.items() if k != "freeze_depth"} == {
+            k: v for k, v in full.items() if k != "freeze_depth"}
+        for preset in ("smoke", "demo"):
+            frozen = search_space(build_config(preset, strategies=(name,), dataset="hyko2", results="r"), strategy)
+            assert frozen["freeze_depth"] == IntDistribution(0, 0)
+        assert search_space(build_config("full", strategies=(name,), dataset="hyko2", results="r"), strategy) == full

@@ -221,3 +221,24 @@ def test_study_runs_with_random_init_and_with_a_weights_file(ray_session, tiny_r
     df = read_store(tmp_path / "b" / "res")
     assert df["backbone_pretrained"].all() and (df["backbone_hash"] == checkpoint_hash(tiny_weights)).all()
     assert df["head_lr"].is_not_null().all() and df["backbone_lr"].is_not_null().all()
+
+
+def test_epoch_checkpoints_leave_out_frozen_parameters() -> None:
+    """A frozen backbone is rebuilt from its weights file on resume, so checkpoints carry only what can change."""
+    import torch
+
+    from study.train.loop import load_mutable_state, mutable_state
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    state = mutable_state(model)
+    assert "0.weight" not in state and "2.weight" in state and "1.running_mean" in state
+    other = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    other[0].load_state_dict(model[0].state_dict())
+    other[0].requires_grad_(False)
+    load_mutable_state(other, state)
+    for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    other[0].requires_grad_(True)  # a trainable parameter missing from the checkpoint is an error
+    with pytest.raises(RuntimeError, match="missing"):
+        load_mutable_state(other, state)

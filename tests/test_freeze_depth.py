@@ -158,7 +158,10 @@ def test_k_trial_resumes_identically_from_its_epoch_checkpoint(trainable, config
     assert not torch.equal(trained["transformer_encoder_layer.mlp.fc2.weight"],
                            data.backbone.weights["transformer_encoder_layer.mlp.fc2.weight"])
     stem = "embedding_layer_4.0.weight"
-    assert torch.equal(trained[stem], data.backbone.weights[stem]) == (config["freeze_depth"] < 3)
+    # frozen parameters are not checkpointed (the trial rebuilds them from the backbone); trained ones are
+    assert (stem in trained) == (config["freeze_depth"] >= 3)
+    if stem in trained:
+        assert not torch.equal(trained[stem], data.backbone.weights[stem])
 
     resumed = run(trainable, config, data, ckpt=tune.Checkpoint.from_directory(str(tmp_path / "epoch2")))
     assert [m["epoch"] for m in resumed.metrics] == [3]

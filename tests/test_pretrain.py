@@ -153,3 +153,31 @@ def test_cli_smoke_help_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixt
         assert pt.main([*bad, "--out", str(tmp_path / "x.pt")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err
+
+
+def test_z_recon_option_decodes_from_z_alone_and_keeps_default_keys() -> None:
+    from study.models.hypersl import build_hypersl
+
+    torch.manual_seed(0)
+    m = build_hypersl("tiny")
+    keys = set(m.state_dict())
+    x, wl = torch.rand(6, 25), torch.linspace(535.0, 975.0, 25)
+    cfg = replace(pt.default_config("tiny"), z_recon=0.5)
+    recon = pt.z_only_reconstruction(m, x, wl, cfg)
+    assert recon.shape == (6, 25) and float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+    # the auxiliary loss reaches the encoder's final layer through z (HyperSL's own loss need not)
+    from study.models.hypersl import masked_modelling_loss
+
+    masked_modelling_loss(recon, x).backward()
+    assert m.transformer_encoder_layer.mlp.fc2.weight.grad.abs().sum() > 0
+    assert m.corss_attn.qkv.weight.grad is None  # the cross-attention query is bypassed
+    assert set(m.state_dict()) == keys  # no new parameters: released-layout checkpoints still load strictly
+    # opt-in: defaults keep the pre-existing cache key, a non-default value changes it
+    base = pt.default_config("tiny")
+    legacy = {k: v for k, v in pt.asdict(base).items() if k not in ("z_recon", "z_recon_mask")}
+    key = json.dumps({"config": legacy, "version": pt.PRETRAIN_VERSION}, sort_keys=True)
+    assert pt.settings_hash(base) == pt.hashlib.sha256(key.encode()).hexdigest()[:12]
+    assert pt.settings_hash(cfg) != pt.settings_hash(base)
+    for bad in ({"z_recon": -1.0}, {"z_recon_mask": 1.0}):
+        with pytest.raises(HsiStudyError, match="z_recon"):
+            pt.default_config("tiny", **bad)

@@ -11,7 +11,6 @@ test data.
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 import tempfile
@@ -182,6 +181,26 @@ def _save_checkpoint(report: Report, metrics: dict, state: dict) -> None:
         report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state a trial can change: trainable parameters and all buffers (CPU copies).
+
+    Frozen parameters are left out: the trainable rebuilds them identically from
+    its weights file or cached backbone before it restores a checkpoint, and a
+    frozen ViT-S is ~88 MB per copy (checkpoint + best state, every epoch).
+    """
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
+
+
+def load_mutable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Inverse of :func:`mutable_state`: strict about everything except the frozen parameters it left out."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    if unexpected or set(missing) - frozen:
+        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(set(missing) - frozen)[:8]}, "
+                           f"unexpected {sorted(unexpected)[:8]}")
+
+
 def _load_checkpoint(get_checkpoint: Callable[[], Any] | None) -> dict | None:
     ckpt = get_checkpoint() if get_checkpoint else None
     if ckpt is None:
@@ -228,7 +247,7 @@ def fit(
 
     state = _load_checkpoint(get_checkpoint)
     if state is not None:  # resume a trial that Ray restarted (node loss, failure retry, restore)
-        model.load_state_dict(state["model"])
+        load_mutable_state(model, state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, best, best_epoch = state["epoch"] + 1, state["best_miou"], state["best_epoch"]
         best_state, device_s = state["best_state"], state["device_s"]
@@ -246,7 +265,7 @@ def fit(
         device_s += time.perf_counter() - t0
         if val["miou"] > best:  # nan never wins: a trial with no valid val pixels keeps best = -1
             best, best_epoch = val["miou"], epoch
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            best_state = mutable_state(model)
         stop_early = settings.patience is not None and epoch - best_epoch >= settings.patience
         last_epoch = epoch == settings.max_epochs or stop_early
         metrics = {
@@ -266,12 +285,12 @@ def fit(
         }
         if last_epoch and settings.final:
             if best_state is not None:
-                model.load_state_dict(best_state)
+                load_mutable_state(model, best_state)
             metrics.update(_prefixed("test", eval_fn(model, data.test, spec, device, settings.eval_batch_size)))
         if last_epoch or epoch % settings.checkpoint_every == 0:
             state = {
                 "epoch": epoch,
-                "model": model.state_dict(),
+                "model": mutable_state(model),
                 "optimizer": opt.state_dict(),
                 "best_state": best_state,
                 "best_miou": best,
