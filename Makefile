@@ -6,6 +6,8 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 RESULTS ?= results/demo
+# the comparison the study is about: RU-Net from scratch vs the HyperSL backbone (RU-Net and per-pixel heads)
+DEMO_STRATEGIES ?= indomain,crossdomain,crossdomain-fc
 
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
@@ -24,7 +26,7 @@ $(STAMP): pyproject.toml requirements-data.txt
 	touch $(STAMP)
 
 demo: install
-	$(PY) -m study.run --strategy indomain --dataset hyko2 --results $(RESULTS) --demo
+	$(PY) -m study.run --strategy $(DEMO_STRATEGIES) --dataset hyko2 --results $(RESULTS) --demo
 	$(PY) -m study.report $(RESULTS) --csv
 
 test: install
