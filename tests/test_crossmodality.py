@@ -9,12 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from trainable_helpers import tiny_hyko2_bundle
 
 from search_spaces.crossmodality import SPACE
-from study.data.bundle import make_bundle
-from study.data.h5reader import validate_dataset
 from study.data.specs import get_spec
-from study.data.subsets import make_subset
 from study.errors import HsiStudyError
 from study.models.checkpoints import checkpoint_hash
 from study.models.rgb_bridge import HS3BENCH_RGB, LearnedProjection, PseudoRGB, build_bridge, choose_bands
@@ -31,10 +29,7 @@ CONFIG = dict(head_lr=3e-3, backbone_lr=1e-5, weight_decay=1e-4, freeze_depth=1,
 
 @pytest.fixture(scope="module")
 def bundle(tiny_root: Path):
-    spec = get_spec("hyko2")
-    splits = validate_dataset(tiny_root, spec)
-    subset = make_subset("hyko2", splits["train"].names, splits["train"].classes_present(), 1.0, 0)
-    return make_bundle(spec, splits, subset, "synthetic:test")
+    return tiny_hyko2_bundle(tiny_root)
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from trainable_helpers import run
 
 from study.data.bundle import DataBundle, SplitArrays, make_bundle
 from study.data.h5reader import validate_dataset
@@ -30,25 +30,6 @@ FC = dict(lr=1e-2, backbone_lr=1e-3, weight_decay=1e-4, max_epochs=3, batch_size
           patience=None, num_threads=1, sub_batch=512, freeze_depth=1)
 RUNET = {**FC, "width": "tiny", "crop_size": 16, "dropout": 0.25}
 DECODER = ("mask_token", "corss_attn.", "decoder_blocks.", "norm1.", "norm2.", "decoder_layer.")
-
-
-class Recorder:
-    """A stand-in for ray.tune.report that keeps metrics and copies checkpoints."""
-
-    def __init__(self, keep: Path | None = None) -> None:
-        self.metrics: list[dict] = []
-        self.keep = keep
-
-    def __call__(self, metrics: dict, checkpoint=None) -> None:
-        self.metrics.append(dict(metrics))
-        if checkpoint is not None and self.keep is not None:
-            shutil.copytree(checkpoint.path, self.keep / f"epoch{metrics['epoch']}")
-
-
-def run(trainable, config: dict, data: DataBundle, keep: Path | None = None, ckpt=None) -> Recorder:
-    rec = Recorder(keep)
-    trainable(dict(config), data, report=rec, get_checkpoint=lambda: ckpt)
-    return rec
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from trainable_helpers import run
 
 from search_spaces.crossdomain import SPACE as CROSSDOMAIN_SPACE
 from search_spaces.crossdomain_fc import SPACE as CROSSDOMAIN_FC_SPACE
@@ -37,25 +37,6 @@ class FeatureBundle(DataBundle):
     """What the driver builds from the feature cache: features as images, plus the backbone's hash."""
 
     backbone_hash: str = "cafe0123"
-
-
-class Recorder:
-    """A stand-in for ray.tune.report that keeps metrics and copies checkpoints."""
-
-    def __init__(self, keep: Path | None = None) -> None:
-        self.metrics: list[dict] = []
-        self.keep = keep
-
-    def __call__(self, metrics: dict, checkpoint=None) -> None:
-        self.metrics.append(dict(metrics))
-        if checkpoint is not None and self.keep is not None:
-            shutil.copytree(checkpoint.path, self.keep / f"epoch{metrics['epoch']}")
-
-
-def run(trainable, config: dict, data: DataBundle, keep: Path | None = None, ckpt=None) -> Recorder:
-    rec = Recorder(keep)
-    trainable(dict(config), data, report=rec, get_checkpoint=lambda: ckpt)
-    return rec
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import pytest
+from trainable_helpers import Recorder, tiny_hyko2_bundle
 
 from search_spaces.indomain import SPACE
-from study.data.bundle import make_bundle
-from study.data.h5reader import validate_dataset
 from study.data.specs import get_spec
-from study.data.subsets import make_subset
 from trainables.indomain import train_indomain
 
 CONFIG = dict(lr=3e-3, weight_decay=1e-4, dropout=0.1, max_epochs=3, batch_size=2, width="tiny", seed=0,
@@ -21,24 +18,7 @@ CONFIG = dict(lr=3e-3, weight_decay=1e-4, dropout=0.1, max_epochs=3, batch_size=
 
 @pytest.fixture(scope="module")
 def bundle(tiny_root: Path):
-    spec = get_spec("hyko2")
-    splits = validate_dataset(tiny_root, spec)
-    subset = make_subset("hyko2", splits["train"].names, splits["train"].classes_present(), 1.0, 0)
-    return make_bundle(spec, splits, subset, "synthetic:test")
-
-
-class Recorder:
-    """A stand-in for ray.tune.report that keeps metrics and copies checkpoints."""
-
-    def __init__(self, keep: Path | None = None) -> None:
-        self.metrics: list[dict] = []
-        self.keep = keep
-
-    def __call__(self, metrics: dict, checkpoint=None) -> None:
-        self.metrics.append(dict(metrics))
-        if checkpoint is not None and self.keep is not None:
-            dest = self.keep / f"epoch{metrics['epoch']}"
-            shutil.copytree(checkpoint.path, dest)
+    return tiny_hyko2_bundle(tiny_root)
 
 
 def test_reports_every_epoch_with_finite_validation_metrics(bundle) -> None:

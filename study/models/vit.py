@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from study.models.hypersl import Mlp  # timm's Mlp (fc1 -> exact GELU -> fc2), shared by both backbones
+
 
 @dataclass(frozen=True)
 class ViTConfig:
@@ -95,19 +97,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(q, k, v)  # fused kernel: the memory of (N, N) maps is not kept
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
-
-
-class Mlp(nn.Module):
-    """fc1 -> exact GELU -> fc2 (timm ``Mlp``)."""
-
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class LayerScale(nn.Module):

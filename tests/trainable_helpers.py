@@ -1,0 +1,47 @@
+"""What the trainable tests share: a stand-in for ``ray.tune.report`` and the tiny HyKo2 bundle.
+
+Trainables are plain functions (``config, data, report, get_checkpoint``), so their
+contract is tested without Ray: :class:`Recorder` keeps every reported metrics dict
+and copies each epoch's checkpoint folder, which a second call can resume from.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from study.data.bundle import DataBundle, make_bundle
+from study.data.h5reader import validate_dataset
+from study.data.specs import get_spec
+from study.data.subsets import make_subset
+
+
+class Recorder:
+    """A stand-in for ray.tune.report that keeps metrics and copies checkpoints (into ``keep``/epoch<N>)."""
+
+    def __init__(self, keep: Path | None = None) -> None:
+        self.metrics: list[dict] = []
+        self.keep = keep
+
+    def __call__(self, metrics: dict, checkpoint: Any = None) -> None:
+        self.metrics.append(dict(metrics))
+        if checkpoint is not None and self.keep is not None:
+            shutil.copytree(checkpoint.path, self.keep / f"epoch{metrics['epoch']}")
+
+
+def run(trainable: Callable[..., Any], config: dict, data: DataBundle, keep: Path | None = None,
+        ckpt: Any = None) -> Recorder:
+    """Call ``trainable`` once as Tune would (optionally resuming from ``ckpt``); return what it reported."""
+    rec = Recorder(keep)
+    trainable(dict(config), data, report=rec, get_checkpoint=lambda: ckpt)
+    return rec
+
+
+def tiny_hyko2_bundle(root: Path, fraction: float = 1.0) -> DataBundle:
+    """The conftest ``tiny_root`` HyKo2 data as a trainable sees it (raw cubes, one training subset)."""
+    spec = get_spec("hyko2")
+    splits = validate_dataset(root, spec)
+    subset = make_subset("hyko2", splits["train"].names, splits["train"].classes_present(), fraction, 0)
+    return make_bundle(spec, splits, subset, "synthetic:test")
