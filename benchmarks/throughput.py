@@ -6,6 +6,18 @@ GPU. Models: RU-Net (full width 64 and small 16) on raw bands, HyperSL-RU-Net
 (the full RU-Net on 64 = ``cpu`` or 256 = ``small`` HyperSL feature channels)
 and HyperSL-FC (BatchNorm1d + Linear, one AdamW step per 8,192-pixel sub-batch).
 
+Freeze depth k > 0 rows: ``crossmodality`` (DINOv2 ViT-S, **random init**, which
+costs the same as the released weights: pseudo-RGB bridge -> ViT -> linear head,
+k = 0 frozen and k = 4 last blocks trainable, at the real image size) and
+HyperSL-FC / HyperSL-RU-Net at k = 1 (the per-pixel HyperSL transformer, random
+init, runs inside the training step: ``study.models.unfrozen``). A k = 1 step is
+one FC sub-batch of 8,192 pixels, or one random ``CROP``² crop per image for the
+RU-Net (the trainables' defaults); on CPU in ``--quick`` mode the pixel count is
+shrunk (from a 64-pixel calibration step) so that one step takes about
+``K1_TARGET_S`` seconds, which leaves pixels/s unchanged (the per-pixel
+transformer is linear in the pixel count). ``slowdown_vs_k0`` = pixels/s of the
+k = 0 row of the same model and dataset / pixels/s of the row.
+
 One optimizer step = forward + backward + AdamW on one batch (CPU: batch 1; GPU:
 the dataset's HS3-Bench batch size under bf16 autocast). A configuration whose
 estimated time exceeds the per-configuration cap is skipped and says so, with
@@ -39,6 +51,18 @@ MODELS: tuple[tuple[str, str, int | None], ...] = (
     ("hypersl-runet-64", "full", 64), ("hypersl-runet-256", "full", 256),
     ("hypersl-fc-64", "fc", 64), ("hypersl-fc-256", "fc", 256),
 )
+#: crossmodality rows: (label, ViT size, freeze depth k in ViT blocks)
+VIT_MODELS: tuple[tuple[str, str, int], ...] = (("vit-s-k0", "small", 0), ("vit-s-k4", "small", 4))
+#: HyperSL k > 0 rows: (label, head "fc" | "runet", HyperSL size, k); D = 64 (cpu) / 256 (small)
+K1_MODELS: tuple[tuple[str, str, str, int], ...] = (
+    ("hypersl-fc-64-k1", "fc", "cpu", 1), ("hypersl-fc-256-k1", "fc", "small", 1),
+    ("hypersl-runet-64-k1", "runet", "cpu", 1), ("hypersl-runet-256-k1", "runet", "small", 1),
+)
+#: the k = 0 row each k > 0 row is compared with
+K0_OF = {"vit-s-k4": "vit-s-k0", "hypersl-fc-64-k1": "hypersl-fc-64", "hypersl-fc-256-k1": "hypersl-fc-256",
+         "hypersl-runet-64-k1": "hypersl-runet-64", "hypersl-runet-256-k1": "hypersl-runet-256"}
+#: CPU --quick: seconds one k = 1 step is shrunk to; the calibration step uses K1_PROBE pixels
+K1_TARGET_S, K1_PROBE = 1.0, 64
 
 
 def conv_flops_per_pixel(model: nn.Module, channels: int, probe: int = 64) -> float:
@@ -69,31 +93,134 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _train_steps(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int,
+                 warmup: int, device: str) -> float:
+    """Median seconds of ``steps`` (forward + cross-entropy + backward + AdamW) steps after ``warmup`` steps."""
+    amp = device.startswith("cuda")
+    times = []
+    for i in range(warmup + steps):
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
 def runet_steps(width: str | int, channels: int, n_classes: int, hw: tuple[int, int], batch: int, steps: int,
                 warmup: int, device: str) -> dict[str, Any]:
     """Time ``steps`` RU-Net training steps after ``warmup`` steps; returns seconds/step and peak memory."""
     from study.models.runet import build_runet
 
-    amp = device.startswith("cuda")
     with peak_memory(device) as mem:
         torch.manual_seed(0)
         model = build_runet(channels, n_classes, width=width).to(device)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         x = torch.randn(batch, channels, *hw, device=device)
         y = torch.randint(0, n_classes, (batch, *hw), device=device)
-        times = []
-        for i in range(warmup + steps):
-            _sync(device)
-            t0 = time.perf_counter()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-    return {"s_per_step": float(np.median(times)), **mem}
+        s = _train_steps(model, opt, x, y, steps, warmup, device)
+    return {"s_per_step": s, **mem}
+
+
+def vit_flops(size: str, hw: tuple[int, int], k: int) -> tuple[float, int]:
+    """(training FLOPs per image, tokens) of the ViT trunk at freeze depth ``k``: every block forward, the last
+    ``k`` also backward (2x forward); blocks = ``depth x (24 N D^2 + 4 N^2 D)`` over N = 1 + patch tokens."""
+    from study.models.vit import SIZES
+
+    cfg = SIZES[size]
+    n = 1 + -(-hw[0] // cfg.patch) * -(-hw[1] // cfg.patch)
+    per_block = 24.0 * n * cfg.dim**2 + 4.0 * n * n * cfg.dim
+    return per_block * (cfg.depth + 2 * k), n
+
+
+def vit_steps(size: str, k: int, spec: Any, hw: tuple[int, int], batch: int, steps: int, warmup: int,
+              device: str) -> dict[str, Any]:
+    """crossmodality: pseudo-RGB bridge -> DINOv2 ViT (random init) -> linear head, last ``k`` blocks trainable."""
+    from study.models.rgb_bridge import PseudoRGB, choose_bands
+    from study.models.vit import build_vit
+    from study.models.vit_seg import LinearHead, ViTSegmenter, param_groups, set_freeze_depth
+
+    with peak_memory(device) as mem:
+        torch.manual_seed(0)
+        vit = build_vit(size)
+        bridge = PseudoRGB(choose_bands(spec), torch.ones(3), torch.zeros(3))
+        model = ViTSegmenter(bridge, vit, LinearHead(vit.cfg.dim, spec.n_classes))
+        set_freeze_depth(model, k)
+        model.to(device)
+        opt = torch.optim.AdamW(param_groups(model, 1e-3, 1e-4, 0.01))
+        x = torch.randn(batch, spec.n_bands, *hw, device=device)
+        y = torch.randint(0, spec.n_classes, (batch, *hw), device=device)
+        s = _train_steps(model, opt, x, y, steps, warmup, device)
+    return {"s_per_step": s, **mem}
+
+
+def _unfrozen_backbone(size: str, k: int, spec: Any, device: str) -> Any:
+    """HyperSL of ``size`` (random init), last ``k`` groups trainable, chunk-mode BN with one statistics row."""
+    from study.models.hypersl import SIZES, HyperSL
+    from study.models.unfrozen import UnfrozenHyperSL, chunk_stats
+
+    hypersl = HyperSL(SIZES[size])
+    backbone = UnfrozenHyperSL(hypersl, k, spec.wavelength_array(), "chunk").to(device)
+    backbone.stats = chunk_stats(hypersl, torch.randn(256, spec.n_bands, device=device))[None]  # every id is 0
+    return backbone
+
+
+def k1_steps(head: str, size: str, k: int, spec: Any, batch: int, steps: int, warmup: int, device: str,
+             shrink: bool, cap_s: float) -> dict[str, Any]:
+    """HyperSL k > 0 training steps: FC on one sub-batch of pixels, or RU-Net on ``batch`` square crops.
+
+    The first warm-up step runs on ``K1_PROBE`` pixels (an 8x8 crop for the RU-Net) and calibrates: with
+    ``shrink`` the step is then sized to about ``K1_TARGET_S`` s (at most the real size), else the real size
+    runs unless its estimate exceeds ``cap_s`` (then ``skipped`` is set with the estimate).
+    """
+    from study.models.heads import PixelFC
+    from study.models.runet import build_runet
+    from study.models.unfrozen import GRAD_CHUNK, BackbonePixelFC, BackboneRUNet
+    from study.train.unfrozen import CROP
+
+    with peak_memory(device) as mem:
+        torch.manual_seed(0)
+        backbone = _unfrozen_backbone(size, k, spec, device)
+        if head == "fc":
+            top: nn.Module = PixelFC(backbone.dim, spec.n_classes)
+            model: nn.Module = BackbonePixelFC(backbone, top).to(device)
+        else:
+            top = build_runet(backbone.dim, spec.n_classes, width="full")
+            model = BackboneRUNet(backbone, top).to(device)
+        opt = torch.optim.AdamW([{"params": list(top.parameters()), "lr": 1e-3},
+                                 {"params": backbone.trainable_parameters(), "lr": 1e-4}])
+
+        def data(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """FC: ``side`` pixels; RU-Net: ``batch`` crops of side x side (last channel: chunk id 0)."""
+            if head == "fc":
+                x = torch.cat([torch.randn(side, spec.n_bands), torch.zeros(side, 1)], dim=1)
+                return x.to(device), torch.randint(0, spec.n_classes, (side,), device=device)
+            x = torch.cat([torch.randn(batch, spec.n_bands, side, side), torch.zeros(batch, 1, side, side)], dim=1)
+            return x.to(device), torch.randint(0, spec.n_classes, (batch, side, side), device=device)
+
+        probe = K1_PROBE if head == "fc" else int(K1_PROBE**0.5)
+        full = SUB_BATCH if head == "fc" else CROP
+        px = (lambda side: side) if head == "fc" else (lambda side: batch * side * side)
+        t_probe = _train_steps(model, opt, *data(probe), 1, 0, device)
+        rate = px(probe) / t_probe  # pixels/s of the probe step (includes first-call costs: an underestimate)
+        side, skipped = full, None
+        if shrink:
+            want = rate * K1_TARGET_S
+            side = (int(want) // 64 * 64 if head == "fc" else int((want / batch) ** 0.5) // 8 * 8)
+            side = max(probe, min(full, side))
+        elif (warmup - 1 + steps) * px(full) / rate > cap_s:
+            skipped = (warmup - 1 + steps) * px(full) / rate
+        res: dict[str, Any] = {"side": side, "full": side == full, "skipped_est_s": skipped}
+        if skipped is None:
+            res["s_per_step"] = _train_steps(model, opt, *data(side), steps, max(0, warmup - 1), device)
+            res["pixels"] = px(side)
+            res["checkpointed"] = px(side) > GRAD_CHUNK
+    return {**res, **mem}
 
 
 def pixel_fc_steps(dim: int, n_classes: int, pixels: int, warmup: int, device: str) -> dict[str, Any]:
@@ -171,19 +298,115 @@ def measure(quick: bool, device: str, datasets: tuple[str, ...] = DATASETS, cap_
                        peak_cuda_mb=res["peak_cuda_mb"])
             rows.append(row)
             print(f"  {label} {name}: {row['images_s']} images/s", flush=True)
+    rows += measure_vit(device, steps, warmup, cap, datasets, size_override, models)
+    rows += measure_k1(quick, device, steps, warmup, cap, datasets, models)
+    add_slowdowns(rows)
     return rows
+
+
+def _base_row(label: str, name: str, image: str, batch: int, device: str) -> dict[str, Any]:
+    return {"model": label, "dataset": name, "image": image, "batch": batch, "device": device,
+            "dtype": "bf16-autocast" if device.startswith("cuda") else "fp32"}
+
+
+def _finish_row(row: dict[str, Any], res: dict[str, Any], batch: int, px: int) -> None:
+    row.update(s_per_step=round(res["s_per_step"], 3), images_s=round(batch / res["s_per_step"], 3),
+               pixels_s=round(px / res["s_per_step"]), rss_before_mb=res["rss_before_mb"],
+               peak_rss_mb=res["peak_rss_mb"], peak_cuda_mb=res["peak_cuda_mb"])
+    print(f"  {row['model']} {row['dataset']}: {row['pixels_s']} pixels/s", flush=True)
+
+
+def measure_vit(device: str, steps: int, warmup: int, cap: float, datasets: tuple[str, ...],
+                size_override: tuple[int, int] | None, models: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """crossmodality rows (ViT, random init) at each dataset's real image size; skipped over the cap."""
+    from study.data.specs import get_spec
+
+    on_gpu, rows, rate = device.startswith("cuda"), [], 40e9  # 40 GFLOP/s until the first ViT row is measured
+    for label, size, k in VIT_MODELS:
+        if models is not None and label not in models:
+            continue
+        for name in datasets:
+            spec = get_spec(name)
+            hw = size_override or spec.image_size
+            batch = spec.batch_size if on_gpu else 1
+            row = _base_row(label, name, f"{hw[0]}x{hw[1]}x{spec.n_bands}", batch, device)
+            flops, tokens = vit_flops(size, hw, k)
+            row["gflop_per_step"] = round(flops * batch / 1e9, 1)
+            est = (steps + warmup) * flops * batch / rate
+            if est > cap:
+                row.update(note=f"skipped: too slow on {device.upper()} (est. {est:.0f} s)")
+                rows.append(row)
+                print(f"  {label} {name}: {row['note']}", flush=True)
+                continue
+            res = vit_steps(size, k, spec, hw, batch, steps, warmup, device)
+            rate = flops * batch / res["s_per_step"]
+            row.update(gflop_s=round(rate / 1e9, 1), note=f"ViT-{size[0].upper()} random init, {tokens} tokens, "
+                       f"pseudo-RGB + linear head, k = {k}")
+            _finish_row(row, res, batch, batch * hw[0] * hw[1])
+            rows.append(row)
+    return rows
+
+
+def measure_k1(quick: bool, device: str, steps: int, warmup: int, cap: float, datasets: tuple[str, ...],
+               models: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """HyperSL k > 0 rows: one FC sub-batch / one batch of RU-Net crops per step (shrunk on CPU --quick)."""
+    from benchmarks.feature_export import flops_per_pixel
+    from study.data.specs import get_spec
+    from study.models.hypersl import SIZES
+
+    on_gpu, rows = device.startswith("cuda"), []
+    for label, head, size, k in K1_MODELS:
+        if models is not None and label not in models:
+            continue
+        cfg = SIZES[size]
+        for name in datasets:
+            spec = get_spec(name)
+            batch = spec.batch_size if on_gpu and head == "runet" else 1
+            shrink = quick and not on_gpu
+            res = k1_steps(head, size, k, spec, batch, steps, warmup, device, shrink, cap)
+            side = res["side"]
+            shape = f"{side} px" if head == "fc" else f"crop {side}x{side}"
+            row = _base_row(label, name, f"{shape}x{spec.n_bands}->{cfg.dim}", batch, device)
+            fpp = flops_per_pixel(spec.n_bands, cfg.dim, cfg.encoder_depth) + 2 * flops_per_pixel(
+                spec.n_bands, cfg.dim, k)
+            px = side if head == "fc" else batch * side * side
+            row["gflop_per_step"] = round(fpp * px / 1e9, 1)  # transformer only (RU-Net convs not counted)
+            if res["skipped_est_s"] is not None:
+                row.update(note=f"skipped: too slow on {device.upper()} (est. {res['skipped_est_s']:.0f} s)")
+                rows.append(row)
+                print(f"  {label} {name}: {row['note']}", flush=True)
+                continue
+            notes = [f"HyperSL-{size} random init, k = {k}"]
+            if not res["full"]:
+                notes.append(f"shrunk from {'8192 px' if head == 'fc' else '128x128 crops'} (CPU --quick)")
+            if res["checkpointed"]:
+                notes.append("grad-checkpointed chunks")
+            row.update(gflop_s=round(fpp * px / res["s_per_step"] / 1e9, 1), note="; ".join(notes))
+            _finish_row(row, res, batch, px)
+            row["images_s"] = None  # a step is a crop / a sub-batch, not an image: compare pixels/s
+            rows.append(row)
+    return rows
+
+
+def add_slowdowns(rows: list[dict[str, Any]]) -> None:
+    """``slowdown_vs_k0`` on every k > 0 row whose k = 0 row (same model, dataset) was measured."""
+    k0 = {(r["model"], r["dataset"]): r.get("pixels_s") for r in rows}
+    for r in rows:
+        base = k0.get((K0_OF.get(r["model"], ""), r["dataset"]))
+        if r.get("pixels_s") and base:
+            r["slowdown_vs_k0"] = round(base / r["pixels_s"], 1)
 
 
 def run(quick: bool, save: bool = True) -> dict[str, Any]:
     started, info = time.perf_counter(), machine_info()
     device = "cuda" if cuda_available() else "cpu"
     rows = measure(quick, device)
-    cols = ["model", "dataset", "image", "batch", "dtype", "s_per_step", "images_s", "pixels_s", "gflop_per_step",
-            "gflop_s", "rss_before_mb", "peak_rss_mb", "peak_cuda_mb", "note"]
+    cols = ["model", "dataset", "image", "batch", "dtype", "s_per_step", "images_s", "pixels_s", "slowdown_vs_k0",
+            "gflop_per_step", "gflop_s", "rss_before_mb", "peak_rss_mb", "peak_cuda_mb", "note"]
     print_table(f"training throughput on {device} ({info['device']}, {info['torch_threads']} threads)", rows, cols)
     if device == "cpu":
         print("\n== GPU section (bf16 autocast, HS3-Bench batch sizes): skipped: no GPU")
-    measured = [r for r in rows if r.get("images_s")]
+    measured = [r for r in rows if r.get("pixels_s")]
     targets = [target(f"training throughput + peak memory on {device}", f"{len(measured)} of {len(rows)} "
                       "configurations measured", "report", None,
                       "" if len(measured) == len(rows) else "the rest skipped with their time estimates")]

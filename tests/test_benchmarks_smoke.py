@@ -112,3 +112,16 @@ def test_data_loading_measure_tiny(tmp_path: Path) -> None:
     (row,) = measure(("hyko2",), True, tmp_path, size_override=(16, 24))
     assert {"read_images_s", "load_images_s", "assemble_images_s", "model_images_s", "ratio"} <= set(row)
     assert row["read_images_s"] > 0 and row["assemble_images_s"] > 0
+
+
+def test_throughput_freeze_depth_rows_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    import benchmarks.throughput as tp
+
+    monkeypatch.setattr(tp, "K1_TARGET_S", 0.01)  # the calibrated step stays at the 64-pixel probe size
+    rows = tp.measure(True, "cpu", datasets=("hyko2",), cap_s=1e6, size_override=(28, 42),
+                      models=("vit-s-k0", "vit-s-k4", "hypersl-fc-64", "hypersl-fc-64-k1", "hypersl-runet-64-k1"))
+    by = {r["model"]: r for r in rows}
+    assert list(by) == ["hypersl-fc-64", "vit-s-k0", "vit-s-k4", "hypersl-fc-64-k1", "hypersl-runet-64-k1"]
+    assert all(r["pixels_s"] > 0 and r["peak_rss_mb"] for r in rows)
+    assert by["vit-s-k4"]["slowdown_vs_k0"] > 0 and by["hypersl-fc-64-k1"]["slowdown_vs_k0"] > 1
+    assert by["hypersl-fc-64-k1"]["image"].startswith("64 px") and "shrunk" in by["hypersl-fc-64-k1"]["note"]
