@@ -164,7 +164,7 @@ def test_z_recon_option_decodes_from_z_alone_and_keeps_default_keys() -> None:
     x, wl = torch.rand(6, 25), torch.linspace(535.0, 975.0, 25)
     cfg = replace(pt.default_config("tiny"), z_recon=0.5)
     recon = pt.z_only_reconstruction(m, x, wl, cfg)
-    assert recon.shape == (6, 25) and float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0
+    assert recon.shape == (6, 25) and float(recon.detach().min()) >= 0.0 and float(recon.detach().max()) <= 1.0
     # the auxiliary loss reaches the encoder's final layer through z (HyperSL's own loss need not)
     from study.models.hypersl import masked_modelling_loss
 
