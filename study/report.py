@@ -139,6 +139,34 @@ def _paired_display(paired: pl.DataFrame) -> pl.DataFrame:
                          pl.col("p_holm").alias("p (Holm)"))
 
 
+def _backbone_banners(df: pl.DataFrame, settings: dict | None) -> str:
+    """Warnings a reader must see before quoting a transfer curve: which backbones were not the real ones.
+
+    A crossmodality run with ``--allow-random-init`` measures the ViT architecture,
+    not transfer from an RGB foundation model; the HyperSL strategies without
+    ``--backbone`` use the small sanity backbone pretrained here, not the released weights.
+    """
+    out = []
+    strategies = set(df["strategy"].drop_nulls().unique().to_list())
+    if "crossmodality" in strategies and "backbone_pretrained" in df.columns:
+        random_init = df.filter((pl.col("strategy") == "crossmodality") & (pl.col("backbone_pretrained") == False))  # noqa: E712
+        if random_init.height:
+            out.append('<div class="banner"><b>Random-init RGB backbone.</b> <code>crossmodality</code> ran with a '
+                       "randomly initialised ViT (<code>--allow-random-init</code>): its curves measure the "
+                       "architecture trained from scratch, not transfer from a pretrained RGB foundation model."
+                       "</div>")
+    hypersl = sorted(strategies & {"crossdomain", "crossdomain-fc"})
+    study = (settings or {}).get("settings", {}) if isinstance(settings, dict) else {}
+    if hypersl and "backbone" in study and not study["backbone"]:
+        hashes = ", ".join(sorted(str(h) for h in df.filter(pl.col("strategy").is_in(hypersl))["backbone_hash"]
+                                  .drop_nulls().unique().to_list())) or "unknown"
+        out.append(f'<div class="banner"><b>Locally pretrained HyperSL.</b> {html.escape(", ".join(hypersl))} used '
+                   f"the small sanity backbone pretrained on this machine (hash {html.escape(hashes)}; "
+                   "<code>python -m study.pretrain</code>), not the released HyperSL weights: pass "
+                   "<code>--backbone PATH</code> for results that speak for HyperSL itself.</div>")
+    return "".join(out)
+
+
 def _provenance(df: pl.DataFrame, results: Results) -> tuple[str, str]:
     """(banner, section): data source (synthetic called out), code version, study id, models, settings."""
     def values(col: str) -> str:
@@ -153,6 +181,8 @@ def _provenance(df: pl.DataFrame, results: Results) -> tuple[str, str]:
         banner = (f'<div class="banner"><b>Synthetic data.</b> These results were computed on the embedded '
                   f"synthetic HS3-like data ({html.escape(', '.join(synthetic))}), not on the real HS3-Bench "
                   "datasets: do not quote them as benchmark numbers.</div>")
+    settings = _study_settings(results)
+    banner += _backbone_banners(df, settings)
     rows = [("study id", values("study_id")), ("data source", values("data_source") + (
         "  (SYNTHETIC: generated HS3-like scenes, not HS3-Bench)" if synthetic else "")),
         ("code version", values("code_version")), ("model", values("model_name")),
@@ -162,7 +192,6 @@ def _provenance(df: pl.DataFrame, results: Results) -> tuple[str, str]:
         ("results directory", resolve(results).name_of(resolve(results).path())),
         ("report generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))]
     table = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in rows)
-    settings = _study_settings(results)
     details = (f"<details><summary>study settings (study.json)</summary><pre>"
                f"{html.escape(json.dumps(settings, indent=2, sort_keys=True))}</pre></details>" if settings else "")
     return banner, f'<table class="kv">{table}</table>{details}'

@@ -107,3 +107,19 @@ def test_store_without_finished_cells_still_reports(tmp_path: Path) -> None:
     out, _ = report.write_report(store)
     page = out.read_text(encoding="utf-8")
     assert "No finished cells yet" in page and 'id="traces-hyko2"' in page
+
+
+def test_backbone_banners_name_the_backbones_that_were_not_the_real_ones() -> None:
+    """A random-init crossmodality ViT and the locally pretrained HyperSL are called out; real weights are not."""
+    from study.report import _backbone_banners
+
+    df = pl.DataFrame({"strategy": ["indomain", "crossmodality", "crossdomain", "crossdomain-fc"],
+                       "backbone_pretrained": [None, False, None, None],
+                       "backbone_hash": [None, None, "abc123", "abc123"]})
+    text = _backbone_banners(df, {"settings": {"backbone": None}})
+    assert "Random-init RGB backbone" in text and "Locally pretrained HyperSL" in text and "abc123" in text
+    given = _backbone_banners(df.with_columns(backbone_pretrained=pl.lit(True)),
+                              {"settings": {"backbone": "/weights/hypersl.pt"}})
+    assert given == ""
+    assert _backbone_banners(df.filter(pl.col("strategy") == "indomain"), {"settings": {"backbone": None}}) == ""
+    assert "Locally" not in _backbone_banners(df, {})  # no study.json: nothing is claimed
