@@ -126,3 +126,9 @@ def test_checkpoint_hash_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "trunc.pt").write_bytes(path.read_bytes()[:100])
     with pytest.raises(HsiStudyError, match="truncated"):
         load_hypersl(tmp_path / "trunc.pt")
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 107)))  # neither zip, pickle nor safetensors
+    with pytest.raises(HsiStudyError, match="not a torch checkpoint or safetensors file"):
+        load_hypersl(tmp_path / "noise.pt")
+    (tmp_path / "legacy.pt").write_bytes(b"\x80\x02" + b"junk")  # a broken legacy pickle stream: still refused
+    with pytest.raises(HsiStudyError, match="legacy.pt"):
+        load_hypersl(tmp_path / "legacy.pt")

@@ -110,6 +110,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         if "config" in meta:
             ckpt["config"] = json.loads(meta["config"])
         return ckpt
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip archive, or (legacy) a pickle stream
+        raise HsiStudyError(f"{path}: not a torch checkpoint or safetensors file (it starts with {head[:8]!r}, "
+                            "expected a zip archive, a pickle stream or a safetensors header); is it truncated or "
+                            "another format?")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
