@@ -124,8 +124,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "could run code, so we refuse it for safety (torch.load weights_only=True). Fix: re-save it as a "
             "plain dict of tensors (torch.save({'model': model.state_dict()}, path)) or as safetensors"
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise HsiStudyError(f"{path}: cannot be read as a torch checkpoint ({exc}); is it truncated?") from None
+    except Exception as exc:  # noqa: BLE001 - torch.load raises RuntimeError, EOFError, struct.error, ... on bad bytes
+        raise HsiStudyError(f"{path}: cannot be read as a torch checkpoint ({type(exc).__name__}: {exc}); "
+                            "is it truncated?") from None
     if not isinstance(obj, dict):
         raise HsiStudyError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     if "model" not in obj:
