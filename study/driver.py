@@ -72,9 +72,9 @@ def prepare(cfg: StudyConfig, echo: Callable[[str], None] = echo) -> Prepared:
     }
     for f, m in subsets.items():
         results.write_text(f"manifests/{spec.name}-f{f:g}-s{cfg.subset_seed}-{m.content_hash}.json", m.to_json())
+    rgb = prepare_rgb(cfg, echo) if "crossmodality" in cfg.strategies else None  # cheap: before any export
     feature_splits, backbone_hash, backbone_path = (prepare_features(cfg, spec, root, echo) if cfg.needs_features
                                                     else (None, None, None))
-    rgb = prepare_rgb(cfg, echo) if "crossmodality" in cfg.strategies else None
     return Prepared(spec, root, source, splits, subsets, feature_splits, backbone_hash, rgb, backbone_path)
 
 
