@@ -29,6 +29,30 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny HyperSL saved in the released checkpoint layout (weights random, seed 0: the plumbing is under test)."""
+    import torch
+
+    from study.models.checkpoints import save_checkpoint
+    from study.models.hypersl import build_hypersl
+
+    torch.manual_seed(0)
+    return save_checkpoint(build_hypersl("tiny"), tmp_path_factory.mktemp("bb") / "tiny_hypersl.pt")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread, as the trainables use (num_threads=1): on a busy 2-core box two threads of tiny
+    matrix products spin-wait on each other and run ~10x slower (a HyperSL feature export ~100x)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
 def ray_session(tmp_path_factory: pytest.TempPathFactory):
     """One real local Ray for the whole test session (2 CPUs, no dashboard)."""
     import ray

@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
-import pytest
 
 import study.features as features_mod
-from study.models.checkpoints import checkpoint_hash, save_checkpoint
-from study.models.hypersl import build_hypersl
+from study.models.checkpoints import checkpoint_hash
 from study.results import read_store
 from study.run import main
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny HyperSL saved in the released checkpoint layout (weights random: the plumbing is under test)."""
-    import torch
-
-    torch.manual_seed(0)
-    return save_checkpoint(build_hypersl("tiny"), tmp_path_factory.mktemp("bb") / "tiny_hypersl.pt")
 
 
 def test_study_with_n_trials_exports_each_split_once(ray_session, tiny_root, tiny_backbone, tmp_path, monkeypatch,

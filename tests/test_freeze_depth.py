@@ -9,51 +9,30 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainable_helpers import run
+from trainable_helpers import feature_bundle, run, tiny_hyko2_bundle
 
-from study.data.bundle import DataBundle, SplitArrays, make_bundle
-from study.data.h5reader import validate_dataset
+from study.data.bundle import DataBundle, SplitArrays
 from study.data.specs import get_spec
-from study.data.subsets import make_subset
-from study.features import export_image
-from study.models.checkpoints import checkpoint_hash, load_hypersl, save_checkpoint
 from study.models.heads import PixelFC
 from study.models.hypersl import build_hypersl, layer_groups
 from study.models.unfrozen import BackbonePixelFC
 from study.strategies import STRATEGIES
-from study.train.unfrozen import backbone_inputs, build_backbone, param_groups, random_crops
+from study.train.unfrozen import build_backbone, param_groups, random_crops
 from trainables.crossdomain import train_crossdomain
 from trainables.crossdomain_fc import train_crossdomain_fc
 
-CHUNK = 100  # 16x24 = 384 px per image -> 4 export chunks, the last one partial
 FC = dict(lr=1e-2, backbone_lr=1e-3, weight_decay=1e-4, max_epochs=3, batch_size=2, seed=0, final=True,
           patience=None, num_threads=1, sub_batch=512, freeze_depth=1)
 RUNET = {**FC, "width": "tiny", "crop_size": 16, "dropout": 0.25}
 DECODER = ("mask_token", "corss_attn.", "decoder_blocks.", "norm1.", "norm2.", "decoder_layer.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread, as the trainables use (num_threads=1): on a busy 2-core box two threads of tiny
-    matrix products spin-wait on each other and run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    return save_checkpoint(build_hypersl("tiny"), tmp_path_factory.mktemp("bb") / "tiny.pt")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def raw(tiny_root: Path) -> DataBundle:
-    spec = get_spec("hyko2")
-    splits = validate_dataset(tiny_root, spec)
-    subset = make_subset("hyko2", splits["train"].names, splits["train"].classes_present(), 1.0, 0)
-    full = make_bundle(spec, splits, subset, "synthetic:test")
+    full = tiny_hyko2_bundle(tiny_root)
 
     def small(s: SplitArrays, n: int) -> SplitArrays:  # fewer, smaller images: per-pixel transformers are slow
         return SplitArrays(images=s.images[:n, :16, :24], labels=s.labels[:n, :16, :24], names=s.names[:n])
@@ -61,27 +40,14 @@ def raw(tiny_root: Path) -> DataBundle:
     return replace(full, train=small(full.train, 3), val=small(full.val, 2), test=small(full.test, 1))
 
 
-def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk") -> DataBundle:
-    """What the driver builds: the cached k = 0 export (float16) as images, plus the k > 0 inputs."""
-    model = load_hypersl(ckpt)
-
-    def export(s: SplitArrays) -> SplitArrays:
-        feats = [export_image(model, im, raw.wavelengths, bn_mode=bn_mode, chunk_size=CHUNK, dtype="float16")
-                 for im in s.images]
-        return replace(s, images=np.stack(feats))
-
-    return replace(raw, train=export(raw.train), val=export(raw.val), test=export(raw.test),
-                   backbone_hash=checkpoint_hash(ckpt), backbone=backbone_inputs(ckpt, raw, bn_mode, CHUNK))
-
-
 @pytest.fixture(scope="module")
-def data(raw: DataBundle, ckpt: Path) -> DataBundle:
-    return feature_bundle(raw, ckpt)
+def data(raw: DataBundle, tiny_backbone: Path) -> DataBundle:
+    return feature_bundle(raw, tiny_backbone)
 
 
 @pytest.mark.parametrize("bn_mode", ["chunk", "running"])
-def test_k_path_before_any_step_equals_the_cached_export(raw, ckpt, bn_mode) -> None:
-    data = feature_bundle(raw, ckpt, bn_mode)
+def test_k_path_before_any_step_equals_the_cached_export(raw, tiny_backbone, bn_mode) -> None:
+    data = feature_bundle(raw, tiny_backbone, bn_mode)
     backbone, chunked = build_backbone({"freeze_depth": 1}, data)
     for name in ("train", "val"):
         x, _ = getattr(chunked, name).batch(np.arange(2))

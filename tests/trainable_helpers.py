@@ -1,4 +1,4 @@
-"""What the trainable tests share: a stand-in for ``ray.tune.report`` and the tiny HyKo2 bundle.
+"""What the trainable tests share: a stand-in for ``ray.tune.report``, the tiny HyKo2 bundle and its features.
 
 Trainables are plain functions (``config, data, report, get_checkpoint``), so their
 contract is tested without Ray: :class:`Recorder` keeps every reported metrics dict
@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from study.data.bundle import DataBundle, make_bundle
+import numpy as np
+
+from study.data.bundle import DataBundle, SplitArrays, make_bundle
 from study.data.h5reader import validate_dataset
 from study.data.specs import get_spec
 from study.data.subsets import make_subset
+
+CHUNK = 100  # export chunk in pixels: a 16x24 image -> 4 chunks, the last one partial
 
 
 class Recorder:
@@ -45,3 +50,20 @@ def tiny_hyko2_bundle(root: Path, fraction: float = 1.0) -> DataBundle:
     splits = validate_dataset(root, spec)
     subset = make_subset("hyko2", splits["train"].names, splits["train"].classes_present(), fraction, 0)
     return make_bundle(spec, splits, subset, "synthetic:test")
+
+
+def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk") -> DataBundle:
+    """What the driver builds: the cached k = 0 export (float16) of ``raw`` as images, plus the k > 0 inputs."""
+    from study.features import export_image
+    from study.models.checkpoints import checkpoint_hash, load_hypersl
+    from study.train.unfrozen import backbone_inputs
+
+    model = load_hypersl(ckpt)
+
+    def export(s: SplitArrays) -> SplitArrays:
+        feats = [export_image(model, im, raw.wavelengths, bn_mode=bn_mode, chunk_size=CHUNK, dtype="float16")
+                 for im in s.images]
+        return replace(s, images=np.stack(feats))
+
+    return replace(raw, train=export(raw.train), val=export(raw.val), test=export(raw.test),
+                   backbone_hash=checkpoint_hash(ckpt), backbone=backbone_inputs(ckpt, raw, bn_mode, CHUNK))

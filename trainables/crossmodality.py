@@ -20,6 +20,7 @@ of the weights file, None for a random init), which end up in every result row.
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +56,7 @@ def train_crossmodality(
     report, get_checkpoint = tune_hooks(report, get_checkpoint)
     configure_threads(config)
     spec = get_spec(data.dataset)
-    settings = TrainSettings.from_config({**config, "lr": config["head_lr"]})  # fit's default lr: the head's
+    settings = TrainSettings.from_config(ChainMap({"lr": config["head_lr"]}, config))  # fit's default lr: the head's
     seed_everything(settings.seed)
 
     bridge_kind = str(config.get("bridge", "pseudo-rgb"))

@@ -22,6 +22,7 @@ segmentation strategies.
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -55,7 +56,9 @@ def pixel_settings(config: Mapping[str, Any]) -> TrainSettings:
     is recorded here only for completeness. ``hflip_p`` is 0 (see module docstring).
     """
     ipb = config.get("images_per_batch")
-    return TrainSettings.from_config({**config, "batch_size": int(ipb or config.get("batch_size", 0)), "hflip_p": 0.0})
+    overrides = {"batch_size": int(ipb or config.get("batch_size", 0)), "hflip_p": 0.0}
+    # a view, not a copy: every key is read from ``config`` itself (tests/test_strategy_contract.py records reads)
+    return TrainSettings.from_config(ChainMap(overrides, config))
 
 
 def _pixels(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
