@@ -259,10 +259,12 @@ def run_cell(
     replay = replay_from_rows(stored)
     if replay:
         echo(f"  resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
+    space = search_space(cfg, strategy)
     if strategy.inputs == "features":
         assert prep.feature_splits is not None, "prepare() computes features when a strategy needs them"
         bundle = make_bundle(prep.spec, prep.feature_splits, subset, prep.source, prep.backbone_hash)
-        bundle = with_backbone_inputs(bundle, prep, cfg.bn_mode, subset)
+        if getattr(space.get("freeze_depth"), "high", 0) > 0:  # capped at k = 0: no trial reads raw spectra
+            bundle = with_backbone_inputs(bundle, prep, cfg.bn_mode, subset)
     else:
         bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
     res = strategy.resources(have_gpu)
@@ -274,8 +276,7 @@ def run_cell(
     if strategy.name == "crossmodality" and prep.rgb is not None:  # other strategies' configs stay as they were
         constants.update(prep.rgb.trial_config())
     # Optuna's journal needs a local file: on an object store a working copy, pushed after every trial
-    journal_file = WorkingCopy(results, "optuna.journal").pull()
-    journal = JournalStorage(JournalFileBackend(str(journal_file.path.resolve())))
+    journal_file = WorkingCopy(results, "optuna.journal")
     common = {
         "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
@@ -291,15 +292,15 @@ def run_cell(
 
     label = f"{strategy.name} {subset.fraction:g}"
     with contextlib.closing(journal_file):  # pushed once more (and its temp folder removed) however the cell ends
+        journal = JournalStorage(JournalFileBackend(str(journal_file.pull().path.resolve())))
         try:
             _fresh_experiment(results, f"{cid}-tune", journal)
-            logs = tune_cell(trainable, search_space(cfg, strategy), constants, budget, results.child("tune"),
+            logs = tune_cell(trainable, space, constants, budget, results.child("tune"),
                              f"{cid}-tune", journal, label, echo, on_finish=store)
         finally:
             journal_file.push()
     best = pick_best(logs)
     chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
-    space = search_space(cfg, strategy)
     echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in chosen.items() if k in space))
     results.delete_dir("tune", f"{cid}-final")

@@ -146,7 +146,7 @@ def effective_mask_ratio(config: PretrainConfig, n_bands: int) -> float:
     if config.min_visible <= 0 or n_bands * (1.0 - config.mask_ratio) >= config.min_visible:
         return config.mask_ratio
     # HyperSL keeps int(L * (1 - r)) tokens; the +0.5 guards against float round-down
-    return max(0.0, 1.0 - (min(config.min_visible, n_bands) + 0.5) / n_bands) if config.min_visible < n_bands else 0.0
+    return 1.0 - (config.min_visible + 0.5) / n_bands if config.min_visible < n_bands else 0.0
 
 
 def z_only_reconstruction(model: Any, x: torch.Tensor, wavelengths: torch.Tensor,

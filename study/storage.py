@@ -363,11 +363,14 @@ def lease(loc: Location, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENE
         raise HsiStudyError(f"{loc.show()} was claimed by another study.run at the same moment; "
                             "use another --results or retry when it has finished")
     stop = threading.Event()
+    # renewal and release never overlap: a slow renewal PUT that finished after the release's delete
+    # would leave a fresh-looking lease of a finished run behind for ttl_s
+    guard = threading.Lock()
 
     def renew() -> None:
         while not stop.wait(renew_s):
-            with contextlib.suppress(OSError):  # a missed renewal is retried; ttl_s covers several
-                if (_read_lease(loc) or {}).get("token") == token:
+            with guard, contextlib.suppress(OSError):  # a missed renewal is retried; ttl_s covers several
+                if not stop.is_set() and (_read_lease(loc) or {}).get("token") == token:
                     write()
 
     thread = threading.Thread(target=renew, name="hsistudy-lease", daemon=True)
@@ -376,7 +379,7 @@ def lease(loc: Location, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENE
         yield
     finally:
         stop.set()
-        thread.join(timeout=5)
-        with contextlib.suppress(OSError):
+        with guard, contextlib.suppress(OSError):
             if (_read_lease(loc) or {}).get("token") == token:
                 loc.delete_file(LEASE)
+        thread.join(timeout=5)

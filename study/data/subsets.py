@@ -35,8 +35,6 @@ import hashlib
 import json
 import math
 import numbers
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -159,17 +157,9 @@ class SubsetManifest:
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename) so a crash never leaves half a manifest."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from study.storage import atomic_write_text
+
+        return atomic_write_text(Path(path), self.to_json())
 
 
 def make_subset(

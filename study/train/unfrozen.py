@@ -58,8 +58,10 @@ What a k > 0 trial does:
   explicit configs only) in chunk mode recomputes the table with the current
   weights at the start of every epoch and every evaluation.
 - **Checkpoints**: the backbone is a sub-module of the trained model, so the
-  loop's per-epoch ``model.state_dict()`` (and the optimizer with its two
-  parameter groups) contains the trainable groups; a resumed trial is identical.
+  loop's per-epoch ``loop.mutable_state(model)`` (trainable parameters and all
+  buffers; the frozen groups are rebuilt from ``DataBundle.backbone``) and the
+  optimizer with its two parameter groups hold the trainable groups; a resumed
+  trial is identical.
 """
 
 from __future__ import annotations
