@@ -252,8 +252,10 @@ def resolve_rgb_backbone(weights: str | Path | None, size: str | None, allow_ran
                          default_size: str) -> RgbBackbone:
     """Explicit weights, else released weights already in a hub cache, else random init if allowed.
 
-    Raises ConfigError (exit status 2, before Ray starts) when nothing is found and
-    random init was not allowed, or when a file does not fit the architecture.
+    Raises ConfigError when nothing is found and random init was not allowed or
+    ``--vit-size`` contradicts the file, HsiStudyError when a file is unreadable or
+    does not fit the architecture; ``study.run`` turns both into one line and exit
+    status 2, before Ray starts.
     """
     path = Path(weights).expanduser() if weights is not None else cached_weights(size or "small")
     if path is None:
