@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -367,11 +368,20 @@ def lease(loc: Location, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENE
     # would leave a fresh-looking lease of a finished run behind for ttl_s
     guard = threading.Lock()
 
+    lost: dict[str, str] = {}  # set once another run's lease replaced ours (we stalled past ttl_s)
+
     def renew() -> None:
         while not stop.wait(renew_s):
             with guard, contextlib.suppress(OSError):  # a missed renewal is retried; ttl_s covers several
-                if not stop.is_set() and (_read_lease(loc) or {}).get("token") == token:
+                if stop.is_set():
+                    return
+                current = _read_lease(loc) or {}
+                if current.get("token") == token:
                     write()
+                elif not lost:
+                    lost["owner"] = str(current.get("owner", "no one (the lease was deleted)"))
+                    print(f"warning: {loc.show(LEASE)} is now held by {lost['owner']}: this run lost its "
+                          "one-writer lease and will stop with an error when it ends", file=sys.stderr)
 
     thread = threading.Thread(target=renew, name="hsistudy-lease", daemon=True)
     thread.start()
@@ -383,3 +393,9 @@ def lease(loc: Location, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENE
             if (_read_lease(loc) or {}).get("token") == token:
                 loc.delete_file(LEASE)
         thread.join(timeout=5)
+    if lost:  # reached only when the study itself ended normally: say so rather than exit 0
+        raise HsiStudyError(
+            f"{loc.show()}: this run lost its lease to {lost['owner']} while it ran (it stalled for longer than "
+            f"{ttl_s:.0f} s, or the lease was deleted), so two runs may have written there; the rows are "
+            "whole files either way: re-run the same command once the other run has finished to check "
+            "that every cell is complete")

@@ -234,3 +234,15 @@ def test_a_failed_trial_resumes_from_its_checkpoint_in_the_bucket(ray_session, s
     assert grid[0].metrics["epoch"] == 3 and grid[0].metrics["resumed_from"] == 2  # not from scratch
     assert grid[0].checkpoint.filesystem.type_name == "s3"
     assert loc.fs.get_file_info(grid[0].checkpoint.path).type == pafs.FileType.Directory
+
+
+def test_a_run_that_loses_its_lease_says_so(s3_uri, monkeypatch, capsys) -> None:
+    """A stalled run whose lease another run took over must not end as if it had been the only writer."""
+    monkeypatch.setattr(storage, "LEASE_SETTLE_S", 0.0)
+    loc = resolve(s3_uri())
+    rival = {"owner": "pid 11 on rival", "host": "rival", "pid": 11, "token": "rival", "renewed": time.time()}
+    with pytest.raises(HsiStudyError, match="lost its lease to pid 11 on rival"), storage.lease(loc, renew_s=0.05):
+        loc.write_text(LEASE, json.dumps(rival))  # the other run took over while this one stalled
+        time.sleep(0.5)
+    assert "lost its one-writer lease" in capsys.readouterr().err
+    assert json.loads(loc.read_text(LEASE))["token"] == "rival"  # the new holder's lease is left alone
