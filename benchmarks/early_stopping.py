@@ -16,7 +16,6 @@ trial-epochs saved with the chosen config within 1 mIoU point.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -24,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
-    add_mode_args,
-    apply_threads,
     finish,
     machine_info,
     print_table,
     quiet,
-    resolve_quick,
+    standard_main,
     target,
 )
 
@@ -167,13 +164,8 @@ def run(quick: bool, save: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.early_stopping", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_mode_args(p)
-    args = p.parse_args(argv)
-    apply_threads(args.threads)  # the driver process only: each trial sets its own threads from its config
-    run(resolve_quick(args.quick), save=not args.no_save)
-    return 0
+    # --threads applies to the driver process only: each trial sets its own threads from its config
+    return standard_main("early_stopping", __doc__, run, argv)
 
 
 if __name__ == "__main__":
