@@ -273,8 +273,7 @@ def measure(quick: bool, device: str, datasets: tuple[str, ...] = DATASETS, cap_
             hw = size_override or spec.image_size
             channels = feat or spec.n_bands
             batch = spec.batch_size if on_gpu else 1
-            row: dict[str, Any] = {"model": label, "dataset": name, "image": f"{hw[0]}x{hw[1]}x{channels}",
-                                   "batch": batch, "device": device, "dtype": "bf16-autocast" if on_gpu else "fp32"}
+            row = _base_row(label, name, f"{hw[0]}x{hw[1]}x{channels}", batch, device)
             px = hw[0] * hw[1]
             if width == "fc":
                 res = pixel_fc_steps(channels, spec.n_classes, px * batch, warmup, device)
@@ -285,9 +284,7 @@ def measure(quick: bool, device: str, datasets: tuple[str, ...] = DATASETS, cap_
                 est = (steps + warmup) * flops * batch / rate
                 row["gflop_per_step"] = round(flops * batch / 1e9, 1)
                 if est > cap:
-                    row.update(note=f"skipped: too slow on {device.upper()} (est. {est:.0f} s)")
-                    rows.append(row)
-                    print(f"  {label} {name}: {row['note']}", flush=True)
+                    _skip_row(row, est, rows)
                     continue
                 res = runet_steps(width, channels, spec.n_classes, hw, batch, steps, warmup, device)
                 rates[label] = flops * batch / res["s_per_step"]
@@ -307,6 +304,13 @@ def measure(quick: bool, device: str, datasets: tuple[str, ...] = DATASETS, cap_
 def _base_row(label: str, name: str, image: str, batch: int, device: str) -> dict[str, Any]:
     return {"model": label, "dataset": name, "image": image, "batch": batch, "device": device,
             "dtype": "bf16-autocast" if device.startswith("cuda") else "fp32"}
+
+
+def _skip_row(row: dict[str, Any], est_s: float, rows: list[dict[str, Any]]) -> None:
+    """Record (and print) a configuration left out because its estimated time exceeds the cap."""
+    row.update(note=f"skipped: too slow on {row['device'].upper()} (est. {est_s:.0f} s)")
+    rows.append(row)
+    print(f"  {row['model']} {row['dataset']}: {row['note']}", flush=True)
 
 
 def _finish_row(row: dict[str, Any], res: dict[str, Any], batch: int, px: int) -> None:
@@ -334,9 +338,7 @@ def measure_vit(device: str, steps: int, warmup: int, cap: float, datasets: tupl
             row["gflop_per_step"] = round(flops * batch / 1e9, 1)
             est = (steps + warmup) * flops * batch / rate
             if est > cap:
-                row.update(note=f"skipped: too slow on {device.upper()} (est. {est:.0f} s)")
-                rows.append(row)
-                print(f"  {label} {name}: {row['note']}", flush=True)
+                _skip_row(row, est, rows)
                 continue
             res = vit_steps(size, k, spec, hw, batch, steps, warmup, device)
             rate = flops * batch / res["s_per_step"]
@@ -372,9 +374,7 @@ def measure_k1(quick: bool, device: str, steps: int, warmup: int, cap: float, da
             px = side if head == "fc" else batch * side * side
             row["gflop_per_step"] = round(fpp * px / 1e9, 1)  # transformer only (RU-Net convs not counted)
             if res["skipped_est_s"] is not None:
-                row.update(note=f"skipped: too slow on {device.upper()} (est. {res['skipped_est_s']:.0f} s)")
-                rows.append(row)
-                print(f"  {label} {name}: {row['note']}", flush=True)
+                _skip_row(row, res["skipped_est_s"], rows)
                 continue
             notes = [f"HyperSL-{size} random init, k = {k}"]
             if not res["full"]:
