@@ -189,7 +189,7 @@ def _provenance(df: pl.DataFrame, results: Results) -> tuple[str, str]:
         ("parameters", values("n_params")), ("backbone checkpoint hash", values("backbone_hash")),
         ("devices", values("device")), ("result schema", f"v{SCHEMA_VERSION}"),
         ("rows", f"{len(df)} ({kinds})"),
-        ("results directory", resolve(results).name_of(resolve(results).path())),
+        ("results directory", (loc := resolve(results)).name_of(loc.path())),
         ("report generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))]
     table = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in rows)
     details = (f"<details><summary>study settings (study.json)</summary><pre>"

@@ -152,8 +152,8 @@ def build_backbone(config: Mapping[str, Any], data: DataBundle) -> tuple[Unfroze
 def param_groups(head: torch.nn.Module, backbone: UnfrozenHyperSL, lr: float, backbone_lr: float) -> list[dict]:
     """AdamW groups: the head at ``lr``, the backbone's trainable groups at ``backbone_lr``."""
     groups = [{"params": [p for p in head.parameters() if p.requires_grad], "lr": lr}]
-    if backbone.trainable_parameters():
-        groups.append({"params": backbone.trainable_parameters(), "lr": backbone_lr})
+    if trainable := backbone.trainable_parameters():
+        groups.append({"params": trainable, "lr": backbone_lr})
     return groups
 
 
