@@ -15,12 +15,13 @@ Split (``study.data.pretrain_data.indian_pines_split``, data.md §5.2)
     (0 training px), 7 Grass-pasture-mowed and 9 Oats (0 test px), the three
     classes of < 50 px that the usual 9-13-class protocols drop too.
 
-Choosing settings without the test cells (``--eval val``)
+Choosing settings without the test cells (``--head fixed --eval val``)
     The head is trained on the diagonal quarters of the training cells (``fit``)
     and scored on their anti-diagonal quarters (``val``; 1 px more guard on each
     side of the quarter borders), and the pretraining also leaves out the
-    validation quarters. The head's epoch count and the pretraining recipe
-    were chosen this way; the test cells were scored only by the final run.
+    validation quarters. The pretraining recipe was screened this way; the
+    test cells were scored only by final runs (their JSON files are kept in
+    ``benchmarks/results/``).
 
 Pretraining variants (``--variants``)
     ``strict`` (default): each backbone is pretrained with ``default_config``
@@ -49,10 +50,25 @@ Inputs and features
 Head (HyperSL-FC, benchmark.md §4.1)
     BatchNorm1d(D) -> Linear(D, 13) on the frozen features, AdamW lr 1e-4,
     wd 1e-4, eps 1e-8, plain cross-entropy, one step per sub-batch of 8,192
-    shuffled training pixels (here: full batch), a fixed 10,000 epochs for every
-    arm (on validation all arms were still improving at 3,000 epochs; no early
-    stopping, so no test peeking). Label budgets: every labelled training pixel
-    (``all``) and ``10`` random pixels per class.
+    shuffled training pixels (here: full batch). ``--head es`` (default) follows
+    the paper's protocol: trained on the ``fit`` quarters of the training cells,
+    early stopping on the ``val`` quarters' mIoU (checked every 500 steps, our
+    "epoch"; patience 30; best-val weights restored; <= 300,000 steps), scored
+    on the test cells; the label budget subsamples ``fit`` only, validation stays
+    complete (§4.4). Each arm stops on its own; arms of equal feature width train
+    in one batched pass (:class:`BatchedFC`, numerically the separate heads).
+    ``--head fixed`` is the earlier protocol: a fixed ``--epochs`` (10,000) on
+    all training cells, no early stopping; with one full-batch step per epoch
+    the heads are then still improving, so it compares how fast a linear head
+    fits rather than what the features allow. Label budgets: every labelled
+    training pixel (``all``) and ``10`` random pixels per class.
+
+A given checkpoint (``--backbone CKPT``)
+    The released ``5_base_mask95_checkpoint.pt`` (or a longer pretraining, e.g.
+    ``python -m study.pretrain --size small --device cuda ...``) is evaluated
+    as the ``pretrained_checkpoint`` arm against a random init of its own
+    architecture: the check for whoever has those weights; none were pretrained
+    on Indian Pines' test cells.
 
 Output: a table of mean +- sd over seeds of OA, balanced accuracy and Cohen's
 kappa per layout, label budget and arm, with the paired per-seed OA difference
@@ -77,6 +93,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks._common import write_result
 from study.data.pretrain_data import (
     INDIAN_PINES_WAVELENGTHS,
     IP_CELL,
@@ -93,6 +110,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "indian_pines_fc.json"
 LAYOUT_NAMES = {"hsidrive": "HSI-Drive-like 25 bands", "hyko2": "HyKo-like 15 bands", "hcv2": "HCV2-like 128 bands"}
 #: Pretraining variant -> the arm name its backbone's rows get.
 VARIANT_ARMS = {"strict": "pretrained", "transductive": "pretrained_transductive"}
+#: The arm of a checkpoint given with --backbone.
+GIVEN_ARM = "pretrained_checkpoint"
 
 
 # ---------------------------------------------------------------- data
@@ -158,6 +177,113 @@ def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, seed: int, epochs: 
     return head.eval(), preds
 
 
+class BatchedFC(torch.nn.Module):
+    """H independent HyperSL-FC heads, BatchNorm1d(D) -> Linear(D, K), evaluated in one batched pass.
+
+    Why: the early-stopped protocol runs up to hundreds of thousands of tiny
+    full-batch steps per head, where Python overhead dominates; stacking the arms'
+    heads makes one step cost about as much as one head's. The heads stay
+    independent: the loss is the sum of per-head losses, so each head's gradient
+    is the one it would get alone, and AdamW is element-wise. BatchNorm is written
+    out to match ``torch.nn.BatchNorm1d`` (biased batch variance in training,
+    running statistics with momentum 0.1 and the unbiased variance in eval,
+    eps 1e-5); every head starts from the same ``torch.nn.Linear`` init.
+    """
+
+    def __init__(self, heads: int, dim: int, n_classes: int, seed: int) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(20_000 + seed)
+            lin = torch.nn.Linear(dim, n_classes)
+        self.weight = torch.nn.Parameter(lin.weight.detach().t().expand(heads, dim, n_classes).clone())
+        self.bias = torch.nn.Parameter(lin.bias.detach().expand(heads, 1, n_classes).clone())
+        self.gamma = torch.nn.Parameter(torch.ones(heads, 1, dim))
+        self.beta = torch.nn.Parameter(torch.zeros(heads, 1, dim))
+        self.register_buffer("running_mean", torch.zeros(heads, 1, dim))
+        self.register_buffer("running_var", torch.ones(heads, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(H, N, D) -> (H, N, K) logits."""
+        if self.training:
+            mean, var = x.mean(1, keepdim=True), x.var(1, unbiased=False, keepdim=True)
+            with torch.no_grad():
+                n = x.shape[1]
+                self.running_mean.lerp_(mean, 0.1)
+                self.running_var.lerp_(var * n / max(n - 1, 1), 0.1)
+        else:
+            mean, var = self.running_mean, self.running_var
+        xn = (x - mean) * torch.rsqrt(var + 1e-5) * self.gamma + self.beta
+        return torch.baddbmm(self.bias, xn, self.weight)
+
+
+def mean_iou(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Mean IoU over the classes present in ``y_true`` (the paper's early-stopping metric)."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (y_true, y_pred), 1)
+    inter = np.diag(cm).astype(float)
+    union = cm.sum(0) + cm.sum(1) - np.diag(cm)
+    present = cm.sum(1) > 0
+    return float(np.mean(inter[present] / np.maximum(union[present], 1)))
+
+
+def train_heads_es(xs: list[np.ndarray], y: np.ndarray, xs_val: list[np.ndarray], y_val: np.ndarray,
+                   n_classes: int, seed: int, eval_every: int, patience: int, max_steps: int,
+                   lr: float = 1e-4, weight_decay: float = 1e-4, sub_batch: int = 8192,
+                   ) -> tuple[BatchedFC, list[dict[str, float]]]:
+    """HyperSL-FC heads (one per feature set in ``xs``, same dim) with the paper's early stopping.
+
+    AdamW (lr 1e-4, wd 1e-4, eps 1e-8), one step per ``sub_batch`` shuffled pixels;
+    every ``eval_every`` steps (our "epoch") each head is scored on the validation
+    pixels and keeps its best-val-mIoU weights; a head stops after ``patience``
+    evaluations without improvement, the run when all heads stopped or after
+    ``max_steps``. Returns the heads restored to their best weights (eval mode)
+    and per head the step and val mIoU it was restored at.
+    """
+    gen = torch.Generator().manual_seed(20_000 + seed)
+    heads = BatchedFC(len(xs), xs[0].shape[1], n_classes, seed)
+    opt = torch.optim.AdamW(heads.parameters(), lr=lr, weight_decay=weight_decay, eps=1e-8)
+    xt = torch.from_numpy(np.ascontiguousarray(np.stack(xs), dtype=np.float32))
+    xv = torch.from_numpy(np.ascontiguousarray(np.stack(xs_val), dtype=np.float32))
+    yt = torch.from_numpy(y).long()
+    n_heads, n = len(xs), xt.shape[1]
+    best = [{"step": 0, "val_miou": -1.0} for _ in range(n_heads)]
+    snapshot = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+    stale = np.zeros(n_heads, dtype=int)
+    step, order, pos = 0, torch.randperm(n, generator=gen), 0
+    while step < max_steps and (stale < patience).any():
+        heads.train()
+        for _ in range(eval_every):
+            if pos >= n:
+                order, pos = torch.randperm(n, generator=gen), 0
+            sel = order[pos : pos + sub_batch]
+            pos += sub_batch
+            if sel.numel() < 2:  # BatchNorm needs 2 samples
+                continue
+            opt.zero_grad(set_to_none=True)
+            logits = heads(xt[:, sel])
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, n_classes), yt[sel].repeat(n_heads), reduction="none").view(n_heads, -1)
+            loss.mean(1).sum().backward()
+            opt.step()
+            step += 1
+        heads.eval()
+        with torch.inference_mode():
+            pred = heads(xv).argmax(2).numpy()
+        for h in range(n_heads):
+            if stale[h] >= patience:
+                continue
+            miou = mean_iou(y_val, pred[h], n_classes)
+            if miou > best[h]["val_miou"]:
+                best[h] = {"step": step, "val_miou": miou}
+                stale[h] = 0
+                for k, v in heads.state_dict().items():
+                    snapshot[k][h] = v[h]
+            else:
+                stale[h] += 1
+    heads.load_state_dict(snapshot)
+    return heads.eval(), best
+
+
 @torch.inference_mode()
 def predict(head: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     head.eval()
@@ -192,13 +318,31 @@ def pretrained_backbone(args: argparse.Namespace, seed: int, holdout: str) -> tu
     return path, card
 
 
-def random_backbone(size: str, seed: int) -> torch.nn.Module:
-    """The architecture with the initial weights a pretraining of ``seed`` starts from."""
+def random_backbone(size: Any, seed: int) -> torch.nn.Module:
+    """The architecture (a size name or a ``HyperSLConfig``) with the initial weights a pretraining of ``seed``
+    starts from."""
     from study.models.hypersl import build_hypersl
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build_hypersl(size)
+
+
+def _given_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A checkpoint given with ``--backbone``, loaded strictly, and what the JSON records about it."""
+    from study.errors import HsiStudyError
+    from study.models.checkpoints import checkpoint_hash, load_hypersl
+
+    try:
+        model = load_hypersl(path)
+        info: dict[str, Any] = {"path": str(path), "checkpoint_hash": checkpoint_hash(path),
+                                "architecture": model.config.as_dict()}
+    except (HsiStudyError, OSError) as exc:
+        raise SystemExit(f"error: --backbone: {exc}") from None
+    card = path.with_name(path.stem + ".card.json")
+    if card.is_file():  # one of ours: keep what it says about data and steps
+        info["card"] = json.loads(card.read_text())
+    return model, info
 
 
 def features(model: torch.nn.Module, layout: str, bn_mode: str, chunk: int) -> np.ndarray:
@@ -228,6 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="protocol: see the module docstring (python -c 'import benchmarks."
                                        "indian_pines_fc as m; print(m.__doc__)')")
     p.add_argument("--size", default="cpu", help="HyperSL size of both arms (default cpu)")
+    p.add_argument("--backbone", type=Path, default=None, metavar="CKPT",
+                   help="evaluate this HyperSL checkpoint (the released layout, e.g. 5_base_mask95_checkpoint.pt, or "
+                        "one from python -m study.pretrain) instead of pretraining here; the random arm then has "
+                        "its architecture; --size, --steps, --pretrain-set and --variants do not apply")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default: default_config's)")
     p.add_argument("--pretrain-set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
                    help="override a PretrainConfig field (repeatable), e.g. --pretrain-set min_visible=4")
@@ -240,8 +388,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "default) and/or transductive (the default backbone's data: all pixels seen, unlabelled)")
     p.add_argument("--eval", choices=("test", "val"), default="test",
                    help="test: train on training cells, score test cells; val: fit/val inside the training cells")
-    p.add_argument("--epochs", type=int, default=10000, help="head epochs (default 10000)")
-    p.add_argument("--record", default="", help="also score after these epochs (comma list; for choosing --epochs)")
+    p.add_argument("--head", choices=("es", "fixed"), default="es",
+                   help="es (default): the paper's head protocol, trained on the fit quarters of the training cells "
+                        "with early stopping on the val quarters' mIoU and the best-val weights restored; fixed: "
+                        "--epochs full-batch epochs on all training cells, no early stopping (the earlier protocol)")
+    p.add_argument("--eval-every", type=int, default=500, help="es: optimizer steps per validation (default 500)")
+    p.add_argument("--patience", type=int, default=30, help="es: validations without improvement (default 30)")
+    p.add_argument("--max-steps", type=int, default=300_000, help="es: step limit per head (default 300000)")
+    p.add_argument("--epochs", type=int, default=10000, help="fixed: head epochs (default 10000)")
+    p.add_argument("--record", default="", help="fixed: also score after these epochs (comma list)")
     p.add_argument("--bn-mode", choices=("chunk", "running"), default="chunk", help="feature export BatchNorm mode")
     p.add_argument("--chunk", type=int, default=5000, help="export chunk size in pixels (default 5000)")
     p.add_argument("--cache-dir", type=Path, default=None, help="backbone cache root (default: the study cache)")
@@ -302,9 +457,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     record = tuple(sorted({int(e) for e in args.record.split(",") if e.strip()} | {args.epochs}))
     split = indian_pines_split()
     classes = kept_classes(split)
-    fit_mask, eval_mask = (split["train"], split["test"]) if args.eval == "test" else (split["fit"], split["val"])
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    if not variants or set(variants) - set(VARIANT_ARMS):
+    if args.head == "es":
+        if args.eval != "test":
+            raise SystemExit("--head es early-stops on the val quarters; score them with --head fixed --eval val")
+        fit_mask, eval_mask = split["fit"], split["test"]
+    else:
+        fit_mask, eval_mask = (split["train"], split["test"]) if args.eval == "test" else (split["fit"], split["val"])
+    variants = [] if args.backbone else [v.strip() for v in args.variants.split(",") if v.strip()]
+    given = _given_backbone(args.backbone) if args.backbone else None
+    if given is None and (not variants or set(variants) - set(VARIANT_ARMS)):
         raise SystemExit(f"--variants must name strict and/or transductive, got {args.variants!r}")
     strict_holdout = f"checker{IP_CELL}:test" if args.eval == "test" else f"checker{IP_CELL}:test+val"
     holdouts = {v: "" if v == "transductive" else strict_holdout for v in variants}
@@ -313,6 +474,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     remap = np.full(int(flat_labels.max()) + 1, -1)
     remap[classes] = np.arange(classes.size)
     eval_idx = pick_pixels(eval_mask, classes, None, 0)
+    val_idx = pick_pixels(split["val"], classes, None, 0)
     n_pre = args.pretrain_seeds or args.seeds
     rows: list[dict[str, Any]] = []
     cards: dict[str, dict[str, Any]] = {}
@@ -329,7 +491,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cards[key]["path"] = str(path)
             cards[key]["indian_pines_spectra"] = card["data"]["indian_pines"]["spectra"]
             models[VARIANT_ARMS[variant]] = load_hypersl(path)
-        models["random"] = random_backbone(args.size, pseed)
+        if given is not None:
+            models[GIVEN_ARM] = given[0]
+            cards["given"] = given[1]
+        models["random"] = random_backbone(given[0].config if given else args.size, pseed)
         for layout in layouts:
             feats = {arm: features(m, layout, args.bn_mode, args.chunk) for arm, m in models.items()}
             feats["spectra"] = scene(layout)[0].reshape(-1, len(get_spec(layout).wavelength_array()))
@@ -337,16 +502,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 train_idx = pick_pixels(fit_mask, classes, budget, seed)
                 y_train = remap[flat_labels[train_idx]]
                 y_eval = remap[flat_labels[eval_idx]]
+                base = {"layout": layout, "labels": "all" if budget is None else str(budget), "seed": seed,
+                        "train_pixels": int(train_idx.size), "eval_pixels": int(eval_idx.size)}
+                if args.head == "es":
+                    rows.extend(_es_rows(args, feats, train_idx, remap[flat_labels[train_idx]], val_idx,
+                                         remap[flat_labels[val_idx]], eval_idx, y_eval, classes.size, seed, base))
+                    continue
                 for arm, x in feats.items():
                     _, preds = train_head(x[train_idx], y_train, classes.size, seed, max(record), record=record,
                                           x_eval=x[eval_idx])
                     for epoch, pred in preds.items():
-                        rows.append({"layout": layout, "labels": "all" if budget is None else str(budget),
-                                     "epochs": epoch, "arm": arm, "seed": seed, "train_pixels": int(train_idx.size),
-                                     "eval_pixels": int(eval_idx.size), **scores(y_eval, pred, classes.size)})
+                        rows.append({**base, "epochs": epoch, "arm": arm, **scores(y_eval, pred, classes.size)})
+            final_epochs = "es" if args.head == "es" else args.epochs
             print(f"[indian_pines_fc] seed {seed} {layout}: " + ", ".join(
                 f"{r['arm']}/{r['labels']} {r['oa']:.3f}" for r in rows
-                if r["seed"] == seed and r["layout"] == layout and r["epochs"] == args.epochs),
+                if r["seed"] == seed and r["layout"] == layout and r["epochs"] == final_epochs),
                 file=sys.stderr, flush=True)
     summary = _summary(rows)
     _, labels = indian_pines()
@@ -367,8 +537,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              "(as in pretraining)",
             "features": {"bn_mode": args.bn_mode, "chunk": args.chunk, "mask_ratio": 0},
             "head": {"model": "BatchNorm1d(D) -> Linear(D, K)", "optimizer": "AdamW lr 1e-4 wd 1e-4 eps 1e-8",
-                     "sub_batch": 8192, "epochs": args.epochs, "loss": "cross-entropy"},
-            "seeds": args.seeds, "pretrain_seeds": n_pre, "size": args.size,
+                     "sub_batch": 8192, "loss": "cross-entropy", "protocol": args.head,
+                     **({"trained_on": "fit quarters of the training cells",
+                         "early_stopping": f"val quarters' mIoU every {args.eval_every} steps, patience "
+                                           f"{args.patience}, best-val weights restored, <= {args.max_steps} steps"}
+                        if args.head == "es" else {"trained_on": f"{args.eval} protocol training pixels",
+                                                   "epochs": args.epochs})},
+            "seeds": args.seeds, "pretrain_seeds": n_pre,
+            "size": given[0].config.as_dict() if given else args.size,
         },
         "pretraining": cards,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -381,6 +557,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def _es_rows(args: argparse.Namespace, feats: dict[str, np.ndarray], train_idx: np.ndarray, y_train: np.ndarray,
+             val_idx: np.ndarray, y_val: np.ndarray, eval_idx: np.ndarray, y_eval: np.ndarray, n_classes: int,
+             seed: int, base: dict[str, Any]) -> list[dict[str, Any]]:
+    """Early-stopped heads for every arm (arms with the same feature width share one batched pass)."""
+    by_dim: dict[int, list[str]] = {}
+    for arm, x in feats.items():
+        by_dim.setdefault(x.shape[1], []).append(arm)
+    rows = []
+    for arms in by_dim.values():
+        heads, best = train_heads_es([feats[a][train_idx] for a in arms], y_train, [feats[a][val_idx] for a in arms],
+                                     y_val, n_classes, seed, args.eval_every, args.patience, args.max_steps)
+        with torch.inference_mode():
+            pred = heads(torch.from_numpy(np.ascontiguousarray(
+                np.stack([feats[a][eval_idx] for a in arms]), dtype=np.float32))).argmax(2).numpy()
+        for h, arm in enumerate(arms):
+            rows.append({**base, "epochs": "es", "arm": arm, "stopped_step": best[h]["step"],
+                         "val_miou": best[h]["val_miou"], **scores(y_eval, pred[h], n_classes)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads is not None:
@@ -388,13 +584,15 @@ def main(argv: list[str] | None = None) -> int:
     result = run(args)
     print(table(result["summary"]))
     pre = result["pretraining"]
-    print("pretraining wall time per backbone (from its card): " + ", ".join(
-        f"{k} {v['wall_time_s']:.0f} s ({v['steps']} steps, {v['threads']} thread(s))" for k, v in pre.items()))
+    made = {k: v for k, v in pre.items() if "wall_time_s" in v}
+    if made:
+        print("pretraining wall time per backbone (from its card): " + ", ".join(
+            f"{k} {v['wall_time_s']:.0f} s ({v['steps']} steps, {v['threads']} thread(s))" for k, v in made.items()))
+    if "given" in pre:
+        print(f"given backbone: {pre['given']['path']} (hash {pre['given']['checkpoint_hash']})")
     out = args.out if args.out is not None else (RESULTS if args.eval == "test" else None)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {out}")
+        print(f"wrote {write_result(out.stem, result, out.parent)}")
     return 0
 
 

@@ -198,19 +198,46 @@ def _data_summary(config: PretrainConfig, pools: list[Any]) -> dict[str, Any]:
     }
 
 
-def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def resolve_device(name: str = "cpu") -> torch.device:
+    """``cpu``, ``cuda``/``cuda:N`` or ``auto`` (a GPU when torch sees one) as a torch device; clear error if absent.
+
+    Why a setting rather than always "the best device": the embedded default backbone
+    is made on CPU so that its numbers are the same on every laptop and CI runner;
+    a GPU is for the longer runs of the paper's sizes (``--size small --steps ...``).
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise HsiStudyError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HsiStudyError(f"--device {name}: torch {torch.__version__} sees no CUDA device (use --device cpu)")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise HsiStudyError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif device.type != "cpu":
+        raise HsiStudyError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    return device
+
+
+def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
     """Run the masked spectral modelling and write the checkpoint + ``.json``/``.md`` cards next to it.
 
     Returns the card. One step = one batch per source (each on a random sensor
     layout and band subset), losses summed as HyperSL sums its two sensors.
+    ``device`` (see :func:`resolve_device`) is where the model trains; it is not
+    part of the settings (the same recipe), but the card records it.
     """
     config.validate()
-    with torch.random.fork_rng(devices=[]):  # seed locally: a caller's (Ray worker's) RNG stream is left alone
+    dev = resolve_device(device)
+    cuda = [dev.index or 0] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seed locally: a caller's (Ray worker's) RNG stream is left alone
         torch.manual_seed(config.seed)
-        return _pretrain(config, Path(out), progress)
+        return _pretrain(config, Path(out), progress, dev)
 
 
-def _pretrain(config: PretrainConfig, out: Path, progress: bool) -> dict[str, Any]:
+def _pretrain(config: PretrainConfig, out: Path, progress: bool, device: torch.device) -> dict[str, Any]:
     from study.data.pretrain_data import build_pools, sample_batch
     from study.models.checkpoints import checkpoint_hash, save_checkpoint
     from study.models.hypersl import build_hypersl, masked_modelling_loss
@@ -223,7 +250,7 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool) -> dict[str, An
     by_source: dict[str, list[Any]] = {}
     for p in pools:
         by_source.setdefault(p.source, []).append(p)
-    model = build_hypersl(config.size).train()
+    model = build_hypersl(config.size).train().to(device)  # built on CPU first: the same init on every device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, betas=config.betas,
                             weight_decay=config.weight_decay, eps=config.eps)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.t0, T_mult=config.t_mult)
@@ -231,12 +258,12 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool) -> dict[str, An
     last_report = time.perf_counter()
     for step in range(1, config.steps + 1):
         opt.zero_grad(set_to_none=True)
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         for source_pools in by_source.values():
             pool = source_pools[int(rng.integers(len(source_pools)))]
             x, wl = sample_batch(pool, config.batch_size, rng, config.min_bands, config.band_subsets)
-            xt = torch.from_numpy(x)
-            wt = torch.from_numpy(wl)
+            xt = torch.from_numpy(x).to(device)
+            wt = torch.from_numpy(wl).to(device)
             _, recon = model(xt, wt, effective_mask_ratio(config, wl.size), config.mask_input)
             total = total + masked_modelling_loss(recon, xt)
             if config.z_recon > 0:
@@ -254,7 +281,7 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool) -> dict[str, An
             eta = (now - t0) / step * (config.steps - step)
             print(f"[hsistudy] pretrain {config.size}: step {step}/{config.steps} loss {np.mean(losses[-20:]):.4f} "
                   f"lr {sched.get_last_lr()[0]:.2e} ({now - t0:.0f} s, ETA {eta:.0f} s)", file=sys.stderr, flush=True)
-    save_checkpoint(model, out, epoch=1, optimizer=opt, scheduler=sched)
+    save_checkpoint(model.cpu(), out, epoch=1, optimizer=opt, scheduler=sched)  # loads on machines without a GPU
     tail = max(1, len(losses) // 10)
     card = {
         "kind": "hypersl-sanity-pretraining",
@@ -276,6 +303,7 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool) -> dict[str, An
         "wall_time_s": round(time.perf_counter() - t0, 2),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "version": PRETRAIN_VERSION,
     }
@@ -299,7 +327,8 @@ def card_markdown(card: dict[str, Any]) -> str:
         f"({card['spectra_seen']:,} spectra seen), seed {card['seed']}\n"
         f"- loss (MSE + 1 - cosine, summed over sources): first step {card['initial_loss']:.4f}, "
         f"final {card['final_loss']:.4f} (mean of last {card['final_loss_window']} steps)\n"
-        f"- wall time: {card['wall_time_s']:.0f} s on {card['threads']} CPU thread(s), torch {card['torch']}\n\n"
+        f"- wall time: {card['wall_time_s']:.0f} s on "
+        f"{_where(card)}, torch {card['torch']}\n\n"
         f"## Data\n\n"
         f"- Indian Pines (tensorly): {d['indian_pines']['spectra']:,} pixels, columns "
         f"{d['indian_pines']['columns'][0]}-{d['indian_pines']['columns'][1] - 1}, {d['indian_pines']['units']}\n"
@@ -313,6 +342,11 @@ def card_markdown(card: dict[str, Any]) -> str:
         + (f"- auxiliary loss: spectrum reconstructed from z alone, weight {st['z_recon']} (encoder mask ratio "
            f"{st.get('z_recon_mask', 0.0)})\n" if st.get("z_recon", 0.0) > 0 else "")
     )
+
+
+def _where(card: dict[str, Any]) -> str:
+    device = card.get("device", "cpu")
+    return f"{card['threads']} CPU thread(s)" if device == "cpu" else device
 
 
 def write_cards(checkpoint: Path, card: dict[str, Any]) -> tuple[Path, Path]:
@@ -346,7 +380,8 @@ def backbone_path(cache_dir: str | Path | None, config: PretrainConfig) -> Path:
 
 
 def ensure_default_backbone(cache_dir: str | Path | None = None, size: str = "cpu",
-                            config: PretrainConfig | None = None, progress: bool = True, force: bool = False) -> Path:
+                            config: PretrainConfig | None = None, progress: bool = True, force: bool = False,
+                            device: str = "cpu") -> Path:
     """The cached pretrained checkpoint for these settings, pretraining it on first use."""
     config = (config or default_config(size)).validate()
     path = backbone_path(cache_dir, config)
@@ -358,7 +393,7 @@ def ensure_default_backbone(cache_dir: str | Path | None = None, size: str = "cp
             if progress:
                 print(f"[hsistudy] pretraining the HyperSL {config.size} backbone ({config.steps} steps) -> {path}",
                       file=sys.stderr, flush=True)
-            pretrain(config, path, progress=progress)
+            pretrain(config, path, progress=progress, device=device)
     return path
 
 
@@ -368,8 +403,8 @@ examples:
       pretrain (or find cached) the default `cpu` backbone: a few minutes on 2 CPU cores
   python -m study.pretrain --smoke --out /tmp/hypersl-tiny.pt
       a seconds-long run of the tiny size, for CI
-  python -m study.pretrain --size small --steps 20000 --batch-size 256 --out ckpt/hypersl-small.pt
-      a longer run of the paper's size (GPU advised); writes .card.json / .card.md next to it
+  python -m study.pretrain --size small --steps 20000 --batch-size 256 --device cuda --out ckpt/hypersl-small.pt
+      a longer run of the paper's size on a GPU; writes .card.json / .card.md next to it
 """
 
 
@@ -400,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny size, 8 steps of 32: seconds")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; on a "
                    "busy shared machine 1 can be much faster)")
+    p.add_argument("--device", default="cpu", help="cpu (default: the same numbers everywhere), cuda, cuda:N or "
+                   "auto (a GPU when torch sees one)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -423,11 +460,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.threads < 1:
                 raise HsiStudyError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
+        resolve_device(args.device)  # a missing GPU stops here, before any data is read
         if args.out is None:
-            path = ensure_default_backbone(args.cache_dir, config=config, progress=not args.quiet, force=args.force)
+            path = ensure_default_backbone(args.cache_dir, config=config, progress=not args.quiet, force=args.force,
+                                           device=args.device)
         else:
             path = args.out
-            pretrain(config, path, progress=not args.quiet)
+            pretrain(config, path, progress=not args.quiet, device=args.device)
         card = json.loads(path.with_name(path.stem + ".card.json").read_text())
         print(f"{path}  (hash {card['checkpoint_hash']}, {card['steps']} steps, final loss {card['final_loss']:.4f}, "
               f"{card['wall_time_s']:.0f} s)")

@@ -31,6 +31,7 @@ def one_thread():
 
 
 MODULES = ("orchestration", "throughput", "feature_export", "feature_cache", "early_stopping", "data_loading",
+           "indian_pines_fc",
            "__main__")
 
 
@@ -125,3 +126,91 @@ def test_throughput_freeze_depth_rows_tiny(monkeypatch: pytest.MonkeyPatch) -> N
     assert all(r["pixels_s"] > 0 and r["peak_rss_mb"] for r in rows)
     assert by["vit-s-k4"]["slowdown_vs_k0"] > 0 and by["hypersl-fc-64-k1"]["slowdown_vs_k0"] > 1
     assert by["hypersl-fc-64-k1"]["image"].startswith("64 px") and "shrunk" in by["hypersl-fc-64-k1"]["note"]
+
+
+def test_indian_pines_batched_heads_equal_separate_heads() -> None:
+    """Stacking the arms' HyperSL-FC heads must not couple them: each head trains exactly as it would alone."""
+    import numpy as np
+    import torch
+
+    from benchmarks.indian_pines_fc import BatchedFC
+
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(40, 6)).astype(np.float32) * s for s in (1.0, 3.0)]
+    y = torch.from_numpy(rng.integers(0, 3, size=40)).long()
+    batched = BatchedFC(2, 6, 3, seed=0)
+    opt = torch.optim.AdamW(batched.parameters(), lr=1e-2, weight_decay=1e-4, eps=1e-8)
+    singles, opts = [], []
+    for _ in xs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(20_000)
+            head = torch.nn.Sequential(torch.nn.BatchNorm1d(6), torch.nn.Linear(6, 3))
+        singles.append(head)
+        opts.append(torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-4, eps=1e-8))
+    xt = torch.from_numpy(np.stack(xs))
+    for _ in range(25):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(batched(xt).reshape(-1, 3), y.repeat(2), reduction="none").view(
+            2, -1).mean(1).sum().backward()
+        opt.step()
+        for head, o, x in zip(singles, opts, xt, strict=True):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(head(x), y).backward()
+            o.step()
+    batched.eval()
+    for h, (head, x) in enumerate(zip(singles, xt, strict=True)):
+        head.eval()
+        torch.testing.assert_close(batched(xt)[h], head(x), rtol=1e-4, atol=1e-5)
+
+
+def test_indian_pines_early_stopping_restores_best_val_weights() -> None:
+    """The restored head scores the validation pixels exactly as well as the best validation it reported."""
+    import numpy as np
+    import torch
+
+    from benchmarks.indian_pines_fc import mean_iou, train_heads_es
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, 5)) * 2
+    y, yv = rng.integers(0, 3, size=60), rng.integers(0, 3, size=30)
+    x = (centres[y] + rng.normal(size=(60, 5))).astype(np.float32)
+    xv = (centres[yv] + rng.normal(size=(30, 5)) * 1.5).astype(np.float32)
+    heads, best = train_heads_es([x, x[:, ::-1].copy()], y, [xv, xv[:, ::-1].copy()], yv, 3, seed=0,
+                                 eval_every=5, patience=4, max_steps=400, lr=3e-2)
+    with torch.inference_mode():
+        pred = heads(torch.from_numpy(np.stack([xv, xv[:, ::-1].copy()]))).argmax(2).numpy()
+    for h in range(2):
+        assert 0 < best[h]["step"] <= 400 and best[h]["step"] % 5 == 0
+        assert mean_iou(yv, pred[h], 3) == best[h]["val_miou"] > 1 / 3
+
+
+def test_indian_pines_given_backbone_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--backbone`` runs the whole check on a checkpoint in the released layout (exactly what HyperSL's
+    train.py writes: ``module.`` keys, no config), against a random init of that architecture."""
+    import torch
+
+    from benchmarks import indian_pines_fc as ip
+    from study.models.hypersl import build_hypersl
+
+    torch.manual_seed(5)
+    model = build_hypersl("tiny")
+    ckpt = tmp_path / "5_base_mask95_checkpoint.pt"
+    torch.save({"epoch": 5, "model": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "optimizer": {}, "scheduler": {}}, ckpt)
+    out = tmp_path / "ip.json"
+    assert ip.main(["--backbone", str(ckpt), "--seeds", "1", "--layouts", "hyko2", "--labels", "10",
+                    "--eval-every", "20", "--patience", "1", "--max-steps", "60", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    arms = {r["arm"] for r in result["rows"]}
+    assert arms == {ip.GIVEN_ARM, "random", "spectra"}
+    assert result["pretraining"]["given"]["architecture"]["dim"] == 32
+    assert result["protocol"]["head"]["protocol"] == "es"
+    for r in result["rows"]:
+        assert r["epochs"] == "es" and 0 < r["stopped_step"] <= 60 and 0.0 <= r["oa"] <= 1.0
+        assert 0 < r["train_pixels"] <= 10 * len(result["protocol"]["classes_kept"])  # fit quarters: some < 10
+    given = next(e for e in result["summary"] if e["arm"] == ip.GIVEN_ARM)
+    assert given["oa_minus_random"]["n"] == 1
+    assert "pretrained_checkpoint" in capsys.readouterr().out
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="--backbone"):
+        ip.main(["--backbone", str(tmp_path / "junk.pt"), "--seeds", "1", "--out", str(out)])

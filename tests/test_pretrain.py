@@ -116,6 +116,18 @@ def test_pretrain_writes_checkpoint_and_cards(tmp_path: Path) -> None:
     assert "not the released HyperSL weights" in saved["statement"]
     md = (tmp_path / "bb.card.md").read_text()
     assert "sanity pretraining" in md and saved["sha256"] in md
+    assert saved["device"] == "cpu" and "CPU thread(s)" in md
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_pretrain_device_cuda_without_a_gpu_is_one_clear_error(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert pt.resolve_device("auto").type == "cpu"
+    with pytest.raises(HsiStudyError, match="sees no CUDA device"):
+        pt.pretrain(_tiny(), tmp_path / "x.pt", progress=False, device="cuda")
+    assert pt.main(["--smoke", "--device", "cuda", "--out", str(tmp_path / "y.pt")]) == 2
+    assert "sees no CUDA device" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # stopped before writing anything
 
 
 def test_default_backbone_is_made_once_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,7 +161,7 @@ def test_cli_smoke_help_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixt
         pt.main(["--help"])
     assert exc.value.code == 0 and "examples:" in capsys.readouterr().out
     for bad in (["--steps", "0"], ["--size", "gigantic"], ["--smoke", "--lr", "-1"], ["--ip-holdout", "left"],
-                ["--min-visible", "-1"]):
+                ["--min-visible", "-1"], ["--smoke", "--device", "tpu"]):
         assert pt.main([*bad, "--out", str(tmp_path / "x.pt")]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err
@@ -181,3 +193,12 @@ def test_z_recon_option_decodes_from_z_alone_and_keeps_default_keys() -> None:
     for bad in ({"z_recon": -1.0}, {"z_recon_mask": 1.0}):
         with pytest.raises(HsiStudyError, match="z_recon"):
             pt.default_config("tiny", **bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (run on a GPU machine: pytest -m gpu)")
+def test_pretrain_on_cuda_writes_a_checkpoint_that_loads_on_cpu(tmp_path: Path) -> None:
+    card = pt.pretrain(_tiny(), tmp_path / "g.pt", progress=False, device="cuda")
+    model = load_hypersl(tmp_path / "g.pt")
+    assert card["device"] != "cpu" and np.isfinite(card["final_loss"])
+    assert all(t.device.type == "cpu" for t in model.state_dict().values())
