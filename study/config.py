@@ -25,6 +25,17 @@ VIT_SIZES = ("tiny", "small", "base", "large")  # study.models.vit.SIZES (not im
 #: so re-running an older command still finds its results folder and finished cells.
 _ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
                                  "max_freeze_depth": None}
+#: Settings that only some strategies read. They enter the id of those strategies' cells
+#: (:meth:`StudyConfig.strategy_key`), not the study id, and the strategy list is not part of the study id
+#: either: running strategies one at a time, or adding one to a finished study, lands in the same study
+#: (and default results folder) and keeps every finished cell.
+_FEATURE_SETTINGS = ("backbone", "bn_mode", "feature_dtype", "max_freeze_depth")
+STRATEGY_SETTINGS: dict[str, tuple[str, ...]] = {
+    "indomain": (), "indomain-fc": (), "crossdomain": _FEATURE_SETTINGS, "crossdomain-fc": _FEATURE_SETTINGS,
+    "crossmodality": ("rgb_weights", "allow_random_init", "vit_size", "max_freeze_depth"),
+}
+#: Runtime placement: where and how a study runs, not what it measures (never part of an id).
+_PLACEMENT = ("results", "cache_dir", "address", "num_cpus")
 
 #: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -161,13 +172,32 @@ class StudyConfig:
         d["model_width"] = self.model_width
         return d
 
+    def _id_settings(self) -> dict[str, Any]:
+        return {k: v for k, v in self.settings().items()
+                if k not in _PLACEMENT and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
+
+    @staticmethod
+    def _digest(settings: dict[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
     @property
     def study_id(self) -> str:
-        """Stable id of the study's protocol (not of its runtime placement)."""
-        keep = {k: v for k, v in self.settings().items() if k not in ("results", "cache_dir", "address", "num_cpus")
-                and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
-        blob = json.dumps(keep, sort_keys=True, default=str).encode()
-        return f"{self.dataset}-{hashlib.sha256(blob).hexdigest()[:10]}"
+        """Stable id of the protocol every strategy shares (data, fractions, budget, ...): not of the strategy
+        list, the strategy-specific settings (:data:`STRATEGY_SETTINGS`) or the runtime placement."""
+        specific = {k for keys in STRATEGY_SETTINGS.values() for k in keys} | {"strategies"}
+        return f"{self.dataset}-{self._digest({k: v for k, v in self._id_settings().items() if k not in specific})}"
+
+    def strategy_key(self, strategy: str) -> str:
+        """10 hex digits over the shared protocol plus the settings ``strategy`` reads: the tail of its cell ids."""
+        specific = {k for keys in STRATEGY_SETTINGS.values() for k in keys} | {"strategies"}
+        mine = set(STRATEGY_SETTINGS[strategy])
+        return self._digest({k: v for k, v in self._id_settings().items() if k not in specific or k in mine})
+
+    @property
+    def legacy_study_id(self) -> str:
+        """The study id of earlier versions (every setting, the strategy list included): only to recognise
+        cells that stores written by them already finished."""
+        return f"{self.dataset}-{self._digest(self._id_settings())}"
 
 
 def build_config(preset: str, **given: Any) -> StudyConfig:

@@ -144,9 +144,12 @@ def budget_of(cfg: StudyConfig) -> Budget:
     )
 
 
-def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest) -> str:
-    """Stable id of a cell: study protocol + strategy + subset (so a re-run finds its rows)."""
-    return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{cfg.study_id.rsplit('-', 1)[-1]}"
+def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest, legacy: bool = False) -> str:
+    """Stable id of a cell: strategy + subset + the settings that strategy's results depend on (so a re-run,
+    or a later run with more strategies, finds its rows). ``legacy``: the id stores written before the
+    strategy list left the study id used (recognised as finished, never written)."""
+    key = cfg.legacy_study_id.rsplit("-", 1)[-1] if legacy else cfg.strategy_key(strategy)
+    return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{key}"
 
 
 def finished_cells(results: Path | Location, final_seeds: int) -> set[str]:
@@ -361,7 +364,7 @@ def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = ec
     for i, (sname, frac) in enumerate(cells, 1):
         strategy, subset = get_strategy(sname), prep.subsets[frac]
         cid = cell_id(cfg, sname, subset)
-        if cid in done:
+        if cid in done or cell_id(cfg, sname, subset, legacy=True) in done:
             echo(f"[{i}/{len(cells)}] {sname} @ {frac:g}: already finished, skipped")
             continue
         echo(f"[{i}/{len(cells)}] {sname} @ {frac:g} ({len(subset.names)} of {subset.n_total} train images, "
