@@ -380,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrain-set", type=_parse_set, action="append", default=[], metavar="KEY=VALUE",
                    help="override a PretrainConfig field (repeatable), e.g. --pretrain-set min_visible=4")
     p.add_argument("--seeds", type=int, default=5, help="seeds s = 0..N-1: pretraining, random init and head seed")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="start at this seed (seeds first .. first+N-1; to split a run over processes, then --combine)")
+    p.add_argument("--combine", type=Path, nargs="+", default=None, metavar="JSON",
+                   help="merge result files of the same protocol with disjoint seeds into --out (nothing is run)")
     p.add_argument("--pretrain-seeds", type=int, default=None,
                    help="distinct pretrainings (seed s uses pretraining s mod this; default: one per seed)")
     p.add_argument("--layouts", default="hsidrive,hyko2", help="comma list of hsidrive, hyko2, hcv2")
@@ -475,11 +479,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     remap[classes] = np.arange(classes.size)
     eval_idx = pick_pixels(eval_mask, classes, None, 0)
     val_idx = pick_pixels(split["val"], classes, None, 0)
-    n_pre = args.pretrain_seeds or args.seeds
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    n_pre = args.pretrain_seeds or seeds.stop
     rows: list[dict[str, Any]] = []
     cards: dict[str, dict[str, Any]] = {}
     t_start = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in seeds:
         pseed = seed % n_pre
         models: dict[str, torch.nn.Module] = {}
         for variant in variants:
@@ -543,7 +548,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                            f"{args.patience}, best-val weights restored, <= {args.max_steps} steps"}
                         if args.head == "es" else {"trained_on": f"{args.eval} protocol training pixels",
                                                    "epochs": args.epochs})},
-            "seeds": args.seeds, "pretrain_seeds": n_pre,
+            "seeds": list(seeds), "pretrain_seeds": n_pre,
             "size": given[0].config.as_dict() if given else args.size,
         },
         "pretraining": cards,
@@ -577,11 +582,38 @@ def _es_rows(args: argparse.Namespace, feats: dict[str, np.ndarray], train_idx: 
     return rows
 
 
+def combine(paths: list[Path]) -> dict[str, Any]:
+    """One result from runs of the same protocol over disjoint seeds (what a single run would have written)."""
+    parts = [json.loads(p.read_text()) for p in paths]
+    first = parts[0]
+    for p, part in zip(paths[1:], parts[1:], strict=True):
+        a = {k: v for k, v in first["protocol"].items() if k not in ("seeds", "pretrain_seeds")}
+        b = {k: v for k, v in part["protocol"].items() if k not in ("seeds", "pretrain_seeds")}
+        if a != b:
+            raise SystemExit(f"error: --combine: {p} has another protocol than {paths[0]}: "
+                             f"{sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))} differ")
+    def seeds_of(part: dict[str, Any]) -> list[int]:  # a count (0..N-1) in files written before --first-seed
+        given = part["protocol"]["seeds"]
+        return list(range(given)) if isinstance(given, int) else list(given)
+
+    seeds = [s for part in parts for s in seeds_of(part)]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"error: --combine: seeds overlap ({sorted(seeds)})")
+    rows = [r for part in parts for r in part["rows"]]
+    pretraining = {k: v for part in parts for k, v in part["pretraining"].items()}
+    return {**first, "command": " + ".join(part["command"] for part in parts),
+            "protocol": {**first["protocol"], "seeds": sorted(seeds),
+                         "pretrain_seeds": len({k.rsplit("/", 1)[-1] for k in pretraining if "/" in k})},
+            "pretraining": pretraining,
+            "wall_time_s": round(sum(part["wall_time_s"] for part in parts), 1),
+            "combined_from": [str(p) for p in paths], "summary": _summary(rows), "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
-    result = run(args)
+    result = combine(args.combine) if args.combine else run(args)
     print(table(result["summary"]))
     pre = result["pretraining"]
     made = {k: v for k, v in pre.items() if "wall_time_s" in v}

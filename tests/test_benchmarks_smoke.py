@@ -211,6 +211,17 @@ def test_indian_pines_given_backbone_end_to_end(tmp_path: Path, capsys: pytest.C
     given = next(e for e in result["summary"] if e["arm"] == ip.GIVEN_ARM)
     assert given["oa_minus_random"]["n"] == 1
     assert "pretrained_checkpoint" in capsys.readouterr().out
+    # a second process's seed, combined: what one run over both seeds writes
+    second = tmp_path / "ip1.json"
+    assert ip.main(["--backbone", str(ckpt), "--first-seed", "1", "--seeds", "1", "--layouts", "hyko2", "--labels",
+                    "10", "--eval-every", "20", "--patience", "1", "--max-steps", "60", "--out", str(second)]) == 0
+    both = tmp_path / "both.json"
+    assert ip.main(["--combine", str(out), str(second), "--out", str(both)]) == 0
+    merged = json.loads(both.read_text())
+    assert merged["protocol"]["seeds"] == [0, 1] and len(merged["rows"]) == 6
+    assert all(e["n"] == 2 for e in merged["summary"])
+    with pytest.raises(SystemExit, match="seeds overlap"):
+        ip.main(["--combine", str(out), str(out), "--out", str(both)])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="--backbone"):
         ip.main(["--backbone", str(tmp_path / "junk.pt"), "--seeds", "1", "--out", str(out)])
