@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -412,6 +413,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def sign_test_p(wins: int, n: int) -> float:
+    """One-sided exact sign test: P(>= ``wins`` of ``n`` paired seeds won | no effect, ties counted as losses).
+
+    The honest small-sample statement for "pretrained beats random": 5 of 5 gives 1/32 = 0.031, 3 of 3 only 0.125.
+    """
+    return float(sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n)
+
+
 def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in rows:
@@ -434,8 +443,9 @@ def _summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                (e["layout"], e["labels"], e["epochs"], e["arm"])}
         d = np.array([pre[s] - rnd[s] for s in sorted(pre) if s in rnd])
         if d.size:
+            wins = int((d > 0).sum())
             e["oa_minus_random"] = {"mean": float(d.mean()), "sd": float(d.std(ddof=1)) if d.size > 1 else 0.0,
-                                    "wins": int((d > 0).sum()), "n": int(d.size)}
+                                    "wins": wins, "n": int(d.size), "sign_test_p": sign_test_p(wins, int(d.size))}
     return out
 
 
@@ -447,7 +457,7 @@ def table(summary: list[dict[str, Any]]) -> str:
         diff = ""
         if "oa_minus_random" in e:
             d = e["oa_minus_random"]
-            diff = f"  {d['mean']:+.3f} ± {d['sd']:.3f} ({d['wins']}/{d['n']})"
+            diff = f"  {d['mean']:+.3f} ± {d['sd']:.3f} ({d['wins']}/{d['n']}, sign p {d['sign_test_p']:.3f})"
         lines.append(f"{LAYOUT_NAMES.get(e['layout'], e['layout']):<26}{e['labels']:>7}{e['epochs']:>7}  "
                      f"{e['arm']:<24}{cells}{diff}")
     return "\n".join(lines)

@@ -225,3 +225,10 @@ def test_indian_pines_given_backbone_end_to_end(tmp_path: Path, capsys: pytest.C
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="--backbone"):
         ip.main(["--backbone", str(tmp_path / "junk.pt"), "--seeds", "1", "--out", str(out)])
+
+
+def test_indian_pines_sign_test() -> None:
+    from benchmarks.indian_pines_fc import sign_test_p
+
+    assert sign_test_p(5, 5) == 1 / 32 and sign_test_p(3, 3) == 1 / 8 and sign_test_p(0, 4) == 1.0
+    assert sign_test_p(4, 5) == 6 / 32
