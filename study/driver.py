@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow.compute as pc
 
 from study import __version__
-from study.config import StudyConfig
+from study.config import STRATEGY_SETTINGS, StudyConfig
 from study.data.bundle import DataBundle, make_bundle
 from study.data.generator import ensure_default_dataset
 from study.data.h5reader import H5Split, validate_dataset
@@ -29,7 +29,7 @@ from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.errors import HsiStudyError
 from study.replay import replay_from_rows, replay_or_train, trial_key
-from study.results import check_store_version, read_table, write_rows, write_study_file
+from study.results import STUDY_FILE, check_store_version, read_table, write_rows, write_study_file
 from study.storage import Location, WorkingCopy, lease, open_results, resolve
 from study.strategies import Strategy, get_strategy
 from study.tuning import Budget, TrialLog, config_hash, echo, final_runs, pick_best, tune_cell
@@ -348,13 +348,29 @@ def results_lock(results: Path | str | Location) -> Iterator[None]:
         fh.close()
 
 
+def strategy_settings(results: Location, cfg: StudyConfig) -> dict[str, dict[str, Any]]:
+    """Per strategy, the strategy-specific settings it last ran with, kept across runs of the same study.
+
+    Strategies can be run one at a time into one study, and ``settings`` in
+    study.json is the latest run's: the report reads this record to say, e.g.,
+    which HyperSL strategies used the local sanity backbone.
+    """
+    try:
+        previous = json.loads(results.read_text(STUDY_FILE)).get("strategy_settings") or {}
+    except (FileNotFoundError, ValueError, AttributeError):
+        previous = {}
+    settings = cfg.settings()
+    return {**previous, **{s: {k: settings[k] for k in STRATEGY_SETTINGS[s]} for s in cfg.strategies}}
+
+
 def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = echo) -> list[str]:
     """Run every (strategy, fraction) cell not already finished; returns failure messages."""
     import ray
 
     results = resolve(cfg.results)
     done = finished_cells(results, cfg.seeds)  # first: refuses a store of another schema version
-    write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(), "data_root": str(prep.data_root)})
+    write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(), "data_root": str(prep.data_root),
+                               "strategy_settings": strategy_settings(results, cfg)})
     have_gpu = cfg.gpus == "on" or (cfg.gpus == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     if cfg.gpus == "auto" and not have_gpu and cfg.address:
         echo("note: no GPU in the cluster yet, trials request CPU only; use --gpus on to make an autoscaling "

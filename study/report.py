@@ -156,14 +156,21 @@ def _backbone_banners(df: pl.DataFrame, settings: dict | None) -> str:
                        "architecture trained from scratch, not transfer from a pretrained RGB foundation model."
                        "</div>")
     hypersl = sorted(strategies & {"crossdomain", "crossdomain-fc"})
-    study = (settings or {}).get("settings", {}) if isinstance(settings, dict) else {}
-    if hypersl and "backbone" in study and not study["backbone"]:
+    meta = settings if isinstance(settings, dict) else {}
+    study, per = meta.get("settings") or {}, meta.get("strategy_settings") or {}
+    if per:  # strategies may have been run one at a time: each with its own --backbone (or none)
+        hypersl = [s for s in hypersl if s in per and not per[s].get("backbone")]
+    elif not ("backbone" in study and not study["backbone"]):
+        hypersl = []
+    if hypersl:
         hashes = ", ".join(sorted(str(h) for h in df.filter(pl.col("strategy").is_in(hypersl))["backbone_hash"]
                                   .drop_nulls().unique().to_list())) or "unknown"
         out.append(f'<div class="banner"><b>Locally pretrained HyperSL.</b> {html.escape(", ".join(hypersl))} used '
                    f"the small sanity backbone pretrained on this machine (hash {html.escape(hashes)}; "
-                   "<code>python -m study.pretrain</code>), not the released HyperSL weights: pass "
-                   "<code>--backbone PATH</code> for results that speak for HyperSL itself.</div>")
+                   "<code>python -m study.pretrain</code>), not the released HyperSL weights. On Indian Pines it "
+                   "does not beat a random initialisation (<code>python -m benchmarks.indian_pines_fc</code>), so "
+                   "these curves are no evidence of transfer: pass <code>--backbone PATH</code> for results that "
+                   "speak for HyperSL itself.</div>")
     return "".join(out)
 
 

@@ -123,3 +123,8 @@ def test_backbone_banners_name_the_backbones_that_were_not_the_real_ones() -> No
     assert given == ""
     assert _backbone_banners(df.filter(pl.col("strategy") == "indomain"), {"settings": {"backbone": None}}) == ""
     assert "Locally" not in _backbone_banners(df, {})  # no study.json: nothing is claimed
+    # strategies run one at a time: crossdomain with released weights, crossdomain-fc later without
+    per = {"settings": {"backbone": None}, "strategy_settings": {"crossdomain": {"backbone": "/w/hypersl.pt"},
+                                                                 "crossdomain-fc": {"backbone": None}}}
+    text = _backbone_banners(df, per)
+    assert "crossdomain-fc used" in text and "crossdomain, " not in text and "Indian Pines" in text
