@@ -217,10 +217,16 @@ class BatchedFC(torch.nn.Module):
         return torch.baddbmm(self.bias, xn, self.weight)
 
 
-def mean_iou(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Mean IoU over the classes present in ``y_true`` (the paper's early-stopping metric)."""
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(K, K) counts, rows = true class."""
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(cm, (y_true, y_pred), 1)
+    return cm
+
+
+def mean_iou(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Mean IoU over the classes present in ``y_true`` (the paper's early-stopping metric)."""
+    cm = confusion(y_true, y_pred, n_classes)
     inter = np.diag(cm).astype(float)
     union = cm.sum(0) + cm.sum(1) - np.diag(cm)
     present = cm.sum(1) > 0
@@ -293,8 +299,7 @@ def predict(head: torch.nn.Module, x: np.ndarray) -> np.ndarray:
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[str, float]:
     """Overall accuracy, balanced accuracy (mean recall over the classes present) and Cohen's kappa."""
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y_true, y_pred), 1)
+    cm = confusion(y_true, y_pred, n_classes)
     n = cm.sum()
     oa = np.trace(cm) / n
     support = cm.sum(1)
@@ -479,6 +484,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         fit_mask, eval_mask = (split["train"], split["test"]) if args.eval == "test" else (split["fit"], split["val"])
     variants = [] if args.backbone else [v.strip() for v in args.variants.split(",") if v.strip()]
     given = _given_backbone(args.backbone) if args.backbone else None
+    cards: dict[str, dict[str, Any]] = {"given": given[1]} if given else {}
     if given is None and (not variants or set(variants) - set(VARIANT_ARMS)):
         raise SystemExit(f"--variants must name strict and/or transductive, got {args.variants!r}")
     strict_holdout = f"checker{IP_CELL}:test" if args.eval == "test" else f"checker{IP_CELL}:test+val"
@@ -492,7 +498,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     n_pre = args.pretrain_seeds or seeds.stop
     rows: list[dict[str, Any]] = []
-    cards: dict[str, dict[str, Any]] = {}
     t_start = time.perf_counter()
     for seed in seeds:
         pseed = seed % n_pre
@@ -508,7 +513,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             models[VARIANT_ARMS[variant]] = load_hypersl(path)
         if given is not None:
             models[GIVEN_ARM] = given[0]
-            cards["given"] = given[1]
         models["random"] = random_backbone(given[0].config if given else args.size, pseed)
         for layout in layouts:
             feats = {arm: features(m, layout, args.bn_mode, args.chunk) for arm, m in models.items()}
@@ -520,7 +524,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 base = {"layout": layout, "labels": "all" if budget is None else str(budget), "seed": seed,
                         "train_pixels": int(train_idx.size), "eval_pixels": int(eval_idx.size)}
                 if args.head == "es":
-                    rows.extend(_es_rows(args, feats, train_idx, remap[flat_labels[train_idx]], val_idx,
+                    rows.extend(_es_rows(args, feats, train_idx, y_train, val_idx,
                                          remap[flat_labels[val_idx]], eval_idx, y_eval, classes.size, seed, base))
                     continue
                 for arm, x in feats.items():
