@@ -34,6 +34,7 @@ STRATEGY_SETTINGS: dict[str, tuple[str, ...]] = {
     "indomain": (), "indomain-fc": (), "crossdomain": _FEATURE_SETTINGS, "crossdomain-fc": _FEATURE_SETTINGS,
     "crossmodality": ("rgb_weights", "allow_random_init", "vit_size", "max_freeze_depth"),
 }
+_NOT_SHARED = frozenset(k for keys in STRATEGY_SETTINGS.values() for k in keys) | {"strategies"}
 #: Runtime placement: where and how a study runs, not what it measures (never part of an id).
 _PLACEMENT = ("results", "cache_dir", "address", "num_cpus")
 
@@ -184,14 +185,12 @@ class StudyConfig:
     def study_id(self) -> str:
         """Stable id of the protocol every strategy shares (data, fractions, budget, ...): not of the strategy
         list, the strategy-specific settings (:data:`STRATEGY_SETTINGS`) or the runtime placement."""
-        specific = {k for keys in STRATEGY_SETTINGS.values() for k in keys} | {"strategies"}
-        return f"{self.dataset}-{self._digest({k: v for k, v in self._id_settings().items() if k not in specific})}"
+        return f"{self.dataset}-{self._digest({k: v for k, v in self._id_settings().items() if k not in _NOT_SHARED})}"
 
     def strategy_key(self, strategy: str) -> str:
         """10 hex digits over the shared protocol plus the settings ``strategy`` reads: the tail of its cell ids."""
-        specific = {k for keys in STRATEGY_SETTINGS.values() for k in keys} | {"strategies"}
         mine = set(STRATEGY_SETTINGS[strategy])
-        return self._digest({k: v for k, v in self._id_settings().items() if k not in specific or k in mine})
+        return self._digest({k: v for k, v in self._id_settings().items() if k not in _NOT_SHARED or k in mine})
 
     @property
     def legacy_study_id(self) -> str:
