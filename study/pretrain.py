@@ -60,6 +60,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import io
 import json
 import math
 import sys
@@ -230,23 +231,86 @@ def resolve_device(name: str = "cpu") -> torch.device:
     return device
 
 
-def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+class PretrainStopped(Exception):
+    """A pretraining stopped early on request (``time_limit``/``stop_after``); its state is saved to resume."""
+
+    def __init__(self, step: int, steps: int, state: Path) -> None:
+        super().__init__(f"pretraining stopped at step {step}/{steps}; its state is in {state}: run the same "
+                         "command again to continue from there")
+        self.step, self.steps, self.state = step, steps, state
+
+
+def resume_path(out: str | Path) -> Path:
+    """Where a pretraining writing ``out`` keeps its training state until it finishes."""
+    out = Path(out)
+    return out.with_name(out.name + ".resume.pt")
+
+
+def default_save_every(steps: int) -> int:
+    """Resume points per run: about 20, at least 50 steps apart (a state file costs ~4x the weights to write)."""
+    return max(50, math.ceil(steps / 20))
+
+
+def pretrain(config: PretrainConfig, out: str | Path, progress: bool = True, device: str = "cpu",
+             save_every: int | None = None, time_limit: float | None = None,
+             stop_after: int | None = None) -> dict[str, Any]:
     """Run the masked spectral modelling and write the checkpoint + ``.json``/``.md`` cards next to it.
 
     Returns the card. One step = one batch per source (each on a random sensor
     layout and band subset), losses summed as HyperSL sums its two sensors.
     ``device`` (see :func:`resolve_device`) is where the model trains; it is not
     part of the settings (the same recipe), but the card records it.
+
+    Long runs survive interruption: every ``save_every`` steps (default
+    :func:`default_save_every`; 0 = never) the whole training state (weights,
+    AdamW, scheduler, both RNG streams, losses) goes atomically to
+    :func:`resume_path`, and a later call with the same settings continues from it,
+    giving the same weights as an uninterrupted run. ``time_limit`` (seconds)
+    or ``stop_after`` (steps) save that state and raise :class:`PretrainStopped`,
+    e.g. to fit a run into a scheduler's or a lent GPU's time slots.
     """
     config.validate()
     dev = resolve_device(device)
     cuda = [dev.index or 0] if dev.type == "cuda" else []
+    every = default_save_every(config.steps) if save_every is None else save_every
     with torch.random.fork_rng(devices=cuda):  # seed locally: a caller's (Ray worker's) RNG stream is left alone
         torch.manual_seed(config.seed)
-        return _pretrain(config, Path(out), progress, dev)
+        return _pretrain(config, Path(out), progress, dev, every, time_limit, stop_after)
 
 
-def _pretrain(config: PretrainConfig, out: Path, progress: bool, device: torch.device) -> dict[str, Any]:
+def _save_state(path: Path, step: int, model: Any, opt: Any, sched: Any, rng: np.random.Generator,
+                losses: list[float], elapsed: float, config: PretrainConfig, device: torch.device) -> None:
+    from study.results import atomic_write_bytes
+
+    state: dict[str, Any] = {
+        "settings_hash": settings_hash(config), "step": step, "elapsed_s": elapsed,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "torch_rng": torch.get_rng_state(), "numpy_rng": json.dumps(rng.bit_generator.state),
+        "losses": torch.tensor(losses, dtype=torch.float64),
+    }
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_state(path: Path, config: PretrainConfig) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - bad bytes raise many types; the message names the file and the fix
+        raise HsiStudyError(f"{path}: unreadable pretraining state ({type(exc).__name__}: {exc}); delete it (or "
+                            "pass --force) to start over") from None
+    if not isinstance(state, dict) or state.get("settings_hash") != settings_hash(config):
+        raise HsiStudyError(f"{path}: a pretraining state for other settings (hash {state.get('settings_hash')!r}, "
+                            f"these are {settings_hash(config)!r}); use the same settings to continue it, or "
+                            "delete it (or pass --force) to start over")
+    return state
+
+
+def _pretrain(config: PretrainConfig, out: Path, progress: bool, device: torch.device, save_every: int,
+              time_limit: float | None, stop_after: int | None) -> dict[str, Any]:
     from study.data.pretrain_data import build_pools, sample_batch
     from study.models.checkpoints import checkpoint_hash, save_checkpoint
     from study.models.hypersl import build_hypersl, masked_modelling_loss
@@ -264,8 +328,22 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool, device: torch.d
                             weight_decay=config.weight_decay, eps=config.eps)
     sched = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=config.t0, T_mult=config.t_mult)
     losses: list[float] = []
+    start, elapsed_before, state_path = 0, 0.0, resume_path(out)
+    if state_path.is_file():
+        state = _load_state(state_path, config)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        start, elapsed_before, losses = int(state["step"]), float(state["elapsed_s"]), state["losses"].tolist()
+        if progress:
+            print(f"[hsistudy] pretrain {config.size}: resuming at step {start}/{config.steps} from {state_path}",
+                  file=sys.stderr, flush=True)
     last_report = time.perf_counter()
-    for step in range(1, config.steps + 1):
+    for step in range(start + 1, config.steps + 1):
         opt.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
         for source_pools in by_source.values():
@@ -285,9 +363,15 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool, device: torch.d
         sched.step()
         losses.append(float(total.detach()))
         now = time.perf_counter()
+        stop = step < config.steps and ((stop_after is not None and step >= stop_after)
+                                        or (time_limit is not None and now - t0 >= time_limit))
+        if stop or (save_every > 0 and step % save_every == 0 and step < config.steps):
+            _save_state(state_path, step, model, opt, sched, rng, losses, elapsed_before + now - t0, config, device)
+        if stop:
+            raise PretrainStopped(step, config.steps, state_path)
         if progress and (now - last_report > 10.0 or step == config.steps):
             last_report = now
-            eta = (now - t0) / step * (config.steps - step)
+            eta = (now - t0) / (step - start) * (config.steps - step)
             print(f"[hsistudy] pretrain {config.size}: step {step}/{config.steps} loss {np.mean(losses[-20:]):.4f} "
                   f"lr {sched.get_last_lr()[0]:.2e} ({now - t0:.0f} s, ETA {eta:.0f} s)", file=sys.stderr, flush=True)
     save_checkpoint(model.cpu(), out, epoch=1, optimizer=opt, scheduler=sched)  # loads on machines without a GPU
@@ -309,7 +393,8 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool, device: torch.d
         "checkpoint": out.name,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "checkpoint_hash": checkpoint_hash(out),
-        "wall_time_s": round(time.perf_counter() - t0, 2),
+        "wall_time_s": round(elapsed_before + time.perf_counter() - t0, 2),
+        "resumed_at_step": start or None,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -317,6 +402,7 @@ def _pretrain(config: PretrainConfig, out: Path, progress: bool, device: torch.d
         "version": PRETRAIN_VERSION,
     }
     write_cards(out, card)
+    state_path.unlink(missing_ok=True)  # finished: the checkpoint and its cards are the record now
     return card
 
 
@@ -390,19 +476,23 @@ def backbone_path(cache_dir: str | Path | None, config: PretrainConfig) -> Path:
 
 def ensure_default_backbone(cache_dir: str | Path | None = None, size: str = "cpu",
                             config: PretrainConfig | None = None, progress: bool = True, force: bool = False,
-                            device: str = "cpu") -> Path:
-    """The cached pretrained checkpoint for these settings, pretraining it on first use."""
+                            device: str = "cpu", save_every: int | None = None,
+                            time_limit: float | None = None) -> Path:
+    """The cached pretrained checkpoint for these settings, pretraining it on first use (continuing an
+    interrupted first use from its last resume point; ``force``: from scratch)."""
     config = (config or default_config(size)).validate()
     path = backbone_path(cache_dir, config)
     card = path.with_name(path.stem + ".card.json")
     if not force and path.is_file() and card.is_file():
         return path
     with file_lock(path.with_name(f".{path.name}.lock")):
+        if force:
+            resume_path(path).unlink(missing_ok=True)
         if force or not (path.is_file() and card.is_file()):
             if progress:
                 print(f"[hsistudy] pretraining the HyperSL {config.size} backbone ({config.steps} steps) -> {path}",
                       file=sys.stderr, flush=True)
-            pretrain(config, path, progress=progress, device=device)
+            pretrain(config, path, progress=progress, device=device, save_every=save_every, time_limit=time_limit)
     return path
 
 
@@ -414,6 +504,8 @@ examples:
       a seconds-long run of the tiny size, for CI
   python -m study.pretrain --size small --steps 20000 --batch-size 256 --device cuda --out ckpt/hypersl-small.pt
       a longer run of the paper's size on a GPU; writes .card.json / .card.md next to it
+  python -m study.pretrain --size small --steps 20000 --device cuda --time-limit 540 --out ckpt/hypersl-small.pt
+      the same in slots of 9 minutes: exits 3 with a resume point; the same command continues (exit 0 when done)
 """
 
 
@@ -444,6 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny size, 8 steps of 32: seconds")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; on a "
                    "busy shared machine 1 can be much faster)")
+    p.add_argument("--save-every", type=int, default=None, metavar="STEPS",
+                   help="write a resume point every STEPS steps (default: about 20 per run; 0: never); a run that is "
+                        "killed continues from the last one when the same command is run again")
+    p.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                   help="stop after SECONDS, save a resume point and exit 3; run the same command again to continue")
     p.add_argument("--device", default="cpu", help="cpu (default: the same numbers everywhere), cuda, cuda:N or "
                    "auto (a GPU when torch sees one)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -470,16 +567,24 @@ def main(argv: list[str] | None = None) -> int:
                 raise HsiStudyError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         resolve_device(args.device)  # a missing GPU stops here, before any data is read
+        if args.save_every is not None and args.save_every < 0:
+            raise HsiStudyError(f"--save-every must be >= 0 (0: never), got {args.save_every}")
+        run = {"device": args.device, "save_every": args.save_every, "time_limit": args.time_limit}
         if args.out is None:
             path = ensure_default_backbone(args.cache_dir, config=config, progress=not args.quiet, force=args.force,
-                                           device=args.device)
+                                           **run)
         else:
             path = args.out
-            pretrain(config, path, progress=not args.quiet, device=args.device)
+            if args.force:
+                resume_path(path).unlink(missing_ok=True)
+            pretrain(config, path, progress=not args.quiet, **run)
         card = json.loads(path.with_name(path.stem + ".card.json").read_text())
         print(f"{path}  (hash {card['checkpoint_hash']}, {card['steps']} steps, final loss {card['final_loss']:.4f}, "
               f"{card['wall_time_s']:.0f} s)")
         return 0
+    except PretrainStopped as stopped:
+        print(str(stopped), file=sys.stderr)
+        return 3
     except (HsiStudyError, ValueError, OSError) as exc:
         if args.debug:
             raise

@@ -202,3 +202,33 @@ def test_pretrain_on_cuda_writes_a_checkpoint_that_loads_on_cpu(tmp_path: Path) 
     model = load_hypersl(tmp_path / "g.pt")
     assert card["device"] != "cpu" and np.isfinite(card["final_loss"])
     assert all(t.device.type == "cpu" for t in model.state_dict().values())
+
+
+def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    """Stop at step 4 of 7, resume: the checkpoint equals an uninterrupted run's, and the state file is gone."""
+    cfg = replace(_tiny(), steps=7)
+    straight = pt.pretrain(cfg, tmp_path / "a.pt", progress=False, save_every=0)
+    with pytest.raises(pt.PretrainStopped) as stopped:
+        pt.pretrain(cfg, tmp_path / "b.pt", progress=False, save_every=3, stop_after=4)
+    assert stopped.value.step == 4 and pt.resume_path(tmp_path / "b.pt").is_file() and not (tmp_path / "b.pt").exists()
+    resumed = pt.pretrain(cfg, tmp_path / "b.pt", progress=False, save_every=3)
+    a, b = load_hypersl(tmp_path / "a.pt").state_dict(), load_hypersl(tmp_path / "b.pt").state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["final_loss"] == straight["final_loss"] and resumed["resumed_at_step"] == 4
+    assert straight["resumed_at_step"] is None and not pt.resume_path(tmp_path / "b.pt").exists()
+    # a state for other settings is refused, naming the file and the way out
+    with pytest.raises(pt.PretrainStopped):
+        pt.pretrain(cfg, tmp_path / "c.pt", progress=False, stop_after=2)
+    with pytest.raises(HsiStudyError, match="c.pt.resume.pt: a pretraining state for other settings"):
+        pt.pretrain(replace(cfg, seed=1), tmp_path / "c.pt", progress=False)
+
+
+def test_cli_time_limit_exits_3_and_the_same_command_continues(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--smoke", "--steps", "4", "--quiet", "--out", str(tmp_path / "t.pt")]
+    assert pt.main([*argv, "--time-limit", "0"]) == 3
+    assert "run the same command again" in capsys.readouterr().err
+    assert pt.resume_path(tmp_path / "t.pt").is_file()
+    assert pt.main(argv) == 0 and json.loads((tmp_path / "t.card.json").read_text())["resumed_at_step"] == 1
+    assert not pt.resume_path(tmp_path / "t.pt").exists()
+    assert pt.main([*argv, "--save-every", "-1"]) == 2
