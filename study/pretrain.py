@@ -302,8 +302,9 @@ def _load_state(path: Path, config: PretrainConfig) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - bad bytes raise many types; the message names the file and the fix
         raise HsiStudyError(f"{path}: unreadable pretraining state ({type(exc).__name__}: {exc}); delete it (or "
                             "pass --force) to start over") from None
-    if not isinstance(state, dict) or state.get("settings_hash") != settings_hash(config):
-        raise HsiStudyError(f"{path}: a pretraining state for other settings (hash {state.get('settings_hash')!r}, "
+    found = state.get("settings_hash") if isinstance(state, dict) else None
+    if found != settings_hash(config):
+        raise HsiStudyError(f"{path}: a pretraining state for other settings (hash {found!r}, "
                             f"these are {settings_hash(config)!r}); use the same settings to continue it, or "
                             "delete it (or pass --force) to start over")
     return state

@@ -221,6 +221,12 @@ def test_interrupted_pretraining_resumes_to_the_same_weights(tmp_path: Path) -> 
         pt.pretrain(cfg, tmp_path / "c.pt", progress=False, stop_after=2)
     with pytest.raises(HsiStudyError, match="c.pt.resume.pt: a pretraining state for other settings"):
         pt.pretrain(replace(cfg, seed=1), tmp_path / "c.pt", progress=False)
+    torch.save([1, 2], pt.resume_path(tmp_path / "d.pt"))
+    with pytest.raises(HsiStudyError, match="other settings .hash None"):
+        pt.pretrain(cfg, tmp_path / "d.pt", progress=False)
+    pt.resume_path(tmp_path / "e.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(HsiStudyError, match="unreadable pretraining state.*--force"):
+        pt.pretrain(cfg, tmp_path / "e.pt", progress=False)
 
 
 def test_cli_time_limit_exits_3_and_the_same_command_continues(tmp_path: Path,
