@@ -478,9 +478,15 @@ def backbone_path(cache_dir: str | Path | None, config: PretrainConfig) -> Path:
 def ensure_default_backbone(cache_dir: str | Path | None = None, size: str = "cpu",
                             config: PretrainConfig | None = None, progress: bool = True, force: bool = False,
                             device: str = "cpu", save_every: int | None = None,
-                            time_limit: float | None = None) -> Path:
+                            time_limit: float | None = None, threads: int | None = 1) -> Path:
     """The cached pretrained checkpoint for these settings, pretraining it on first use (continuing an
-    interrupted first use from its last resume point; ``force``: from scratch)."""
+    interrupted first use from its last resume point; ``force``: from scratch).
+
+    ``threads`` (default 1; None: torch's current setting) pins torch's CPU threads
+    while pretraining: float reductions depend on the thread count, so without it
+    the cached default backbone, and every crossdomain number made with it, would
+    differ between a laptop and a CI runner with the same settings hash.
+    """
     config = (config or default_config(size)).validate()
     path = backbone_path(cache_dir, config)
     card = path.with_name(path.stem + ".card.json")
@@ -493,7 +499,14 @@ def ensure_default_backbone(cache_dir: str | Path | None = None, size: str = "cp
             if progress:
                 print(f"[hsistudy] pretraining the HyperSL {config.size} backbone ({config.steps} steps) -> {path}",
                       file=sys.stderr, flush=True)
-            pretrain(config, path, progress=progress, device=device, save_every=save_every, time_limit=time_limit)
+            before = torch.get_num_threads()
+            if threads is not None:
+                torch.set_num_threads(threads)
+            try:
+                pretrain(config, path, progress=progress, device=device, save_every=save_every,
+                         time_limit=time_limit)
+            finally:
+                torch.set_num_threads(before)
     return path
 
 
@@ -535,8 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=None, help="cache root when --out is not given")
     p.add_argument("--force", action="store_true", help="pretrain even if the cache already holds the checkpoint")
     p.add_argument("--smoke", action="store_true", help="tiny size, 8 steps of 32: seconds")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; on a "
-                   "busy shared machine 1 can be much faster)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: 1 for the cached "
+                   "default backbone, so its weights do not depend on the machine's cores; torch's choice with "
+                   "--out, where on a busy shared machine 1 can be much faster)")
     p.add_argument("--save-every", type=int, default=None, metavar="STEPS",
                    help="write a resume point every STEPS steps (default: about 20 per run; 0: never); a run that is "
                         "killed continues from the last one when the same command is run again")
@@ -573,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         run = {"device": args.device, "save_every": args.save_every, "time_limit": args.time_limit}
         if args.out is None:
             path = ensure_default_backbone(args.cache_dir, config=config, progress=not args.quiet, force=args.force,
-                                           **run)
+                                           threads=args.threads or 1, **run)
         else:
             path = args.out
             if args.force:

@@ -147,6 +147,20 @@ def test_default_backbone_is_made_once_and_cached(tmp_path: Path, monkeypatch: p
     assert pt.settings_hash(_tiny(seed=1)) != pt.settings_hash(cfg)
 
 
+def test_default_backbone_is_pretrained_on_one_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its weights must not depend on the machine's core count; the caller's thread setting is restored."""
+    seen = []
+    real = pt.pretrain
+    monkeypatch.setattr(pt, "pretrain", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pt.ensure_default_backbone(tmp_path, config=_tiny(), progress=False)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_cli_smoke_help_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert pt.main(["--smoke", "--steps", "2", "--quiet", "--out", str(tmp_path / "s.pt")]) == 0
     assert "final loss" in capsys.readouterr().out
