@@ -1,0 +1,74 @@
+"""``python -m study.prepare``: raw HyKo2 / HSI-Drive v2 / HCV2 releases -> HS3-Bench HDF5 split files.
+
+Writes ``<out>/<dataset>_{train,val,test}.h5`` in the layout ``study.data.h5reader``
+reads (benchmark.md §1.4): one group per sample (sorted names), ``image`` (H, W, C)
+float32 and ``labels`` (H, W) with the raw ids (the dataset spec remaps them),
+root attributes ``wavelengths`` (the spec's band centres), ``dataset``, ``split``,
+``split_lists``, ``split_digest`` and for HCV2 ``hcv2_split`` (new | old).
+
+Why in hsistudy: the study must run on exactly the benchmark's images and
+splits; the original shell + script pipeline needs OpenCV, silently skips
+missing samples and leaves half-written files when interrupted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TextIO
+
+from study.data.specs import get_spec
+from study.prepare.layout import check_layout
+from study.prepare.readers import PrepareError
+from study.prepare.sources import DATASETS, make_job, missing_files
+from study.prepare.splits import HCV2_SPLITS, SPLITS, load_lists
+from study.prepare.writer import DIGEST_ATTR, SplitResult, convert_split
+
+__all__ = ["DATASETS", "HCV2_SPLITS", "PrepareError", "SplitResult", "prepare"]
+
+#: at most this many missing-file messages in the one-line error
+_SHOW_MISSING = 3
+
+
+def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str | Path | None = None,
+            hcv2_split: str = "new", workers: int = 1, stream: TextIO | None = None) -> list[SplitResult]:
+    """Convert every split of ``dataset`` from the release folder ``raw`` into ``out``; finished splits are kept.
+
+    Everything is checked before the first image is decoded: the lists, the
+    release layout and that every listed sample's files exist.
+    """
+    if dataset not in DATASETS:
+        raise PrepareError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
+    if hcv2_split not in HCV2_SPLITS:
+        raise PrepareError(f"--hcv2-split must be one of {', '.join(HCV2_SPLITS)}, got {hcv2_split!r}")
+    if workers < 1:
+        raise PrepareError(f"--workers must be >= 1, got {workers}")
+    spec = get_spec(dataset)
+    raw, out = Path(raw).expanduser(), Path(out).expanduser()
+    lists = load_lists(dataset, None if splits_dir is None else Path(splits_dir), hcv2_split)
+    check_layout(dataset, raw, [e for s in SPLITS for e in lists.entries[s]],
+                 needs_test=dataset == "hcv2" and hcv2_split == "new")
+    if out.exists() and not out.is_dir():
+        raise PrepareError(f"--out {out}: is a file; it must be a folder (created if missing)")
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = {s: [make_job(dataset, raw, s, e, hcv2_split) for e in lists.entries[s]] for s in SPLITS}
+    pending = [s for s in SPLITS if not (out / spec.file_name(s)).exists()]
+    problems = [m for s in pending for j in jobs[s] for m in missing_files(j, s)]
+    if problems:
+        n_listed = sum(len(jobs[s]) for s in pending)
+        raise PrepareError(f"{len(problems)} raw file(s) of the {n_listed} listed samples not found ("
+                           f"lists: {lists.origin}); " + "; ".join(problems[:_SHOW_MISSING])
+                           + ("; ..." if len(problems) > _SHOW_MISSING else ""))
+    results = []
+    for split in SPLITS:
+        attrs: dict[str, Any] = {
+            "wavelengths": spec.wavelength_array(), "dataset": dataset, "split": split,
+            "made_by": "hsistudy python -m study.prepare", "split_lists": lists.origin,
+            DIGEST_ATTR: lists.digest(split), "raw_root": str(raw.resolve()),
+        }
+        if dataset == "hcv2":
+            attrs["hcv2_split"] = hcv2_split
+            attrs["resize"] = "x0.5 nearest neighbour, OpenCV INTER_NEAREST size and sample positions"
+        results.append(convert_split(split, jobs[split], out / spec.file_name(split), attrs,
+                                     workers=workers, stream=stream))
+    return results
+

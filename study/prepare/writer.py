@@ -1,0 +1,165 @@
+"""Write one split file: atomic, resumable, in sorted group order, one image in memory at a time.
+
+Why this shape: an HCV2 split is hours of decoding and hundreds of GB. The
+split is written to ``<dataset>_<split>.h5.tmp`` and renamed only when every
+listed sample is in it, so a ``<dataset>_<split>.h5`` on disk is always
+complete. Each group gets the attribute ``complete`` last (after ``image`` and
+``labels``) and the file is flushed, so a re-run after an interruption keeps
+the finished groups, drops a half-written one and continues. Decoding may run
+in worker processes; only the main process writes, in list order, with at most
+two decoded images per worker waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, TextIO
+
+import h5py
+import numpy as np
+
+from study.prepare.readers import PrepareError
+from study.prepare.sources import Job, load_sample
+
+COMPLETE_ATTR = "complete"
+DIGEST_ATTR = "split_digest"
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    """What happened to one split: ``written`` new groups, ``kept`` from an interrupted run."""
+
+    split: str
+    path: Path
+    status: str  # "written" | "exists"
+    written: int
+    kept: int
+    seconds: float
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+    """One self-overwriting stderr line with rate and ETA (only on a terminal)."""
+
+    def __init__(self, label: str, total: int, done: int = 0, stream: TextIO | None = None) -> None:
+        self.label, self.total, self.done, self.start_done = label, total, done, done
+        self.stream = sys.stderr if stream is None else stream
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.t0 = time.perf_counter()
+
+    def tick(self) -> None:
+        self.done += 1
+        if not self.live:
+            return
+        spent = time.perf_counter() - self.t0
+        per = spent / max(1, self.done - self.start_done)
+        eta = per * (self.total - self.done)
+        self.stream.write(f"\r{self.label}: {self.done}/{self.total} images, {per:.1f} s/image, "
+                          f"ETA {_fmt(eta)}   ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _decoded(jobs: Sequence[Job], workers: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Decoded samples in ``jobs`` order; a bounded window of worker futures when ``workers`` > 1."""
+    if workers <= 1 or len(jobs) <= 1:
+        for job in jobs:
+            yield load_sample(job)
+        return
+    window = 2 * workers
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        pending: deque[Future[tuple[str, np.ndarray, np.ndarray]]] = deque()
+        it = iter(jobs)
+        try:
+            for job in it:
+                pending.append(pool.submit(load_sample, job))
+                if len(pending) >= window:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()
+
+
+def _open_partial(tmp: Path, digest: str) -> h5py.File:
+    """The temporary file of an interrupted run (checked to be for the same list), or a new one."""
+    if tmp.exists():
+        try:
+            fh = h5py.File(tmp, "a")
+        except OSError:
+            print(f"note: {tmp} (left by an interrupted run) is unreadable; starting this split again",
+                  file=sys.stderr)
+            tmp.unlink()
+        else:
+            if fh.attrs.get(DIGEST_ATTR) != digest:
+                fh.close()
+                raise PrepareError(f"{tmp}: partial file of an interrupted run with a different split list "
+                                   f"(or --hcv2-split); delete it to convert this split again with the current one")
+            return fh
+    return h5py.File(tmp, "w")
+
+
+def convert_split(split: str, jobs: Sequence[Job], final: Path, attrs: dict[str, Any], *,
+                  workers: int = 1, stream: TextIO | None = None) -> SplitResult:
+    """Write ``final`` from ``jobs`` (sorted by group), resuming ``final``.tmp if one is there."""
+    t0 = time.perf_counter()
+    digest = str(attrs[DIGEST_ATTR])
+    if final.exists():
+        try:
+            with h5py.File(final, "r") as fh:
+                made = fh.attrs.get(DIGEST_ATTR)
+        except OSError as exc:
+            raise PrepareError(f"{final}: exists but cannot be read as HDF5 ({exc}); delete it and run again") from exc
+        if made is not None and made != digest:
+            raise PrepareError(f"{final}: exists but was made from a different split list (or --hcv2-split); "
+                               "delete it or choose another --out to convert with the current one")
+        return SplitResult(split, final, "exists", 0, 0, 0.0)
+    jobs = sorted(jobs, key=lambda j: j.group)
+    tmp = final.with_name(final.name + ".tmp")
+    with _open_partial(tmp, digest) as fh:
+        for key, value in attrs.items():
+            fh.attrs[key] = value
+        todo, kept = [], 0
+        wanted = {j.group for j in jobs}
+        for name in [k for k in fh if k not in wanted]:  # cannot happen with the same digest; be safe
+            del fh[name]
+        for job in jobs:
+            grp = fh.get(job.group)
+            if grp is not None and grp.attrs.get(COMPLETE_ATTR, False):
+                kept += 1
+                continue
+            if grp is not None:  # half-written when the last run stopped
+                del fh[job.group]
+            todo.append(job)
+        progress = Progress(f"{attrs.get('dataset', '')} {split}", len(jobs), kept, stream)
+        try:
+            for group, image, labels in _decoded(todo, workers):
+                grp = fh.create_group(group)
+                grp.create_dataset("image", data=image)
+                grp.create_dataset("labels", data=labels)
+                grp.attrs[COMPLETE_ATTR] = True  # last: marks the group finished for a resumed run
+                fh.flush()
+                progress.tick()
+        finally:
+            progress.close()
+    os.replace(tmp, final)
+    return SplitResult(split, final, "written", len(todo), kept, time.perf_counter() - t0)
