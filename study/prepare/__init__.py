@@ -20,8 +20,8 @@ from study.data.specs import get_spec
 from study.prepare.layout import check_layout
 from study.prepare.readers import PrepareError
 from study.prepare.sources import DATASETS, make_job, missing_files
-from study.prepare.splits import HCV2_SPLITS, SPLITS, load_lists
-from study.prepare.writer import DIGEST_ATTR, SplitResult, convert_split
+from study.prepare.splits import HCV2_SPLITS, SPLITS, SplitLists, load_lists
+from study.prepare.writer import DIGEST_ATTR, SplitResult, convert_split, worker_pool
 
 __all__ = ["DATASETS", "HCV2_SPLITS", "PrepareError", "SplitResult", "prepare"]
 
@@ -59,16 +59,28 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str |
                            f"lists: {lists.origin}); " + "; ".join(problems[:_SHOW_MISSING])
                            + ("; ..." if len(problems) > _SHOW_MISSING else ""))
     results = []
-    for split in SPLITS:
-        attrs: dict[str, Any] = {
-            "wavelengths": spec.wavelength_array(), "dataset": dataset, "split": split,
-            "made_by": "hsistudy python -m study.prepare", "split_lists": lists.origin,
-            DIGEST_ATTR: lists.digest(split), "raw_root": str(raw.resolve()),
-        }
-        if dataset == "hcv2":
-            attrs["hcv2_split"] = hcv2_split
-            attrs["resize"] = "x0.5 nearest neighbour, OpenCV INTER_NEAREST size and sample positions"
-        results.append(convert_split(split, jobs[split], out / spec.file_name(split), attrs,
-                                     workers=workers, stream=stream))
+    pool = worker_pool(workers) if pending else None
+    try:
+        for split in SPLITS:
+            results.append(convert_split(split, jobs[split], out / spec.file_name(split),
+                                         _attrs(dataset, split, lists, raw, hcv2_split), pool=pool,
+                                         window=2 * workers, stream=stream))
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return results
+
+
+def _attrs(dataset: str, split: str, lists: SplitLists, raw: Path, hcv2_split: str) -> dict[str, Any]:
+    """Root attributes of a split file: band centres for the reader, provenance for the study."""
+    spec = get_spec(dataset)
+    attrs: dict[str, Any] = {
+        "wavelengths": spec.wavelength_array(), "dataset": dataset, "split": split,
+        "made_by": "hsistudy python -m study.prepare", "split_lists": lists.origin,
+        DIGEST_ATTR: lists.digest(split), "raw_root": str(raw.resolve()),
+    }
+    if dataset == "hcv2":
+        attrs["hcv2_split"] = hcv2_split
+        attrs["resize"] = "x0.5 nearest neighbour, OpenCV INTER_NEAREST size and sample positions"
+    return attrs
 

@@ -103,6 +103,8 @@ def load_sample(job: Job) -> tuple[str, np.ndarray, np.ndarray]:
         header = read_header(job.cube)
         if header.bands != n_bands:
             raise PrepareError(f"{job.cube}: has {header.bands} bands, HCV2 has {n_bands}; is it an HCV2 file?")
+        if min(header.height, header.width) < 2:
+            raise PrepareError(f"{job.cube}: {header.height} x {header.width} pixels; halving needs at least 2 x 2")
         labels_full = load_png_labels(job.labels)
         if tuple(labels_full.shape) != (header.height, header.width):
             raise PrepareError(f"{job.cube} and {job.labels}: shape mismatch: the cube is {header.height} x "

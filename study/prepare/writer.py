@@ -78,26 +78,29 @@ class Progress:
             self.stream.flush()
 
 
-def _decoded(jobs: Sequence[Job], workers: int) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-    """Decoded samples in ``jobs`` order; a bounded window of worker futures when ``workers`` > 1."""
-    if workers <= 1 or len(jobs) <= 1:
+def worker_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Decoding processes shared by all splits of one run (spawned: no inherited HDF5 handles); None for 1."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) if workers > 1 else None
+
+
+def _decoded(jobs: Sequence[Job], pool: ProcessPoolExecutor | None, window: int,
+             ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Decoded samples in ``jobs`` order; at most ``window`` of them decoded ahead when ``pool`` is given."""
+    if pool is None:
         for job in jobs:
             yield load_sample(job)
         return
-    window = 2 * workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        pending: deque[Future[tuple[str, np.ndarray, np.ndarray]]] = deque()
-        it = iter(jobs)
-        try:
-            for job in it:
-                pending.append(pool.submit(load_sample, job))
-                if len(pending) >= window:
-                    yield pending.popleft().result()
-            while pending:
+    pending: deque[Future[tuple[str, np.ndarray, np.ndarray]]] = deque()
+    try:
+        for job in jobs:
+            pending.append(pool.submit(load_sample, job))
+            if len(pending) >= window:
                 yield pending.popleft().result()
-        finally:
-            for fut in pending:
-                fut.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
 
 
 def _open_partial(tmp: Path, digest: str) -> h5py.File:
@@ -119,8 +122,12 @@ def _open_partial(tmp: Path, digest: str) -> h5py.File:
 
 
 def convert_split(split: str, jobs: Sequence[Job], final: Path, attrs: dict[str, Any], *,
-                  workers: int = 1, stream: TextIO | None = None) -> SplitResult:
-    """Write ``final`` from ``jobs`` (sorted by group), resuming ``final``.tmp if one is there."""
+                  pool: ProcessPoolExecutor | None = None, window: int = 2,
+                  stream: TextIO | None = None) -> SplitResult:
+    """Write ``final`` from ``jobs`` (sorted by group), resuming ``final``.tmp if one is there.
+
+    ``pool`` decodes in worker processes, at most ``window`` images ahead of the writer.
+    """
     t0 = time.perf_counter()
     digest = str(attrs[DIGEST_ATTR])
     if final.exists():
@@ -152,7 +159,7 @@ def convert_split(split: str, jobs: Sequence[Job], final: Path, attrs: dict[str,
             todo.append(job)
         progress = Progress(f"{attrs.get('dataset', '')} {split}", len(jobs), kept, stream)
         try:
-            for group, image, labels in _decoded(todo, workers):
+            for group, image, labels in _decoded(todo, pool, window):
                 grp = fh.create_group(group)
                 grp.create_dataset("image", data=image)
                 grp.create_dataset("labels", data=labels)
