@@ -82,7 +82,8 @@ def _setup(size: tuple, results: Path) -> tuple[Any, Any, dict[str, Any], Any]:
     from study.config import build_config
     from study.data.bundle import make_bundle
     from study.data.generator import GeneratorConfig
-    from study.driver import _constants, cell_id, prepare
+    from study.driver import _constants, cell_id
+    from study.inputs import prepare
     from study.replay import replay_or_train
     from study.strategies import get_strategy
 
@@ -107,7 +108,7 @@ def run_search(trainable: Any, constants: dict, space: dict, size: tuple, grace:
     from study.tuning import Budget, tune_cell
 
     _h, _w, _n, _width, trials, epochs, _g, rf = size
-    budget = Budget(trials=trials, max_epochs=epochs, grace_period=grace, reduction_factor=rf, final_seeds=1,
+    budget = Budget(trials=trials, epochs=epochs, grace_period=grace, reduction_factor=rf, seeds=1,
                     max_concurrent=2, tune_seed=0)
     t0 = time.perf_counter()
     logs = tune_cell(trainable, space, dict(constants), budget, storage, name, None, name, quiet)

@@ -95,7 +95,8 @@ def run_tune_side(cfg: Any) -> dict[str, Any]:
     """Prepare (not timed: the direct side needs it too), start Ray (timed apart), run the cell (timed)."""
     import ray
 
-    from study.driver import cell_id, prepare, run_cell
+    from study.driver import cell_id, run_cell
+    from study.inputs import prepare
     from study.results import read_table
     from study.run import init_ray
     from study.strategies import get_strategy
@@ -110,7 +111,7 @@ def run_tune_side(cfg: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     run_cell(cfg, prep, get_strategy("indomain"), subset, cid, False, quiet)
     tune_s = time.perf_counter() - t0
-    rows = [r for r in read_table(Path(cfg.results)).to_pylist() if r["row_kind"] in ("trial", "final")]
+    rows = [r for r in read_table(Path(cfg.runtime.results)).to_pylist() if r["row_kind"] in ("trial", "final")]
     configs = [json.loads(r["config_json"]) for r in rows]
     return {"prep": prep, "subset": subset, "ray_init_s": ray_init_s, "tune_s": tune_s, "configs": configs,
             "tune_epochs": sum(int(r["epochs_run"] or 0) for r in rows),

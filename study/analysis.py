@@ -28,11 +28,15 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
+from study import results
+from study.strategies import baseline_strategy
+
 KEYS = ["dataset", "strategy", "train_fraction"]
-#: test metrics summarised per cell (store column names)
-TEST_METRICS = ("test_miou", "test_oa", "test_macc", "test_macro_f1")
-#: hyperparameter columns of the store, in the order the plots show them
-HYPERPARAMETERS = ("lr", "head_lr", "backbone_lr", "weight_decay", "dropout", "freeze_depth", "batch_size")
+BASELINE = baseline_strategy()  # the registry entry marked ``baseline``
+#: scalar test metrics (the per-class list is drawn apart)
+TEST_METRICS = tuple(m for m in results.TEST_METRICS if m != "test_iou_per_class")
+#: hyperparameter columns of the store (their schema order is the order the plots show them)
+HYPERPARAMETERS = results.HYPERPARAMETERS
 N_BOOTSTRAP = 10_000
 #: above this many pairs the sign-flip test samples flips instead of enumerating 2**n of them
 EXACT_SIGN_FLIP_MAX = 16
@@ -132,7 +136,7 @@ def cell_summary(df: pl.DataFrame, *, n_resamples: int = N_BOOTSTRAP) -> pl.Data
     return out.select(first + [c for c in out.columns if c not in first])
 
 
-def paired_differences(df: pl.DataFrame, baseline: str = "indomain", *,
+def paired_differences(df: pl.DataFrame, baseline: str = BASELINE, *,
                        n_resamples: int = N_BOOTSTRAP) -> pl.DataFrame:
     """Per (dataset, strategy != baseline, fraction): test-mIoU differences to the baseline paired by seed+subset.
 
@@ -164,7 +168,7 @@ def paired_differences(df: pl.DataFrame, baseline: str = "indomain", *,
     return pl.concat(parts).sort(KEYS) if parts else out.with_columns(pl.lit(None, pl.Float64).alias("p_holm"))
 
 
-def label_savings(df: pl.DataFrame, baseline: str = "indomain", *, cells: pl.DataFrame | None = None) -> pl.DataFrame:
+def label_savings(df: pl.DataFrame, baseline: str = BASELINE, *, cells: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per (dataset, strategy): the smallest fraction whose mean test mIoU reaches the baseline's at its largest.
 
     "Reaches" compares means (``>=``), not CIs: it answers "how many labels buy the baseline's score",
@@ -334,7 +338,7 @@ def _compute_sentence(acc: pl.DataFrame) -> str | None:
     return text + f". Tuning and final runs used {t['device_s']:,.0f} device-seconds ({gpu})."
 
 
-def headlines(df: pl.DataFrame, baseline: str = "indomain", *, cells: pl.DataFrame | None = None,
+def headlines(df: pl.DataFrame, baseline: str = BASELINE, *, cells: pl.DataFrame | None = None,
               paired: pl.DataFrame | None = None, savings: pl.DataFrame | None = None,
               accounting: pl.DataFrame | None = None) -> list[str]:
     """The report's opening sentences, every number computed from the store.

@@ -19,21 +19,20 @@ import polars as pl
 from plotly.subplots import make_subplots
 
 from study.analysis import fmt_fraction
+from study.strategies import STRATEGIES
 
 CURVE_META = "strategy-curve"
 BAND_META = "ci-band"
-#: one colour per strategy everywhere in a report (unknown strategies take the fallback palette in order)
-STRATEGY_COLORS = {"indomain": "#1f77b4", "crossdomain": "#d62728", "crossdomain-fc": "#ff7f0e",
-                   "crossmodality": "#2ca02c"}
 _FALLBACK = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 STOPPED_COLOR = "#9a9a9a"
 
 
 def strategy_color(strategy: str, order: Sequence[str] = ()) -> str:
-    """A stable colour: the registry's four names are fixed, others cycle through a fallback palette."""
-    if strategy in STRATEGY_COLORS:
-        return STRATEGY_COLORS[strategy]
-    unknown = [s for s in order if s not in STRATEGY_COLORS]
+    """A stable colour: a registered strategy's own (``Strategy.color``), others cycle through a fallback palette
+    (strategies in an old store that the registry no longer has)."""
+    if strategy in STRATEGIES:
+        return STRATEGIES[strategy].color
+    unknown = [s for s in order if s not in STRATEGIES]
     return _FALLBACK[(unknown.index(strategy) if strategy in unknown else 0) % len(_FALLBACK)]
 
 
@@ -90,7 +89,7 @@ def curves_figure(cells: pl.DataFrame, dataset: str) -> go.Figure:
     return fig
 
 
-def paired_figure(paired: pl.DataFrame, dataset: str, baseline: str = "indomain") -> go.Figure:
+def paired_figure(paired: pl.DataFrame, dataset: str, baseline: str) -> go.Figure:
     """Strategy − baseline test mIoU (points) per fraction, paired by seed and subset, with CI and Holm p."""
     part = paired.filter((pl.col("dataset") == dataset) & (pl.col("n_pairs") > 0)).sort("train_fraction")
     if part.is_empty():

@@ -24,6 +24,7 @@ from study.data.specs import SPECS
 from study.errors import HsiStudyError
 from study.results import SCHEMA_VERSION, STUDY_FILE, Results, part_paths, read_store
 from study.storage import is_uri, join, open_results, resolve, results_arg, write_to
+from study.strategies import BACKBONES, STRATEGIES, baseline_strategy
 
 EXAMPLES = """\
 examples:
@@ -31,8 +32,8 @@ examples:
       writes results/demo/report.html (open it in any browser, no network needed)
   python -m study.report results/hyko2 --out /tmp/hyko2.html --csv
       report to /tmp/hyko2.html, summary table to results/hyko2/summary.csv
-  python -m study.report results/hyko2 --csv summary.csv --baseline indomain
-      the summary table (one row per dataset/strategy/fraction) as CSV for a spreadsheet
+  python -m study.report results/hyko2 --csv summary.csv --baseline STRATEGY
+      the summary table as CSV for a spreadsheet; paired differences against STRATEGY instead of the default
   python -m study.report s3://my-bucket/studies/hyko2 --out hyko2.html
       a study stored in a bucket, read in place; the report is written locally (default: into the bucket)
 """
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTML file (local path or URI) to write (default RESULTS_DIR/report.html)")
     p.add_argument("--csv", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the summary table as CSV (default path RESULTS_DIR/summary.csv)")
-    p.add_argument("--baseline", default="indomain", help="strategy the others are compared with (default indomain)")
+    p.add_argument("--baseline", default=baseline_strategy(),
+                   help=f"strategy the others are compared with (default {baseline_strategy()})")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -142,35 +144,38 @@ def _paired_display(paired: pl.DataFrame) -> pl.DataFrame:
 def _backbone_banners(df: pl.DataFrame, settings: dict | None) -> str:
     """Warnings a reader must see before quoting a transfer curve: which backbones were not the real ones.
 
-    A crossmodality run with ``--allow-random-init`` measures the ViT architecture,
-    not transfer from an RGB foundation model; the HyperSL strategies without
-    ``--backbone`` use the small sanity backbone pretrained here, not the released weights.
+    A run whose rows say ``backbone_pretrained = false`` trained a random-init
+    backbone (the architecture, not transfer); a strategy whose backbone kind has
+    a default-weights note (``study.strategies.BACKBONES``) and ran without
+    explicit weights gets that note (e.g. the local sanity HyperSL).
     """
     out = []
-    strategies = set(df["strategy"].drop_nulls().unique().to_list())
-    if "crossmodality" in strategies and "backbone_pretrained" in df.columns:
-        random_init = df.filter((pl.col("strategy") == "crossmodality") & (pl.col("backbone_pretrained") == False))  # noqa: E712
-        if random_init.height:
-            out.append('<div class="banner"><b>Random-init RGB backbone.</b> <code>crossmodality</code> ran with a '
-                       "randomly initialised ViT (<code>--allow-random-init</code>): its curves measure the "
-                       "architecture trained from scratch, not transfer from a pretrained RGB foundation model."
-                       "</div>")
-    hypersl = sorted(strategies & {"crossdomain", "crossdomain-fc"})
+    present = df["strategy"].drop_nulls().unique().sort().to_list()
+    if "backbone_pretrained" in df.columns:
+        random = df.filter(pl.col("backbone_pretrained") == False)["strategy"].unique().sort().to_list()  # noqa: E712
+        if random:
+            names = html.escape(", ".join(random))
+            out.append(f'<div class="banner"><b>Random-init backbone.</b> {names} ran with a randomly initialised '
+                       "backbone (<code>--allow-random-init</code>): its curves measure the architecture trained "
+                       "from scratch, not transfer from a pretrained foundation model.</div>")
     meta = settings if isinstance(settings, dict) else {}
     study, per = meta.get("settings") or {}, meta.get("strategy_settings") or {}
-    if per:  # strategies may have been run one at a time: each with its own --backbone (or none)
-        hypersl = [s for s in hypersl if s in per and not per[s].get("backbone")]
-    elif not ("backbone" in study and not study["backbone"]):
-        hypersl = []
-    if hypersl:
-        hashes = ", ".join(sorted(str(h) for h in df.filter(pl.col("strategy").is_in(hypersl))["backbone_hash"]
+    notes: dict[str, list[str]] = {}
+    for name in present:
+        strategy = STRATEGIES.get(name)
+        kind = BACKBONES.get(strategy.backbone or "") if strategy else None
+        if kind is None or kind.default_note is None:
+            continue
+        # strategies may have been run one at a time, each with its own weights (or none)
+        mine = per.get(name) if per else (study if kind.weights_setting in study else None)
+        if mine is not None and not mine.get(kind.weights_setting):
+            notes.setdefault(kind.name, []).append(name)
+    for kind_name, names in notes.items():
+        hashes = ", ".join(sorted(str(h) for h in df.filter(pl.col("strategy").is_in(names))["backbone_hash"]
                                   .drop_nulls().unique().to_list())) or "unknown"
-        out.append(f'<div class="banner"><b>Locally pretrained HyperSL.</b> {html.escape(", ".join(hypersl))} used '
-                   f"the small sanity backbone pretrained on this machine (hash {html.escape(hashes)}; "
-                   "<code>python -m study.pretrain</code>), not the released HyperSL weights. On Indian Pines it "
-                   "does not beat a random initialisation (<code>python -m benchmarks.indian_pines_fc</code>), so "
-                   "these curves are no evidence of transfer: pass <code>--backbone PATH</code> for results that "
-                   "speak for HyperSL itself.</div>")
+        note = BACKBONES[kind_name].default_note or ""
+        out.append('<div class="banner">' + note.format(strategies=html.escape(", ".join(names)),
+                                                        hashes=html.escape(hashes)) + "</div>")
     return "".join(out)
 
 
@@ -204,7 +209,7 @@ def _provenance(df: pl.DataFrame, results: Results) -> tuple[str, str]:
     return banner, f'<table class="kv">{table}</table>{details}'
 
 
-def build_html(df: pl.DataFrame, results: Results, baseline: str = "indomain") -> tuple[str, pl.DataFrame]:
+def build_html(df: pl.DataFrame, results: Results, baseline: str = analysis.BASELINE) -> tuple[str, pl.DataFrame]:
     """The report page and the summary frame (the CSV export writes exactly that frame)."""
     cells = analysis.cell_summary(df)
     paired = analysis.paired_differences(df, baseline)
@@ -274,7 +279,7 @@ def build_html(df: pl.DataFrame, results: Results, baseline: str = "indomain") -
 
 
 def write_report(results: Path | str, out: Path | str | None = None, csv: Path | str | None = None,
-                 baseline: str = "indomain") -> tuple[Path | str, Path | str | None]:
+                 baseline: str = analysis.BASELINE) -> tuple[Path | str, Path | str | None]:
     """Build the report (and optionally the summary CSV) for ``results``; both written whole.
 
     ``results`` may be an object-store URI; ``out`` and ``csv`` may each be a local path or a URI

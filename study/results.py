@@ -48,64 +48,81 @@ _I = pa.int32()
 _S = pa.string()
 _PER_CLASS = pa.list_(pa.float64())
 
-#: Columns of every result row. Row kinds: ``epoch`` (one per reported epoch),
-#: ``trial`` (one per tuning trial: its best epoch), ``final`` (one per
-#: re-training seed of the chosen config, with test metrics).
-RESULT_SCHEMA = pa.schema(
-    [
-        pa.field("schema_version", _I, nullable=False),
-        pa.field("study_id", _S, nullable=False),
-        pa.field("row_kind", _S, nullable=False),
-        pa.field("phase", _S, nullable=False),  # "tune" | "final"
-        pa.field("dataset", _S, nullable=False),
-        pa.field("strategy", _S, nullable=False),
-        pa.field("train_fraction", _F, nullable=False),
-        pa.field("n_train_images", _I, nullable=False),
-        pa.field("subset_hash", _S, nullable=False),
-        pa.field("subset_seed", _I, nullable=False),
-        pa.field("cell_id", _S, nullable=False),
-        pa.field("trial_id", _S, nullable=False),
-        pa.field("config_hash", _S),
-        pa.field("seed", _I),
-        pa.field("status", _S),  # trial rows: completed | stopped_early | error
-        pa.field("epoch", _I),  # epoch rows: the epoch; trial/final rows: the best-val epoch
-        pa.field("epochs_run", _I),
-        pa.field("max_epochs", _I),
-        # hyperparameters (null where a strategy has no such knob); the full config is config_json
-        pa.field("lr", _F),
-        pa.field("weight_decay", _F),
-        pa.field("dropout", _F),
-        pa.field("head_lr", _F),
-        pa.field("backbone_lr", _F),
-        pa.field("freeze_depth", _I),
-        pa.field("batch_size", _I),
-        pa.field("config_json", _S),
-        pa.field("train_loss", _F),
-        pa.field("val_miou", _F),
-        pa.field("val_oa", _F),
-        pa.field("val_macc", _F),
-        pa.field("val_macro_f1", _F),
-        pa.field("val_iou_per_class", _PER_CLASS),
-        pa.field("test_miou", _F),
-        pa.field("test_oa", _F),
-        pa.field("test_macc", _F),
-        pa.field("test_macro_f1", _F),
-        pa.field("test_iou_per_class", _PER_CLASS),
-        pa.field("wall_s", _F),
-        pa.field("device_s", _F),
-        pa.field("device", _S),
-        pa.field("node_id", _S),  # Ray node the run's last epoch ran on
-        pa.field("model_name", _S),
-        pa.field("n_params", pa.int64()),
-        pa.field("backbone_hash", _S),
-        pa.field("backbone_pretrained", pa.bool_()),  # crossmodality: True = released weights, False = random init
-        pa.field("data_source", _S),
-        pa.field("code_version", _S),
-        pa.field("error", _S),
-        pa.field("created_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
+#: Columns of every result row, declared in groups by what they hold. Row kinds: ``epoch`` (one per
+#: reported epoch), ``trial`` (one per tuning trial: its best epoch), ``final`` (one per re-training seed
+#: of the chosen config, with test metrics). The key lists every other module uses (hyperparameters,
+#: metrics, run facts) are these groups' names (:mod:`study.records`), never lists of their own.
+_IDENTITY = [
+    pa.field("schema_version", _I, nullable=False),
+    pa.field("study_id", _S, nullable=False),
+    pa.field("row_kind", _S, nullable=False),
+    pa.field("phase", _S, nullable=False),  # "tune" | "final"
+    pa.field("dataset", _S, nullable=False),
+    pa.field("strategy", _S, nullable=False),
+    pa.field("train_fraction", _F, nullable=False),
+    pa.field("n_train_images", _I, nullable=False),
+    pa.field("subset_hash", _S, nullable=False),
+    pa.field("subset_seed", _I, nullable=False),
+    pa.field("cell_id", _S, nullable=False),
+    pa.field("trial_id", _S, nullable=False),
+    pa.field("config_hash", _S),
+    pa.field("seed", _I),
+    pa.field("status", _S),  # trial rows: completed | stopped_early | error
+    pa.field("epoch", _I),  # epoch rows: the epoch; trial/final rows: the best-val epoch
+    pa.field("epochs_run", _I),
+    pa.field("max_epochs", _I),
+]
+#: hyperparameters (null where a strategy has no such knob); the full config is config_json
+_HYPERPARAMETERS = [
+    pa.field("lr", _F),
+    pa.field("weight_decay", _F),
+    pa.field("dropout", _F),
+    pa.field("head_lr", _F),
+    pa.field("backbone_lr", _F),
+    pa.field("freeze_depth", _I),
+    pa.field("batch_size", _I),
+]
+#: what a trial reports every epoch: training loss and validation metrics (one confusion matrix per split)
+_EPOCH_METRICS = [
+    pa.field("train_loss", _F),
+    pa.field("val_miou", _F),
+    pa.field("val_oa", _F),
+    pa.field("val_macc", _F),
+    pa.field("val_macro_f1", _F),
+    pa.field("val_iou_per_class", _PER_CLASS),
+]
+#: test metrics: final rows only (best-validation checkpoint, evaluated once)
+_TEST_METRICS = [
+    pa.field("test_miou", _F),
+    pa.field("test_oa", _F),
+    pa.field("test_macc", _F),
+    pa.field("test_macro_f1", _F),
+    pa.field("test_iou_per_class", _PER_CLASS),
+]
+#: facts of the run a trial reports with every epoch: time, place, model, backbone
+_RUN_FACTS = [
+    pa.field("wall_s", _F),
+    pa.field("device_s", _F),
+    pa.field("device", _S),
+    pa.field("node_id", _S),  # Ray node the run's last epoch ran on
+    pa.field("model_name", _S),
+    pa.field("n_params", pa.int64()),
+    pa.field("backbone_hash", _S),
+    pa.field("backbone_pretrained", pa.bool_()),  # True = released weights, False = a random-init backbone
+]
+_PROVENANCE = [
+    pa.field("data_source", _S),
+    pa.field("code_version", _S),
+    pa.field("error", _S),
+    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+]
+RESULT_SCHEMA = pa.schema([*_IDENTITY, *_HYPERPARAMETERS, pa.field("config_json", _S), *_EPOCH_METRICS,
+                           *_TEST_METRICS, *_RUN_FACTS, *_PROVENANCE])
 
+HYPERPARAMETERS: tuple[str, ...] = tuple(f.name for f in _HYPERPARAMETERS)
+EPOCH_METRICS: tuple[str, ...] = tuple(f.name for f in _EPOCH_METRICS)
+TEST_METRICS: tuple[str, ...] = tuple(f.name for f in _TEST_METRICS)
+RUN_FACTS: tuple[str, ...] = tuple(f.name for f in _RUN_FACTS)
 COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 ROW_KINDS = ("epoch", "trial", "final")
 #: Timing/provenance columns that legitimately differ between two identical runs.
@@ -208,11 +225,6 @@ def read_store(results_dir: Results):  # -> polars.DataFrame (imported lazily: w
 
 
 STUDY_FILE = "study.json"
-
-
-def study_file(results_dir: str | Path) -> Path:
-    """The local path of a local store's study.json (remote stores: ``resolve(results).read_text(STUDY_FILE)``)."""
-    return resolve(results_dir).local(STUDY_FILE)
 
 
 def check_store_version(results_dir: Results) -> None:

@@ -14,32 +14,44 @@ from study.data.specs import SPECS
 from study.data.subsets import parse_fractions
 from study.errors import ConfigError, HsiStudyError
 from study.storage import resolve, results_arg
-from study.strategies import STRATEGIES, parse_strategies
+from study.strategies import STRATEGIES, baseline_strategy, get_strategy, parse_strategies
 
-EXAMPLES = """\
-examples:
-  python -m study.run --strategy indomain --smoke
-      a one-minute run: tiny synthetic cubes, tiny RU-Net, 2 trials x 2 epochs
-  python -m study.run --strategy indomain --demo --results results/demo
-      the `make demo` study: 3 fractions, 4 trials each, 2 final seeds (minutes on a laptop)
-  python -m study.run --strategy indomain --dataset hsidrive --fractions 0.01,0.05,0.1,1.0 --trials 16 --seeds 3
-      a full study on the embedded synthetic HSI-Drive-like data
-  python -m study.run --strategy indomain --dataset hyko2 --data-root /data/hs3bench/hyko2 --results results/hyko2
-      real HS3-Bench files: /data/hs3bench/hyko2/hyko2_{train,val,test}.h5
-  python -m study.run --strategy crossdomain,crossdomain-fc,indomain-fc --smoke
-      the HyperSL strategies: features of a locally pretrained backbone are computed once and cached
-  python -m study.run --strategy all --backbone 5_base_mask95_checkpoint.pt --data-root /data/hs3bench/hyko2
-      every strategy with the released HyperSL weights on real data
-  python -m study.run --strategy crossmodality --allow-random-init --smoke
-      the DINOv2 ViT arm end to end with a random-init tiny ViT (plumbing only, no pretrained weights)
-  python -m study.run --strategy crossmodality,indomain --data-root /data/hs3bench/hyko2 --rgb-weights \
-        ~/.cache/huggingface/hub/models--timm--vit_small_patch14_dinov2.lvd142m/snapshots/<rev>/model.safetensors
-      cross-modality transfer from released DINOv2 ViT-S/14 weights (timm, DINOv2-hub or HF layout)
-  python -m study.run --strategy indomain --address auto --results /shared/results/study1
-      on a running Ray cluster (ray up cluster.yaml), results on shared storage
-  python -m study.run --strategy all --address auto --results s3://my-bucket/studies/hyko2
-      results, checkpoints and the Optuna journal in an S3 bucket (credentials from the usual AWS variables)
-"""
+
+def _examples() -> str:
+    """The --help examples, naming the registry's strategies (so a new strategy appears here by itself)."""
+    base = baseline_strategy()
+    feats = ",".join(s.name for s in STRATEGIES.values() if s.inputs == "features") or base
+    rgb = next((s.name for s in STRATEGIES.values() if s.backbone == "rgb-vit"), None)
+    lines = [
+        (f"--strategy {base} --smoke", "a one-minute run: tiny synthetic cubes, tiny model, 2 trials x 2 epochs"),
+        (f"--strategy {base} --demo --results results/demo",
+         "the `make demo` budget: 3 fractions, 4 trials each, 2 final seeds (minutes on a laptop)"),
+        (f"--strategy {base} --dataset hsidrive --fractions 0.01,0.05,0.1,1.0 --trials 16 --seeds 3",
+         "a full study on the embedded synthetic HSI-Drive-like data"),
+        (f"--strategy {base} --dataset hyko2 --data-root /data/hs3bench/hyko2 --results results/hyko2",
+         "real HS3-Bench files: /data/hs3bench/hyko2/hyko2_{train,val,test}.h5"),
+        (f"--strategy {feats} --smoke",
+         "the HyperSL strategies: features of a locally pretrained backbone are computed once and cached"),
+        ("--strategy all --backbone 5_base_mask95_checkpoint.pt --data-root /data/hs3bench/hyko2",
+         "every strategy with the released HyperSL weights on real data"),
+    ]
+    if rgb:
+        lines += [(f"--strategy {rgb} --allow-random-init --smoke",
+                   "the RGB ViT arm end to end with a random-init tiny ViT (plumbing only, no pretrained weights)"),
+                  (f"--strategy {rgb},{base} --data-root /data/hs3bench/hyko2 --rgb-weights vit_s14.safetensors",
+                   "cross-modality transfer from released DINOv2 ViT-S/14 weights (timm, DINOv2-hub or HF layout)")]
+    lines += [(f"--strategy {base} --address auto --results /shared/results/study1",
+               "on a running Ray cluster (ray up cluster.yaml), results on shared storage"),
+              ("--strategy all --address auto --results s3://my-bucket/studies/hyko2",
+               "results, checkpoints and the Optuna journal in an S3 bucket (credentials from the usual AWS "
+               "variables)")]
+    return "examples:\n" + "".join(f"  python -m study.run {cmd}\n      {why}\n" for cmd, why in lines)
+
+
+def _readers(setting: str) -> str:
+    """Which strategies read a strategy-specific setting (for its --help line)."""
+    names = [s.name for s in STRATEGIES.values() if setting in s.settings]
+    return ", ".join(names) if names else "no registered strategy"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,70 +60,76 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a hyperspectral transfer-learning data-efficiency study with Ray Tune + Optuna + ASHA. "
         "For every (strategy, fraction) cell: tune on validation, re-train the best config with K seeds, "
         "evaluate once on test, append every row to a Parquet store.",
-        epilog=EXAMPLES,
+        epilog=_examples(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--strategy", default="indomain",
-                   help=f"'all' or a comma list of: {', '.join(STRATEGIES)} (default: indomain)")
-    p.add_argument("--dataset", default="hyko2", help=f"one of: {', '.join(SPECS)} (default: hyko2)")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="folder with real HS3-Bench files <dataset>_{train,val,test}.h5; "
-                   "omit to generate and use the embedded synthetic default")
-    p.add_argument("--fractions", default=None,
-                   help="labelled-training fractions, e.g. 0.01,0.05,0.1,0.25,0.5,1.0 (or 5%%,100%%)")
-    p.add_argument("--trials", type=int, default=None, help="tuning trials per cell (e.g. 16)")
-    p.add_argument("--epochs", type=int, default=None, help="max epochs per trial, ASHA's max_t (e.g. 100)")
-    p.add_argument("--seeds", type=int, default=None, help="training seeds for the best config (e.g. 3)")
-    p.add_argument("--subset-seed", type=int, default=0, help="seed of the nested training subsets (default 0)")
-    p.add_argument("--grace-period", type=int, default=None, help="ASHA grace period in epochs (e.g. 10)")
-    p.add_argument("--reduction-factor", type=int, default=None, help="ASHA reduction factor (default 2)")
-    p.add_argument("--patience", type=int, default=None, help="early-stopping patience on val mIoU (default 30)")
-    p.add_argument("--width", default=None, help="RU-Net width: full (64, 17.3 M params), small (16), tiny (8), "
-                   "or an integer; default full on real data, small on synthetic")
-    p.add_argument("--batch-size", type=int, default=None, help="images per step (default: HS3-Bench's, e.g. 16)")
-    p.add_argument("--backbone", type=Path, default=None,
-                   help="HyperSL checkpoint for crossdomain strategies (released layout or ours); default: the "
-                   "locally pretrained sanity backbone, pretrained on first use and cached")
-    p.add_argument("--bn-mode", default="chunk", choices=["chunk", "running"],
-                   help="feature export BatchNorm: chunk = train-mode statistics per pixel chunk (paper), "
-                   "running = eval mode")
-    p.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
-                   help="storage of cached features (default float16)")
-    p.add_argument("--rgb-weights", type=Path, default=None,
-                   help="crossmodality: DINOv2 ViT weights (.safetensors or .pth; timm, DINOv2-hub or Hugging Face "
-                   "layout); default: look in the Hugging Face hub cache, never download")
-    p.add_argument("--allow-random-init", action="store_true",
-                   help="crossmodality: train a randomly initialised ViT when no weights are found (else the run "
-                   "stops before training)")
-    p.add_argument("--max-freeze-depth", type=int, default=None, metavar="K",
-                   help="search freeze depths 0..K only (0: frozen backbones, features cached once); default: each "
-                   "strategy's own range, 0 under --smoke/--demo (k > 0 runs the backbone in every training step)")
-    p.add_argument("--vit-size", default=None, choices=["tiny", "small", "base", "large"],
-                   help="crossmodality ViT size (default: the weights' size; else tiny under --smoke/--demo, "
-                   "small otherwise)")
-    p.add_argument("--results", type=results_arg, default=None,
+    g = p.add_argument_group("study")
+    g.add_argument("--strategy", default=baseline_strategy(),
+                   help=f"'all' or a comma list of: {', '.join(STRATEGIES)} (default: {baseline_strategy()})")
+    g.add_argument("--results", type=results_arg, default=None,
                    help="results folder, or an object-store URI such as s3://bucket/prefix or gs://bucket/prefix "
                    "(default results/<study id>)")
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="cache of generated data (default $HSISTUDY_CACHE or ~/.cache/hsistudy)")
-    p.add_argument("--synthetic-size", default=None, help="synthetic image size HxW, e.g. 64x128")
-    p.add_argument("--synthetic-images", default=None, help="synthetic train,val,test image counts, e.g. 40,12,16")
-    p.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: $RAY_ADDRESS or a "
+    g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="hyko2", help=f"one of: {', '.join(SPECS)} (default: hyko2)")
+    g.add_argument("--data-root", type=Path, default=None,
+                   help="folder with real HS3-Bench files <dataset>_{train,val,test}.h5; "
+                   "omit to generate and use the embedded synthetic default")
+    g.add_argument("--fractions", default=None,
+                   help="labelled-training fractions, e.g. 0.01,0.05,0.1,0.25,0.5,1.0 (or 5%%,100%%)")
+    g.add_argument("--subset-seed", type=int, default=0, help="seed of the nested training subsets (default 0)")
+    g.add_argument("--cache-dir", type=Path, default=None,
+                   help="cache of generated data, backbones and features (default $HSISTUDY_CACHE or "
+                   "~/.cache/hsistudy)")
+    g.add_argument("--synthetic-size", default=None, help="synthetic image size HxW, e.g. 64x128")
+    g.add_argument("--synthetic-images", default=None, help="synthetic train,val,test image counts, e.g. 40,12,16")
+    g = p.add_argument_group("budget (the same for every cell)")
+    g.add_argument("--trials", type=int, default=None, help="tuning trials per cell (e.g. 16)")
+    g.add_argument("--epochs", type=int, default=None, help="max epochs per trial, ASHA's max_t (e.g. 100)")
+    g.add_argument("--seeds", type=int, default=None, help="training seeds for the best config (e.g. 3)")
+    g.add_argument("--grace-period", type=int, default=None, help="ASHA grace period in epochs (e.g. 10)")
+    g.add_argument("--reduction-factor", type=int, default=None, help="ASHA reduction factor (default 2)")
+    g.add_argument("--patience", type=int, default=None, help="early-stopping patience on val mIoU (default 30)")
+    g.add_argument("--batch-size", type=int, default=None, help="images per step (default: HS3-Bench's, e.g. 16)")
+    g.add_argument("--width", default=None, help="RU-Net width: full (64, 17.3 M params), small (16), tiny (8), "
+                   "or an integer; default full on real data, small on synthetic")
+    g = p.add_argument_group("backbones (settings only some strategies read; they key those strategies' cells)")
+    g.add_argument("--backbone", type=Path, default=None,
+                   help=f"HyperSL checkpoint (released layout or ours), read by {_readers('backbone')}; default: "
+                   "the locally pretrained sanity backbone, pretrained on first use and cached")
+    g.add_argument("--bn-mode", default="chunk", choices=["chunk", "running"],
+                   help="feature export BatchNorm: chunk = train-mode statistics per pixel chunk (paper), "
+                   "running = eval mode")
+    g.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
+                   help="storage of cached features (default float16)")
+    g.add_argument("--max-freeze-depth", type=int, default=None, metavar="K",
+                   help="search freeze depths 0..K only (0: frozen backbones, features cached once); default: each "
+                   "strategy's own range, 0 under --smoke/--demo (k > 0 runs the backbone in every training step)")
+    g.add_argument("--rgb-weights", type=Path, default=None,
+                   help=f"DINOv2 ViT weights (.safetensors or .pth; timm, DINOv2-hub or Hugging Face layout), read "
+                   f"by {_readers('rgb_weights')}; default: look in the Hugging Face hub cache, never download")
+    g.add_argument("--allow-random-init", action="store_true",
+                   help="train a randomly initialised RGB ViT when no weights are found (else the run stops before "
+                   "training)")
+    g.add_argument("--vit-size", default=None, choices=["tiny", "small", "base", "large"],
+                   help="RGB ViT size (default: the weights' size; else tiny under --smoke/--demo, small otherwise)")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: $RAY_ADDRESS or a "
                    "local Ray on this machine")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
-    p.add_argument("--gpus", default="auto", choices=["auto", "on", "off"],
+    g.add_argument("--num-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
+    g.add_argument("--gpus", default="auto", choices=["auto", "on", "off"],
                    help="per-trial GPU requests: auto (if the cluster has GPUs at start), on, off")
-    p.add_argument("--dashboard", action="store_true",
-                   help="start the local Ray dashboard (needs ray[default]); bound to --dashboard-host")
-    p.add_argument("--dashboard-host", default="127.0.0.1",
-                   help="interface of the local dashboard (default 127.0.0.1: this machine only)")
-    p.add_argument("--max-concurrent", type=int, default=None, help="max concurrent trials per cell")
-    p.add_argument("--max-failures", type=int, default=None,
+    g.add_argument("--max-concurrent", type=int, default=None, help="max concurrent trials per cell")
+    g.add_argument("--max-failures", type=int, default=None,
                    help="retries of a failing trial, from its last checkpoint (default 3)")
-    mode = p.add_mutually_exclusive_group()
+    g.add_argument("--dashboard", action="store_true",
+                   help="start the local Ray dashboard (needs ray[default]); bound to --dashboard-host")
+    g.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="interface of the local dashboard (default 127.0.0.1: this machine only)")
+    g = p.add_argument_group("presets")
+    mode = g.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="shrink everything: a run of about a minute")
     mode.add_argument("--demo", action="store_true", help="the `make demo` budget: 3 fractions x 4 trials, 2 seeds")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
 
@@ -136,14 +154,10 @@ def _synthetic(args: argparse.Namespace, preset: str) -> GeneratorConfig | None:
 
 
 def _model_sizes(cfg: StudyConfig) -> str:
-    """The header's model-size note, naming only the models the chosen strategies use."""
-    parts = []
-    if set(cfg.strategies) & {"indomain", "crossdomain"}:
-        parts.append(f"RU-Net width {cfg.model_width}")
-    if "crossmodality" in cfg.strategies:
-        parts.append(f"ViT {cfg.vit_size or 'size from the weights, else ' + cfg.rgb_default_size}")
-    if cfg.max_freeze_depth is not None and set(cfg.strategies) - {"indomain", "indomain-fc"}:
-        parts.append(f"freeze depth <= {cfg.max_freeze_depth}")
+    """The header's model note: what each chosen strategy's registry entry says it trains."""
+    parts = list(dict.fromkeys(n for s in cfg.strategies if (n := get_strategy(s).describe_model(cfg))))
+    if cfg.options.max_freeze_depth is not None and cfg.backbone_kinds():
+        parts.append(f"freeze depth <= {cfg.options.max_freeze_depth}")
     return "; " + ", ".join(parts) if parts else ""
 
 
@@ -207,14 +221,15 @@ def init_ray(cfg: StudyConfig) -> None:
     quiet_ray_tune()
     if ray.is_initialized():  # e.g. a test session or a notebook that started Ray already
         return
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    rt = cfg.runtime
+    address = rt.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, log_to_driver=False)
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on this machine only
         # the dashboard exposes job control: off by default, and bound to localhost unless the user says otherwise
-        ray.init(address="local", num_cpus=cfg.num_cpus, include_dashboard=cfg.dashboard,
-                 dashboard_host=cfg.dashboard_host, log_to_driver=False, configure_logging=False)
+        ray.init(address="local", num_cpus=rt.num_cpus, include_dashboard=rt.dashboard,
+                 dashboard_host=rt.dashboard_host, log_to_driver=False, configure_logging=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,20 +247,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from study.driver import prepare, results_lock, run_study
+    from study.driver import results_lock, run_study
+    from study.inputs import prepare
     from study.summary import print_summary
 
     t0 = time.perf_counter()
     cfg = config_from_args(args)
-    print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {cfg.dataset}, fractions "
-          f"{', '.join(f'{f:g}' for f in cfg.fractions)}; {cfg.trials} trials x <= {cfg.epochs} epochs per cell, "
-          f"{cfg.seeds} final seed(s){_model_sizes(cfg)}")
-    with results_lock(cfg.results):  # before anything is written: one writer per results location
+    b = cfg.budget
+    print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {cfg.data.dataset}, fractions "
+          f"{', '.join(f'{f:g}' for f in cfg.data.fractions)}; {b.trials} trials x <= {b.epochs} epochs per cell, "
+          f"{b.seeds} final seed(s){_model_sizes(cfg)}")
+    with results_lock(cfg.runtime.results):  # before anything is written: one writer per results location
         prep = prepare(cfg)
         init_ray(cfg)
         failures = run_study(cfg, prep)
-        print_summary(cfg.results)
-    loc = resolve(cfg.results)
+        print_summary(cfg.runtime.results)
+    loc = resolve(cfg.runtime.results)
     print(f"\nresults: {loc.name_of(loc.path('rows', '*.parquet'))}  ({time.perf_counter() - t0:.0f} s in all)")
     if failures:
         print("failed cells:\n  " + "\n  ".join(failures), file=sys.stderr)

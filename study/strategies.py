@@ -14,18 +14,55 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class BackboneKind:
+    """A kind of pretrained backbone the driver resolves once per study for every strategy that uses it."""
+
+    name: str
+    #: the StudyConfig setting naming its weights file (None there = the kind's default weights)
+    weights_setting: str
+    #: the report's banner when strategies ran on the default weights; ``{strategies}`` and ``{hashes}`` are
+    #: filled in. None: the default needs no warning (e.g. released weights found in a hub cache).
+    default_note: str | None = None
+
+
+BACKBONES: dict[str, BackboneKind] = {
+    "hypersl": BackboneKind(
+        "hypersl", "backbone",
+        default_note="<b>Locally pretrained HyperSL.</b> {strategies} used the small sanity backbone pretrained "
+                     "on this machine (hash {hashes}; <code>python -m study.pretrain</code>), not the released "
+                     "HyperSL weights. On Indian Pines it does not beat a random initialisation "
+                     "(<code>python -m benchmarks.indian_pines_fc</code>), so these curves are no evidence of "
+                     "transfer: pass <code>--backbone PATH</code> for results that speak for HyperSL itself."),
+    "rgb-vit": BackboneKind("rgb-vit", "rgb_weights"),
+}
+
+
+@dataclass(frozen=True)
 class Strategy:
-    """One arm of the study: how it trains, what it searches, what it needs per trial."""
+    """One arm of the study: everything any other module needs to know about it, in one place.
+
+    The driver, CLI, config, report and plots read these fields and never a
+    strategy's name, so a new strategy is this entry + its trainable + its
+    search space (``tests/test_new_strategy.py`` proves it).
+    """
 
     name: str
     description: str
     trainable: str  # "module:function"
     search_space: str  # "module:ATTRIBUTE" (a dict of Optuna distributions)
     model_name: str
-    #: "raw": the cube's spectra; "features": per-pixel features of the frozen HyperSL backbone,
-    #: computed once per study and split (study.features cache) and shared by every trial; the driver also
-    #: attaches the raw spectra and the backbone's weights for trials with freeze depth k > 0
+    #: what its trials read: "raw" cubes, or "features" of the frozen HyperSL backbone, exported once per
+    #: study and split (study.features) and shared by every trial
     inputs: str = "raw"
+    #: pretrained weights its trials load (a :data:`BACKBONES` key), resolved and hashed once per study
+    backbone: str | None = None
+    #: StudyConfig settings only this strategy reads: they key its cells, not the study (so strategies run
+    #: one at a time share a study and its finished cells)
+    settings: tuple[str, ...] = ()
+    #: the model as the run header names it: a format string over StudyConfig attributes
+    header: str = ""
+    color: str = "#7f7f7f"  # its line colour in every report figure
+    baseline: bool = False  # the arm the report compares the others with (exactly one strategy)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 1.0  # used only when the cluster has GPUs
 
@@ -42,11 +79,17 @@ class Strategy:
             res["gpu"] = self.gpus_per_trial
         return res
 
+    def describe_model(self, cfg: Any) -> str:
+        """The header's note on the model this strategy trains under ``cfg`` (a StudyConfig)."""
+        return self.header.format(cfg=cfg) if self.header else ""
+
 
 def _load(path: str) -> Any:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 
+
+_HYPERSL_SETTINGS = ("backbone", "bn_mode", "feature_dtype", "max_freeze_depth")
 
 STRATEGIES: dict[str, Strategy] = {
     "indomain": Strategy(
@@ -55,15 +98,22 @@ STRATEGIES: dict[str, Strategy] = {
         trainable="trainables.indomain:train_indomain",
         search_space="search_spaces.indomain:SPACE",
         model_name="runet",
+        header="RU-Net width {cfg.model_width}",
+        color="#1f77b4",
+        baseline=True,
     ),
     "crossdomain": Strategy(
         name="crossdomain",
         description="HyperSL-RU-Net: HyperSL per-pixel features (frozen, or last k layers tuned) replace the "
                     "spectrum as RU-Net input",
-        trainable="trainables.crossdomain:train_crossdomain",  # k = 0: the indomain RU-Net on D feature channels
+        trainable="trainables.crossdomain:train_crossdomain",
         search_space="search_spaces.crossdomain:SPACE",
         model_name="hypersl-runet",
         inputs="features",
+        backbone="hypersl",
+        settings=_HYPERSL_SETTINGS,
+        header="RU-Net width {cfg.model_width} on HyperSL features",
+        color="#d62728",
     ),
     "crossdomain-fc": Strategy(
         name="crossdomain-fc",
@@ -72,6 +122,10 @@ STRATEGIES: dict[str, Strategy] = {
         search_space="search_spaces.crossdomain_fc:SPACE",
         model_name="hypersl-fc",
         inputs="features",
+        backbone="hypersl",
+        settings=_HYPERSL_SETTINGS,
+        header="HyperSL-FC head",
+        color="#ff7f0e",
         gpus_per_trial=0.25,  # a tiny head: four trials share a GPU
     ),
     "crossmodality": Strategy(
@@ -80,6 +134,10 @@ STRATEGIES: dict[str, Strategy] = {
         trainable="trainables.crossmodality:train_crossmodality",
         search_space="search_spaces.crossmodality:SPACE",
         model_name="dinov2-vit",
+        backbone="rgb-vit",
+        settings=("rgb_weights", "allow_random_init", "vit_size", "max_freeze_depth"),
+        header="ViT {cfg.vit_label}",
+        color="#2ca02c",
         # half a GPU: ViT-S/B with a frozen or shallowly unfrozen backbone needs a few GB and is bound by the
         # input pipeline at batch 4-16, so two trials share a device; use 1.0 for ViT-L with deep unfreezing
         gpus_per_trial=0.5,
@@ -90,6 +148,8 @@ STRATEGIES: dict[str, Strategy] = {
         trainable="trainables.indomain_fc:train_indomain_fc",
         search_space="search_spaces.indomain_fc:SPACE",
         model_name="fc",
+        header="per-pixel FC head",
+        color="#9467bd",
         gpus_per_trial=0.25,
     ),
 }
@@ -113,3 +173,13 @@ def parse_strategies(text: str) -> tuple[str, ...]:
     for n in names:
         get_strategy(n)
     return tuple(dict.fromkeys(names))
+
+
+def baseline_strategy() -> str:
+    """The strategy the report compares the others with (the registry entry marked ``baseline``)."""
+    return next((s.name for s in STRATEGIES.values() if s.baseline), next(iter(STRATEGIES)))
+
+
+def strategy_settings() -> frozenset[str]:
+    """Every setting some strategy reads on its own (none of them is part of the study id)."""
+    return frozenset(k for s in STRATEGIES.values() for k in s.settings)

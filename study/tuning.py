@@ -9,12 +9,8 @@ which does not depend on Tune's on-disk file layout.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import time
-from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,40 +21,16 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from study.config import Budget
+from study.records import REPORT_KEYS
 from study.storage import Location, resolve
 
 METRIC = "best_val_miou"
-_KEEP = (
-    "epoch", "train_loss", "val_miou", "val_oa", "val_macc", "val_macro_f1", "val_iou_per_class",
-    "test_miou", "test_oa", "test_macc", "test_macro_f1", "test_iou_per_class",
-    "best_val_miou", "best_epoch", "wall_s", "device_s", "device", "n_params", "model_name", "is_last",
-    "backbone_hash", "backbone_pretrained", "node_id", "replayed",
-)
 
 
 def echo(message: str) -> None:
     """Default progress printer: a module-level function, so Tune can pickle callbacks holding it."""
     print(message, flush=True)
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """Content hash of a trial config (sorted JSON), the key that identifies a configuration."""
-    blob = json.dumps(dict(config), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """The tuning budget every cell gets, so strategies are compared fairly."""
-
-    trials: int
-    max_epochs: int
-    grace_period: int
-    reduction_factor: int
-    final_seeds: int
-    max_concurrent: int | None = None
-    max_failures: int = 3
-    tune_seed: int = 0
 
 
 class ASHAAwareOptunaSearch(OptunaSearch):
@@ -127,7 +99,7 @@ class RowCollector(Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         log = self._log(trial)
-        row = {k: result.get(k) for k in _KEEP}
+        row = {k: result.get(k) for k in REPORT_KEYS}
         log.results = [r for r in log.results if r["epoch"] != row["epoch"]] + [row]  # a retried epoch replaces
 
     def _done(self, trial: Any, how: str) -> None:
@@ -205,7 +177,7 @@ def tune_cell(
     )
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
-        max_t=budget.max_epochs,
+        max_t=budget.epochs,
         grace_period=budget.grace_period,
         reduction_factor=budget.reduction_factor,
     )
@@ -240,8 +212,8 @@ def final_runs(
 ) -> list[TrialLog]:
     """Re-train ``config`` with seeds 0..K-1, each evaluated once on test (no early stopping by ASHA)."""
     param_space = {**config, "final": True, "phase": "final",
-                   "seed": tune.grid_search(list(range(budget.final_seeds)))}
-    collector = RowCollector(f"{label} final", budget.final_seeds, echo, on_finish)
+                   "seed": tune.grid_search(list(range(budget.seeds)))}
+    collector = RowCollector(f"{label} final", budget.seeds, echo, on_finish)
     tuner = Tuner(
         trainable,
         param_space=param_space,
@@ -264,14 +236,3 @@ def pick_best(logs: list[TrialLog]) -> TrialLog:
         errors = "; ".join(f"{log.trial_id}: {log.error}" for log in logs if log.error) or "no trial reported"
         raise RuntimeError(f"every tuning trial failed ({errors})")
     return max(scored, key=lambda t: (t[0], t[1]))[2]
-
-
-def elapsed(t0: float) -> str:
-    return f"{time.perf_counter() - t0:.0f} s"
-
-
-def group_by_status(logs: list[TrialLog]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for log in logs:
-        counts[log.status] += 1
-    return dict(counts)

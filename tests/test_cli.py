@@ -43,17 +43,16 @@ def test_cli_process_exits_2_without_traceback() -> None:
 
 def test_presets_fill_in_only_what_was_not_given() -> None:
     cfg = config_from_args(build_parser().parse_args(["--smoke", "--trials", "5"]))
-    assert cfg.trials == 5 and cfg.epochs == 2 and cfg.model_width == "tiny"
+    assert cfg.budget.trials == 5 and cfg.budget.epochs == 2 and cfg.model_width == "tiny"
     cfg = config_from_args(build_parser().parse_args(["--demo"]))
-    assert len(cfg.fractions) >= 3 and cfg.trials >= 4 and cfg.seeds >= 2
+    assert len(cfg.data.fractions) >= 3 and cfg.budget.trials >= 4 and cfg.budget.seeds >= 2
     cfg = config_from_args(build_parser().parse_args(["--epochs", "3"]))  # preset grace period adapts
-    assert cfg.grace_period <= 3
+    assert cfg.budget.grace_period <= 3
 
 
 def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_path) -> None:
     """`--strategy indomain` then `--strategy indomain,crossdomain` is one study: same id and default folder,
     the same indomain cell ids; a setting only crossdomain reads changes crossdomain's cells only."""
-    from study.config import STRATEGY_SETTINGS
     from study.data.subsets import make_subset
     from study.driver import cell_id
     from study.strategies import STRATEGIES
@@ -62,14 +61,14 @@ def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_p
         return config_from_args(build_parser().parse_args(["--smoke", *argv]))
 
     one, both = cfg("--strategy", "indomain"), cfg("--strategy", "indomain,crossdomain")
-    assert one.study_id == both.study_id and one.results == both.results
+    assert one.study_id == both.study_id and one.runtime.results == both.runtime.results
     subset = make_subset("hyko2", [f"s{i}" for i in range(10)], [frozenset({1, 2})] * 10, 0.5, 0)
     assert cell_id(one, "indomain", subset) == cell_id(both, "indomain", subset)
     f16, f32 = both, cfg("--strategy", "indomain,crossdomain", "--feature-dtype", "float32")
     assert f16.study_id == f32.study_id and cell_id(f16, "indomain", subset) == cell_id(f32, "indomain", subset)
     assert cell_id(f16, "crossdomain", subset) != cell_id(f32, "crossdomain", subset)
     assert cfg("--epochs", "3").study_id != one.study_id  # the shared protocol still counts
-    assert set(STRATEGY_SETTINGS) == set(STRATEGIES)
+    assert all(set(s.settings) <= set(one.settings()) for s in STRATEGIES.values())  # settings that exist
     # stores written before: their finished cells are still found under the old id
     assert cell_id(one, "indomain", subset, legacy=True) != cell_id(both, "indomain", subset, legacy=True)
     assert one.legacy_study_id.rsplit("-", 1)[-1] in cell_id(one, "indomain", subset, legacy=True)

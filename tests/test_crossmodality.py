@@ -173,18 +173,19 @@ def test_cli_stops_before_ray_without_weights_and_with_wrong_weights(tiny_root, 
     err = capsys.readouterr().err
     assert "missing: cls_token" in err and "1 unexpected: foo.weight" in err and "Traceback" not in err
 
-    from study.driver import prepare
+    from study.inputs import prepare
     from study.run import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(_argv(tiny_root, tmp_path, "--allow-random-init", "--smoke")))
-    rgb = prepare(cfg, echo=lambda _: None).rgb
-    assert rgb is not None and (rgb.size, rgb.pretrained) == ("tiny", False)  # accepted, CPU-sized under --smoke
+    rgb = prepare(cfg, echo=lambda _: None).backbones["rgb-vit"]
+    assert rgb.path is None and rgb.sha is None  # accepted: a random init, CPU-sized under --smoke
+    assert rgb.trial_config["vit_size"] == "tiny" and rgb.trial_config["allow_random_init"] is True
 
 
 def test_rows_carry_the_hyperparameters_and_pretrained_flag_and_old_parts_still_read(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from study.driver import trial_rows
+    from study.records import trial_rows
     from study.results import RESULT_SCHEMA, read_table, rows_to_table, write_study_file
     from study.tuning import TrialLog
 

@@ -227,7 +227,7 @@ def test_a_failed_trial_resumes_from_its_checkpoint_in_the_bucket(ray_session, s
             _save_checkpoint(tune.report, {"epoch": epoch, "resumed_from": start}, {"epoch": epoch})
 
     loc = resolve(s3_uri()).child("tune")
-    budget = Budget(trials=1, max_epochs=3, grace_period=1, reduction_factor=2, final_seeds=1, max_failures=1)
+    budget = Budget(trials=1, epochs=3, grace_period=1, reduction_factor=2, seeds=1, max_failures=1)
     grid = Tuner(trainable, param_space={"marker": str(tmp_path / "failed")},
                  run_config=_run_config(loc, "ckpt", budget, [])).fit()
     assert grid.errors == [] and (tmp_path / "failed").exists()

@@ -117,7 +117,7 @@ def test_backbone_banners_name_the_backbones_that_were_not_the_real_ones() -> No
                        "backbone_pretrained": [None, False, None, None],
                        "backbone_hash": [None, None, "abc123", "abc123"]})
     text = _backbone_banners(df, {"settings": {"backbone": None}})
-    assert "Random-init RGB backbone" in text and "Locally pretrained HyperSL" in text and "abc123" in text
+    assert "Random-init backbone" in text and "Locally pretrained HyperSL" in text and "abc123" in text
     given = _backbone_banners(df.with_columns(backbone_pretrained=pl.lit(True)),
                               {"settings": {"backbone": "/weights/hypersl.pt"}})
     assert given == ""

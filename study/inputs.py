@@ -1,0 +1,138 @@
+"""What a study needs before its first trial: validated data, subsets, backbone weights, features.
+
+Everything that can be wrong with the input (files, fractions, weights) is
+found here, before Ray starts. What is prepared follows the chosen strategies'
+registry entries (``Strategy.inputs`` and ``Strategy.backbone``), never their
+names: a backbone kind is resolved and hashed **once per study** by its
+provider below, and its trials get a path and a hash in their config (the
+same way for every kind), never tensors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from study.config import StudyConfig
+from study.data.generator import default_cache_dir, ensure_default_dataset
+from study.data.h5reader import H5Split, validate_dataset
+from study.data.specs import DatasetSpec, get_spec
+from study.data.subsets import SubsetManifest, make_subset
+from study.storage import resolve
+from study.tuning import echo as default_echo
+
+
+@dataclass(frozen=True)
+class ResolvedBackbone:
+    """One pretrained backbone of a study: where its weights are and what every trial using it is told."""
+
+    kind: str
+    path: Path | None  # None: a random init (only where the user allowed it)
+    sha: str | None
+    trial_config: dict[str, Any]  # constants for the trials: paths and hashes, never tensors
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Validated inputs of a study: the spec, open splits, one subset manifest per fraction, backbones."""
+
+    spec: DatasetSpec
+    data_root: Path
+    source: str
+    splits: dict[str, H5Split]
+    subsets: dict[float, SubsetManifest]
+    feature_splits: dict[str, H5Split] | None = None  # frozen-backbone features, same samples as ``splits``
+    backbones: dict[str, ResolvedBackbone] = field(default_factory=dict)  # by backbone kind
+
+
+def prepare(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> Prepared:
+    """Resolve and validate data, subsets and backbones; write manifests; export features. No Ray, no training."""
+    from study.results import check_store_version
+
+    results = resolve(cfg.runtime.results)
+    check_store_version(results)  # before anything is written into an incompatible store
+    spec = get_spec(cfg.data.dataset)
+    if cfg.data.data_root is not None:
+        root, source = Path(cfg.data.data_root), str(Path(cfg.data.data_root).resolve())
+    else:
+        t0 = time.perf_counter()
+        root = ensure_default_dataset(spec, cfg.runtime.cache_dir, cfg.data.synthetic, progress=True)
+        source = f"synthetic:{root.name}"
+        echo(f"embedded default data: synthetic {spec.title}-like cubes in {root} ({time.perf_counter() - t0:.1f} s)")
+    splits = validate_dataset(root, spec)
+    train = splits["train"]
+    subsets = {f: make_subset(spec.name, train.names, train.classes_present(), f, cfg.data.subset_seed)
+               for f in cfg.data.fractions}
+    for f, m in subsets.items():
+        results.write_text(f"manifests/{spec.name}-f{f:g}-s{cfg.data.subset_seed}-{m.content_hash}.json", m.to_json())
+    kinds = cfg.backbone_kinds()
+    backbones = {k: PROVIDERS[k](cfg, spec, echo) for k in PROVIDERS if k in kinds}  # cheap kinds first
+    feature_splits = None
+    if cfg.needs_features:
+        feature_splits = export_features(cfg, spec, root, backbones["hypersl"], echo)
+    return Prepared(spec, root, source, splits, subsets, feature_splits, backbones)
+
+
+def resolve_rgb_vit(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], None]) -> ResolvedBackbone:
+    """Find and check the RGB ViT weights now, so a missing or wrong file stops before Ray starts."""
+    from study.models.vit_weights import resolve_rgb_backbone
+
+    opts = cfg.options
+    rgb = resolve_rgb_backbone(opts.rgb_weights, opts.vit_size, opts.allow_random_init, cfg.rgb_default_size)
+    echo(f"RGB backbone: {rgb.describe()}")
+    return ResolvedBackbone("rgb-vit", rgb.weights, rgb.sha, dict(rgb.trial_config()))
+
+
+def resolve_hypersl(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], None]) -> ResolvedBackbone:
+    """The HyperSL checkpoint (``--backbone`` or the locally pretrained default, made on first use), read and
+    hashed once; trials with freeze depth k > 0 load it from the path, k = 0 trials read cached features."""
+    from study.features import default_chunk
+    from study.models.checkpoints import checkpoint_hash, load_hypersl
+    from study.pretrain import default_config, ensure_default_backbone
+
+    if cfg.options.backbone is not None:
+        path = Path(cfg.options.backbone)
+        load_hypersl(path)  # a file that is not a HyperSL checkpoint fails here, in one line, before Ray
+    else:
+        t0 = time.perf_counter()
+        smoke = cfg.preset == "smoke"  # --smoke: a seconds-long pretraining (plumbing, not quality)
+        cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else default_cache_dir()
+        path = ensure_default_backbone(cache_dir=cache, config=default_config("cpu", smoke=smoke), progress=True)
+        echo(f"backbone: locally pretrained HyperSL ({path}, {time.perf_counter() - t0:.0f} s); a small-scale "
+             "sanity pretraining, not the released weights")
+    path, sha = path.resolve(), checkpoint_hash(path)
+    constants = {"backbone_path": str(path), "backbone_hash": sha, "bn_mode": cfg.options.bn_mode,
+                 "chunk_size": default_chunk(spec.name)}
+    return ResolvedBackbone("hypersl", path, sha, constants)
+
+
+#: backbone kind (``Strategy.backbone``) -> its provider, cheapest first (a missing file fails before an export)
+PROVIDERS: dict[str, Callable[[StudyConfig, DatasetSpec, Callable[[str], None]], ResolvedBackbone]] = {
+    "rgb-vit": resolve_rgb_vit,
+    "hypersl": resolve_hypersl,
+}
+
+
+def export_features(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: ResolvedBackbone,
+                    echo: Callable[[str], None]) -> dict[str, H5Split]:
+    """Per-pixel HyperSL features of every split, computed at most once per (backbone, data, settings).
+
+    The frozen backbone's features are the expensive part of the feature
+    strategies: the cache makes every trial of every cell reuse them.
+    """
+    import torch
+
+    from study.features import ensure_features
+
+    assert backbone.path is not None, "a HyperSL backbone always has weights"
+    cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else default_cache_dir()
+    t0 = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    folder = ensure_features(cache, backbone.path, root, spec.name, bn_mode=cfg.options.bn_mode,
+                             dtype=cfg.options.feature_dtype, device=device, progress=True)
+    echo(f"features: {folder} (bn mode {cfg.options.bn_mode}, {cfg.options.feature_dtype}; "
+         f"{time.perf_counter() - t0:.1f} s)")
+    return validate_dataset(folder, spec)
