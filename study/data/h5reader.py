@@ -35,6 +35,8 @@ WAVELENGTH_RANGE_NM = (300.0, 2600.0)
 CHUNK_BYTES = 32 * 2**20
 _LAYOUT = "HS3-Bench layout, shared/reference/benchmark.md §1.4"
 _CORRUPT_ERRORS = (OSError, RuntimeError, KeyError)
+#: feature width of the cross-domain repository's exported HyperSL files (no attributes, benchmark.md §4.2)
+EXPORTED_FEATURE_DIM = 256
 
 
 def split_path(root: str | Path, spec: DatasetSpec, split: str) -> Path:
@@ -190,6 +192,8 @@ class H5Split:
                 self.wavelengths, self.wavelength_source = _resolve_wavelengths(fh, self.path, self.spec)
                 self.n_channels = self.wavelengths.size
             names = sorted(k for k in fh if k != METADATA_KEY)
+            if "wavelengths" not in fh.attrs and self.feature_dim is None:
+                self._detect_exported_features(fh, names)
         if not names:
             raise DataValidationError(
                 f"{self.path}: no samples; the file must hold one top-level group per image "
@@ -198,6 +202,15 @@ class H5Split:
         self.names = names
         self.shapes = [self._check_sample(fh, n) for n in names]
         self._index = {n: i for i, n in enumerate(names)}
+
+    def _detect_exported_features(self, fh: h5py.File, names: list[str]) -> None:
+        """The cross-domain repo's HyperSL feature files (benchmark.md §4.2) carry no attributes:
+        ``image`` is (H, W, 256) float32. Read as features of the spec's bands, not as a 256-band cube."""
+        image = fh[names[0]].get("image") if names and isinstance(fh[names[0]], h5py.Group) else None
+        dim = image.shape[-1] if isinstance(image, h5py.Dataset) and image.ndim == 3 else None
+        if dim == EXPORTED_FEATURE_DIM != self.n_channels:
+            self.feature_dim = self.n_channels = EXPORTED_FEATURE_DIM
+            self.wavelength_source = f"{self.wavelength_source}; {self.path.name} holds exported 256-d HyperSL features"
 
     def _check_sample(self, fh: h5py.File, name: str) -> tuple[int, int]:
         """Structure of one sample (no pixel reads); returns its (H, W)."""

@@ -13,8 +13,8 @@ from pathlib import Path
 from study.prepare.readers import PrepareError
 
 EXPECTED: dict[str, str] = {
-    "hyko2": "the HyKo2-VIS .mat files named in the split lists (e.g. set-_04282_spec_annotated.mat) directly "
-             "in it (the folder vis_annotated.zip extracts to)",
+    "hyko2": "the HyKo2-VIS .mat files named in the split lists (e.g. set-_04282_spec_annotated.mat, as "
+             "vis_annotated.zip extracts them)",
     "hsidrive": "the folders cubes_fl32/ (<name>_TC.mat) and labels/ (<name>.png), i.e. HSI-Drive v2's "
                 "Image_dataset folder",
     "hcv2": "the folder train/ (the .hsd files of V2_train_image.rar, with gt/ from V2_fixed_train_label.zip)"
