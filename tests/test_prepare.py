@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import h5py
@@ -11,11 +12,12 @@ from test_prepare_support import build_hcv2, build_hsidrive, build_hyko2, opencv
 
 from study.data.h5reader import close_all, validate_dataset
 from study.data.specs import get_spec
-from study.prepare import prepare
+from study.prepare import PrepareError, prepare
 from study.prepare.__main__ import main
 from study.prepare.hsd import decode_hsd, encode_hsd, read_header
 from study.prepare.resize import opencv_dst_size, opencv_nn_indices, resize_nearest
 from study.prepare.splits import load_lists
+from study.prepare.writer import Progress
 
 HYKO2 = {"train": ["set-_00003_spec_annotated.mat", "set-_00001_spec_annotated.mat", "set-_00002_spec_annotated.mat"],
          "val": ["set-_00010_spec_annotated.mat", "set-_00011_spec_annotated.mat", "set-_00012_spec_annotated.mat"],
@@ -157,6 +159,24 @@ def test_workers_give_the_same_files(tmp_path):
             for g in a:
                 np.testing.assert_array_equal(a[g]["image"][()], b[g]["image"][()])
                 np.testing.assert_array_equal(a[g]["labels"][()], b[g]["labels"][()])
+    (tmp_path / "raw" / "test" / "2021_t1.hsd").write_bytes(b"\0" * 40)  # an error in a worker: same one line
+    with pytest.raises(PrepareError, match="2021_t1.hsd: not a valid .hsd header"):
+        prepare("hcv2", tmp_path / "raw", tmp_path / "three", splits_dir=splits, workers=2)
+
+
+def test_progress_line_with_eta_on_a_terminal():
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    bar = Progress("hcv2 train", total=4, done=1, stream=stream)
+    bar.tick()
+    bar.close()
+    assert "\rhcv2 train: 2/4 images" in stream.getvalue() and "ETA" in stream.getvalue()
+    quiet = io.StringIO()
+    Progress("x", 3, stream=quiet).tick()
+    assert quiet.getvalue() == ""
 
 
 def test_cli_rerun_skips_finished_splits(tmp_path, capsys):
