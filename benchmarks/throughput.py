@@ -10,7 +10,7 @@ Freeze depth k > 0 rows: ``crossmodality`` (DINOv2 ViT-S, **random init**, which
 costs the same as the released weights: pseudo-RGB bridge -> ViT -> linear head,
 k = 0 frozen and k = 4 last blocks trainable, at the real image size) and
 HyperSL-FC / HyperSL-RU-Net at k = 1 (the per-pixel HyperSL transformer, random
-init, runs inside the training step: ``study.models.unfrozen``). A k = 1 step is
+init, runs inside the training step: ``study.models.hypersl_partial``). A k = 1 step is
 one FC sub-batch of 8,192 pixels, or one random ``CROP``² crop per image for the
 RU-Net (the trainables' defaults); on CPU in ``--quick`` mode the pixel count is
 shrunk (from a 64-pixel calibration step) so that one step takes about
@@ -141,18 +141,19 @@ def vit_flops(size: str, hw: tuple[int, int], k: int) -> tuple[float, int]:
 def vit_steps(size: str, k: int, spec: Any, hw: tuple[int, int], batch: int, steps: int, warmup: int,
               device: str) -> dict[str, Any]:
     """crossmodality: pseudo-RGB bridge -> DINOv2 ViT (random init) -> linear head, last ``k`` blocks trainable."""
+    from study.models.freezing import param_groups, set_trainable_depth
     from study.models.rgb_bridge import PseudoRGB, choose_bands
     from study.models.vit import build_vit
-    from study.models.vit_seg import LinearHead, ViTSegmenter, param_groups, set_freeze_depth
+    from study.models.vit_seg import LinearHead, ViTSegmenter
 
     with peak_memory(device) as mem:
         torch.manual_seed(0)
         vit = build_vit(size)
         bridge = PseudoRGB(choose_bands(spec), torch.ones(3), torch.zeros(3))
         model = ViTSegmenter(bridge, vit, LinearHead(vit.cfg.dim, spec.n_classes))
-        set_freeze_depth(model, k)
+        set_trainable_depth(model.vit, k)
         model.to(device)
-        opt = torch.optim.AdamW(param_groups(model, 1e-3, 1e-4, 0.01))
+        opt = torch.optim.AdamW(param_groups(model, 1e-3, 0.01, backbone=model.vit, backbone_lr=1e-4))
         x = torch.randn(batch, spec.n_bands, *hw, device=device)
         y = torch.randint(0, spec.n_classes, (batch, *hw), device=device)
         s = _train_steps(model, opt, x, y, steps, warmup, device)
@@ -162,10 +163,10 @@ def vit_steps(size: str, k: int, spec: Any, hw: tuple[int, int], batch: int, ste
 def _unfrozen_backbone(size: str, k: int, spec: Any, device: str) -> Any:
     """HyperSL of ``size`` (random init), last ``k`` groups trainable, chunk-mode BN with one statistics row."""
     from study.models.hypersl import SIZES, HyperSL
-    from study.models.unfrozen import UnfrozenHyperSL, chunk_stats
+    from study.models.hypersl_partial import PartialHyperSL, chunk_stats
 
     hypersl = HyperSL(SIZES[size])
-    backbone = UnfrozenHyperSL(hypersl, k, spec.wavelength_array(), "chunk").to(device)
+    backbone = PartialHyperSL(hypersl, k, spec.wavelength_array(), "chunk").to(device)
     backbone.stats = chunk_stats(hypersl, torch.randn(256, spec.n_bands, device=device))[None]  # every id is 0
     return backbone
 
@@ -178,10 +179,11 @@ def k1_steps(head: str, size: str, k: int, spec: Any, batch: int, steps: int, wa
     ``shrink`` the step is then sized to about ``K1_TARGET_S`` s (at most the real size), else the real size
     runs unless its estimate exceeds ``cap_s`` (then ``skipped`` is set with the estimate).
     """
+    from study.models.freezing import param_groups
     from study.models.heads import PixelFC
+    from study.models.hypersl_partial import GRAD_CHUNK, BackbonePixelFC, BackboneRUNet
     from study.models.runet import build_runet
-    from study.models.unfrozen import GRAD_CHUNK, BackbonePixelFC, BackboneRUNet
-    from study.train.unfrozen import CROP
+    from study.train.raw_spectra import CROP
 
     with peak_memory(device) as mem:
         torch.manual_seed(0)
@@ -192,8 +194,7 @@ def k1_steps(head: str, size: str, k: int, spec: Any, batch: int, steps: int, wa
         else:
             top = build_runet(backbone.dim, spec.n_classes, width="full")
             model = BackboneRUNet(backbone, top).to(device)
-        opt = torch.optim.AdamW([{"params": list(top.parameters()), "lr": 1e-3},
-                                 {"params": backbone.trainable_parameters(), "lr": 1e-4}])
+        opt = torch.optim.AdamW(param_groups(model, 1e-3, 0.01, backbone=backbone, backbone_lr=1e-4))
 
         def data(side: int) -> tuple[torch.Tensor, torch.Tensor]:
             """FC: ``side`` pixels; RU-Net: ``batch`` crops of side x side (last channel: chunk id 0)."""

@@ -15,16 +15,17 @@ from search_spaces.crossmodality import SPACE
 from study.data.specs import get_spec
 from study.errors import HsiStudyError
 from study.models.checkpoints import checkpoint_hash
+from study.models.freezing import param_groups, set_trainable_depth
 from study.models.rgb_bridge import HS3BENCH_RGB, LearnedProjection, PseudoRGB, build_bridge, choose_bands
 from study.models.vit import build_vit
-from study.models.vit_seg import ViTSegmenter, build_head, param_groups, set_freeze_depth
+from study.models.vit_seg import ViTSegmenter, build_head
 from study.results import read_store
 from study.run import main
 from trainables.crossmodality import train_crossmodality
 
 CONFIG = dict(head_lr=3e-3, backbone_lr=1e-5, weight_decay=1e-4, freeze_depth=1, bridge="learned", head="decoder",
               max_epochs=2, batch_size=3, seed=0, final=True, patience=None, num_threads=1, vit_size="tiny",
-              rgb_weights=None, allow_random_init=True)
+              backbone_path=None, allow_random_init=True)
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +92,9 @@ def _changed_after_one_step(bridge: str, k: int) -> set[str]:
     torch.manual_seed(0)
     cube = _cube(2, 28, 42)
     model = ViTSegmenter(build_bridge(bridge, cube, get_spec("hyko2")), build_vit("tiny"), build_head("linear", 64, 11))
-    set_freeze_depth(model, k)
+    set_trainable_depth(model.vit, k)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    opt = torch.optim.AdamW(param_groups(model, 1e-2, 1e-3, 1e-2))
+    opt = torch.optim.AdamW(param_groups(model, 1e-2, 1e-2, backbone=model.vit, backbone_lr=1e-3))
     logits = model(torch.from_numpy(cube).permute(0, 3, 1, 2))
     torch.nn.functional.cross_entropy(logits, torch.randint(0, 11, (2, 28, 42))).backward()
     opt.step()
@@ -115,7 +116,7 @@ def test_freeze_depth_lets_only_the_allowed_parameters_change(bridge: str, k: in
     changed = _groups(_changed_after_one_step(bridge, k))
     assert changed == allowed  # nothing else moves, and every allowed group does
     with pytest.raises(ValueError, match="freeze_depth"):
-        set_freeze_depth(ViTSegmenter(torch.nn.Identity(), build_vit("tiny"), torch.nn.Identity()), 6)
+        set_trainable_depth(build_vit("tiny"), 6)
 
 
 def test_frozen_prefix_runs_without_autograd_only_when_nothing_before_it_learns() -> None:
@@ -124,8 +125,8 @@ def test_frozen_prefix_runs_without_autograd_only_when_nothing_before_it_learns(
                          build_head("linear", 64, 11))
     learned = ViTSegmenter(build_bridge("learned", cube, get_spec("hyko2")), build_vit("tiny"),
                            build_head("linear", 64, 11))
-    set_freeze_depth(fixed, 1)
-    set_freeze_depth(learned, 0)
+    set_trainable_depth(fixed.vit, 1)
+    set_trainable_depth(learned.vit, 0)
     assert fixed.no_grad_blocks == 3 and learned.no_grad_blocks == 0
 
 
@@ -145,13 +146,13 @@ def test_trainable_reports_every_epoch_and_records_the_random_init(bundle) -> No
 
 def test_trainable_loads_weights_and_refuses_to_run_without_them(bundle, tiny_weights: Path) -> None:
     rec: list[dict] = []
-    cfg = {**CONFIG, "rgb_weights": str(tiny_weights), "allow_random_init": False, "max_epochs": 1,
+    cfg = {**CONFIG, "backbone_path": str(tiny_weights), "allow_random_init": False, "max_epochs": 1,
            "freeze_depth": 0, "bridge": "pseudo-rgb", "head": "linear", "final": False}
     train_crossmodality(cfg, bundle, report=lambda m, checkpoint=None: rec.append(dict(m)),
                         get_checkpoint=lambda: None)
     assert rec[-1]["backbone_pretrained"] is True and rec[-1]["backbone_hash"] == checkpoint_hash(tiny_weights)
     with pytest.raises(HsiStudyError, match="--allow-random-init"):
-        train_crossmodality({**cfg, "rgb_weights": None}, bundle, report=lambda m, checkpoint=None: None)
+        train_crossmodality({**cfg, "backbone_path": None}, bundle, report=lambda m, checkpoint=None: None)
 
 
 def _argv(tiny_root: Path, tmp_path: Path, *extra: str) -> list[str]:

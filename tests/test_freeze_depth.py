@@ -1,4 +1,8 @@
-"""Freeze depth k > 0 for the cross-domain strategies (issue #3): what trains, what agrees, what resumes."""
+"""Freeze depth k > 0 for the cross-domain strategies (issue #3): what trains, what agrees, what resumes.
+
+A k > 0 trial gets the checkpoint as ``config["backbone_path"]`` (+ hash, BN mode, chunk size) and the raw
+spectra as ``DataBundle.raw``, as the driver provides them (``trainable_helpers.backbone_config``).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from trainable_helpers import feature_bundle, run, tiny_hyko2_bundle
+from trainable_helpers import backbone_config, feature_bundle, run, tiny_hyko2_bundle
 
 from study.data.bundle import DataBundle, SplitArrays
 from study.data.specs import get_spec
+from study.models.checkpoints import load_hypersl
+from study.models.freezing import param_groups
 from study.models.heads import PixelFC
-from study.models.hypersl import build_hypersl, layer_groups
-from study.models.unfrozen import BackbonePixelFC
+from study.models.hypersl import build_hypersl
+from study.models.hypersl_partial import BackbonePixelFC
 from study.strategies import STRATEGIES
-from study.train.unfrozen import build_backbone, param_groups, random_crops
+from study.train.raw_spectra import build_backbone, random_crops
 from trainables.crossdomain import train_crossdomain
 from trainables.crossdomain_fc import train_crossdomain_fc
 
@@ -45,10 +51,21 @@ def data(raw: DataBundle, tiny_backbone: Path) -> DataBundle:
     return feature_bundle(raw, tiny_backbone)
 
 
+@pytest.fixture(scope="module")
+def bb(tiny_backbone: Path) -> dict:
+    """The backbone constants of every HyperSL trial config."""
+    return backbone_config(tiny_backbone)
+
+
+@pytest.fixture(scope="module")
+def weights(tiny_backbone: Path) -> dict[str, torch.Tensor]:
+    return load_hypersl(tiny_backbone).state_dict()
+
+
 @pytest.mark.parametrize("bn_mode", ["chunk", "running"])
 def test_k_path_before_any_step_equals_the_cached_export(raw, tiny_backbone, bn_mode) -> None:
     data = feature_bundle(raw, tiny_backbone, bn_mode)
-    backbone, chunked = build_backbone({"freeze_depth": 1}, data)
+    backbone, chunked = build_backbone({"freeze_depth": 1, **backbone_config(tiny_backbone, bn_mode)}, data)
     for name in ("train", "val"):
         x, _ = getattr(chunked, name).batch(np.arange(2))
         pixels = torch.from_numpy(x.reshape(-1, x.shape[-1]))
@@ -59,14 +76,14 @@ def test_k_path_before_any_step_equals_the_cached_export(raw, tiny_backbone, bn_
 
 
 @pytest.mark.parametrize("k", [0, 1, "all"])
-def test_one_step_changes_only_the_allowed_parameters(data, k) -> None:
-    n_groups = len(layer_groups(build_hypersl("tiny")))
+def test_one_step_changes_only_the_allowed_parameters(data, bb, k) -> None:
+    n_groups = len(build_hypersl("tiny").layer_groups())
     k = n_groups if k == "all" else k
-    backbone, chunked = build_backbone({"freeze_depth": k}, data)
+    backbone, chunked = build_backbone({"freeze_depth": k, **bb}, data)
     head = PixelFC(backbone.dim, get_spec("hyko2").n_classes)
     model = BackbonePixelFC(backbone, head)
     before = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    opt = torch.optim.AdamW(param_groups(head, backbone, 1e-2, 1e-2), weight_decay=1e-2)
+    opt = torch.optim.AdamW(param_groups(model, 1e-2, 1e-2, backbone=backbone, backbone_lr=1e-2))
     x, y = chunked.train.batch(np.arange(2))
     x, y = torch.from_numpy(x.reshape(-1, x.shape[-1])), torch.from_numpy(y.reshape(-1))
     model.train()
@@ -94,34 +111,37 @@ def test_one_step_changes_only_the_allowed_parameters(data, k) -> None:
     (train_crossdomain, RUNET),
     (train_crossdomain_fc, {**FC, "freeze_depth": 3}),  # trainable stem: chunk statistics follow the weights
 ], ids=["crossdomain-fc", "crossdomain", "crossdomain-fc-all"])
-def test_k_trial_resumes_identically_from_its_epoch_checkpoint(trainable, config, data, tmp_path) -> None:
+def test_k_trial_resumes_identically_from_its_epoch_checkpoint(trainable, config, data, bb, weights,
+                                                                tmp_path) -> None:
     from ray import tune
 
+    config = {**config, **bb}
     full = run(trainable, config, data, keep=tmp_path)
     assert [m["epoch"] for m in full.metrics] == [1, 2, 3]
     assert all(math.isfinite(m["train_loss"]) and 0 <= m["val_miou"] <= 1 for m in full.metrics)
     state = torch.load(tmp_path / "epoch2" / "state.pt", map_location="cpu", weights_only=True)
     trained = {k.removeprefix("backbone.hypersl."): v for k, v in state["model"].items() if k.startswith("backbone.")}
     assert not torch.equal(trained["transformer_encoder_layer.mlp.fc2.weight"],
-                           data.backbone.weights["transformer_encoder_layer.mlp.fc2.weight"])
+                           weights["transformer_encoder_layer.mlp.fc2.weight"])
     stem = "embedding_layer_4.0.weight"
     # frozen parameters are not checkpointed (the trial rebuilds them from the backbone); trained ones are
     assert (stem in trained) == (config["freeze_depth"] >= 3)
     if stem in trained:
-        assert not torch.equal(trained[stem], data.backbone.weights[stem])
+        assert not torch.equal(trained[stem], weights[stem])
 
     resumed = run(trainable, config, data, ckpt=tune.Checkpoint.from_directory(str(tmp_path / "epoch2")))
     assert [m["epoch"] for m in resumed.metrics] == [3]
     for key in ("train_loss", "val_miou", "best_val_miou", "test_miou", "test_oa"):
         assert resumed.metrics[0][key] == full.metrics[-1][key], key
-    assert full.metrics[-1]["backbone_hash"] == data.backbone_hash
+    assert full.metrics[-1]["backbone_hash"] == data.backbone_hash == bb["backbone_hash"]
 
 
-def test_k0_is_the_cached_path_and_k_and_backbone_lr_change_the_result(data) -> None:
-    one = {**FC, "max_epochs": 1, "final": False}
+def test_k0_is_the_cached_path_and_k_and_backbone_lr_change_the_result(data, bb) -> None:
+    one = {**FC, **bb, "max_epochs": 1, "final": False}
     k0 = run(train_crossdomain_fc, {**one, "freeze_depth": 0}, data).metrics[0]
-    without = run(train_crossdomain_fc, {**one, "freeze_depth": 0}, replace(data, backbone=None)).metrics[0]
-    assert k0["train_loss"] == without["train_loss"]  # k = 0 never touches the backbone inputs
+    bare = {k: v for k, v in one.items() if k not in bb}
+    without = run(train_crossdomain_fc, {**bare, "freeze_depth": 0}, replace(data, raw=None)).metrics[0]
+    assert k0["train_loss"] == without["train_loss"]  # k = 0 never touches the checkpoint or the raw spectra
     k0_other_blr = run(train_crossdomain_fc, {**one, "freeze_depth": 0, "backbone_lr": 1e-5}, data).metrics[0]
     assert k0_other_blr["train_loss"] == k0["train_loss"]  # backbone_lr is ignored at k = 0
     k1 = run(train_crossdomain_fc, one, data).metrics[0]
@@ -129,7 +149,9 @@ def test_k0_is_the_cached_path_and_k_and_backbone_lr_change_the_result(data) -> 
     assert len({k0["train_loss"], k1["train_loss"], k1_blr["train_loss"]}) == 3
     assert k1["n_params"] > k0["n_params"]
     with pytest.raises(ValueError, match="freeze_depth"):
-        run(train_crossdomain_fc, one, replace(data, backbone=None))
+        run(train_crossdomain_fc, one, replace(data, raw=None))  # k > 0 without the raw spectra
+    with pytest.raises(ValueError, match="freeze_depth"):
+        run(train_crossdomain_fc, bare, data)  # k > 0 without the checkpoint path
 
 
 def test_search_spaces_propose_freeze_depth_and_backbone_lr() -> None:
@@ -137,12 +159,12 @@ def test_search_spaces_propose_freeze_depth_and_backbone_lr() -> None:
         space = strategy.load_search_space()
         assert {"freeze_depth", "backbone_lr"} <= set(space), strategy.name
         fd, blr = space["freeze_depth"], space["backbone_lr"]
-        assert fd.low == 0 and 1 <= fd.high < len(layer_groups(build_hypersl("tiny")))  # the stem stays frozen
+        assert fd.low == 0 and 1 <= fd.high < len(build_hypersl("tiny").layer_groups())  # the stem stays frozen
         assert blr.log and blr.low < blr.high <= space["lr"].high
 
 
-def test_random_crops_move_chunk_ids_with_their_pixels(data) -> None:
-    _, chunked = build_backbone({"freeze_depth": 1}, data)
+def test_random_crops_move_chunk_ids_with_their_pixels(data, bb) -> None:
+    _, chunked = build_backbone({"freeze_depth": 1, **bb}, data)
     src = chunked.train
     crops = random_crops(src, 16, np.random.default_rng(0))
     assert crops.images.shape[1:3] == (16, 16) and crops.chunk_ids.shape == crops.labels.shape

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from study.models.freezing import set_trainable_depth
 from study.models.hypersl import (
     SIZES,
     Block,
@@ -16,8 +17,6 @@ from study.models.hypersl import (
     build_hypersl,
     count_parameters,
     downstream_parameters,
-    freeze,
-    layer_groups,
     masked_modelling_loss,
 )
 
@@ -168,27 +167,18 @@ def test_mask_input_hides_the_masked_bands_from_the_stem() -> None:
 
 def test_layer_groups_and_freeze_depth() -> None:
     m = build_hypersl("cpu")  # 3 encoder layers: stem, 2 blocks, final layer
-    groups = layer_groups(m)
+    groups = m.layer_groups()
     assert len(groups) == 4 and groups[-1] == [m.transformer_encoder_layer] and groups[1] == [m.encoder_blocks[0]]
-    freeze(m, 0)
+    assert any(item is m.global_token for item in groups[0])  # the global token freezes with the stem
+    set_trainable_depth(m, 0)
     assert count_parameters(m) == 0
-    freeze(m, 1)
+    set_trainable_depth(m, 1)
     assert count_parameters(m) == sum(p.numel() for p in m.transformer_encoder_layer.parameters())
-    freeze(m, 4)
+    set_trainable_depth(m, 3)
+    assert not m.global_token.requires_grad
+    set_trainable_depth(m, 4)
     assert count_parameters(m) == downstream_parameters(m)
     assert m.global_token.requires_grad and not m.mask_token.requires_grad and not m.pe.requires_grad
-    with pytest.raises(ValueError, match="0..4"):
-        freeze(m, 5)
+    with pytest.raises(ValueError, match="0 <= freeze_depth <= 4"):
+        set_trainable_depth(m, 5)
 
-
-def test_prefix_plus_suffix_equals_features() -> None:
-    torch.manual_seed(0)
-    m = build_hypersl("cpu").eval()
-    x, wl = torch.rand(8, 25), torch.linspace(535.0, 975.0, 25)
-    with torch.no_grad():
-        full = m.features(x, wl)
-        for n_frozen in range(1, len(layer_groups(m))):
-            h = m.encode_prefix(x, wl, n_frozen)
-            torch.testing.assert_close(m.encode_suffix(h, n_frozen), full, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="n_frozen"):
-        m.encode_prefix(x, wl, len(layer_groups(m)))

@@ -7,7 +7,9 @@ space key (the low end of a range, the first choice of a categorical; freeze dep
 2. it reads every search space key (exceptions are listed in :data:`IGNORED`, with their reason, and must be
    documented in the search space's docstring);
 3. at freeze depth 0 only the head changes: no backbone parameter is checkpointed, the backbone stays as it was;
-4. the same config and seed give identical metrics.
+4. the same config and seed give identical metrics;
+5. the optimizer follows the one weight-decay rule (``study.models.freezing.param_groups``): some groups decay
+   by the config's ``weight_decay``, the norms and biases every model has do not.
 
 A new strategy needs a :data:`RECIPES` entry (its bundle and constants); without one its tests fail.
 """
@@ -17,16 +19,17 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from trainable_helpers import Recorder, feature_bundle, tiny_hyko2_bundle
+from trainable_helpers import Recorder, backbone_config, feature_bundle, tiny_hyko2_bundle
 
 from study.data.bundle import DataBundle
+from study.models.checkpoints import load_hypersl
 from study.strategies import STRATEGIES, Strategy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # bundles are built before any trainable sets it
@@ -41,8 +44,9 @@ class Recipe:
 
     data: str  # fixture name: "raw" (the cube) or "features" (the cached HyperSL export, what the driver builds)
     constants: dict[str, Any]
-    #: None: no backbone. "cache": k = 0 trains on cached features, the HyperSL weights ride along in
-    #: ``DataBundle.backbone``. "module:function": the function that returns the backbone (captured during the run).
+    #: None: no backbone. "cache": k = 0 trains on cached features; the config names the HyperSL checkpoint
+    #: (``backbone_path``, as the driver's does) and the bundle carries the raw spectra (``DataBundle.raw``).
+    #: "module:function": the function that returns the backbone (captured during the run).
     backbone: str | None = None
     prefix: str = ""  # state-dict prefix of backbone parameters in the trial's model
 
@@ -54,7 +58,7 @@ RECIPES: dict[str, Recipe] = {
     "crossdomain-fc": Recipe("features", {**COMMON, "batch_size": 2, "sub_batch": 512}, backbone="cache",
                              prefix="backbone."),
     "indomain-fc": Recipe("raw", {**COMMON, "batch_size": 2, "sub_batch": 512}),
-    "crossmodality": Recipe("raw", {**COMMON, "batch_size": 3, "vit_size": "tiny", "rgb_weights": None,
+    "crossmodality": Recipe("raw", {**COMMON, "batch_size": 3, "vit_size": "tiny", "backbone_path": None,
                                     "allow_random_init": True},
                             backbone="trainables.crossmodality:backbone_of", prefix="vit."),
 }
@@ -134,10 +138,11 @@ def _run(strategy: Strategy, recipe: Recipe, data: DataBundle, keep: Path | None
 def _run_capturing_backbone(strategy: Strategy, recipe: Recipe, data: DataBundle, keep: Path,
                             ) -> tuple[list[dict], set[str], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """:func:`_run`, plus the state of the backbone the trial built, as built and after training."""
-    if recipe.backbone == "cache":  # k = 0: the weights ride along in the bundle, the trial must not touch them
-        before = _snapshot(data.backbone.weights)
+    if recipe.backbone == "cache":  # k = 0: the checkpoint file is named in the config, the trial must not touch it
+        path = recipe.constants["backbone_path"]
+        before = _snapshot(load_hypersl(path).state_dict())
         metrics, read = _run(strategy, recipe, data, keep)
-        return metrics, read, before, _snapshot(data.backbone.weights)
+        return metrics, read, before, _snapshot(load_hypersl(path).state_dict())
     module, _, name = recipe.backbone.partition(":")
     real, built = getattr(importlib.import_module(module), name), []
 
@@ -162,7 +167,8 @@ def bundles(tiny_root: Path, tiny_backbone: Path) -> dict[str, DataBundle]:
 
 
 @pytest.fixture(scope="module")
-def trials(bundles: dict[str, DataBundle], tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Trial]:
+def trials(bundles: dict[str, DataBundle], tiny_backbone: Path,
+           tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Trial]:
     """strategy name -> its :class:`Trial`, run once per module (the four checks share the two runs)."""
     cache: dict[str, Trial] = {}
 
@@ -172,6 +178,8 @@ def trials(bundles: dict[str, DataBundle], tmp_path_factory: pytest.TempPathFact
                         f"constants to RECIPES")
         if name not in cache:
             strategy, recipe = STRATEGIES[name], RECIPES[name]
+            if recipe.backbone == "cache":  # the constants the driver adds: checkpoint path, hash, BN mode, chunk
+                recipe = replace(recipe, constants={**recipe.constants, **backbone_config(tiny_backbone)})
             data, keep = bundles[recipe.data], tmp_path_factory.mktemp(f"contract-{name}")
             if recipe.backbone is None:
                 (first, read), before, after = _run(strategy, recipe, data, keep), {}, {}
@@ -240,6 +248,15 @@ def test_deterministic_under_a_seed(name: str, trials) -> None:
     trial = trials(name)
     for key in ("train_loss", "val_miou"):
         assert [m[key] for m in trial.second] == [m[key] for m in trial.first], (name, key)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_optimizer_follows_the_one_weight_decay_rule(name: str, trials) -> None:
+    trial = trials(name)
+    state = torch.load(trial.keep / f"epoch{EPOCHS}" / "state.pt", map_location="cpu", weights_only=True)
+    decays = [g["weight_decay"] for g in state["optimizer"]["param_groups"]]
+    weight_decay = value_of(trial.strategy.load_search_space()["weight_decay"])
+    assert 0.0 in decays and weight_decay in decays and set(decays) == {0.0, weight_decay}, (name, decays)
 
 
 def test_every_registered_strategy_has_a_recipe() -> None:

@@ -143,7 +143,9 @@ def test_released_weights_are_found_in_the_hub_cache_and_never_downloaded(tmp_pa
     assert cached_weights("small") == snap / "model.safetensors"
     found = resolve_rgb_backbone(None, None, allow_random_init=False, default_size="tiny")
     assert found.pretrained and found.sha == checkpoint_hash(snap / "model.safetensors")
-    assert found.trial_config()["rgb_weights"] == str((snap / "model.safetensors").resolve())
+    config = found.trial_config()  # path + hash, the same keys as a HyperSL backbone's
+    assert config["backbone_path"] == str((snap / "model.safetensors").resolve())
+    assert config["backbone_hash"] == found.sha
 
 
 def test_same_forward_as_timm_where_timm_is_importable(tiny) -> None:

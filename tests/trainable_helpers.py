@@ -53,10 +53,9 @@ def tiny_hyko2_bundle(root: Path, fraction: float = 1.0) -> DataBundle:
 
 
 def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk") -> DataBundle:
-    """What the driver builds: the cached k = 0 export (float16) of ``raw`` as images, plus the k > 0 inputs."""
+    """What the driver builds: the cached k = 0 export (float16) of ``raw`` as images, plus ``raw`` for k > 0."""
     from study.features import export_image
     from study.models.checkpoints import checkpoint_hash, load_hypersl
-    from study.train.unfrozen import backbone_inputs
 
     model = load_hypersl(ckpt)
 
@@ -66,4 +65,12 @@ def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk") -> DataB
         return replace(s, images=np.stack(feats))
 
     return replace(raw, train=export(raw.train), val=export(raw.val), test=export(raw.test),
-                   backbone_hash=checkpoint_hash(ckpt), backbone=backbone_inputs(ckpt, raw, bn_mode, CHUNK))
+                   backbone_hash=checkpoint_hash(ckpt), raw=raw)
+
+
+def backbone_config(ckpt: Path, bn_mode: str = "chunk") -> dict[str, Any]:
+    """The constants the driver puts into every trial config of a HyperSL strategy (path + hash, never arrays)."""
+    from study.models.checkpoints import checkpoint_hash
+
+    return {"backbone_path": str(ckpt), "backbone_hash": checkpoint_hash(ckpt), "bn_mode": bn_mode,
+            "chunk_size": CHUNK}

@@ -11,10 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from study.data.bundle import DataBundle
-from study.data.specs import get_spec
 from study.models.runet import build_runet
-from study.train.loop import TrainSettings, fit, seed_everything, tune_hooks
-from study.train.threads import configure_threads
+from study.train.trial import trial_setup
 
 
 def train_indomain(
@@ -24,13 +22,8 @@ def train_indomain(
     get_checkpoint: Callable[[], Any] | None = None,
 ) -> dict:
     """Train one RU-Net configuration; reports val metrics every epoch (test only when final)."""
-    report, get_checkpoint = tune_hooks(report, get_checkpoint)
-    configure_threads(config)
-    spec = get_spec(data.dataset)
-    settings = TrainSettings.from_config(config)
+    trial = trial_setup(config, data, report, get_checkpoint)
     width = config.get("width", "full")
-    seed_everything(settings.seed)
-    model = build_runet(data.n_bands, spec.n_classes, width=width, dropout=float(config.get("dropout", 0.25)))
-    on_features = data.backbone_hash is not None  # HyperSL-RU-Net: the same RU-Net on feature channels
-    extra = {"model_name": f"{'hypersl-' if on_features else ''}runet-{width}", "backbone_hash": data.backbone_hash}
-    return fit(model, data, spec, settings, report, get_checkpoint=get_checkpoint, extra=extra)
+    model = build_runet(data.n_bands, trial.spec.n_classes, width=width, dropout=float(config.get("dropout", 0.25)))
+    extra = {"model_name": f"runet-{width}", "backbone_hash": trial.backbone_hash}
+    return trial.fit(model, data, extra=extra)

@@ -2,14 +2,14 @@
 
 A :class:`DataBundle` travels to Ray workers once per cell through
 ``tune.with_parameters`` (the object store), never through ``config``, so a
-trial's config stays small, hashable and printable.
+trial's config stays small, hashable and printable. Backbone weights are not
+data: a trial reads them from the path in its config (``backbone_path``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -36,26 +36,6 @@ class SplitArrays:
 
 
 @dataclass(frozen=True)
-class BackboneInputs:
-    """What a trial needs to run HyperSL itself (freeze depth k > 0): weights, export settings, raw spectra.
-
-    The feature cache holds only the frozen backbone's outputs; a trial that
-    trains the last k layer groups recomputes features from the raw cube. The
-    weights travel with the bundle (object store), not as a path, so a worker
-    needs no access to the driver's files.
-    """
-
-    weights: dict[str, Any]  # HyperSL state dict, CPU tensors (the released keys without ``module.``)
-    config: dict[str, Any]  # HyperSLConfig.as_dict()
-    bn_mode: str  # as the cached export: "chunk" or "running"
-    chunk_size: int  # the export's pixels per BatchNorm chunk
-    wavelengths: np.ndarray  # (C,) nm of the raw bands
-    train: SplitArrays  # raw spectra, the same samples as the bundle's feature splits
-    val: SplitArrays
-    test: SplitArrays
-
-
-@dataclass(frozen=True)
 class DataBundle:
     """Data of one (dataset, fraction) cell, identical for every strategy at that fraction."""
 
@@ -67,7 +47,9 @@ class DataBundle:
     subset: SubsetManifest
     source: str  # "synthetic:<dir>" or the real data root, recorded in every row
     backbone_hash: str | None = None  # set when the images are frozen-backbone features, not spectra
-    backbone: BackboneInputs | None = None  # raw spectra + weights for freeze depth k > 0 (feature strategies)
+    #: The raw spectra of the same samples, for feature bundles whose trials may train the backbone (freeze
+    #: depth k > 0, which recomputes features in the trial); k = 0 trials ignore it.
+    raw: DataBundle | None = None
 
     @property
     def n_bands(self) -> int:

@@ -29,8 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from study.models.freezing import LayerGroup, group_parameters
+
 #: Maximum band count: fixed by the shape of the stored ``pe`` parameter (1, 500, D).
 MAX_BANDS = 500
+#: How the stem's BatchNorms normalise outside pretraining: each export chunk's own batch statistics
+#: (``chunk``, the paper's never-``eval()``-ed backbone) or the stored running statistics (``running``).
+BN_MODES: tuple[str, ...] = ("chunk", "running")
 
 
 @dataclass(frozen=True)
@@ -200,11 +205,22 @@ class HyperSL(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def layer_groups(self) -> list[LayerGroup]:
+        """Ordered layer groups for freeze depth k (:mod:`study.models.freezing`): [stem], [block 0], ..., [final].
+
+        The stem group is the tokeniser (four conv branches) with the global token:
+        it is part of the tokens a frozen prefix produces. ``pe``/``div_term`` are
+        in no group (never trained), nor is the decoder (unused downstream).
+        """
+        stem = [self.embedding_layer_1, self.embedding_layer_2, self.embedding_layer_3, self.embedding_layer_4,
+                self.global_token]
+        return [stem, *([b] for b in self.encoder_blocks), [self.transformer_encoder_layer]]
+
     @property
     def dim(self) -> int:
         return self.config.dim
 
-    # ---- encoder pieces (also used by freeze-depth k > 0: prefix cached, suffix trained) ----
+    # ---- encoder pieces (also used by freeze depth k > 0: study.models.hypersl_partial) ----
     def _check(self, x: Tensor, wavelengths: Tensor) -> tuple[Tensor, Tensor]:
         if x.ndim == 3 and x.shape[1] == 1:
             x = x[:, 0]
@@ -266,9 +282,9 @@ class HyperSL(nn.Module):
         t = torch.cat([self.global_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)
         return t, pe, ids_restore
 
-    def run_blocks(self, h: Tensor, start: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-        """Encoder layers ``start..`` (0-based over blocks + final layer) -> tokens, K, V."""
-        for block in self.encoder_blocks[start:]:
+    def run_blocks(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """All encoder layers (blocks + final layer) on tokens (N, 1+L', D) -> tokens, K, V."""
+        for block in self.encoder_blocks:
             h = block(h)
         return self.transformer_encoder_layer.forward_kv(h)
 
@@ -281,20 +297,6 @@ class HyperSL(nn.Module):
         """Per-spectrum features (N, D) with mask ratio 0, the downstream/export path."""
         h, _, _ = self.tokens(x, wavelengths)
         return self.aggregate(self.run_blocks(h)[0])
-
-    def encode_prefix(self, x: Tensor, wavelengths: Tensor, n_frozen: int) -> Tensor:
-        """Tokens (N, 1+L, D) after the first ``n_frozen`` layer groups (1 = stem only): the part a
-        freeze depth k = len(layer_groups) − n_frozen can cache. ``encode_suffix`` finishes it."""
-        if not 1 <= n_frozen < len(self.encoder_blocks) + 2:
-            raise ValueError(f"n_frozen must be in 1..{len(self.encoder_blocks) + 1}, got {n_frozen}")
-        h, _, _ = self.tokens(x, wavelengths)
-        for block in self.encoder_blocks[: n_frozen - 1]:
-            h = block(h)
-        return h
-
-    def encode_suffix(self, h: Tensor, n_frozen: int) -> Tensor:
-        """Features (N, D) from :meth:`encode_prefix`'s tokens: the remaining (trainable) layers."""
-        return self.aggregate(self.run_blocks(h, start=n_frozen - 1)[0])
 
     def decode(self, z: Tensor, k: Tensor, v: Tensor, pe: Tensor, ids_restore: Tensor | None) -> Tensor:
         """Reconstruct the full spectrum (N, L) in [0, 1] from z (N, D) and the final layer's K, V."""
@@ -343,34 +345,6 @@ def masked_modelling_loss(recon: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(recon, target) + (1.0 - F.cosine_similarity(recon, target, dim=-1)).mean()
 
 
-def layer_groups(model: HyperSL) -> list[list[nn.Module]]:
-    """Ordered layer groups for freeze depth k: [stem], [block 0], ..., [final layer].
-
-    The stem group is the tokeniser (four conv branches; the global token goes
-    with it in :func:`freeze`). The decoder is not a group: it is unused downstream.
-    """
-    stem = [model.embedding_layer_1, model.embedding_layer_2, model.embedding_layer_3, model.embedding_layer_4]
-    return [stem, *([b] for b in model.encoder_blocks), [model.transformer_encoder_layer]]
-
-
-def freeze(model: HyperSL, k: int) -> HyperSL:
-    """Make only the last ``k`` layer groups trainable (k = 0: backbone frozen).
-
-    ``pe``/``div_term`` stay frozen always; the global token is trainable only
-    when the stem is (k = number of groups), because it is part of the tokens a
-    cached frozen prefix produces. Decoder parameters are frozen.
-    """
-    groups = layer_groups(model)
-    if not 0 <= k <= len(groups):
-        raise ValueError(f"freeze depth must be in 0..{len(groups)} for this HyperSL, got {k}")
-    model.requires_grad_(False)
-    for group in groups[len(groups) - k:]:
-        for module in group:
-            module.requires_grad_(True)
-    model.global_token.requires_grad_(k == len(groups))
-    return model
-
-
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     """Number of parameter elements (``pe``/``div_term`` count only with trainable_only=False)."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
@@ -378,4 +352,4 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
 
 def downstream_parameters(model: HyperSL) -> int:
     """Parameters used for features: stem + encoder layers + global token (6.52 M for small)."""
-    return model.global_token.numel() + sum(p.numel() for g in layer_groups(model) for m in g for p in m.parameters())
+    return sum(p.numel() for g in model.layer_groups() for p in group_parameters(g))

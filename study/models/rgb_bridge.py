@@ -99,6 +99,10 @@ class LearnedProjection(nn.Module):
                 self.proj.weight[c, band, 0, 0] = scale[c]
             self.proj.bias.copy_(offset)
 
+    def no_weight_decay(self) -> set[str]:
+        """timm's hook (:mod:`study.models.freezing`): the pseudo-RGB initialisation is the prior to keep, not 0."""
+        return {"proj.weight"}
+
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x)
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from study.models.freezing import LayerGroup
 from study.models.hypersl import Mlp  # timm's Mlp (fc1 -> exact GELU -> fc2), shared by both backbones
 
 
@@ -173,6 +174,14 @@ class VisionTransformer(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
+
+    def layer_groups(self) -> list[LayerGroup]:
+        """Ordered layer groups for freeze depth k (:mod:`study.models.freezing`): [stem], [block 0], ...,
+        [last block, final norm]. k = 1 trains the last block and the norm; k = depth + 1 trains everything."""
+        stem: LayerGroup = [self.patch_embed, self.cls_token, self.pos_embed]
+        blocks: list[LayerGroup] = [[blk] for blk in self.blocks]
+        blocks[-1].append(self.norm)
+        return [stem, *blocks]
 
     def embed(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> tokens (B, 1 + h*w, D) with class token and resampled positions."""

@@ -238,9 +238,9 @@ class RgbBackbone:
         return self.weights is not None
 
     def trial_config(self) -> dict[str, object]:
-        """Constants every crossmodality trial gets (a path and a hash, never the tensors)."""
-        return {"vit_size": self.size, "rgb_weights": str(self.weights) if self.weights else None,
-                "rgb_weights_hash": self.sha, "allow_random_init": not self.pretrained}
+        """Constants every crossmodality trial gets: a path and a hash, never the tensors (as for HyperSL)."""
+        return {"vit_size": self.size, "backbone_path": str(self.weights) if self.weights else None,
+                "backbone_hash": self.sha, "allow_random_init": not self.pretrained}
 
     def describe(self) -> str:
         if self.weights is None:

@@ -1,9 +1,10 @@
 """The shared epoch loop every segmentation trainable uses.
 
 One loop, so that every strategy is trained, selected and evaluated the same
-way (benchmark.md §2.2–2.3): AdamW, cross-entropy with ``ignore_index`` (mean
-over valid pixels), random horizontal flip with p = 0.1 per sample, validation
-mIoU every epoch (ASHA needs a report every epoch to be able to stop a trial),
+way (benchmark.md §2.2–2.3): AdamW with one weight-decay rule
+(:mod:`study.models.freezing`), cross-entropy with ``ignore_index`` (mean over
+valid pixels), random horizontal flip with p = 0.1 per sample, validation mIoU
+every epoch (ASHA needs a report every epoch to be able to stop a trial),
 best-validation checkpoint, and the test split evaluated exactly once, with
 that checkpoint, and only in the final (re-training) phase — tuning never sees
 test data.
@@ -25,6 +26,7 @@ from torch import nn
 
 from study.data.bundle import DataBundle, SplitArrays
 from study.data.specs import DatasetSpec
+from study.models.freezing import param_groups
 from study.train.metrics import confusion_matrix, metrics_from_confusion
 
 Report = Callable[..., Any]
@@ -216,7 +218,8 @@ def fit(
     settings: TrainSettings,
     report: Report,
     *,
-    params: list[dict] | None = None,
+    backbone: nn.Module | None = None,
+    backbone_lr: float | None = None,
     get_checkpoint: Callable[[], Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     epoch_fn: EpochFn | None = None,
@@ -224,9 +227,10 @@ def fit(
 ) -> dict:
     """Train ``model``, reporting every epoch; in the final phase evaluate test once at the end.
 
-    ``params`` are optimizer parameter groups (default: all trainable parameters
-    at ``settings.lr``), so strategies with a frozen or slower backbone reuse the
-    loop. ``epoch_fn``/``eval_fn`` replace the image-level epoch and evaluation
+    The AdamW groups come from :func:`study.models.freezing.param_groups`, the one
+    weight-decay rule of every arm: trainable parameters of ``backbone`` (a
+    sub-module of ``model``) at ``backbone_lr``, the rest at ``settings.lr``.
+    ``epoch_fn``/``eval_fn`` replace the image-level epoch and evaluation
     (the per-pixel models pass theirs), so selection, early stopping, reports,
     checkpoints and resumption are one code path for every strategy. Returns the
     last reported metrics.
@@ -238,7 +242,7 @@ def fit(
     device = pick_device()
     gen = np.random.default_rng(settings.seed)
     model.to(device)
-    groups = params or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    groups = param_groups(model, settings.lr, settings.weight_decay, backbone=backbone, backbone_lr=backbone_lr)
     opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, eps=1e-8)
     loss_fn = nn.CrossEntropyLoss(ignore_index=spec.ignore_index)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,4 +1,4 @@
-"""The epoch loop of per-pixel strategies (HyperSL-FC, in-domain FC): the pixel analogue of ``loop.fit``.
+"""The per-pixel epoch and evaluation (HyperSL-FC, in-domain FC) that ``loop.fit`` runs for per-pixel trials.
 
 The cross-domain paper trains its spectral classifiers by manual optimisation
 over sub-batches of pixels (``shared/reference/benchmark.md`` §4.1 item 3):
@@ -15,24 +15,24 @@ over sub-batches of pixels (``shared/reference/benchmark.md`` §4.1 item 3):
 - selection and metrics are those of ``loop.fit`` (val mIoU every epoch, best-val
   state, test once at the end of the final phase, one confusion matrix per split).
 
-Everything that is not pixel-specific comes from ``loop.py`` so that the driver,
-the result store and ASHA see exactly the same per-epoch report keys as for the
+Only the epoch (:func:`pixel_epoch`) and the evaluation (:func:`evaluate_pixels`)
+are per-pixel: trainables pass them to ``loop.fit``, so the driver, the result
+store and ASHA see exactly the same per-epoch report keys as for the
 segmentation strategies.
 """
 
 from __future__ import annotations
 
-from collections import ChainMap
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from study.data.bundle import DataBundle, SplitArrays
+from study.data.bundle import SplitArrays
 from study.data.specs import DatasetSpec
-from study.train.loop import Report, TrainSettings, fit
+from study.train.loop import EpochFn
 from study.train.metrics import ConfusionAccumulator
 
 #: Images per loaded batch of the paper's per-pixel arm (benchmark.md §4.1 item 3).
@@ -48,17 +48,31 @@ def default_images_per_batch(spec: DatasetSpec) -> int:
     return PIXEL_IMAGES_PER_BATCH.get(spec.name, spec.batch_size)
 
 
-def pixel_settings(config: Mapping[str, Any]) -> TrainSettings:
-    """``TrainSettings`` of a per-pixel trial.
+def pixel_overrides(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``TrainSettings`` overrides of a per-pixel trial (for ``trial_setup(..., overrides=)``).
 
     ``batch_size`` (the RU-Net image batch the driver always sets) does not apply:
     the loaded batch is ``config['images_per_batch']`` (default per dataset), so it
     is recorded here only for completeness. ``hflip_p`` is 0 (see module docstring).
     """
     ipb = config.get("images_per_batch")
-    overrides = {"batch_size": int(ipb or config.get("batch_size", 0)), "hflip_p": 0.0}
-    # a view, not a copy: every key is read from ``config`` itself (tests/test_strategy_contract.py records reads)
-    return TrainSettings.from_config(ChainMap(overrides, config))
+    return {"batch_size": int(ipb or config.get("batch_size", 0)), "hflip_p": 0.0}
+
+
+def pixel_epoch(config: Mapping[str, Any], spec: DatasetSpec) -> EpochFn:
+    """``loop.fit``'s epoch function of a per-pixel trial: ``sub_batch`` pixels per AdamW step
+    (default the paper's 8,192), ``images_per_batch`` images per loaded batch (default per dataset)."""
+    sub_batch = int(config.get("sub_batch", SUB_BATCH))
+    ipb = int(config.get("images_per_batch") or default_images_per_batch(spec))
+    if sub_batch < 2:
+        raise ValueError(f"sub_batch must be >= 2 pixels (BatchNorm needs 2 to train), got {sub_batch}")
+    if ipb < 1:
+        raise ValueError(f"images_per_batch must be >= 1, got {ipb}")
+
+    def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - loop.EpochFn
+        return train_pixel_epoch(model, opt, loss_fn, split, gen, device, sub_batch, ipb)
+
+    return epoch_fn
 
 
 def _pixels(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,68 +151,3 @@ def evaluate_pixels(
         for s in range(0, y.numel(), EVAL_PIXELS):
             acc.add(model(x[s : s + EVAL_PIXELS].float()).argmax(1), y[s : s + EVAL_PIXELS])
     return acc.compute()
-
-
-def fit_pixels(
-    model: nn.Module,
-    data: DataBundle,
-    spec: DatasetSpec,
-    settings: TrainSettings,
-    report: Report,
-    *,
-    get_checkpoint: Callable[[], Any] | None = None,
-    sub_batch: int = SUB_BATCH,
-    images_per_batch: int | None = None,
-    params: list[dict] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> dict:
-    """Train a per-pixel ``model`` ((P, D) -> (P, K)), reporting every epoch; test once at the end when final.
-
-    Reports, checkpoints (every ``settings.checkpoint_every`` epochs and the last),
-    resumption, early stopping and best-val selection are ``loop.fit``'s: only the
-    epoch and the evaluation are per-pixel. ``images_per_batch`` defaults to the paper's per dataset. Returns the last
-    reported metrics.
-    """
-    if sub_batch < 2:
-        raise ValueError(f"sub_batch must be >= 2 pixels (BatchNorm needs 2 to train), got {sub_batch}")
-    ipb = int(images_per_batch or default_images_per_batch(spec))
-    if ipb < 1:
-        raise ValueError(f"images_per_batch must be >= 1, got {ipb}")
-
-    def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - loop.EpochFn
-        return train_pixel_epoch(model, opt, loss_fn, split, gen, device, sub_batch, ipb)
-
-    return fit(model, data, spec, settings, report, params=params, get_checkpoint=get_checkpoint, extra=extra,
-               epoch_fn=epoch_fn, eval_fn=evaluate_pixels)
-
-
-def train_pixel_head(
-    config: Mapping[str, Any],
-    data: DataBundle,
-    report: Report | None,
-    get_checkpoint: Callable[[], Any] | None,
-    model_name: str,
-) -> dict:
-    """The body every per-pixel trainable shares: config -> head -> fit_pixels (HyperSL-FC, in-domain FC).
-
-    The head is BatchNorm1d + Linear (``config["batchnorm"]=False``: Linear only)
-    over whatever channels the bundle holds: HyperSL features or raw bands.
-    """
-    from study.data.specs import get_spec
-    from study.models.heads import PixelFC
-    from study.train.loop import seed_everything, tune_hooks
-    from study.train.threads import configure_threads
-
-    report, get_checkpoint = tune_hooks(report, get_checkpoint)
-    configure_threads(config)
-    spec = get_spec(data.dataset)
-    settings = pixel_settings(config)
-    seed_everything(settings.seed)
-    model = PixelFC(data.n_bands, spec.n_classes, batchnorm=bool(config.get("batchnorm", True)))
-    return fit_pixels(
-        model, data, spec, settings, report,
-        get_checkpoint=get_checkpoint,
-        sub_batch=int(config.get("sub_batch", SUB_BATCH)),
-        images_per_batch=config.get("images_per_batch"),
-        extra={"model_name": model_name, "backbone_hash": getattr(data, "backbone_hash", None)},
-    )

@@ -3,30 +3,11 @@
 Why a wrapper and not ``HyperSL.features``: with k > 0 a trial runs the backbone
 itself on raw spectra (the feature cache only holds k = 0 outputs), and it must
 produce exactly the features the cache export produces for the same weights, or
-the k = 0 and k > 0 arms of one search would see different inputs.
-
-BatchNorm is the only batch-dependent part of HyperSL (the four stem BNs; the
-transformer uses LayerNorm). The export (``study.features``) normalises the stem
-with either each raster chunk's own batch statistics (``bn_mode="chunk"``, the
-paper's never-``eval()``-ed backbone) or the stored running statistics
-(``"running"``). A trial samples sub-batches and crops that never coincide with
-the export's chunks, so here the stem never calls its BN modules: it normalises
-with *given* statistics instead:
-
-- ``running``: the BN buffers, exactly eval-mode BN (never updated: they are
-  buffers, not parameters, and no train-mode BN forward ever runs);
-- ``chunk``: a table of per-chunk (mean, var) of every stem BN input, computed
-  by :meth:`UnfrozenHyperSL.refresh_stats` over the export's chunks (raster
-  order, ``chunk_size`` pixels, per image). Each pixel carries the id of its
-  chunk, so any subset of pixels gets the statistics the export used for it and
-  the features at the start of training equal the cached ones.
-
-A trainable stem (k = number of groups; never proposed by the search spaces)
-keeps these semantics: in chunk mode the table is recomputed with the current
-weights at the start of every epoch and of every evaluation (the trainables do
-this), so evaluation sees exactly what an export of the trained stem would give;
-within an epoch the statistics are constants (no gradient through them). Its
-BN affine parameters train; running statistics never change.
+the k = 0 and k > 0 arms of one search would see different inputs. So the stem's
+BatchNorms never run in train mode here: they normalise with *given* statistics,
+the BN buffers (``bn_mode="running"``) or each pixel's export-chunk statistics
+(``"chunk"``, a table recomputed by :meth:`PartialHyperSL.refresh_stats`); each
+pixel carries its chunk id. Details and measurements: ``docs/freeze_depth.md``.
 """
 
 from __future__ import annotations
@@ -36,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from study.features import BN_MODES
-from study.models.hypersl import HyperSL, freeze, layer_groups
+from study.models.freezing import set_trainable_depth
+from study.models.hypersl import BN_MODES, HyperSL
 
 #: BatchNorms in the stem (three conv branches + the 1x1 fuse), in forward order.
 N_STEM_BN = 4
@@ -87,21 +68,7 @@ def chunk_stats(model: HyperSL, spectra: Tensor) -> Tensor:
     return torch.stack(collect)
 
 
-def chunks_per_image(height: int, width: int, chunk_size: int) -> int:
-    return -(-height * width // chunk_size)
-
-
-def chunk_id_map(n_images: int, height: int, width: int, chunk_size: int, offset: int = 0) -> np.ndarray:
-    """Export chunk of every pixel, (N, H, W) int32: image i, raster pixel p -> offset + i*cpi + p // chunk_size."""
-    cpi = chunks_per_image(height, width, chunk_size)
-    within = (np.arange(height * width) // chunk_size).reshape(height, width)
-    ids = offset + np.arange(n_images)[:, None, None] * cpi + within[None]
-    if ids.size and int(ids.max()) >= 2**24:
-        raise ValueError("more than 2^24 export chunks: chunk ids travel as float32 and would lose precision")
-    return ids.astype(np.int32)
-
-
-class UnfrozenHyperSL(nn.Module):
+class PartialHyperSL(nn.Module):
     """Per-pixel features (P, C) + chunk ids (P,) -> (P, D) with the last ``k`` layer groups trainable.
 
     ``k = 0`` is allowed (everything frozen, for tests and comparisons). The
@@ -115,8 +82,8 @@ class UnfrozenHyperSL(nn.Module):
         super().__init__()
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
-        self.n_groups = len(layer_groups(hypersl))
-        freeze(hypersl, k)  # validates 0 <= k <= n_groups
+        self.n_groups = len(hypersl.layer_groups())
+        set_trainable_depth(hypersl, k)  # validates 0 <= k <= n_groups
         self.hypersl, self.k, self.bn_mode = hypersl, k, bn_mode
         self.grad_chunk, self.eval_chunk = grad_chunk, eval_chunk
         self.register_buffer("wavelengths", torch.as_tensor(np.asarray(wavelengths, dtype=np.float32)),
@@ -134,12 +101,9 @@ class UnfrozenHyperSL(nn.Module):
     def dim(self) -> int:
         return self.hypersl.dim
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.hypersl.parameters() if p.requires_grad]
-
     # ---- chunk statistics
     def set_sources(self, images: list[np.ndarray], chunk_size: int) -> None:
-        """Raw images (N, H, W, C) of every split in chunk-id order (see :func:`chunk_id_map` offsets)."""
+        """Raw images (N, H, W, C) of every split in chunk-id order (``study.train.raw_spectra.chunk_id_map``)."""
         self._sources, self._chunk_size = list(images), int(chunk_size)
 
     @torch.no_grad()
@@ -197,7 +161,7 @@ def _split_ids(x: Tensor) -> tuple[Tensor, Tensor]:
 class BackbonePixelFC(nn.Module):
     """HyperSL-FC with k > 0: pixels (P, C+1) (spectra + chunk id) -> HyperSL features -> head -> (P, K)."""
 
-    def __init__(self, backbone: UnfrozenHyperSL, head: nn.Module) -> None:
+    def __init__(self, backbone: PartialHyperSL, head: nn.Module) -> None:
         super().__init__()
         self.backbone, self.head = backbone, head
 
@@ -209,7 +173,7 @@ class BackbonePixelFC(nn.Module):
 class BackboneRUNet(nn.Module):
     """HyperSL-RU-Net with k > 0: images (B, C+1, H, W) -> per-pixel features (B, D, H, W) -> RU-Net logits."""
 
-    def __init__(self, backbone: UnfrozenHyperSL, runet: nn.Module) -> None:
+    def __init__(self, backbone: PartialHyperSL, runet: nn.Module) -> None:
         super().__init__()
         self.backbone, self.runet = backbone, runet
 

@@ -1,0 +1,107 @@
+"""The raw-spectra side of a HyperSL freeze depth k > 0 trial: chunk ids, crops, the trial's backbone.
+
+A k > 0 trial runs HyperSL itself on the raw spectra of the same samples as its
+feature bundle (``DataBundle.raw``), from the checkpoint at
+``config["backbone_path"]``, with the export's BatchNorm mode and chunk size
+(``config["bn_mode"]``, ``config["chunk_size"]``). Every pixel carries the id of
+the export chunk it belonged to as one extra, last channel, so flips, crops and
+batching in the shared loops move it with the pixel. Why raw spectra and not a
+token cache, and what it costs: ``docs/freeze_depth.md``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from study.data.bundle import DataBundle, SplitArrays
+from study.models.hypersl_partial import PartialHyperSL
+from study.train.loop import pick_device
+
+#: Default side of the random training crop of a k > 0 HyperSL-RU-Net trial (pixels).
+CROP = 128
+
+
+@dataclass(frozen=True)
+class ChunkedSplit(SplitArrays):
+    """Raw spectra whose batches carry every pixel's export chunk id as one extra, last channel (float32)."""
+
+    chunk_ids: np.ndarray  # (N, H, W) int32
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = np.asarray(self.images[idx], dtype=np.float32)
+        return np.concatenate([images, self.chunk_ids[idx][..., None].astype(np.float32)], axis=-1), self.labels[idx]
+
+
+def chunks_per_image(height: int, width: int, chunk_size: int) -> int:
+    return -(-height * width // chunk_size)
+
+
+def chunk_id_map(n_images: int, height: int, width: int, chunk_size: int, offset: int = 0) -> np.ndarray:
+    """Export chunk of every pixel, (N, H, W) int32: image i, raster pixel p -> offset + i*cpi + p // chunk_size."""
+    cpi = chunks_per_image(height, width, chunk_size)
+    within = (np.arange(height * width) // chunk_size).reshape(height, width)
+    ids = offset + np.arange(n_images)[:, None, None] * cpi + within[None]
+    if ids.size and int(ids.max()) >= 2**24:
+        raise ValueError("more than 2^24 export chunks: chunk ids travel as float32 and would lose precision")
+    return ids.astype(np.int32)
+
+
+def chunked_splits(raw: DataBundle, chunk_size: int) -> list[ChunkedSplit]:
+    """train, val, test of ``raw`` with chunk ids numbered across the three splits in that order."""
+    splits, offset = [], 0
+    for split in (raw.train, raw.val, raw.test):
+        n, h, w = split.labels.shape
+        ids = chunk_id_map(n, h, w, chunk_size, offset)
+        offset += n * chunks_per_image(h, w, chunk_size)
+        splits.append(ChunkedSplit(images=split.images, labels=split.labels, names=split.names, chunk_ids=ids))
+    return splits
+
+
+def build_backbone(config: Mapping[str, Any], data: DataBundle) -> tuple[PartialHyperSL, DataBundle]:
+    """The trial's HyperSL (last ``freeze_depth`` groups trainable, statistics ready, on the trial's device)
+    and a bundle of :class:`ChunkedSplit` raw spectra with the feature bundle's identity."""
+    from study.models.checkpoints import load_hypersl
+
+    path = config.get("backbone_path")
+    if data.raw is None or not path:
+        raise ValueError("freeze_depth > 0 needs the raw spectra (DataBundle.raw) and the HyperSL checkpoint "
+                         "(config['backbone_path']); the driver provides both when k > 0 is searched, "
+                         "or set freeze_depth=0")
+    chunk_size = int(config["chunk_size"])
+    backbone = PartialHyperSL(load_hypersl(path), int(config["freeze_depth"]), data.raw.wavelengths,
+                              str(config["bn_mode"]))
+    train, val, test = chunked_splits(data.raw, chunk_size)
+    backbone.set_sources([s.images for s in (train, val, test)], chunk_size)
+    backbone.to(pick_device())
+    backbone.refresh_stats()
+    return backbone, replace(data, train=train, val=val, test=test)
+
+
+def with_fresh_stats(fn: Callable[..., Any], backbone: PartialHyperSL) -> Callable[..., Any]:
+    """``fn`` (an epoch or eval function, model first) preceded by a statistics refresh when the stem trains
+    in chunk mode; otherwise ``fn`` itself (the table of a frozen stem never changes)."""
+    if not (backbone.stem_trainable and backbone.bn_mode == "chunk"):
+        return fn
+
+    def wrapped(*args: Any) -> Any:
+        backbone.refresh_stats()
+        return fn(*args)
+
+    return wrapped
+
+
+def random_crops(split: ChunkedSplit, crop: int, gen: np.random.Generator) -> ChunkedSplit:
+    """One random ``crop``² window per image (the whole image when it is not larger), drawn from ``gen``."""
+    n, h, w = split.labels.shape
+    ch, cw = min(crop, h), min(crop, w)
+    if (ch, cw) == (h, w):
+        return split
+    rows, cols = gen.integers(0, h - ch + 1, size=n), gen.integers(0, w - cw + 1, size=n)
+    win = [(slice(r, r + ch), slice(c, c + cw)) for r, c in zip(rows, cols, strict=True)]
+    return ChunkedSplit(images=np.stack([split.images[i][win[i]] for i in range(n)]),
+                        labels=np.stack([split.labels[i][win[i]] for i in range(n)]), names=split.names,
+                        chunk_ids=np.stack([split.chunk_ids[i][win[i]] for i in range(n)]))

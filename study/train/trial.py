@@ -1,0 +1,55 @@
+"""The start every trainable shares: Ray hooks, threads, dataset spec, settings, seed.
+
+One function instead of a preamble copied into every trainable, so that every
+strategy seeds before it builds a model and reads its settings the same way;
+:meth:`TrialSetup.fit` then runs ``loop.fit`` with what was set up.
+"""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from study.data.bundle import DataBundle
+from study.data.specs import DatasetSpec, get_spec
+from study.train.loop import Report, TrainSettings, fit, seed_everything, tune_hooks
+from study.train.threads import configure_threads
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What a trainable works with after :func:`trial_setup`."""
+
+    spec: DatasetSpec
+    settings: TrainSettings
+    report: Report
+    get_checkpoint: Callable[[], Any] | None
+    #: The frozen backbone's hash for result rows: the bundle's (feature bundles), else the config's, else None.
+    backbone_hash: str | None
+
+    def fit(self, model: nn.Module, data: DataBundle, **kwargs: Any) -> dict:
+        """``loop.fit`` with this trial's spec, settings and Ray hooks (``kwargs``: backbone, extra, epoch_fn...)."""
+        return fit(model, data, self.spec, self.settings, self.report, get_checkpoint=self.get_checkpoint, **kwargs)
+
+
+def trial_setup(config: Mapping[str, Any], data: DataBundle, report: Report | None,
+                get_checkpoint: Callable[[], Any] | None,
+                overrides: Mapping[str, Any] | None = None) -> TrialSetup:
+    """Ray's hooks unless given, torch threads, the dataset spec, ``TrainSettings`` and the seed.
+
+    ``overrides`` replace config values for the settings only (a per-pixel trial's
+    loaded batch, crossmodality's ``head_lr`` as the loop's ``lr``); the config is
+    read key by key, never copied (tests record which keys a trainable reads).
+    Seeds torch before the caller builds its model, so initial weights follow the seed.
+    """
+    report, get_checkpoint = tune_hooks(report, get_checkpoint)
+    configure_threads(config)
+    spec = get_spec(data.dataset)
+    settings = TrainSettings.from_config(ChainMap(dict(overrides), config) if overrides else config)
+    seed_everything(settings.seed)
+    backbone_hash = data.backbone_hash if data.backbone_hash is not None else config.get("backbone_hash")
+    return TrialSetup(spec, settings, report, get_checkpoint, backbone_hash)
