@@ -39,10 +39,10 @@ import torch
 from torch import nn
 
 from study.errors import HsiStudyError
+from study.models.hypersl import BN_MODES
 
 #: Paper chunk sizes (pixels per BatchNorm batch) per dataset; others default to 5,000.
 DEFAULT_CHUNKS: dict[str, int] = {"hsidrive": 5000, "hcv2": 5000, "hyko2": 50000}
-BN_MODES: tuple[str, ...] = ("chunk", "running")
 DTYPES: dict[str, type[np.floating]] = {"float16": np.float16, "float32": np.float32}
 #: Bump when the export changes what a given (checkpoint, data, settings) produces.
 FEATURE_VERSION = 1
