@@ -13,6 +13,7 @@ missing samples and leaves half-written files when interrupted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,11 +31,13 @@ _SHOW_MISSING = 3
 
 
 def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str | Path | None = None,
-            hcv2_split: str = "new", workers: int = 1, stream: TextIO | None = None) -> list[SplitResult]:
+            hcv2_split: str = "new", workers: int = 1, stream: TextIO | None = None,
+            on_split: Callable[[SplitResult], None] | None = None) -> list[SplitResult]:
     """Convert every split of ``dataset`` from the release folder ``raw`` into ``out``; finished splits are kept.
 
     Everything is checked before the first image is decoded: the lists, the
-    release layout and that every listed sample's files exist.
+    release layout and that every listed sample's files exist. ``on_split`` is
+    called as each split finishes (the CLI prints its summary line then).
     """
     if dataset not in DATASETS:
         raise PrepareError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
@@ -65,6 +68,8 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str |
             results.append(convert_split(split, jobs[split], out / spec.file_name(split),
                                          _attrs(dataset, split, lists, raw, hcv2_split), pool=pool,
                                          window=2 * workers, stream=stream))
+            if on_split is not None:
+                on_split(results[-1])
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)

@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.hcv2_split is not None and args.dataset != "hcv2":
             raise HsiStudyError(f"--hcv2-split is for hcv2 only, not {args.dataset}")
-        results = prepare(args.dataset, args.raw, args.out, splits_dir=args.splits,
-                          hcv2_split=args.hcv2_split or "new", workers=args.workers)
+        prepare(args.dataset, args.raw, args.out, splits_dir=args.splits, hcv2_split=args.hcv2_split or "new",
+                workers=args.workers, on_split=lambda r: print(_summary(args.dataset, r), flush=True))
     except HsiStudyError as exc:
         if args.debug:
             raise
@@ -70,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to continue (finished images are kept)", file=sys.stderr)
         return 130
-    for r in results:
-        print(_summary(args.dataset, r))
     print(f"next: python -m study.run --dataset {args.dataset} --data-root {args.out} ...")
     return 0
 
