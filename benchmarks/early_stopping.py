@@ -91,7 +91,7 @@ def _setup(size: tuple, results: Path) -> tuple[Any, Any, dict[str, Any], Any]:
     cfg = build_config("smoke", strategies=("indomain",), dataset="hyko2", fractions=(1.0,), trials=trials,
                        epochs=epochs, seeds=1, grace_period=1, width=width, batch_size=4, results=results,
                        num_cpus=2, synthetic=GeneratorConfig(height=h, width=w, n_train=ntr, n_val=nva, n_test=nte))
-    prep = prepare(cfg, echo=quiet)
+    prep = prepare(cfg, echo=quiet)["hyko2"]
     strategy, subset = get_strategy("indomain"), prep.subsets[1.0]
     bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
     res = strategy.resources(False)

@@ -101,7 +101,7 @@ def run_tune_side(cfg: Any) -> dict[str, Any]:
     from study.run import init_ray
     from study.strategies import get_strategy
 
-    prep = prepare(cfg, echo=quiet)
+    prep = prepare(cfg, echo=quiet)["hyko2"]
     t0 = time.perf_counter()
     fresh = not ray.is_initialized()
     init_ray(cfg)

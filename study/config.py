@@ -38,10 +38,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         synthetic=GeneratorConfig(height=64, width=128, n_train=40, n_val=12, n_test=16),
         # a per-pixel transformer in every training step (k > 0) costs minutes per epoch on a laptop CPU
         max_freeze_depth=0,
+        # one cell at a time: on 2 cores a cell's own trials fill the machine, and ASHA's decisions then do not
+        # depend on how other cells' trials interleave, so the demo's table is the same on every run
+        max_concurrent_cells=1,
     ),
     "smoke": dict(
         fractions=(0.5, 1.0), trials=2, epochs=2, seeds=1, grace_period=1, width="tiny",
         synthetic=GeneratorConfig(height=32, width=48, n_train=6, n_val=3, n_test=3), max_freeze_depth=0,
+        allow_random_init=True,  # plumbing, not transfer: an RGB ViT arm runs without released weights
     ),
 }
 
@@ -55,15 +59,18 @@ def _at_least(name: str, value: int | None, low: int) -> None:
 class DataSettings:
     """Which data a study measures on: the data set, its files (or the synthetic default), the subsets."""
 
-    dataset: str = "hyko2"
-    data_root: Path | None = None  # real HS3-Bench files; None: the embedded synthetic default
+    datasets: tuple[str, ...] = ("hyko2",)  # one study may cover several: one store, one report
+    data_root: Path | None = None  # real HS3-Bench files of every dataset; None: the embedded synthetic default
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
     subset_seed: int = 0
     synthetic: GeneratorConfig = field(default_factory=GeneratorConfig)
 
     def validate(self) -> None:
-        if self.dataset not in SPECS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; valid datasets: {', '.join(sorted(SPECS))}")
+        if not self.datasets:
+            raise ConfigError(f"--dataset is empty; give one or more of {', '.join(SPECS)}, or all")
+        for name in self.datasets:
+            if name not in SPECS:
+                raise ConfigError(f"unknown dataset {name!r}; valid datasets: all, {', '.join(sorted(SPECS))}")
         if not self.fractions:
             raise ConfigError("--fractions is empty; give e.g. 0.1,0.5,1.0")
         for f in self.fractions:
@@ -146,8 +153,11 @@ class Runtime:
     gpus: str = "auto"
     dashboard: bool = False  # a local Ray's dashboard, bound to dashboard_host (localhost unless told otherwise)
     dashboard_host: str = "127.0.0.1"
+    #: cells in flight at once (each its own Tuner in a driver thread); None: every pending cell
+    max_concurrent_cells: int | None = None
 
     def validate(self) -> None:
+        _at_least("max_concurrent_cells", self.max_concurrent_cells, 1)
         check_results_text(self.results)  # URI syntax only; reaching the store is checked before training
         if self.gpus not in ("auto", "on", "off"):
             raise ConfigError(f"--gpus must be auto, on or off, got {self.gpus!r}")
@@ -156,7 +166,7 @@ class Runtime:
 _GROUPS = {"data": DataSettings, "budget": Budget, "options": ModelOptions, "runtime": Runtime}
 #: Runtime settings left out of ids. gpus and the dashboard settings stay in them, as they always were, so that
 #: ids (and finished cells) of existing stores stay valid.
-_PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus"})
+_PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus", "max_concurrent_cells"})
 
 
 @dataclass(frozen=True)
@@ -213,12 +223,24 @@ class StudyConfig:
         for k in ("results", "data_root", "cache_dir", "backbone", "rgb_weights"):
             d[k] = str(d[k]) if d[k] else None
         d["fractions"] = list(self.data.fractions)
+        # one dataset is written as a name, as it always was (so ids of one-dataset studies stay as they were)
+        datasets = d.pop("datasets")
+        d["dataset"] = datasets[0] if len(datasets) == 1 else list(datasets)
         d["model_width"] = self.model_width
         return d
 
-    def _id_settings(self) -> dict[str, Any]:
-        return {k: v for k, v in self.settings().items()
+    def _id_settings(self, dataset: str | None = None) -> dict[str, Any]:
+        """Settings that identify results; ``dataset``: as a one-dataset study of that dataset would have them
+        (a cell of a several-dataset study has the id of the same cell run alone)."""
+        settings = self.settings()
+        if dataset is not None:
+            settings["dataset"] = dataset
+        return {k: v for k, v in settings.items()
                 if k not in _PLACEMENT and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
+
+    @property
+    def datasets_label(self) -> str:
+        return "+".join(self.data.datasets)
 
     @property
     def study_id(self) -> str:
@@ -226,18 +248,20 @@ class StudyConfig:
         list, the strategy-specific settings (registry ``settings``) or the runtime placement."""
         not_shared = strategy_settings() | {"strategies"}
         shared = {k: v for k, v in self._id_settings().items() if k not in not_shared}
-        return f"{self.data.dataset}-{json_digest(shared, 10)}"
+        return f"{self.datasets_label}-{json_digest(shared, 10)}"
 
-    def strategy_key(self, strategy: str) -> str:
-        """10 hex digits over the shared protocol plus the settings ``strategy`` reads: the tail of its cell ids."""
+    def strategy_key(self, strategy: str, dataset: str | None = None) -> str:
+        """10 hex digits over the shared protocol plus the settings ``strategy`` reads: the tail of its cell ids
+        (on ``dataset``: the key a one-dataset study of it would give)."""
         mine, not_shared = set(get_strategy(strategy).settings), strategy_settings() | {"strategies"}
-        return json_digest({k: v for k, v in self._id_settings().items() if k not in not_shared or k in mine}, 10)
+        settings = self._id_settings(dataset or self.data.datasets[0])
+        return json_digest({k: v for k, v in settings.items() if k not in not_shared or k in mine}, 10)
 
     @property
     def legacy_study_id(self) -> str:
         """The study id of earlier versions (every setting, the strategy list included): only to recognise
         cells that stores written by them already finished."""
-        return f"{self.data.dataset}-{json_digest(self._id_settings(), 10)}"
+        return f"{self.datasets_label}-{json_digest(self._id_settings(), 10)}"
 
 
 def build_config(preset: str, **given: Any) -> StudyConfig:
@@ -248,6 +272,10 @@ def build_config(preset: str, **given: Any) -> StudyConfig:
     strategies = values.pop("strategies", None)
     groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
     owner = {f.name: name for name, cls in _GROUPS.items() for f in fields(cls)}
+    if isinstance(values.get("dataset"), str):  # the flat name users and presets know
+        values["datasets"] = (values.pop("dataset"),)
+    elif "dataset" in values:
+        values["datasets"] = tuple(values.pop("dataset"))
     for key, value in values.items():
         if key not in owner:
             raise ConfigError(f"unknown study setting {key!r}; valid: {', '.join(sorted(owner))}")

@@ -15,13 +15,14 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
-from study import __version__
+from study import __version__, progress
 from study.config import StudyConfig
 from study.data.bundle import DataBundle, make_bundle
 from study.data.specs import DatasetSpec
@@ -33,14 +34,15 @@ from study.replay import replay_from_rows, replay_or_train, trial_key
 from study.results import STUDY_FILE, read_table, write_rows, write_study_file
 from study.storage import Location, WorkingCopy, lease, open_results, resolve
 from study.strategies import Strategy, get_strategy
-from study.tuning import TrialLog, echo, final_runs, pick_best, tune_cell
+from study.tuning import TrialLog, echo, final_runs, pick_best, serialized_start, tune_cell
 
 
-def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest, legacy: bool = False) -> str:
+def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest, legacy: bool = False,
+            dataset: str | None = None) -> str:
     """Stable id of a cell: strategy + subset + the settings that strategy's results depend on (so a re-run,
-    or a later run with more strategies, finds its rows). ``legacy``: the id stores written before the
-    strategy list left the study id used (recognised as finished, never written)."""
-    key = cfg.legacy_study_id.rsplit("-", 1)[-1] if legacy else cfg.strategy_key(strategy)
+    or a later run with more strategies or datasets, finds its rows). ``legacy``: the id stores written
+    before the strategy list left the study id used (recognised as finished, never written)."""
+    key = cfg.legacy_study_id.rsplit("-", 1)[-1] if legacy else cfg.strategy_key(strategy, dataset)
     return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{key}"
 
 
@@ -116,33 +118,49 @@ def search_space(cfg: StudyConfig, strategy: Strategy) -> dict[str, Any]:
     return space
 
 
+class CellInterrupted(HsiStudyError):
+    """The study was asked to stop while this cell ran: what finished is stored, the cell is not finished."""
+
+
+def _label(cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest) -> str:
+    prefix = f"{prep.spec.name} " if len(cfg.data.datasets) > 1 else ""
+    return f"{prefix}{strategy.name} {subset.fraction:g}"
+
+
 def run_cell(
     cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest, cid: str,
-    have_gpu: bool, echo: Callable[[str], None] = echo,
+    have_gpu: bool, echo: Callable[[str], None] = echo, journal: Any = None, journal_file: WorkingCopy | None = None,
+    control_key: str | None = None,
 ) -> None:
-    """Tune one cell, re-train the winner with K seeds; every finished trial is stored at once."""
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    """Tune one cell, re-train the winner with K seeds; every finished trial is stored at once.
+
+    The cell is finished only when its whole tuning budget and all K final seeds are in the store: a
+    search that ends short (the study was stopped, trials lost) raises before any final run starts.
+    """
     from ray import tune
 
     results = resolve(cfg.runtime.results)
+    if journal is None or journal_file is None:  # one cell on its own (benchmarks, tests): its own journal
+        with _journal(results) as (journal_file, journal):
+            return run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, control_key)
+    label = _label(cfg, prep, strategy, subset)
     stored = read_table(results)
     stored = stored.filter(pc.equal(stored["cell_id"], cid)).to_pylist() if stored.num_rows else []
     replay = replay_from_rows(stored)
     if replay:
-        echo(f"  resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
+        echo(f"  [{label}] resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
     space = search_space(cfg, strategy)
     bundle = cell_bundle(prep, strategy, subset, space)
     res = strategy.resources(have_gpu)
-    trainable = tune.with_resources(
-        tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
-    )
+    with serialized_start():  # with_parameters registers the data in Tune's (not thread-safe) registry
+        trainable = tune.with_resources(
+            tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
+        )
     budget = cfg.budget
     constants = _constants(cfg, len(subset.names), prep.spec, cid, res["cpu"])
     backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
     if backbone is not None:
         constants.update(backbone.trial_config)
-    # Optuna's journal needs a local file: on an object store a working copy, pushed after every trial
-    journal_file = WorkingCopy(results, "optuna.journal")
     common = {
         "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
@@ -151,26 +169,40 @@ def run_cell(
     }
 
     def store(log: TrialLog) -> None:
+        # once the study is asked to stop, only runs that ended on their own are results: a trial ended by
+        # the stop (or killed by the same Ctrl+C) is not "stopped early" or "failed", it trains again on resume
+        if progress.stopped(control_key) and log.status != "completed":
+            return
         if trial_key(log.config) not in replay:
             write_rows(results, trial_rows(log, common), f"{cid}-{log.config.get('phase', 'tune')}")
         if log.config.get("phase", "tune") == "tune":
             journal_file.push()
 
-    label = f"{strategy.name} {subset.fraction:g}"
-    with contextlib.closing(journal_file):  # pushed once more (and its temp folder removed) however the cell ends
-        journal = JournalStorage(JournalFileBackend(str(journal_file.pull().path.resolve())))
-        try:
-            _fresh_experiment(results, f"{cid}-tune", journal)
-            logs = tune_cell(trainable, space, constants, budget, results.child("tune"),
-                             f"{cid}-tune", journal, label, echo, on_finish=store)
-        finally:
-            journal_file.push()
+    _fresh_experiment(results, f"{cid}-tune", journal)
+    logs = tune_cell(trainable, space, constants, budget, results.child("tune"),
+                     f"{cid}-tune", journal, label, echo, on_finish=store, control_key=control_key)
+    journal_file.push()
+    _check_complete(logs, budget.trials, "tuning trials", control_key)
     best = pick_best(logs)
     chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
     echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in chosen.items() if k in space))
     results.delete_dir("tune", f"{cid}-final")
-    final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo, on_finish=store)
+    finals = final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo,
+                        on_finish=store, control_key=control_key)
+    _check_complete(finals, budget.seeds, "final seeds", control_key)
+    failed = [f for f in finals if f.status == "error"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {budget.seeds} final seed(s) failed ({failed[0].error})")
+
+
+def _check_complete(logs: list[TrialLog], budget: int, what: str, control_key: str | None) -> None:
+    """Raise unless every run of the budget ended on its own (Tune returns short when it was stopped)."""
+    if progress.stopped(control_key):
+        raise CellInterrupted(f"stopped with {sum(log.status == 'completed' for log in logs)} of {budget} {what} "
+                              "completed")
+    if len(logs) < budget:
+        raise RuntimeError(f"only {len(logs)} of {budget} {what} ran (Tune ended early); re-run to complete")
 
 
 @contextlib.contextmanager
@@ -226,34 +258,106 @@ def strategy_settings(results: Location, cfg: StudyConfig) -> dict[str, dict[str
     return {**previous, **{s: {k: settings[k] for k in get_strategy(s).settings} for s in cfg.strategies}}
 
 
-def run_study(cfg: StudyConfig, prep: Prepared, echo: Callable[[str], None] = echo) -> list[str]:
-    """Run every (strategy, fraction) cell not already finished; returns failure messages."""
+def pending_cells(cfg: StudyConfig, preps: dict[str, Prepared], done: set[str],
+                  echo: Callable[[str], None] = echo) -> list[tuple[Prepared, Strategy, SubsetManifest, str]]:
+    """Every (dataset, strategy, fraction) cell not already finished, in that order."""
+    out, n = [], len(cfg.data.datasets) * len(cfg.strategies) * len(cfg.data.fractions)
+    for prep in preps.values():
+        for sname in cfg.strategies:
+            strategy = get_strategy(sname)
+            for frac in sorted(prep.subsets):
+                subset = prep.subsets[frac]
+                cid = cell_id(cfg, sname, subset, dataset=prep.spec.name)
+                if cid in done or cell_id(cfg, sname, subset, legacy=True) in done:
+                    echo(f"{_label(cfg, prep, strategy, subset)}: already finished, skipped")
+                    continue
+                out.append((prep, strategy, subset, cid))
+    echo(f"{len(out)} of {n} cell(s) to run" + (f", up to {cfg.runtime.max_concurrent_cells} at once"
+                                                  if cfg.runtime.max_concurrent_cells else ", all at once"))
+    return out
+
+
+def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str], None] = echo) -> list[str]:
+    """Run every pending cell, all at once (each its own Tuner in a driver thread); returns failure messages.
+
+    Raises :class:`CellInterrupted` after a Ctrl+C / SIGTERM once every cell has stopped: what finished is
+    in the store, unfinished cells stay unfinished, and the same command continues the study.
+    """
     import ray
 
     results = resolve(cfg.runtime.results)
     done = finished_cells(results, cfg.budget.seeds)  # first: refuses a store of another schema version
-    write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(), "data_root": str(prep.data_root),
+    write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(),
+                               "data_root": {n: str(p.data_root) for n, p in preps.items()},
                                "strategy_settings": strategy_settings(results, cfg)})
     gpus = cfg.runtime.gpus
     have_gpu = gpus == "on" or (gpus == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
     if gpus == "auto" and not have_gpu and cfg.runtime.address:
         echo("note: no GPU in the cluster yet, trials request CPU only; use --gpus on to make an autoscaling "
              "cluster start GPU workers")
-    cells = [(s, f) for s in cfg.strategies for f in sorted(prep.subsets)]
+    cells = pending_cells(cfg, preps, done, echo)
+    if not cells:
+        return []
+    key = f"{cfg.study_id}-{os.getpid()}-{time.monotonic_ns()}"
+    control = progress.register(progress.StudyControl(
+        key, len(cells), len(cells) * (cfg.budget.trials + cfg.budget.seeds), echo))
+    stack = contextlib.ExitStack()
     failures: list[str] = []
-    for i, (sname, frac) in enumerate(cells, 1):
-        strategy, subset = get_strategy(sname), prep.subsets[frac]
-        cid = cell_id(cfg, sname, subset)
-        if cid in done or cell_id(cfg, sname, subset, legacy=True) in done:
-            echo(f"[{i}/{len(cells)}] {sname} @ {frac:g}: already finished, skipped")
-            continue
-        echo(f"[{i}/{len(cells)}] {sname} @ {frac:g} ({len(subset.names)} of {subset.n_total} train images, "
-             f"subset {subset.content_hash[:8]})")
-        t0 = time.perf_counter()
-        try:
-            run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo)
-        except RuntimeError as exc:  # every trial failed: record and go on with the next cell
-            failures.append(f"{sname} @ {frac:g}: {exc}")
-            echo(f"  cell failed: {exc}")
-        echo(f"  cell done in {time.perf_counter() - t0:.0f} s")
+    try:
+        journal_file, journal = stack.enter_context(_journal(results))
+
+        def one(cell: tuple[Prepared, Strategy, SubsetManifest, str]) -> None:
+            prep, strategy, subset, cid = cell
+            label = _label(cfg, prep, strategy, subset)
+            if control.stop.is_set():
+                return
+            echo(f"[{label}] starts ({len(subset.names)} of {subset.n_total} train images, subset "
+                 f"{subset.content_hash[:8]})")
+            control.update(force=True, cells_running=+1)
+            t0 = time.perf_counter()
+            try:
+                run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, key)
+                echo(f"[{label}] done in {time.perf_counter() - t0:.0f} s")
+            except CellInterrupted as exc:
+                echo(f"[{label}] {exc}")
+            except RuntimeError as exc:  # every trial failed, or the budget was not met: record, go on
+                failures.append(f"{label}: {exc}")
+                echo(f"[{label}] cell failed: {exc}")
+            finally:
+                control.update(force=True, cells_running=-1, cells_done=+1)
+
+        workers = cfg.runtime.max_concurrent_cells or len(cells)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cell") as pool:
+            futures = [pool.submit(one, cell) for cell in cells]
+            try:
+                for fut in as_completed(futures):
+                    fut.result()
+            except BaseException as exc:  # Ctrl+C, SIGTERM (run.py raises KeyboardInterrupt) or a cell's error
+                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+                echo(f"stopping ({what}): every running cell ends its trials; what finished is kept ...")
+                control.stop.set()
+                wait(futures)
+                raise
+    finally:
+        progress.unregister(key)
+        stack.close()
     return failures
+
+
+@contextlib.contextmanager
+def _journal(results: Location) -> Iterator[tuple[WorkingCopy, Any]]:
+    """The study's Optuna journal: one storage object for all cells (its own lock serialises their appends).
+
+    Optuna's journal needs a local file: on an object store a working copy, pushed after every trial and
+    once more however the study ends.
+    """
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    journal_file = WorkingCopy(results, "optuna.journal")
+    try:
+        yield journal_file, JournalStorage(JournalFileBackend(str(journal_file.pull().path.resolve())))
+    finally:
+        try:
+            journal_file.push()
+        finally:
+            journal_file.close()

@@ -48,13 +48,21 @@ class Prepared:
     backbones: dict[str, ResolvedBackbone] = field(default_factory=dict)  # by backbone kind
 
 
-def prepare(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> Prepared:
-    """Resolve and validate data, subsets and backbones; write manifests; export features. No Ray, no training."""
+def prepare(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> dict[str, Prepared]:
+    """Every dataset of the study, prepared (:func:`prepare_dataset`), by name. No Ray, no training.
+
+    All datasets are validated before any feature export starts, so a broken file of the last dataset
+    stops the study before minutes of work on the first.
+    """
     from study.results import check_store_version
 
-    results = resolve(cfg.runtime.results)
-    check_store_version(results)  # before anything is written into an incompatible store
-    spec = get_spec(cfg.data.dataset)
+    check_store_version(resolve(cfg.runtime.results))  # before anything is written into an incompatible store
+    data = {name: _validated_data(cfg, get_spec(name), echo) for name in cfg.data.datasets}
+    return {name: prepare_dataset(cfg, get_spec(name), *data[name], echo) for name in cfg.data.datasets}
+
+
+def _validated_data(cfg: StudyConfig, spec: DatasetSpec,
+                    echo: Callable[[str], None]) -> tuple[Path, str, dict[str, H5Split]]:
     if cfg.data.data_root is not None:
         root, source = Path(cfg.data.data_root), str(Path(cfg.data.data_root).resolve())
     else:
@@ -62,7 +70,13 @@ def prepare(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> Pre
         root = ensure_default_dataset(spec, cfg.runtime.cache_dir, cfg.data.synthetic, progress=True)
         source = f"synthetic:{root.name}"
         echo(f"embedded default data: synthetic {spec.title}-like cubes in {root} ({time.perf_counter() - t0:.1f} s)")
-    splits = validate_dataset(root, spec)
+    return root, source, validate_dataset(root, spec)
+
+
+def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str, splits: dict[str, H5Split],
+                    echo: Callable[[str], None] = default_echo) -> Prepared:
+    """One dataset's subsets (manifests written), backbones (resolved once per study) and features."""
+    results = resolve(cfg.runtime.results)
     train = splits["train"]
     subsets = {f: make_subset(spec.name, train.names, train.classes_present(), f, cfg.data.subset_seed)
                for f in cfg.data.fractions}
@@ -95,7 +109,7 @@ def resolve_hypersl(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], N
 
     if cfg.options.backbone is not None:
         path = Path(cfg.options.backbone)
-        load_hypersl(path)  # a file that is not a HyperSL checkpoint fails here, in one line, before Ray
+        _checked_once(path.resolve(), load_hypersl)  # not a HyperSL checkpoint: one line, before Ray
     else:
         t0 = time.perf_counter()
         smoke = cfg.preset == "smoke"  # --smoke: a seconds-long pretraining (plumbing, not quality)
@@ -103,10 +117,23 @@ def resolve_hypersl(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], N
         path = ensure_default_backbone(cache_dir=cache, config=default_config("cpu", smoke=smoke), progress=True)
         echo(f"backbone: locally pretrained HyperSL ({path}, {time.perf_counter() - t0:.0f} s); a small-scale "
              "sanity pretraining, not the released weights")
-    path, sha = path.resolve(), checkpoint_hash(path)
+    path = path.resolve()
+    sha = _checked_once(path, checkpoint_hash)
     constants = {"backbone_path": str(path), "backbone_hash": sha, "bn_mode": cfg.options.bn_mode,
                  "chunk_size": default_chunk(spec.name)}
     return ResolvedBackbone("hypersl", path, sha, constants)
+
+
+_ONCE: dict[tuple[Any, ...], Any] = {}
+
+
+def _checked_once(path: Path, fn: Callable[[Path], Any]) -> Any:
+    """``fn(path)`` once per file version: a backbone is read and hashed once, however many datasets use it."""
+    st = path.stat()
+    key = (path, st.st_size, st.st_mtime_ns, fn)
+    if key not in _ONCE:
+        _ONCE[key] = fn(path)
+    return _ONCE[key]
 
 
 #: backbone kind (``Strategy.backbone``) -> its provider, cheapest first (a missing file fails before an export)

@@ -69,7 +69,8 @@ def trial_rows(log: TrialLog, common: Mapping[str, Any]) -> list[dict[str, Any]]
         summary["epoch"] = best["epoch"]
     if phase == "final":
         summary.update(_present(last, TEST_METRICS))
-    summary.update({"wall_s": last.get("wall_s"), "device_s": last.get("device_s"), "node_id": last.get("node_id")})
+    summary.update({"wall_s": last.get("wall_s"), "device_s": last.get("device_s"), "node_id": last.get("node_id"),
+                    "started_at": log.started_at, "ended_at": log.ended_at})
     return [*rows, summary]
 
 

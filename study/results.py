@@ -110,11 +110,15 @@ _RUN_FACTS = [
     pa.field("backbone_hash", _S),
     pa.field("backbone_pretrained", pa.bool_()),  # True = released weights, False = a random-init backbone
 ]
+_UTC = pa.timestamp("us", tz="UTC")
 _PROVENANCE = [
     pa.field("data_source", _S),
     pa.field("code_version", _S),
     pa.field("error", _S),
-    pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    pa.field("created_at", _UTC),
+    # trial and final rows: when the run started and ended (UTC), so placement and concurrency show in the data
+    pa.field("started_at", _UTC),
+    pa.field("ended_at", _UTC),
 ]
 RESULT_SCHEMA = pa.schema([*_IDENTITY, *_HYPERPARAMETERS, pa.field("config_json", _S), *_EPOCH_METRICS,
                            *_TEST_METRICS, *_RUN_FACTS, *_PROVENANCE])
@@ -126,10 +130,10 @@ RUN_FACTS: tuple[str, ...] = tuple(f.name for f in _RUN_FACTS)
 COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 ROW_KINDS = ("epoch", "trial", "final")
 #: Timing/provenance columns that legitimately differ between two identical runs.
-TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device", "node_id")
+TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device", "node_id", "started_at", "ended_at")
 #: Nullable columns added within schema v1: parts written before them are read with nulls there,
 #: so older stores stay readable without a version bump (no column was renamed or changed meaning).
-ADDED_COLUMNS = ("backbone_pretrained",)
+ADDED_COLUMNS = ("backbone_pretrained", "started_at", "ended_at")
 
 
 def _with_added_columns(t: pa.Table) -> pa.Table:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default results/<study id>)")
     g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="hyko2", help=f"one of: {', '.join(SPECS)} (default: hyko2)")
+    g.add_argument("--dataset", default="hyko2",
+                   help=f"one or a comma list of {', '.join(SPECS)}, or all: one study, one store, one report "
+                   "(default: hyko2)")
     g.add_argument("--data-root", type=Path, default=None,
                    help="folder with real HS3-Bench files <dataset>_{train,val,test}.h5; "
                    "omit to generate and use the embedded synthetic default")
@@ -120,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpus", default="auto", choices=["auto", "on", "off"],
                    help="per-trial GPU requests: auto (if the cluster has GPUs at start), on, off")
     g.add_argument("--max-concurrent", type=int, default=None, help="max concurrent trials per cell")
+    g.add_argument("--max-concurrent-cells", type=int, default=None, metavar="N",
+                   help="cells in flight at once, each with its own Tuner, Optuna study and ASHA, sharing the "
+                   "cluster (default: every pending cell; --demo: 1, which keeps its numbers deterministic)")
     g.add_argument("--max-failures", type=int, default=None,
                    help="retries of a failing trial, from its last checkpoint (default 3)")
     g.add_argument("--dashboard", action="store_true",
@@ -131,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--smoke", action="store_true", help="shrink everything: a run of about a minute")
     mode.add_argument("--demo", action="store_true", help="the `make demo` budget: 3 fractions x 4 trials, 2 seeds")
     return p
+
+
+def parse_datasets(text: str) -> tuple[str, ...]:
+    """``all`` or a comma list -> dataset names (order kept, duplicates dropped); ConfigError on an unknown one."""
+    if text.strip() == "all":
+        return tuple(SPECS)
+    names = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    if not names:
+        raise ConfigError(f"--dataset is empty; give one or more of {', '.join(SPECS)}, or all")
+    for n in names:
+        if n not in SPECS:
+            raise ConfigError(f"unknown dataset {n!r}; valid datasets: all, {', '.join(sorted(SPECS))}")
+    return names
 
 
 def _synthetic(args: argparse.Namespace, preset: str) -> GeneratorConfig | None:
@@ -168,8 +188,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         strategies = parse_strategies(args.strategy)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if args.dataset not in SPECS:
-        raise ConfigError(f"unknown dataset {args.dataset!r}; valid datasets: {', '.join(sorted(SPECS))}")
+    datasets = parse_datasets(args.dataset)
     width = args.width
     if width is not None and width.isdigit():
         width = int(width)
@@ -178,13 +197,14 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         grace = min(PRESETS[preset]["grace_period"], max(1, args.epochs // 3))
     given = dict(
         strategies=strategies,
-        dataset=args.dataset,
+        dataset=datasets,
         fractions=parse_fractions(args.fractions) if args.fractions else None,
         trials=args.trials, epochs=args.epochs, seeds=args.seeds, subset_seed=args.subset_seed,
         grace_period=grace, reduction_factor=args.reduction_factor, patience=args.patience,
         width=width, batch_size=args.batch_size, data_root=args.data_root, cache_dir=args.cache_dir,
         synthetic=_synthetic(args, preset), address=args.address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
+        max_concurrent_cells=args.max_concurrent_cells,
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
@@ -232,8 +252,16 @@ def init_ray(cfg: StudyConfig) -> None:
                  dashboard_host=rt.dashboard_host, log_to_driver=False, configure_logging=False)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM (a job scheduler, ``kill``) stops a study like Ctrl+C: cells end, what finished is kept."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    if previous is not None:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         return _main(args)
     except (HsiStudyError, ValueError) as exc:
@@ -242,8 +270,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; re-run the same command to continue (finished cells are kept)", file=sys.stderr)
+        print("interrupted: finished trials and cells are in the store; re-run the same command to continue "
+              "(unfinished cells resume, their finished trials are replayed, not re-trained)", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -254,13 +286,13 @@ def _main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cfg = config_from_args(args)
     b = cfg.budget
-    print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {cfg.data.dataset}, fractions "
+    print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {', '.join(cfg.data.datasets)}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.data.fractions)}; {b.trials} trials x <= {b.epochs} epochs per cell, "
           f"{b.seeds} final seed(s){_model_sizes(cfg)}")
     with results_lock(cfg.runtime.results):  # before anything is written: one writer per results location
-        prep = prepare(cfg)
+        preps = prepare(cfg)
         init_ray(cfg)
-        failures = run_study(cfg, prep)
+        failures = run_study(cfg, preps)
         print_summary(cfg.runtime.results)
     loc = resolve(cfg.runtime.results)
     print(f"\nresults: {loc.name_of(loc.path('rows', '*.parquet'))}  ({time.perf_counter() - t0:.0f} s in all)")

@@ -9,9 +9,12 @@ which does not depend on Tune's on-disk file layout.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,43 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from study import progress
 from study.config import Budget
 from study.records import REPORT_KEYS
 from study.storage import Location, resolve
 
 METRIC = "best_val_miou"
+
+
+#: Ray Tune's trainable registry (``tune.registry._global_registry``) is not thread-safe, and every cell runs
+#: its Tuner in its own driver thread: a Tuner holds this lock from before it registers anything until its
+#: controller starts (:class:`_StartGate`), so cells start one at a time and then run at once.
+_START = threading.Lock()
+_START_HOLDER: list[int] = []
+
+
+@contextlib.contextmanager
+def serialized_start() -> Iterator[None]:
+    """Hold the start lock in this thread until the Tuner's controller is set up (or the block ends)."""
+    _START.acquire()
+    _START_HOLDER[:] = [threading.get_ident()]
+    try:
+        yield
+    finally:
+        _release_start()
+
+
+def _release_start() -> None:
+    if [threading.get_ident()] == _START_HOLDER and _START.locked():
+        _START_HOLDER.clear()
+        _START.release()
+
+
+class _StartGate(Callback):
+    """Releases the start lock once Tune has registered the experiment and set up its callbacks."""
+
+    def setup(self, **info: Any) -> None:
+        _release_start()
 
 
 def echo(message: str) -> None:
@@ -59,6 +94,8 @@ class TrialLog:
     config: dict[str, Any]
     results: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    started_at: datetime | None = None  # UTC, as the driver saw the trial start and end
+    ended_at: datetime | None = None
 
     @property
     def status(self) -> str:
@@ -87,10 +124,22 @@ class RowCollector(Callback):
         total: int,
         echo: Callable[[str], None] = echo,
         on_finish: Callable[[TrialLog], None] | None = None,
+        control_key: str | None = None,
     ) -> None:
         self.trials: dict[str, TrialLog] = {}
         self.label, self.total, self.echo, self.on_finish = label, total, echo, on_finish
+        self.control_key = control_key  # the study's progress.StudyControl (a key: Tune pickles callbacks)
         self.finished = 0
+
+    def _progress(self, **delta: int) -> None:
+        if (c := progress.control(self.control_key)) is not None:
+            c.update(**delta)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        log = self._log(trial)
+        if log.started_at is None:  # a retry keeps the first start
+            log.started_at = datetime.now(UTC)
+            self._progress(trials_running=+1)
 
     def _log(self, trial: Any) -> TrialLog:
         if trial.trial_id not in self.trials:
@@ -105,6 +154,8 @@ class RowCollector(Callback):
     def _done(self, trial: Any, how: str) -> None:
         self.finished += 1
         log = self._log(trial)
+        log.ended_at = datetime.now(UTC)
+        self._progress(trials_running=-1 if log.started_at else 0, trials_done=+1)
         best = log.best
         score = f"best val mIoU {best['val_miou']:.3f} @ epoch {best['epoch']}" if best else "no result"
         ran = f" after {log.results[-1]['epoch']} epochs" if log.results else ""
@@ -140,7 +191,8 @@ def _error_text(trial: Any) -> str:
     return lines[-1][:2000] if lines else "trial failed (no error text was recorded by Ray)"
 
 
-def _run_config(storage: Path | Location, name: str, budget: Budget, callbacks: list[Callback]) -> RunConfig:
+def _run_config(storage: Path | Location, name: str, budget: Budget, callbacks: list[Callback],
+                control_key: str | None = None) -> RunConfig:
     """Tune's run settings; experiment state and trial checkpoints go to ``storage``, local or remote.
 
     For an object store Ray gets the resolved pyarrow filesystem and the bucket-relative path (its
@@ -156,6 +208,7 @@ def _run_config(storage: Path | Location, name: str, budget: Budget, callbacks: 
         callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
         failure_config=FailureConfig(max_failures=budget.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
+        stop=progress.StopOnRequest(control_key) if control_key else None,
     )
 
 
@@ -170,8 +223,13 @@ def tune_cell(
     label: str,
     echo: Callable[[str], None] = echo,
     on_finish: Callable[[TrialLog], None] | None = None,
+    control_key: str | None = None,
 ) -> list[TrialLog]:
-    """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included)."""
+    """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included).
+
+    ``control_key`` names the study's :class:`study.progress.StudyControl`: its stop switch ends the
+    search early (the caller then sees fewer logs than the budget) and its progress line counts trials.
+    """
     searcher = ASHAAwareOptunaSearch(
         space=space, metric=METRIC, mode="max", seed=budget.tune_seed, storage=optuna_storage, study_name=name
     )
@@ -181,7 +239,7 @@ def tune_cell(
         grace_period=budget.grace_period,
         reduction_factor=budget.reduction_factor,
     )
-    collector = RowCollector(f"{label} tune", budget.trials, echo, on_finish)
+    collector = RowCollector(f"{label} tune", budget.trials, echo, on_finish, control_key)
     tuner = Tuner(
         trainable,
         param_space=constants,
@@ -194,9 +252,10 @@ def tune_cell(
             max_concurrent_trials=budget.max_concurrent,
             reuse_actors=True,
         ),
-        run_config=_run_config(storage, name, budget, [collector]),
+        run_config=_run_config(storage, name, budget, [collector, _StartGate()], control_key),
     )
-    tuner.fit()  # does not raise on failed trials: their state is in the collector
+    with serialized_start():
+        tuner.fit()  # does not raise on failed trials: their state is in the collector
     return list(collector.trials.values())
 
 
@@ -209,18 +268,20 @@ def final_runs(
     label: str,
     echo: Callable[[str], None] = echo,
     on_finish: Callable[[TrialLog], None] | None = None,
+    control_key: str | None = None,
 ) -> list[TrialLog]:
     """Re-train ``config`` with seeds 0..K-1, each evaluated once on test (no early stopping by ASHA)."""
     param_space = {**config, "final": True, "phase": "final",
                    "seed": tune.grid_search(list(range(budget.seeds)))}
-    collector = RowCollector(f"{label} final", budget.seeds, echo, on_finish)
+    collector = RowCollector(f"{label} final", budget.seeds, echo, on_finish, control_key)
     tuner = Tuner(
         trainable,
         param_space=param_space,
         tune_config=TuneConfig(num_samples=1, max_concurrent_trials=budget.max_concurrent, reuse_actors=True),
-        run_config=_run_config(storage, name, budget, [collector]),
+        run_config=_run_config(storage, name, budget, [collector, _StartGate()], control_key),
     )
-    tuner.fit()
+    with serialized_start():
+        tuner.fit()
     return list(collector.trials.values())
 
 

@@ -178,7 +178,7 @@ def test_cli_stops_before_ray_without_weights_and_with_wrong_weights(tiny_root, 
     from study.run import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(_argv(tiny_root, tmp_path, "--allow-random-init", "--smoke")))
-    rgb = prepare(cfg, echo=lambda _: None).backbones["rgb-vit"]
+    rgb = prepare(cfg, echo=lambda _: None)["hyko2"].backbones["rgb-vit"]
     assert rgb.path is None and rgb.sha is None  # accepted: a random init, CPU-sized under --smoke
     assert rgb.trial_config["vit_size"] == "tiny" and rgb.trial_config["allow_random_init"] is True
 
