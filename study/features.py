@@ -216,8 +216,8 @@ def ensure_features(cache_dir: str | Path, backbone: str | Path, data_root: str 
     (size + mtime); otherwise (re)computed under a per-file lock.
     """
     from study.data.specs import get_spec
+    from study.filelock import file_lock
     from study.models.checkpoints import checkpoint_hash, load_hypersl
-    from study.pretrain import file_lock
 
     spec = get_spec(dataset)
     chunk = default_chunk(dataset) if chunk_size is None else chunk_size

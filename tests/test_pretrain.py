@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from study.data import pretrain_data as pdata
 from study.data.specs import get_spec
 from study.errors import HsiStudyError
 from study.models.checkpoints import checkpoint_hash, load_hypersl
+from study.pretraining import cache as pt_cache
 
 
 def test_indian_pines_wavelengths_match_tensorly_source() -> None:
@@ -138,7 +140,7 @@ def test_default_backbone_is_made_once_and_cached(tmp_path: Path, monkeypatch: p
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pt, "pretrain", counting)
+    monkeypatch.setattr(pt_cache, "pretrain", counting)  # what ensure_default_backbone calls
     cfg = _tiny()
     first = pt.ensure_default_backbone(tmp_path, config=cfg, progress=False)
     again = pt.ensure_default_backbone(tmp_path, config=cfg, progress=False)
@@ -151,7 +153,7 @@ def test_default_backbone_is_pretrained_on_one_thread(tmp_path: Path, monkeypatc
     """Its weights must not depend on the machine's core count; the caller's thread setting is restored."""
     seen = []
     real = pt.pretrain
-    monkeypatch.setattr(pt, "pretrain", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
+    monkeypatch.setattr(pt_cache, "pretrain", lambda *a, **k: (seen.append(torch.get_num_threads()), real(*a, **k))[1])
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -200,9 +202,9 @@ def test_z_recon_option_decodes_from_z_alone_and_keeps_default_keys() -> None:
     assert set(m.state_dict()) == keys  # no new parameters: released-layout checkpoints still load strictly
     # opt-in: defaults keep the pre-existing cache key, a non-default value changes it
     base = pt.default_config("tiny")
-    legacy = {k: v for k, v in pt.asdict(base).items() if k not in ("z_recon", "z_recon_mask")}
+    legacy = {k: v for k, v in asdict(base).items() if k not in ("z_recon", "z_recon_mask")}
     key = json.dumps({"config": legacy, "version": pt.PRETRAIN_VERSION}, sort_keys=True)
-    assert pt.settings_hash(base) == pt.hashlib.sha256(key.encode()).hexdigest()[:12]
+    assert pt.settings_hash(base) == hashlib.sha256(key.encode()).hexdigest()[:12]
     assert pt.settings_hash(cfg) != pt.settings_hash(base)
     for bad in ({"z_recon": -1.0}, {"z_recon_mask": 1.0}):
         with pytest.raises(HsiStudyError, match="z_recon"):
