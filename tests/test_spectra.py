@@ -99,3 +99,26 @@ def test_parametric_materials_follow_rules_of_thumb() -> None:
     assert any(a[_at(830)] < a[_at(650)] for a in alu)  # Al interband dip
     sky = mat.sky_radiance(sp.solar_direct_diffuse()[1], alpha=2.0, level=1.0)
     assert sky[_at(450)] > sky[_at(650)] > sky[_at(900)]
+
+
+def test_bundled_spectra_equal_the_registry_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The package-data bundle (scripts/make_spectra_bundle.py) holds exactly the packages' numbers."""
+    from study.data import pretrain_data as pdata
+
+    if sp.bundle() is None:
+        pytest.skip("no study/data/spectra_bundle.npz in this checkout")
+    funcs = (sp.bundle, sp.earthlib_library, sp.astm_g173, pdata.indian_pines)
+    bundled = [sp.earthlib_library(), sp.astm_g173(), pdata.indian_pines(), sp.source_hashes()]
+    monkeypatch.setenv("HSISTUDY_SPECTRA", "packages")
+    for f in funcs:
+        f.cache_clear()
+    try:
+        assert sp.bundle() is None
+        packaged = [sp.earthlib_library(), sp.astm_g173(), pdata.indian_pines(), sp.source_hashes()]
+    finally:
+        for f in funcs:
+            f.cache_clear()
+    for b, p in zip(bundled[:3], packaged[:3], strict=True):
+        for x, y in zip(b, p, strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert packaged[3].items() <= bundled[3].items()

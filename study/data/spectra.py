@@ -2,10 +2,17 @@
 
 The synthetic generator must draw its materials from *measured* spectra
 (``shared/reference/data.md`` §3–§4, §6), not invented curves, so that band
-ratios, the red edge and the absorption features are realistic. The packages
-(earthlib, prosail, pvlib) are installed with ``--no-deps`` and never imported:
-importing earthlib alone would pull pandas/spectral/loguru. We only ask
-``importlib`` where their data files live.
+ratios, the red edge and the absorption features are realistic.
+
+Where the data comes from: earthlib's library, pvlib's ASTM G173 table and
+tensorly's Indian Pines cube ship inside hsistudy as ``spectra_bundle.npz``
+(made from those registry packages by ``scripts/make_spectra_bundle.py``, same
+values; licences and citations in ``SPECTRA_NOTICE.md``), so an installed wheel
+needs no other file. Without the bundle (or with ``HSISTUDY_SPECTRA=packages``)
+they are read from the installed packages by file path, never imported:
+importing earthlib alone would pull pandas/spectral/loguru. prosail's PROSPECT-D
+table is always read from the prosail package (a dependency): prosail states no
+licence, so it is not redistributed here.
 
 Everything is put onto one 1 nm grid, :data:`GRID_NM` = 400…1000 nm, which
 covers all three HS3-Bench sensors; loaded arrays are cached in-process.
@@ -15,6 +22,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import os
 import re
 from functools import cache, lru_cache
 from pathlib import Path
@@ -28,6 +37,10 @@ GRID_NM: np.ndarray = np.arange(400.0, 1001.0, 1.0)
 GRID_NM.setflags(write=False)
 
 _INSTALL_FIX = "pip install --no-deps -r requirements-data.txt"
+#: The bundled spectra (package data); absent in a checkout that has not built it.
+BUNDLE_PATH = Path(__file__).resolve().parent / "spectra_bundle.npz"
+#: earthlib bands above this are never used (the grid stops at 1000 nm), so the bundle leaves them out.
+EARTHLIB_MAX_NM = float(GRID_NM[-1]) + 10.0
 
 #: Pool name -> earthlib LEVEL_3 classes it is made of (data.md §3.2 counts).
 POOL_GROUPS: dict[str, tuple[str, ...]] = {
@@ -58,6 +71,32 @@ def package_dir(name: str) -> Path:
     return Path(spec.origin).parent
 
 
+@lru_cache(maxsize=1)
+def bundle() -> dict[str, np.ndarray] | None:
+    """The bundled arrays (read once), or None without a bundle or with ``HSISTUDY_SPECTRA=packages``."""
+    if os.environ.get("HSISTUDY_SPECTRA", "").strip() == "packages" or not BUNDLE_PATH.is_file():
+        return None
+    with np.load(BUNDLE_PATH, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    for arr in arrays.values():
+        arr.setflags(write=False)
+    return arrays
+
+
+def source_hashes() -> dict[str, str]:
+    """sha256[:16] of the registry files the spectra come from (``package/relative/path`` -> hash), for cards.
+
+    From the bundle's record when bundled (the hashes of the files it was made from), else hashed now.
+    """
+    if (b := bundle()) is not None:
+        return dict(json.loads(str(b["info_json"]))["files_sha256_16"])
+    import hashlib
+
+    files = {"tensorly": ("datasets", "data", "Indian_pines_corrected.npy"), "earthlib": ("data", "spectra.sli")}
+    return {"/".join((pkg, *parts)): hashlib.sha256(_data_file(pkg, *parts).read_bytes()).hexdigest()[:16]
+            for pkg, parts in files.items()}
+
+
 def _data_file(package: str, *parts: str) -> Path:
     path = package_dir(package).joinpath(*parts)
     if not path.is_file():
@@ -86,6 +125,10 @@ def earthlib_library() -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[s
     Returns ``(spectra (7261, 601) float64, native wavelengths (180,) nm, LEVEL_2, LEVEL_3)``;
     row i of the metadata belongs to row i of the spectra.
     """
+    if (b := bundle()) is not None:  # the same numbers, VNIR bands only
+        wl = b["earthlib_wavelengths_nm"]
+        spectra = np.clip(resample(wl[wl <= EARTHLIB_MAX_NM], b["earthlib_spectra"]), 0.0, 1.1)
+        return spectra, wl, tuple(b["earthlib_level2"].tolist()), tuple(b["earthlib_level3"].tolist())
     sli = _data_file("earthlib", "data", "spectra.sli")
     hdr = _data_file("earthlib", "data", "spectra.sli.hdr").read_text()
     meta = _data_file("earthlib", "data", "spectra.csv")
@@ -100,7 +143,7 @@ def earthlib_library() -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[s
         rows = list(csv.DictReader(fh))
     if len(rows) != raw.shape[0]:
         raise HsiStudyError(f"{meta}: {len(rows)} rows for {raw.shape[0]} spectra. Fix: {_INSTALL_FIX}")
-    keep = wl <= GRID_NM[-1] + 10.0  # only the VNIR part is needed; the grid stops at 1000 nm
+    keep = wl <= EARTHLIB_MAX_NM  # only the VNIR part is needed; the grid stops at 1000 nm
     spectra = np.clip(resample(wl[keep], raw[:, keep]), 0.0, 1.1)
     return (spectra, wl, tuple(r["LEVEL_2"] for r in rows), tuple(r["LEVEL_3"] for r in rows))
 
@@ -124,8 +167,9 @@ def astm_g173() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     The O₂-A (760 nm) and water (940 nm) bands in these curves are what makes
     radiance-domain cubes realistic (data.md §6.2).
     """
-    path = _data_file("pvlib", "data", "ASTMG173.csv")
-    table = np.genfromtxt(path, delimiter=",", skip_header=2)
+    b = bundle()
+    table = b["astm_g173"] if b is not None else np.genfromtxt(
+        _data_file("pvlib", "data", "ASTMG173.csv"), delimiter=",", skip_header=2)
     ext, glob, direct = (resample(table[:, 0], table[:, k]) for k in (1, 2, 3))
     for arr in (ext, glob, direct):
         arr.setflags(write=False)

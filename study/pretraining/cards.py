@@ -21,29 +21,25 @@ import torch
 from study.pretraining.config import PRETRAIN_VERSION, STATEMENT, PretrainConfig, settings_hash
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 def data_summary(config: PretrainConfig, pools: list[Any]) -> dict[str, Any]:
     """What the pretraining read: spectra per source, source files' hashes, the sensors' band layouts."""
     from study.data.pretrain_data import PERVIOUS_LEVEL2, earthlib_counts, sensor_fwhm
-    from study.data.spectra import package_dir
+    from study.data.spectra import source_hashes
 
     counts = {p.source: int(p.spectra.shape[0]) for p in pools}
-    tl = package_dir("tensorly") / "datasets" / "data" / "Indian_pines_corrected.npy"
-    el = package_dir("earthlib") / "data" / "spectra.sli"
+    hashes = source_hashes()  # of the registry files, whether read from them or from the bundle made of them
+    tl, el = "tensorly/datasets/data/Indian_pines_corrected.npy", "earthlib/data/spectra.sli"
     sensors = {p.sensor: {"bands": int(p.wavelengths.size), "range_nm": [float(p.wavelengths[0]),
                           float(p.wavelengths[-1])], "srf_fwhm_nm": sensor_fwhm(p.sensor)} for p in pools}
     return {
         "indian_pines": {"spectra": counts.get("indian_pines", 0), "native_bands": 200,
                          "columns": list(config.ip_columns), "holdout": config.ip_holdout,
-                         "file": "tensorly/datasets/data/Indian_pines_corrected.npy", "sha256_16": _file_sha(tl),
+                         "file": tl, "sha256_16": hashes[tl],
                          "units": "at-sensor DN, min-max scaled per band over the scene"},
         "earthlib": {"spectra": counts.get("earthlib", 0), "level2": list(PERVIOUS_LEVEL2),
                      "classes": earthlib_counts(config.include_simulated),
                      "simulated_included": config.include_simulated,
-                     "file": "earthlib/data/spectra.sli", "sha256_16": _file_sha(el),
+                     "file": el, "sha256_16": hashes[el],
                      "units": "reflectance, min-max scaled per band over the library"},
         "sensors": sensors,
         "total_spectra": sum(counts.values()),
