@@ -29,6 +29,8 @@ import numpy as np
 import polars as pl
 
 from study import results
+from study.accounting import compute_accounting as compute_accounting  # re-exported: the report's one entry
+from study.accounting import time_use as time_use
 from study.strategies import baseline_strategy
 
 KEYS = ["dataset", "strategy", "train_fraction"]
@@ -201,35 +203,6 @@ def label_savings(df: pl.DataFrame, baseline: str = BASELINE, *, cells: pl.DataF
     return pl.DataFrame(records, schema=schema).sort("dataset", "strategy")
 
 
-def compute_accounting(df: pl.DataFrame) -> pl.DataFrame:
-    """Per cell: what tuning cost and what ASHA saved.
-
-    ``trial_epochs`` (epochs the tuning trials ran) vs ``epoch_budget`` (trials x max_epochs, i.e.
-    without early stopping); ``saved_fraction`` = 1 - run/budget. ``device_s``/``wall_s`` sum the
-    tune and final runs (concurrent trials overlap, so wall_s is not the elapsed study time);
-    ``gpu_hours`` counts runs whose device is ``cuda*``. Epoch rows are skipped: their
-    times are cumulative within a run and would be double-counted.
-    """
-    runs = df.filter(pl.col("row_kind").is_in(["trial", "final"]))
-    is_trial = pl.col("row_kind") == "trial"
-    on_gpu = pl.col("device").fill_null("").str.starts_with("cuda")
-    out = runs.group_by(KEYS).agg(
-        is_trial.sum().cast(pl.Int64).alias("trials"),
-        (is_trial & (pl.col("status") == "stopped_early")).sum().cast(pl.Int64).alias("stopped_early"),
-        (is_trial & (pl.col("status") == "error")).sum().cast(pl.Int64).alias("failed"),
-        pl.col("epochs_run").filter(is_trial).sum().cast(pl.Int64).alias("trial_epochs"),
-        pl.col("max_epochs").filter(is_trial).sum().cast(pl.Int64).alias("epoch_budget"),
-        (~is_trial).sum().cast(pl.Int64).alias("final_runs"),
-        pl.col("epochs_run").filter(~is_trial).sum().cast(pl.Int64).alias("final_epochs"),
-        pl.col("device_s").filter(is_trial).sum().alias("tune_device_s"),
-        pl.col("device_s").sum().alias("device_s"),
-        pl.col("wall_s").sum().alias("wall_s"),
-        (pl.col("device_s").filter(on_gpu).sum() / 3600.0).alias("gpu_hours"),
-    )
-    saved = pl.when(pl.col("epoch_budget") > 0).then(1.0 - pl.col("trial_epochs") / pl.col("epoch_budget"))
-    return out.with_columns(saved.alias("saved_fraction")).sort(KEYS)
-
-
 def tuning_traces(df: pl.DataFrame) -> pl.DataFrame:
     """Val mIoU per epoch per tuning trial, with the trial's final status and whether the row is its last epoch.
 
@@ -285,6 +258,15 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
+def _within_noise(first: dict, last: dict) -> bool:
+    """Equal at the shown precision, or both CIs non-degenerate and overlapping: no change a reader may claim."""
+    if round(100 * first["test_miou_mean"], 1) == round(100 * last["test_miou_mean"], 1):
+        return True
+    spread = not (first["ci_degenerate"] or last["ci_degenerate"])
+    return spread and first["test_miou_ci_low"] <= last["test_miou_ci_high"] \
+        and last["test_miou_ci_low"] <= first["test_miou_ci_high"]
+
+
 def _growth_sentence(dataset: str, strategy: str, cells: pl.DataFrame) -> str | None:
     s = cells.filter((pl.col("dataset") == dataset) & (pl.col("strategy") == strategy)).sort("train_fraction")
     if s.is_empty():
@@ -296,10 +278,28 @@ def _growth_sentence(dataset: str, strategy: str, cells: pl.DataFrame) -> str | 
     if len(s) == 1:
         return f"On {dataset}, {strategy} reaches a mean test mIoU of {tail}."
     first = s.row(0, named=True)
+    start = (f"{100 * first['test_miou_mean']:.1f} % with {fmt_fraction(first['train_fraction'])} of the training "
+             f"images ({first['n_train_images']} images)")
+    if _within_noise(first, last):
+        how = ("is flat" if round(100 * first["test_miou_mean"], 1) == round(100 * last["test_miou_mean"], 1)
+               else "does not change beyond the noise (overlapping 95 % CIs)")
+        return f"On {dataset}, {strategy}'s mean test mIoU {how}: {start}, {tail}."
     verb = "grows" if last["test_miou_mean"] >= first["test_miou_mean"] else "falls"
-    return (f"On {dataset}, {strategy}'s mean test mIoU {verb} from {100 * first['test_miou_mean']:.1f} % with "
-            f"{fmt_fraction(first['train_fraction'])} of the training images ({first['n_train_images']} images) "
-            f"to {tail}.")
+    return f"On {dataset}, {strategy}'s mean test mIoU {verb} from {start} to {tail}."
+
+
+def cross_dataset_table(cells: pl.DataFrame) -> pl.DataFrame:
+    """The paper's table: one row per (strategy, fraction), one column per dataset, "mean ± sd %" of test mIoU."""
+    if cells.is_empty():
+        return pl.DataFrame()
+    text = pl.format("{} ± {} %", (100 * pl.col("test_miou_mean")).round(1),
+                     (100 * pl.col("test_miou_std").fill_null(0)).round(1))
+    long = cells.select("strategy", "train_fraction", "dataset", text.alias("v"))
+    wide = long.pivot(on="dataset", index=["strategy", "train_fraction"], values="v")
+    datasets = sorted(c for c in wide.columns if c not in ("strategy", "train_fraction"))
+    return wide.sort("strategy", "train_fraction").select(
+        "strategy", pl.col("train_fraction").map_elements(fmt_fraction, return_dtype=pl.String).alias("fraction"),
+        *datasets)
 
 
 def _savings_sentence(r: dict) -> str:
@@ -328,14 +328,15 @@ def _gain_sentence(paired: pl.DataFrame) -> str | None:
 def _compute_sentence(acc: pl.DataFrame) -> str | None:
     if acc.is_empty():
         return None
-    t = acc.select(pl.col("trials", "stopped_early", "trial_epochs", "epoch_budget", "device_s", "gpu_hours")
+    t = acc.select(pl.col("trials", "stopped_early", "trial_epochs", "epoch_budget", "run_s", "device_s", "gpu_hours")
                    .fill_null(0).sum()).row(0, named=True)
     text = (f"ASHA stopped {t['stopped_early']} of {t['trials']} tuning trials early: they ran "
             f"{t['trial_epochs']} of {t['epoch_budget']} trial-epochs")
     if t["epoch_budget"]:
         text += f" ({100 * (1 - t['trial_epochs'] / t['epoch_budget']):.0f} % of the tuning budget saved)"
     gpu = f"{t['gpu_hours']:.2f} GPU-hours" if t["gpu_hours"] > 0 else "no GPU"
-    return text + f". Tuning and final runs used {t['device_s']:,.0f} device-seconds ({gpu})."
+    return (text + f". Tuning and final runs took {t['run_s']:,.0f} run-seconds, {t['device_s']:,.0f} of them "
+            f"in training and validation steps ({gpu}).")
 
 
 def headlines(df: pl.DataFrame, baseline: str = BASELINE, *, cells: pl.DataFrame | None = None,

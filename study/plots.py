@@ -182,6 +182,7 @@ def tuning_traces_figure(traces: pl.DataFrame, dataset: str) -> go.Figure:
                     hovertemplate="stopped at epoch %{x} (val mIoU %{y:.1f} %)<extra></extra>"), row=i, col=j)
                 legend_done.add("asha-stop")
     fig.update_yaxes(title_text="val mIoU (%)", col=1)
+    fig.update_xaxes(integer_axis(part["epoch"].max() or 1))  # epochs are counts: never "1.5"
     fig.update_xaxes(title_text="epoch", row=len(strategies))
     fig.update_layout(title=f"{dataset}: tuning traces (val mIoU per epoch per trial)", template="plotly_white",
                       height=120 + 260 * len(strategies))
@@ -191,8 +192,19 @@ def tuning_traces_figure(traces: pl.DataFrame, dataset: str) -> go.Figure:
 _LOG_PARAMS = ("lr", "head_lr", "backbone_lr", "weight_decay")
 
 
-def _dimension(name: str, values: list[float | None]) -> dict:
-    """One parcoords axis; learning rates and weight decay on log10 with readable decade ticks."""
+def integer_axis(largest: int, max_ticks: int = 10) -> dict:
+    """Axis settings for counts (epochs): ticks on whole numbers only, at most ``max_ticks`` of them."""
+    step = max(1, math.ceil(largest / max_ticks))
+    return dict(tickmode="linear", tick0=step if step > 1 else 1, dtick=step, tickformat="d",
+                range=[0.5, largest + 0.5])
+
+
+def _dimension(name: str, values: list[float | None], integer: bool = False) -> dict:
+    """One parcoords axis; learning rates and weight decay on log10 with readable decade ticks.
+
+    ``integer`` knobs (freeze_depth, batch_size) are ticked at the values that occur, so an axis
+    never shows a depth of 1.5 or a batch size of 6.5.
+    """
     if name in _LOG_PARAMS:
         logs = [math.log10(v) if v and v > 0 else None for v in values]
         finite = [v for v in logs if v is not None]
@@ -200,6 +212,9 @@ def _dimension(name: str, values: list[float | None]) -> dict:
         # span whole decades so every tick lies on the axis (a tick outside the range floats above the plot)
         return dict(label=f"{name} (log)", values=logs, tickvals=ticks, ticktext=[f"1e{t}" for t in ticks],
                     range=[ticks[0], ticks[-1]] if len(ticks) > 1 else None)
+    if integer:
+        ticks = sorted({int(v) for v in values if v is not None})
+        return dict(label=name, values=values, tickvals=ticks, ticktext=[str(t) for t in ticks])
     return dict(label=name, values=values)
 
 
@@ -218,7 +233,7 @@ def parallel_figure(trials: pl.DataFrame, dataset: str, strategy: str,
     dims = [_dimension("fraction", [math.log10(f) for f in part["train_fraction"].to_list()])]
     fr = sorted(set(part["train_fraction"].to_list()))
     dims[0].update(label="fraction", tickvals=[math.log10(f) for f in fr], ticktext=[fmt_fraction(f) for f in fr])
-    dims += [_dimension(h, part[h].cast(pl.Float64).to_list()) for h in knobs]
+    dims += [_dimension(h, part[h].cast(pl.Float64).to_list(), integer=part[h].dtype.is_integer()) for h in knobs]
     miou = [100 * v for v in part["val_miou"].to_list()]
     dims.append(dict(label="val mIoU (%)", values=miou))
     fig = go.Figure(go.Parcoords(dimensions=dims, line=dict(color=miou, colorscale="Viridis", showscale=True,

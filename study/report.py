@@ -19,9 +19,10 @@ import plotly.graph_objects as go
 import plotly.offline
 import polars as pl
 
-from study import analysis, plots
+from study import analysis, compare, plots, report_tables
 from study.data.specs import SPECS
 from study.errors import HsiStudyError
+from study.provenance import code_version
 from study.results import SCHEMA_VERSION, STUDY_FILE, Results, part_paths, read_store
 from study.storage import is_uri, join, open_results, resolve, results_arg, write_to
 from study.strategies import BACKBONES, STRATEGIES, baseline_strategy
@@ -36,6 +37,8 @@ examples:
       the summary table as CSV for a spreadsheet; paired differences against STRATEGY instead of the default
   python -m study.report s3://my-bucket/studies/hyko2 --out hyko2.html
       a study stored in a bucket, read in place; the report is written locally (default: into the bucket)
+  python -m study.report results/backbone-a results/backbone-b --out compare.html
+      several studies in one page: each labelled by its folder, strategies named e.g. "crossdomain [backbone-a]"
 """
 
 _CSS = """
@@ -46,13 +49,14 @@ h1{margin-bottom:4px} h2{border-bottom:2px solid #e3e8ef;padding-bottom:4px;marg
 .banner{background:#fff4d6;border:1px solid #e3b341;border-radius:6px;padding:10px 14px;margin:14px 0}
 .headlines li{margin:6px 0} .note{color:#5b6b7c;font-size:0.92em}
 table.kv td{padding:2px 12px 2px 0;vertical-align:top} pre{background:#f5f7fa;padding:10px;overflow-x:auto}
-"""
+""" + report_tables.CSS
 
 _FRACTION = pl.col("train_fraction").map_elements(analysis.fmt_fraction, return_dtype=pl.String).alias("fraction")
 _NONE = "<p class='note'>No finished cells yet.</p>"
 _TITLES = (("headlines", "Headlines"), ("curves", "Data-efficiency curves"), ("paired", "Paired differences"),
            ("perclass", "Per-class IoU"), ("traces", "Tuning traces"), ("params", "Hyperparameters"),
-           ("summary", "Summary table"), ("compute", "Compute accounting"), ("provenance", "Provenance"))
+           ("summary", "Summary table"), ("crossdata", "Across datasets"), ("compute", "Compute accounting"),
+           ("provenance", "Provenance"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,10 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         "differences, per-class IoU, tuning traces, hyperparameters, summary and compute tables) from a study's "
         "Parquet result store. The page embeds plotly.js and opens without network access.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", type=results_arg, metavar="RESULTS_DIR",
-                   help="a study's results folder or object-store URI (has rows/)")
+    p.add_argument("results", type=results_arg, metavar="RESULTS_DIR", nargs="+",
+                   help="a study's results folder or object-store URI (has rows/); several: one comparison page")
     p.add_argument("--out", type=results_arg, default=None,
-                   help="HTML file (local path or URI) to write (default RESULTS_DIR/report.html)")
+                   help="HTML file (local path or URI) to write (default RESULTS_DIR/report.html; "
+                   "with several studies: the first one's compare.html)")
     p.add_argument("--csv", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the summary table as CSV (default path RESULTS_DIR/summary.csv)")
     p.add_argument("--baseline", default=baseline_strategy(),
@@ -162,12 +167,12 @@ def _backbone_banners(df: pl.DataFrame, settings: dict | None) -> str:
     study, per = meta.get("settings") or {}, meta.get("strategy_settings") or {}
     notes: dict[str, list[str]] = {}
     for name in present:
-        strategy = STRATEGIES.get(name)
+        strategy = STRATEGIES.get(compare.base_strategy(name))
         kind = BACKBONES.get(strategy.backbone or "") if strategy else None
         if kind is None or kind.default_note is None:
             continue
         # strategies may have been run one at a time, each with its own weights (or none)
-        mine = per.get(name) if per else (study if kind.weights_setting in study else None)
+        mine = per.get(compare.base_strategy(name)) if per else (study if kind.weights_setting in study else None)
         if mine is not None and not mine.get(kind.weights_setting):
             notes.setdefault(kind.name, []).append(name)
     for kind_name, names in notes.items():
@@ -179,7 +184,22 @@ def _backbone_banners(df: pl.DataFrame, settings: dict | None) -> str:
     return "".join(out)
 
 
-def _provenance(df: pl.DataFrame, results: Results) -> tuple[str, str]:
+def _code_versions(df: pl.DataFrame) -> str:
+    """The code versions of the rows, with what a ``+g<sha>`` / ``.dirty`` suffix means spelled out."""
+    vals = [str(v) for v in df["code_version"].drop_nulls().unique().sort().to_list()]
+    if not vals:
+        return "–"
+    text = ", ".join(vals)
+    if any(".dirty" in v for v in vals):
+        text += "  (.dirty: the checkout had uncommitted changes when it ran)"
+    elif not any("+g" in v for v in vals):
+        text += "  (no git commit recorded: an installed package, or rows written before commits were recorded)"
+    if len(vals) > 1:
+        text += "  (SEVERAL code versions wrote these rows)"
+    return text
+
+
+def _provenance(df: pl.DataFrame, results: Results | list[Results]) -> tuple[str, str]:
     """(banner, section): data source (synthetic called out), code version, study id, models, settings."""
     def values(col: str) -> str:
         vals = [str(v) for v in df[col].drop_nulls().unique().sort().to_list()]
@@ -193,24 +213,33 @@ def _provenance(df: pl.DataFrame, results: Results) -> tuple[str, str]:
         banner = (f'<div class="banner"><b>Synthetic data.</b> These results were computed on the embedded '
                   f"synthetic HS3-like data ({html.escape(', '.join(synthetic))}), not on the real HS3-Bench "
                   "datasets: do not quote them as benchmark numbers.</div>")
-    settings = _study_settings(results)
-    banner += _backbone_banners(df, settings)
+    many = results if isinstance(results, list) else [results]
+    labels = df[compare.STUDY_COLUMN].unique(maintain_order=True).to_list() if len(many) > 1 else [""]
+    per_study = {label: _study_settings(r) for label, r in zip(labels, many, strict=True)}
+    for label, study_settings in per_study.items():
+        part = df.filter(pl.col(compare.STUDY_COLUMN) == label) if label else df
+        banner += _backbone_banners(part, study_settings)
+    settings = per_study[""] if len(many) == 1 else {k: v for k, v in per_study.items() if v}
     rows = [("study id", values("study_id")), ("data source", values("data_source") + (
         "  (SYNTHETIC: generated HS3-like scenes, not HS3-Bench)" if synthetic else "")),
-        ("code version", values("code_version")), ("model", values("model_name")),
+        ("code version", _code_versions(df)), ("model", values("model_name")),
         ("parameters", values("n_params")), ("backbone checkpoint hash", values("backbone_hash")),
         ("devices", values("device")), ("result schema", f"v{SCHEMA_VERSION}"),
         ("rows", f"{len(df)} ({kinds})"),
-        ("results directory", (loc := resolve(results)).name_of(loc.path())),
-        ("report generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))]
+        ("results directory", ", ".join((loc := resolve(r)).name_of(loc.path()) for r in many)),
+        ("report generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC") + f" by hsistudy {code_version()}")]
     table = "".join(f"<tr><td><b>{html.escape(k)}</b></td><td>{html.escape(v)}</td></tr>" for k, v in rows)
     details = (f"<details><summary>study settings (study.json)</summary><pre>"
                f"{html.escape(json.dumps(settings, indent=2, sort_keys=True))}</pre></details>" if settings else "")
     return banner, f'<table class="kv">{table}</table>{details}'
 
 
-def build_html(df: pl.DataFrame, results: Results, baseline: str = analysis.BASELINE) -> tuple[str, pl.DataFrame]:
-    """The report page and the summary frame (the CSV export writes exactly that frame)."""
+def build_html(df: pl.DataFrame, results: Results | list[Results],
+               baseline: str = analysis.BASELINE) -> tuple[str, pl.DataFrame]:
+    """The report page and the summary frame (the CSV export writes exactly that frame).
+
+    ``results`` is a list when ``df`` combines several studies (:func:`study.compare.combine`).
+    """
     cells = analysis.cell_summary(df)
     paired = analysis.paired_differences(df, baseline)
     savings = analysis.label_savings(df, baseline, cells=cells)
@@ -234,23 +263,19 @@ def build_html(df: pl.DataFrame, results: Results, baseline: str = analysis.BASE
         for s in trials.filter(pl.col("dataset") == d)["strategy"].unique().sort().to_list():
             fig = plots.parallel_figure(trials, d, s, analysis.HYPERPARAMETERS)
             sec["params"].append(_div(fig, f"params-{_slug(d, s)}"))
-    pct = {c: ".1f" for c in ("OA %", "mAcc %", "F1 %", "best val mIoU %", "saved %")}
-    summary = _div(plots.table_figure(_summary_display(cells), "summary per cell (test metrics over seeds)",
-                                      {**pct}), "summary-table") if len(cells) else _NONE
-    compute = _div(plots.table_figure(_accounting_display(acc), "compute per cell (tuning + final runs)",
-                                      {"saved %": ".0f", "device-s": ",.0f", "wall-s": ",.0f",
-                                       "GPU-hours": ".3f"}), "compute-table") if len(acc) else _NONE
+    summary = report_tables.summary_table(cells) if len(cells) else _NONE
+    crossdata = report_tables.cross_dataset_table(cells) if len(cells) else _NONE
+    compute = (report_tables.time_use_note(df) + report_tables.compute_table(acc)) if len(acc) else _NONE
     if len(paired):
-        sec["paired"].append(_div(plots.table_figure(
-            _paired_display(paired), f"paired differences to {baseline}",
-            {"Δ mIoU (points)": "+.1f", "CI low": "+.1f", "CI high": "+.1f",
-             "p (sign-flip)": ".3g", "p (Holm)": ".3g"}), "paired-table"))
+        sec["paired"].append(report_tables.paired_table(paired, baseline))
     if not sec["params"]:
         sec["params"].append("<p class='note'>No finished tuning trials in the store.</p>")
     banner, provenance = _provenance(df, results)
     study_ids = ", ".join(df["study_id"].unique().sort().to_list())
     items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
-    nav = "".join(f'<a href="#{k}">{t}</a>' for k, t in _TITLES)
+    # the cross-dataset table only says something new when the store holds several datasets
+    titles = [(k, t) for k, t in _TITLES if k != "crossdata" or len(datasets) > 1]
+    nav = "".join(f'<a href="#{k}">{t}</a>' for k, t in titles)
     notes = {
         "curves": "Mean test mIoU over training seeds; the band is the 95 % percentile bootstrap CI of the mean "
                   "(10,000 resamples). Hover a point for images, subset hash and seeds.",
@@ -262,15 +287,19 @@ def build_html(df: pl.DataFrame, results: Results, baseline: str = analysis.BASE
         "traces": "Validation mIoU per epoch of every tuning trial; grey lines ending in ✕ were stopped early "
                   "(by ASHA or patience).",
         "params": "One line per tuning trial, coloured by its best validation mIoU; drag along an axis to filter.",
+        "crossdata": "Mean ± sd of test mIoU over seeds for every strategy and labelled fraction, one column per "
+                     "dataset (blank: the cell was not run on that dataset).",
+        "compute": report_tables.COMPUTE_NOTE,
     }
     body = [f"<h1>hsistudy report: {html.escape(study_ids)}</h1>",
             f'<p class="sub">datasets: {html.escape(", ".join(datasets))} · baseline: {html.escape(baseline)}</p>',
             f"<nav>{nav}</nav>", banner, f'<h2 id="headlines">Headlines</h2><ul class="headlines">{items}</ul>']
-    for key, title in _TITLES[1:]:
+    for key, title in titles[1:]:
         body.append(f'<h2 id="{key}">{title}</h2>')
         if key in notes:
             body.append(f'<p class="note">{html.escape(notes[key])}</p>')
-        body += {"summary": [summary], "compute": [compute], "provenance": [provenance]}.get(key, sec.get(key, []))
+        body += {"summary": [summary], "crossdata": [crossdata], "compute": [compute],
+                 "provenance": [provenance]}.get(key, sec.get(key, []))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>hsistudy report: {html.escape(study_ids)}</title><style>{_CSS}</style>"
             f"<script type=\"text/javascript\">{plotly.offline.get_plotlyjs()}</script></head>\n<body>\n"
@@ -278,16 +307,30 @@ def build_html(df: pl.DataFrame, results: Results, baseline: str = analysis.BASE
     return page, cells
 
 
-def write_report(results: Path | str, out: Path | str | None = None, csv: Path | str | None = None,
+def load_studies(results: list[Results], baseline: str = analysis.BASELINE) -> tuple[pl.DataFrame, str]:
+    """Several stores as one frame (strategies renamed per study, :mod:`study.compare`) and the baseline to use."""
+    frames = [load_store(r) for r in results]
+    labels = compare.study_labels(results, frames)
+    df = compare.combine(list(zip(labels, frames, strict=True)))
+    return df, compare.comparison_baseline(df, baseline, labels)
+
+
+def write_report(results: Results | list[Results], out: Path | str | None = None, csv: Path | str | None = None,
                  baseline: str = analysis.BASELINE) -> tuple[Path | str, Path | str | None]:
     """Build the report (and optionally the summary CSV) for ``results``; both written whole.
 
     ``results`` may be an object-store URI; ``out`` and ``csv`` may each be a local path or a URI
-    (by default they go next to the rows, i.e. into the bucket for a URI store).
+    (by default they go next to the rows, i.e. into the bucket for a URI store). A list of several
+    studies makes one comparison page (default ``<first>/compare.html``).
     """
-    df = load_store(results)
+    if isinstance(results, list) and len(results) > 1:
+        df, baseline = load_studies(results, baseline)
+        default_out = join(results[0], "compare.html")
+    else:
+        results = results[0] if isinstance(results, list) else results
+        df, default_out = load_store(results), join(results, "report.html")
     page, cells = build_html(df, results, baseline)
-    out = out if out is not None else join(results, "report.html")
+    out = out if out is not None else default_out
     write_to(out, page.encode("utf-8"))
     if csv is not None:
         write_to(csv, cells.write_csv().encode("utf-8"))
@@ -296,9 +339,10 @@ def write_report(results: Path | str, out: Path | str | None = None, csv: Path |
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    studies, args.results = args.results, args.results[0]  # several: one comparison page, defaults beside the first
     csv = None if args.csv is None else results_arg(args.csv) if args.csv else join(args.results, "summary.csv")
     try:
-        out, csv_out = write_report(args.results, args.out, csv, args.baseline)
+        out, csv_out = write_report(studies if len(studies) > 1 else args.results, args.out, csv, args.baseline)
     except HsiStudyError as exc:
         if args.debug:
             raise

@@ -11,11 +11,14 @@ chosen so every statistic has a hand-computable answer:
 - 4 tuning trials per cell, max 10 epochs, run for 10/10/3/3 epochs (2 stopped early):
   26 of 40 trial-epochs, 35 % saved; 2 device-seconds per epoch, 30 per final run.
   indomain runs on "cpu", crossdomain on "cuda:0" (so GPU-hours count only crossdomain).
+- every cell starts at T0 and runs its trials, then its finals, one after the other; each run takes
+  STARTUP_S longer on the driver clock (started_at/ended_at) than its training loop (wall_s).
 """
 
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from study.results import write_rows, write_study_file
@@ -30,6 +33,8 @@ MAX_EPOCHS = 10
 DEVICE_S_PER_EPOCH = 2.0
 FINAL_DEVICE_S = 30.0
 DEVICE = {"indomain": "cpu", "crossdomain": "cuda:0"}
+STARTUP_S = 2.0
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 N_CLASSES = 11  # hyko2: class 0 is the ignore slot
 
 
@@ -54,6 +59,13 @@ def _base(strategy: str, fraction: float) -> dict:
 def _cell_rows(strategy: str, fraction: float, seeds: tuple[int, ...]) -> list[dict]:
     rows: list[dict] = []
     base = _base(strategy, fraction)
+    clock = [T0]
+
+    def span(wall_s: float) -> dict:
+        start = clock[0]
+        clock[0] = start + timedelta(seconds=wall_s + STARTUP_S)
+        return {"started_at": start, "ended_at": clock[0]}
+
     for t, epochs in enumerate(TRIAL_EPOCHS):
         trial_id = f"{base['cell_id']}-tune-{t}"
         hp = dict(lr=10 ** (-4 + t * 0.5), weight_decay=10 ** (-5 + t), dropout=0.1 * t, batch_size=4)
@@ -65,14 +77,15 @@ def _cell_rows(strategy: str, fraction: float, seeds: tuple[int, ...]) -> list[d
         rows.append({**base, **hp, "row_kind": "trial", "phase": "tune", "trial_id": trial_id, "seed": 0,
                      "status": "completed" if epochs == MAX_EPOCHS else "stopped_early",
                      "epoch": epochs, "epochs_run": epochs, "val_miou": max(curve),
-                     "device_s": DEVICE_S_PER_EPOCH * epochs, "wall_s": DEVICE_S_PER_EPOCH * epochs + 0.5})
+                     "device_s": DEVICE_S_PER_EPOCH * epochs, "wall_s": DEVICE_S_PER_EPOCH * epochs + 0.5,
+                     **span(DEVICE_S_PER_EPOCH * epochs + 0.5)})
     for i, seed in enumerate(seeds):
         m = expected_miou(strategy, fraction, i)
         rows.append({**base, "row_kind": "final", "phase": "final", "trial_id": f"{base['cell_id']}-final-{seed}",
                      "seed": seed, "status": "completed", "epoch": 8, "epochs_run": MAX_EPOCHS, "lr": 1e-4,
                      "val_miou": m - 0.02, "test_miou": m, "test_oa": m + 0.3, "test_macc": m + 0.1,
                      "test_macro_f1": m + 0.05, "test_iou_per_class": _per_class(m),
-                     "device_s": FINAL_DEVICE_S, "wall_s": FINAL_DEVICE_S + 1.0})
+                     "device_s": FINAL_DEVICE_S, "wall_s": FINAL_DEVICE_S + 1.0, **span(FINAL_DEVICE_S + 1.0)})
     return rows
 
 

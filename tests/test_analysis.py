@@ -16,6 +16,7 @@ from store_builder import (
     IMAGES,
     INDOMAIN,
     SEEDS,
+    STARTUP_S,
     TRIAL_EPOCHS,
     build_store,
     expected_miou,
@@ -150,8 +151,22 @@ def test_compute_accounting(store: pl.DataFrame) -> None:
         device_s = DEVICE_S_PER_EPOCH * run + 3 * FINAL_DEVICE_S
         assert r["device_s"] == pytest.approx(device_s)
         assert r["wall_s"] == pytest.approx(device_s + 4 * 0.5 + 3 * 1.0)
+        # the driver clock: every run also paid STARTUP_S (worker, data, model) outside its training loop
+        assert r["run_s"] == pytest.approx(r["wall_s"] + 7 * STARTUP_S)
+        assert r["elapsed_s"] == pytest.approx(r["run_s"])  # runs of one cell ran one after the other here
         expected_gpu = device_s / 3600 if r["strategy"] == "crossdomain" else 0.0
         assert r["gpu_hours"] == pytest.approx(expected_gpu)
+        assert r["gpu_s"] == pytest.approx(expected_gpu * 3600)
+
+
+def test_time_use_counts_slots_and_busy_fraction(store: pl.DataFrame) -> None:
+    use = analysis.time_use(store)
+    acc = analysis.compute_accounting(store)
+    assert use is not None and use["slots"] == 6  # all six cells started together
+    assert use["run_s"] == pytest.approx(acc["run_s"].sum())
+    assert use["span_s"] == pytest.approx(acc["elapsed_s"].max())
+    assert use["busy_fraction"] == pytest.approx(use["run_s"] / (use["span_s"] * 6))
+    assert analysis.time_use(store.drop("started_at", "ended_at")) is None
 
 
 def test_tuning_traces_and_per_class(store: pl.DataFrame) -> None:
@@ -173,6 +188,26 @@ def test_headlines_mention_the_computed_values(store: pl.DataFrame) -> None:
     assert "crossdomain with 50 %" in text and "(52.0 %)" in text and "2x fewer labels" in text  # label savings
     assert "+18.0 mIoU points at 50 %" in text and "Holm-corrected p = 0.75" in text  # biggest gain
     assert "12 of 24 tuning trials" in text and "156 of 240 trial-epochs" in text and "35 %" in text  # ASHA
+
+
+def test_flat_curve_is_not_called_growth(store: pl.DataFrame) -> None:
+    flat = store.with_columns(pl.when(pl.col("row_kind") == "final").then(0.019).otherwise(pl.col("test_miou"))
+                              .alias("test_miou"))
+    line = analysis.headlines(flat.filter(pl.col("strategy") == "indomain"))[0]
+    assert "is flat" in line and "grows" not in line and "1.9 %" in line
+    noisy = store.with_columns(pl.when(pl.col("row_kind") == "final")
+                               .then(0.30 + 0.10 * pl.col("seed") + 0.001 * pl.col("train_fraction"))
+                               .otherwise(pl.col("test_miou")).alias("test_miou"))
+    line = analysis.headlines(noisy.filter(pl.col("strategy") == "indomain"))[0]
+    assert "does not change beyond the noise" in line and "grows" not in line
+
+
+def test_cross_dataset_table(cells: pl.DataFrame) -> None:
+    two = pl.concat([cells, cells.with_columns(pl.lit("hsidrive").alias("dataset"))])
+    table = analysis.cross_dataset_table(two)
+    assert table.columns == ["strategy", "fraction", "hsidrive", "hyko2"] and len(table) == 6
+    row = table.filter((pl.col("strategy") == "indomain") & (pl.col("fraction") == "100 %")).row(0, named=True)
+    assert row["hyko2"] == "52.0 ± 2.0 %"
 
 
 def test_headlines_with_only_the_baseline(store: pl.DataFrame) -> None:

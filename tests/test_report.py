@@ -128,3 +128,58 @@ def test_backbone_banners_name_the_backbones_that_were_not_the_real_ones() -> No
                                                                  "crossdomain-fc": {"backbone": None}}}
     text = _backbone_banners(df, per)
     assert "crossdomain-fc used" in text and "crossdomain, " not in text and "Indian Pines" in text
+
+
+def _rows_of(page: str, table_id: str) -> int:
+    table = page.split(f'id="{table_id}"', 1)[1].split("</table>", 1)[0]
+    return table.count("<tr>") - 1  # minus the header row
+
+
+def test_summary_and_compute_tables_hold_every_cell(store_dir: Path, tmp_path: Path) -> None:
+    out, _ = report.write_report(store_dir, tmp_path / "r.html")
+    page = out.read_text(encoding="utf-8")
+    assert _rows_of(page, "summary-table") == 6 and _rows_of(page, "compute-table") == 6
+    assert "52.0 ± 2.0 %" in page  # mIoU in % with the sign
+    assert "Busy fraction" in page and "run-s" in page and "GPU-s" in page
+    assert 'id="cross-dataset-table"' not in page and "Across datasets" not in page  # one dataset only
+
+
+def test_several_datasets_get_the_cross_dataset_table(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "store", strategies=("indomain",), seeds=(0, 1))
+    df = read_store(store)
+    both = pl.concat([df, df.with_columns(pl.lit("hsidrive").alias("dataset"))])
+    page, _ = report.build_html(both, store)
+    assert _rows_of(page, "cross-dataset-table") == 3 and ">Across datasets</h2>" in page
+
+
+def test_integer_axes_for_epochs_and_integer_knobs(store_dir: Path) -> None:
+    from study import plots
+
+    df = read_store(store_dir)
+    traces = plots.tuning_traces_figure(analysis.tuning_traces(df), "hyko2")
+    assert traces.layout.xaxis.dtick == 1 and traces.layout.xaxis.tickformat == "d"
+    trials = analysis.trial_table(df).with_columns(
+        (pl.col("trial_id").str.slice(-1).cast(pl.Int32) + 1).alias("freeze_depth"))
+    fig = plots.parallel_figure(trials, "hyko2", "indomain", analysis.HYPERPARAMETERS)
+    depth = next(d for d in fig.data[0].dimensions if d.label == "freeze_depth")
+    assert list(depth.tickvals) == [1, 2, 3, 4]
+
+
+def test_several_studies_in_one_page(tmp_path: Path) -> None:
+    a = build_store(tmp_path / "backbone-a")
+    b = build_store(tmp_path / "backbone-b", strategies=("crossdomain",))
+    out = tmp_path / "cmp.html"
+    assert report.main([str(a), str(b), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    for name in ("indomain [backbone-a]", "crossdomain [backbone-a]", "crossdomain [backbone-b]"):
+        assert name in page
+    assert _rows_of(page, "summary-table") == 9
+    assert "crossdomain [backbone-b] − indomain [backbone-a]" in page or "paired differences to indomain [backbone-a]" \
+        in page
+    assert str(a) in page and str(b) in page  # both results folders in the provenance
+
+
+def test_provenance_names_the_commit_and_dirty_flag(store_dir: Path) -> None:
+    df = read_store(store_dir).with_columns(pl.lit("0.1.0+gabc123def456.dirty").alias("code_version"))
+    page, _ = report.build_html(df, store_dir)
+    assert "0.1.0+gabc123def456.dirty" in page and "uncommitted changes" in page
