@@ -19,19 +19,28 @@ Why a cache: the per-pixel transformer is the expensive part of a study
 hash, dataset source, split, bn mode, chunk size, dtype) and every trial reuses
 them; files are written under a temporary name and renamed, and a file lock
 makes concurrent Ray workers compute a split only once.
+
+At scale (design.md §8): images stream through one at a time (the next one is
+read and the last one written by a helper thread while the backbone runs), the
+transformer runs on several BatchNorm chunks at once (``compute_pixels``: the
+stem still normalises each chunk by itself, so the features are the paper's),
+``autocast="bf16"`` is an opt-in with its own cache key (measured against fp32
+in docs/performance.md), and :mod:`study.feature_shards` spreads a split over
+Ray tasks, one contiguous image shard each.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -46,13 +55,21 @@ DEFAULT_CHUNKS: dict[str, int] = {"hsidrive": 5000, "hcv2": 5000, "hyko2": 50000
 DTYPES: dict[str, type[np.floating]] = {"float16": np.float16, "float32": np.float32}
 #: Bump when the export changes what a given (checkpoint, data, settings) produces.
 FEATURE_VERSION = 1
+#: Compute precision of the backbone: ``off`` = fp32 (the paper's), ``bf16`` = bf16 autocast (own cache key).
+AUTOCAST_MODES: tuple[str, ...] = ("off", "bf16")
+#: The default everywhere (CLI, ensure_features): fp32. Why: docs/performance.md "Feature export".
+DEFAULT_AUTOCAST = "off"
+#: Pixels per transformer pass on a GPU (whole BN chunks, at least one): big batches keep it busy.
+GPU_COMPUTE_PIXELS = 65536
 
 
 def default_chunk(dataset: str) -> int:
     return DEFAULT_CHUNKS.get(dataset, 5000)
 
 
-def _check_settings(bn_mode: str, chunk_size: int, dtype: str) -> None:
+def _check_settings(bn_mode: str, chunk_size: int, dtype: str, autocast: str = "off") -> None:
+    if autocast not in AUTOCAST_MODES:
+        raise HsiStudyError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}, got {autocast!r}")
     if bn_mode not in BN_MODES:
         raise HsiStudyError(f"bn mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
@@ -84,35 +101,65 @@ def bn_context(model: nn.Module, bn_mode: str) -> Iterator[nn.Module]:
                 m.track_running_stats = track
 
 
+def autocast_context(device: str | torch.device, autocast: str) -> Any:
+    """bf16 autocast on ``device`` (CUDA or CPU) for ``autocast="bf16"``, else nothing (fp32)."""
+    if autocast == "off":
+        return nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def _compute_pixels(chunk_size: int, device: str | torch.device, compute_pixels: int | None) -> int:
+    """Whole BN chunks per transformer pass: one on a CPU (caches), ~64 k pixels on a GPU."""
+    want = compute_pixels if compute_pixels is not None else (
+        GPU_COMPUTE_PIXELS if torch.device(device).type == "cuda" else chunk_size)
+    return max(1, want // chunk_size) * chunk_size
+
+
+def _features(model: nn.Module, x: torch.Tensor, wl: torch.Tensor, chunk_size: int, bn_mode: str) -> torch.Tensor:
+    """Features of ``x`` (several BN chunks): the stem per chunk (its BN statistics are the chunk's own in
+    ``chunk`` mode), the transformer on all of them at once (per pixel, so batching changes nothing)."""
+    if not all(hasattr(model, a) for a in ("tokens", "run_blocks", "aggregate")) or x.shape[0] <= chunk_size:
+        return model.features(x, wl)
+    step = chunk_size if bn_mode == "chunk" else x.shape[0]
+    h = torch.cat([model.tokens(x[s : s + step], wl)[0] for s in range(0, x.shape[0], step)])
+    return model.aggregate(model.run_blocks(h)[0])
+
+
 def export_image(model: nn.Module, image: np.ndarray, wavelengths: np.ndarray, *, bn_mode: str = "chunk",
                  chunk_size: int = 5000, dtype: str = "float32", device: str | torch.device = "cpu",
+                 autocast: str = "off", compute_pixels: int | None = None,
                  on_chunk: Callable[[int], None] | None = None) -> np.ndarray:
     """Features (H, W, D) of one raw image (H, W, C): raster-order chunks, no normalisation.
 
     ``model`` must expose ``features(spectra (N, C), wavelengths (C,)) -> (N, D)``
-    (HyperSL) and already sit on ``device``.
+    (HyperSL) and already sit on ``device``. Features stay on the device until the
+    image is done (one copy back, no sync per chunk).
     """
-    _check_settings(bn_mode, chunk_size, dtype)
+    _check_settings(bn_mode, chunk_size, dtype, autocast)
     if image.ndim != 3 or image.shape[-1] != len(wavelengths):
         raise HsiStudyError(f"image of shape {image.shape} does not match {len(wavelengths)} wavelengths")
     h, w, c = image.shape
-    flat = np.ascontiguousarray(image, dtype=np.float32).reshape(h * w, c)
+    flat = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(h * w, c))
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        flat = flat.pin_memory()
     wl = torch.as_tensor(np.asarray(wavelengths, dtype=np.float32), device=device)
-    out: np.ndarray | None = None
-    with torch.inference_mode(), bn_context(model, bn_mode):
-        for start in range(0, h * w, chunk_size):
-            x = torch.from_numpy(flat[start : start + chunk_size]).to(device)
-            z = model.features(x, wl).float().cpu().numpy()
+    step = _compute_pixels(chunk_size, device, compute_pixels)
+    out: torch.Tensor | None = None
+    with torch.inference_mode(), bn_context(model, bn_mode), autocast_context(device, autocast):
+        for start in range(0, h * w, step):
+            x = flat[start : start + step].to(device, non_blocking=True)
+            z = _features(model, x, wl, chunk_size, bn_mode)
             if out is None:
-                out = np.empty((h * w, z.shape[1]), dtype=DTYPES[dtype])
-            out[start : start + z.shape[0]] = z
+                out = torch.empty((h * w, z.shape[1]), dtype=getattr(torch, dtype), device=device)
+            out[start : start + z.shape[0]] = z.float()
             if on_chunk is not None:
                 on_chunk(z.shape[0])
     assert out is not None
-    if not np.all(np.isfinite(out)):
+    if not bool(torch.isfinite(out).all()):
         hint = " (float16 overflow: use --dtype float32)" if dtype == "float16" else ""
         raise HsiStudyError(f"non-finite features{hint}; check the input values and the backbone")
-    return out.reshape(h, w, -1)
+    return out.cpu().numpy().reshape(h, w, -1)
 
 
 class Progress:
@@ -134,36 +181,86 @@ class Progress:
                   f"({self.done:,}/{self.total:,} px, {rate:,.0f} px/s, ETA {eta:.0f} s)", file=sys.stderr, flush=True)
 
 
+def export_images(model: nn.Module, src: Any, names: list[str], fh: h5py.File, *, bn_mode: str, chunk: int,
+                  dtype: str, device: str | torch.device, autocast: str = "off",
+                  on_chunk: Callable[[int], None] | None = None) -> int:
+    """Write one group per sample of ``names`` (features + raw labels) into ``fh``; returns the feature width.
+
+    One image at a time: a helper thread reads the next image and writes the last
+    one's features while the backbone runs, so a split never sits in memory and the
+    device does not wait for the disk. ``src`` is the source :class:`H5Split`.
+    """
+    dim = 0
+
+    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
+        image, _ = src.read(name)  # float32 (H, W, C), values checked
+        with h5py.File(src.path, "r") as raw:
+            return image, raw[name]["labels"][()]  # labels copied raw (unmapped ids, own dtype)
+
+    def write(name: str, feats: np.ndarray, labels: np.ndarray) -> None:
+        grp = fh.create_group(name)
+        grp.create_dataset("image", data=feats)
+        grp.create_dataset("labels", data=labels)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="features-io") as io:
+        nxt = io.submit(read, names[0]) if names else None
+        written = None
+        for i, name in enumerate(names):
+            assert nxt is not None
+            image, labels = nxt.result()
+            nxt = io.submit(read, names[i + 1]) if i + 1 < len(names) else None
+            feats = export_image(model, image, src.wavelengths, bn_mode=bn_mode, chunk_size=chunk, dtype=dtype,
+                                 device=device, autocast=autocast, on_chunk=on_chunk)
+            del image
+            dim = int(feats.shape[-1])
+            if written is not None:
+                written.result()
+            written = io.submit(write, name, feats, labels)
+        if written is not None:
+            written.result()
+    return dim
+
+
+def feature_attrs(src: Any, *, ckpt_hash: str, bn_mode: str, chunk: int, dtype: str, autocast: str, dim: int,
+                  dataset: str, split: str) -> dict[str, Any]:
+    """Root attributes of a finished feature file (what :func:`_is_current` and the reader check)."""
+    attrs: dict[str, Any] = {
+        "checkpoint_hash": ckpt_hash, "bn_mode": bn_mode, "chunk_size": chunk, "dtype": dtype,
+        "feature_dim": dim, "source_file": str(src.path), "source_stat": _stat(src.path),
+        "source_wavelengths": src.wavelengths, "dataset": dataset, "split": split,
+        "feature_version": FEATURE_VERSION, "complete": True,
+    }
+    if autocast != "off":  # fp32 files keep exactly the attributes they always had
+        attrs["autocast"] = autocast
+    return attrs
+
+
+def temp_path(path: Path) -> Path:
+    """A unique hidden sibling of ``path`` to write into before ``os.replace``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
 def export_split(model: nn.Module, data_root: str | Path, dataset: str, split: str, out_path: str | Path, *,
                  ckpt_hash: str = "", bn_mode: str = "chunk", chunk_size: int | None = None,
-                 dtype: str = "float16", device: str | torch.device = "cpu", progress: bool = True) -> Path:
+                 dtype: str = "float16", device: str | torch.device = "cpu", autocast: str = "off",
+                 progress: bool = True) -> Path:
     """Write ``out_path``: every sample of ``<data_root>/<dataset>_<split>.h5`` with ``image`` -> features."""
     from study.data.h5reader import open_split
     from study.data.specs import get_spec
 
     chunk = default_chunk(dataset) if chunk_size is None else chunk_size
-    _check_settings(bn_mode, chunk, dtype)
-    spec = get_spec(dataset)
-    src = open_split(data_root, spec, split)
+    _check_settings(bn_mode, chunk, dtype, autocast)
+    src = open_split(data_root, get_spec(dataset), split)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(out_path)
     bar = Progress(f"{dataset}/{split}", sum(h * w for h, w in src.shapes), progress)
     try:
-        with h5py.File(src.path, "r") as raw, h5py.File(tmp, "w") as fh:
-            for name in src.names:
-                image, _ = src.read(name)  # float32 (H, W, C), values checked; labels copied raw below
-                feats = export_image(model, image, src.wavelengths, bn_mode=bn_mode, chunk_size=chunk, dtype=dtype,
-                                     device=device, on_chunk=bar.update)
-                grp = fh.create_group(name)
-                grp.create_dataset("image", data=feats)
-                grp.create_dataset("labels", data=raw[name]["labels"][()])
-            fh.attrs.update({
-                "checkpoint_hash": ckpt_hash, "bn_mode": bn_mode, "chunk_size": chunk, "dtype": dtype,
-                "feature_dim": int(feats.shape[-1]), "source_file": str(src.path), "source_stat": _stat(src.path),
-                "source_wavelengths": src.wavelengths, "dataset": dataset, "split": split,
-                "feature_version": FEATURE_VERSION, "complete": True,
-            })
+        with h5py.File(tmp, "w") as fh:
+            dim = export_images(model, src, list(src.names), fh, bn_mode=bn_mode, chunk=chunk, dtype=dtype,
+                                device=device, autocast=autocast, on_chunk=bar.update)
+            fh.attrs.update(feature_attrs(src, ckpt_hash=ckpt_hash, bn_mode=bn_mode, chunk=chunk, dtype=dtype,
+                                          autocast=autocast, dim=dim, dataset=dataset, split=split))
         os.replace(tmp, out_path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -183,14 +280,17 @@ def source_id(data_root: str | Path) -> str:
 
 
 def feature_cache_path(cache_dir: str | Path, ckpt_hash: str, dataset: str, split: str, bn_mode: str, chunk: int,
-                       dtype: str, source: str = "") -> Path:
-    """``<cache>/features/<ckpt>/<dataset>[-<source>]-<bn>-c<chunk>-<dtype>/<dataset>_<split>.h5``.
+                       dtype: str, source: str = "", autocast: str = "off") -> Path:
+    """``<cache>/features/<ckpt>/<dataset>[-<source>]-<bn>-c<chunk>-<dtype>[-bf16]/<dataset>_<split>.h5``.
 
-    The folder is itself an HS3-Bench data root (one file per split).
+    The folder is itself an HS3-Bench data root (one file per split). fp32-computed
+    features keep the key they always had; bf16 autocast adds ``-bf16`` (other features).
     """
-    _check_settings(bn_mode, chunk, dtype)
+    _check_settings(bn_mode, chunk, dtype, autocast)
     tag = f"{dataset}-{source}" if source else dataset
-    return Path(cache_dir) / "features" / ckpt_hash / f"{tag}-{bn_mode}-c{chunk}-{dtype}" / f"{dataset}_{split}.h5"
+    suffix = "" if autocast == "off" else f"-{autocast}"
+    return Path(cache_dir) / "features" / ckpt_hash / f"{tag}-{bn_mode}-c{chunk}-{dtype}{suffix}" / \
+        f"{dataset}_{split}.h5"
 
 
 def _is_current(path: Path, source_file: Path) -> bool:
@@ -209,23 +309,31 @@ def _is_current(path: Path, source_file: Path) -> bool:
 def ensure_features(cache_dir: str | Path, backbone: str | Path, data_root: str | Path, dataset: str,
                     splits: tuple[str, ...] | list[str] | None = None, *, bn_mode: str = "chunk",
                     chunk_size: int | None = None, dtype: str = "float16", device: str | torch.device = "cpu",
+                    autocast: str = DEFAULT_AUTOCAST, shards: int | None = None, cluster: bool = False,
                     progress: bool = True) -> Path:
     """Folder holding ``<dataset>_<split>.h5`` feature files, computing each missing split once.
 
     Reused when the file exists, is complete and its source file is unchanged
-    (size + mtime); otherwise (re)computed under a per-file lock.
+    (size + mtime); otherwise (re)computed under a per-file lock. ``shards`` > 1 or
+    ``cluster`` export a split as contiguous image shards (:mod:`study.feature_shards`):
+    with ``cluster`` one Ray task each (on a GPU where the cluster has them; data root
+    and cache must then be on storage every node sees), else one after another here;
+    finished shards survive an interruption and are not recomputed.
     """
     from study.data.specs import get_spec
+    from study.feature_shards import export_split_sharded
     from study.filelock import file_lock
     from study.models.checkpoints import checkpoint_hash, load_hypersl
 
     spec = get_spec(dataset)
     chunk = default_chunk(dataset) if chunk_size is None else chunk_size
+    _check_settings(bn_mode, chunk, dtype, autocast)
     ckpt = checkpoint_hash(backbone)
     model: nn.Module | None = None
     folder = None
     for split in splits or spec.splits:
-        path = feature_cache_path(cache_dir, ckpt, dataset, split, bn_mode, chunk, dtype, source_id(data_root))
+        path = feature_cache_path(cache_dir, ckpt, dataset, split, bn_mode, chunk, dtype, source_id(data_root),
+                                  autocast)
         folder = path.parent
         source_file = Path(data_root) / spec.file_name(split)
         if _is_current(path, source_file):
@@ -233,83 +341,24 @@ def ensure_features(cache_dir: str | Path, backbone: str | Path, data_root: str 
         with file_lock(path.with_name(f".{path.name}.lock")):
             if _is_current(path, source_file):
                 continue
+            settings = dict(ckpt_hash=ckpt, bn_mode=bn_mode, chunk_size=chunk, dtype=dtype, autocast=autocast,
+                            progress=progress)
+            if cluster or (shards is not None and shards > 1):
+                export_split_sharded(backbone, data_root, dataset, split, path, shards=shards, cluster=cluster,
+                                     device=device, **settings)
+                continue
             if model is None:
                 model = load_hypersl(backbone).to(device)
-            export_split(model, data_root, dataset, split, path, ckpt_hash=ckpt, bn_mode=bn_mode, chunk_size=chunk,
-                         dtype=dtype, device=device, progress=progress)
+            export_split(model, data_root, dataset, split, path, device=device, **settings)
     assert folder is not None
     return folder
 
 
-EXAMPLES = """\
-examples:
-  python -m study.features --backbone default --dataset hyko2 --out /tmp/feats
-      features of the embedded synthetic HyKo2-like data with the cached sanity-pretrained `cpu` backbone
-  python -m study.features --backbone 5_base_mask95_checkpoint.pt --data /data/hs3bench/hsidrive \\
-      --dataset hsidrive --out /data/hs3bench/hsidrive/hypersl --dtype float32 --device cuda
-      the paper's export (train-mode BN per 5,000-pixel chunk) with the released weights
-  python -m study.features --backbone ckpt.pt --data ROOT --dataset hyko2 --out DIR --bn-mode running --splits test
-"""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m study.features", epilog=EXAMPLES,
-                                description="Export per-pixel HyperSL features in the HS3-Bench HDF5 layout.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", required=True, help="HyperSL checkpoint (.pt released layout or .safetensors), or "
-                   "'default' for the cached sanity-pretrained cpu backbone")
-    p.add_argument("--data", type=Path, default=None, help="folder with <dataset>_{train,val,test}.h5 "
-                   "(default: the embedded synthetic data)")
-    p.add_argument("--dataset", required=True, help="hyko2, hsidrive or hcv2")
-    p.add_argument("--out", type=Path, required=True, help="output folder for <dataset>_<split>.h5")
-    p.add_argument("--bn-mode", default="chunk", choices=BN_MODES,
-                   help="chunk: train-mode BN statistics per chunk (paper); running: eval mode (default chunk)")
-    p.add_argument("--chunk-size", type=int, default=None, help="pixels per chunk (default 5000; hyko2 50000)")
-    p.add_argument("--dtype", default="float16", choices=tuple(DTYPES), help="stored dtype (default float16)")
-    p.add_argument("--splits", default=None, help="comma list of splits (default train,val,test)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        from study.data.specs import get_spec
-        from study.models.checkpoints import checkpoint_hash, load_hypersl
+    """``python -m study.features`` (the command line lives in :mod:`study.features_cli`)."""
+    from study.features_cli import main as cli_main
 
-        spec = get_spec(args.dataset)
-        if args.threads is not None:
-            torch.set_num_threads(max(1, args.threads))
-        if args.backbone == "default":
-            from study.pretrain import ensure_default_backbone
-
-            backbone = ensure_default_backbone(progress=not args.quiet)
-        else:
-            backbone = Path(args.backbone)
-        data = args.data
-        if data is None:
-            from study.data.generator import ensure_default_dataset
-
-            data = ensure_default_dataset(spec, progress=not args.quiet)
-        splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else list(spec.splits)
-        for s in splits:
-            spec.file_name(s)  # ValueError for an unknown split
-        model = load_hypersl(backbone).to(args.device)
-        ckpt = checkpoint_hash(backbone)
-        for split in splits:
-            out = export_split(model, data, args.dataset, split, args.out / spec.file_name(split), ckpt_hash=ckpt,
-                               bn_mode=args.bn_mode, chunk_size=args.chunk_size, dtype=args.dtype,
-                               device=args.device, progress=not args.quiet)
-            print(out)
-        return 0
-    except (HsiStudyError, ValueError, OSError, RuntimeError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,9 @@ def test_chunk_mode_is_train_mode_bn_per_raster_chunk(model: torch.nn.Module, im
     with torch.no_grad():
         ref = torch.cat([ref_model.features(flat[s : s + 50], torch.from_numpy(WL)) for s in range(0, 120, 50)])
     np.testing.assert_allclose(got.reshape(120, -1), ref.numpy(), rtol=1e-4, atol=1e-4)
+    # the GPU path: the transformer on several chunks at once, each chunk's stem with its own BN statistics
+    batched = feat.export_image(model, image, WL, bn_mode="chunk", chunk_size=50, compute_pixels=100)
+    np.testing.assert_allclose(batched.reshape(120, -1), ref.numpy(), rtol=1e-4, atol=1e-4)
     after = _bn_state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)  # running stats and counters untouched
     assert model.training and all(m.track_running_stats for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
@@ -69,7 +72,7 @@ def test_chunk_size_matters_only_in_chunk_mode(model: torch.nn.Module, image: np
 
 
 def test_bad_settings_are_rejected(model: torch.nn.Module, image: np.ndarray) -> None:
-    for kwargs in ({"bn_mode": "eval"}, {"chunk_size": 0}, {"dtype": "bfloat16"}):
+    for kwargs in ({"bn_mode": "eval"}, {"chunk_size": 0}, {"dtype": "bfloat16"}, {"autocast": "fp8"}):
         with pytest.raises(feat.HsiStudyError):
             feat.export_image(model, image, WL, **kwargs)
     with pytest.raises(feat.HsiStudyError, match="does not match"):
@@ -84,6 +87,19 @@ def test_cache_path_keys_every_setting(tmp_path: Path) -> None:
     variants = [dict(ckpt_hash="cd" * 8), dict(split="val"), dict(bn_mode="running"), dict(chunk=5000),
                 dict(dtype="float32"), dict(source="0123456789")]
     assert len({path, *(feat.feature_cache_path(**{**base, **v}) for v in variants)}) == 1 + len(variants)
+    # fp32-computed features keep the key existing caches were written under; bf16 autocast gets its own
+    assert path == tmp_path / "features" / ("ab" * 8) / "hyko2-chunk-c50000-float16" / "hyko2_train.h5"
+    assert feat.feature_cache_path(**base, autocast="off") == path
+    bf16 = feat.feature_cache_path(**base, autocast="bf16")
+    assert bf16 != path and bf16.parent.name == "hyko2-chunk-c50000-float16-bf16"
+
+
+def test_bf16_autocast_is_close_to_fp32_but_not_equal(model: torch.nn.Module, image: np.ndarray) -> None:
+    fp32 = feat.export_image(model, image, WL, bn_mode="chunk", chunk_size=50).reshape(120, -1)
+    bf16 = feat.export_image(model, image, WL, bn_mode="chunk", chunk_size=50, autocast="bf16").reshape(120, -1)
+    assert bf16.dtype == np.float32 and not np.array_equal(fp32, bf16)  # the autocast path was taken
+    cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cos.min() > 0.99
 
 
 def test_ensure_features_exports_each_split_once(tiny_root: Path, tmp_path: Path,
@@ -135,3 +151,49 @@ def test_cli_exports_and_reports_bad_input(tiny_root: Path, tmp_path: Path,
         assert rc == 2 and err.startswith("error: ") and "\n" not in err
     assert feat.main(["--backbone", str(tmp_path / "none.pt"), "--data", str(tiny_root), "--dataset", "hyko2",
                       "--out", str(out), "--quiet"]) == 2
+
+
+def _same_files(a: Path, b: Path) -> None:
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        assert sorted(fa) == sorted(fb)
+        ka = {k: v for k, v in fa.attrs.items() if k != "source_wavelengths"}
+        kb = {k: v for k, v in fb.attrs.items() if k != "source_wavelengths"}
+        assert ka == kb
+        for n in fa:
+            for d in ("image", "labels"):
+                np.testing.assert_array_equal(fa[n][d][()], fb[n][d][()])
+                assert fa[n][d].dtype == fb[n][d].dtype
+
+
+def test_sharded_export_equals_one_piece_and_resumes(tiny_root: Path, tiny_backbone: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from study import feature_shards as fs
+
+    assert fs.shard_ranges(6, 4) == [(0, 1), (1, 3), (3, 4), (4, 6)] and fs.shard_ranges(2, 5) == [(0, 1), (1, 2)]
+    one = feat.ensure_features(tmp_path / "a", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,
+                               progress=False)
+    # an interrupted sharded export: shard 1 of 3 finished, then the process died
+    out = feat.feature_cache_path(tmp_path / "b", checkpoint_hash(tiny_backbone), "hyko2", "train", "chunk", 300,
+                                  "float16", feat.source_id(tiny_root))
+    out.parent.mkdir(parents=True)
+    names = sorted(k for k in h5py.File(tiny_root / "hyko2_train.h5") if k != "metadata")
+    settings = dict(ckpt_hash=checkpoint_hash(tiny_backbone), bn_mode="chunk", chunk_size=300, dtype="float16",
+                    autocast="off")
+    fs.export_part(tiny_backbone, tiny_root, "hyko2", "train", names[2:4], fs.part_path(out, 1, 3), settings, "cpu")
+    calls: list[int] = []
+    real = feat.export_image
+    monkeypatch.setattr(feat, "export_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    two = feat.ensure_features(tmp_path / "b", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,
+                               shards=3, progress=False)
+    assert len(calls) == 4  # shards 0 and 2 only
+    _same_files(one / "hyko2_train.h5", two / "hyko2_train.h5")
+    assert not fs.parts_dir(out).exists() and not list(two.glob(".*.tmp"))
+
+
+def test_cluster_export_runs_one_ray_task_per_shard(ray_session, tiny_root: Path, tiny_backbone: Path,
+                                                    tmp_path: Path) -> None:
+    one = feat.ensure_features(tmp_path / "a", tiny_backbone, tiny_root, "hyko2", ["val"], chunk_size=300,
+                               progress=False)
+    two = feat.ensure_features(tmp_path / "b", tiny_backbone, tiny_root, "hyko2", ["val"], chunk_size=300,
+                               shards=2, cluster=True, progress=False)
+    _same_files(one / "hyko2_val.h5", two / "hyko2_val.h5")
