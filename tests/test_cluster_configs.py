@@ -71,7 +71,33 @@ def test_aws_config_has_a_cpu0_head_and_autoscaling_gpu_worker_types() -> None:
     assert "--num-cpus=0" in head_start
 
 
-@pytest.mark.parametrize("name", RAY_UP_CONFIGS)
+IMAGE = "registry.example.org/hsistudy:0.1.0"
+
+
+def test_dockerfile_installs_the_pins_and_the_package_with_its_data() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    pins = _pins()
+    assert f"torch=={pins['torch']}" in text and f'"ray[default]=={pins["ray"]}"' in text
+    assert re.search(r"pip install /tmp/wheels/hsistudy-\*\.whl", text)  # the wheel: bundled spectra inside
+    assert "sp.bundle() is not None" in text and "HSISTUDY_CODE_VERSION" in text
+    for copied in ("study", "trainables", "search_spaces", "pyproject.toml"):
+        assert re.search(rf"^COPY .*\b{re.escape(copied)}\b", text, re.M), copied
+    assert "--index-url" not in text and "--extra-index-url" not in text
+
+
+def test_aws_cluster_and_kuberay_run_the_dockerfile_image() -> None:
+    cfg = _load("cluster.yaml")
+    assert cfg["docker"]["image"] == IMAGE and "--gpus all" in cfg["docker"]["run_options"]
+    assert any("/mnt/efs:/mnt/efs" in o for o in cfg["docker"]["run_options"])
+    assert any("mount -t nfs4" in c for c in cfg["initialization_commands"])  # on the host, not in the container
+    assert not any("pip install" in c and "torch" in c for c in cfg["setup_commands"])  # the image has it
+    for f in sorted(K8S_DIR.glob("*.yaml")):
+        images = re.findall(r"image:\s*(\S+)", f.read_text())
+        assert images and set(images) == {IMAGE}, f.name
+        assert "Dockerfile" in f.read_text(), f"{f.name} should say where its image comes from"
+
+
+@pytest.mark.parametrize("name", ["cluster-onprem.yaml"])
 def test_cluster_configs_install_the_pinned_versions(name: str) -> None:
     cfg = _load(name)
     setup = "\n".join(cfg["setup_commands"])
@@ -158,7 +184,7 @@ def test_k8s_manifests_have_the_expected_kinds() -> None:
         assert {"apiVersion", "kind", "metadata", "spec"} <= set(d), d.get("kind")
         assert d["metadata"].get("name")
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == ["PersistentVolumeClaim", "RayCluster", "RayJob"]
+    assert kinds == ["PersistentVolumeClaim", "Pod", "RayCluster", "RayJob"]
     assert all(d["apiVersion"] == "ray.io/v1" for d in docs if d["kind"].startswith("Ray"))
 
 
@@ -198,3 +224,9 @@ def test_rayjob_entrypoint_is_a_valid_study_run_command() -> None:
     args = build_parser().parse_args(argv[3:])  # every flag exists (argparse exits on an unknown one)
     assert args.strategy == "all" and args.address == "auto"
     assert str(args.results).startswith("/results/")
+    # data and weights come from the shared volume, where k8s/data-loader.yaml puts them
+    assert str(args.data_root).startswith("/results/data/") and str(args.backbone).startswith("/results/weights/")
+    (loader,) = [d for d in _k8s_docs() if d["kind"] == "Pod"]
+    pod = loader["spec"]
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "hsistudy-results"
+    assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == "/results"

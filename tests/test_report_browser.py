@@ -4,7 +4,9 @@ Why a real browser: the promise is "one file that opens anywhere offline". Only 
 show that the embedded plotly.js parses, every figure renders, nothing is fetched from the
 network and nothing logs an error. The page is driven through ``--remote-debugging-pipe``
 (JSON messages separated by NUL on fds 3/4), so no extra Python package is needed.
-A screenshot is kept in ``test-artifacts/report.png`` for a human to look at.
+A screenshot is kept in ``test-artifacts/report.png`` for a human to look at; a second test takes
+one with Chromium's own ``--screenshot`` (the command a person would type) and checks its pixels.
+.ci/run installs Debian's ``chromium`` package when /usr/bin/chromium is missing.
 """
 
 from __future__ import annotations
@@ -177,13 +179,22 @@ def test_report_renders_offline_in_chromium(chromium: str, tmp_path: Path) -> No
         while not js(rendered) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert js(rendered), "not every figure rendered within 30 s"
-        assert js("document.querySelectorAll('.plotly-graph-div').length") >= 7
+        assert js("document.querySelectorAll('.plotly-graph-div').length") >= 6
         curves = js("document.getElementById('curves-hyko2').data.filter(t => t.meta === 'strategy-curve')"
                     ".map(t => t.name)")
         assert sorted(curves) == ["crossdomain", "indomain"], curves  # one trace per strategy, bands not counted
         assert js("document.getElementById('curves-hyko2')._fullLayout.xaxis.type") == "log"
         assert js("document.querySelectorAll('#curves-hyko2 .scatterlayer .trace').length") == 4  # 2 lines + 2 bands
         assert "reaches indomain" in js("document.querySelector('.headlines').innerText")
+        # the summary table holds every cell, and none is clipped: each row has a height and lies inside the table
+        rows = js("[...document.querySelectorAll('#summary-table tbody tr')].map(r => r.getBoundingClientRect())"
+                  ".map(b => [b.top, b.bottom, b.height])")
+        table = js("(() => { const b = document.getElementById('summary-table').getBoundingClientRect();"
+                   " return [b.top, b.bottom]; })()")
+        assert len(rows) == 6 and all(h > 10 for _, _, h in rows), rows
+        assert table[0] <= rows[0][0] and rows[-1][1] <= table[1] + 0.5, (table, rows[-1])
+        assert js("document.querySelector('#summary-table tbody tr:last-child').innerText").startswith("hyko2")
+        assert js("document.getElementById('compute-table').tBodies[0].rows.length") == 6
         time.sleep(0.3)  # let late console messages arrive before judging
         while not cdp._inbox.empty():
             cdp._pump(0.1)
@@ -198,3 +209,30 @@ def test_report_renders_offline_in_chromium(chromium: str, tmp_path: Path) -> No
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000
     finally:
         cdp.close()
+
+
+def test_screenshot_from_the_command_line_shows_the_plots(chromium: str, tmp_path: Path) -> None:
+    """``chromium --headless --screenshot``: the first screen shows drawn curves, not a blank or error page."""
+    from PIL import Image
+
+    report, _ = write_report(build_store(tmp_path / "store"), tmp_path / "report.html")
+    shot = tmp_path / "shot.png"
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           "--disable-dev-shm-usage", "--hide-scrollbars", *NO_NETWORK, f"--user-data-dir={tmp_path / 'p'}",
+           "--window-size=1400,1800", "--virtual-time-budget=15000", f"--screenshot={shot}", report.as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=180, check=False)
+    assert shot.is_file(), "chromium wrote no screenshot"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "report-cli.png")
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1400, 1800)
+    colours = img.getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 200, "the page looks blank"  # text, lines, bands and markers give many colours
+    # the strategy colours of the two curves are drawn somewhere on the first screen
+    from study.plots import strategy_color
+
+    drawn = {c for _, c in colours}
+    for strategy in ("indomain", "crossdomain"):
+        rgb = tuple(int(strategy_color(strategy)[i:i + 2], 16) for i in (1, 3, 5))
+        assert any(sum(abs(a - b) for a, b in zip(rgb, c, strict=True)) < 24 for c in drawn), strategy

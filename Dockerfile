@@ -1,0 +1,37 @@
+# hsistudy cluster image: CUDA build of torch 2.13 + Ray 2.60 + hsistudy (with its bundled spectra), so
+# autoscaled Ray workers start in seconds instead of installing torch for minutes.
+# Used by cluster.yaml (docker: image) and the KubeRay manifests in k8s/ (image:). Build and push:
+#   docker build -t registry.example.org/hsistudy:0.1.0 --build-arg GIT_SHA=$(git rev-parse --short=12 HEAD) .
+#   docker push registry.example.org/hsistudy:0.1.0
+# Optional: --build-arg PRETRAIN=1 bakes the local sanity HyperSL backbone into $HSISTUDY_CACHE (a few CPU
+# minutes at build time); the released weights and the HS3-Bench data go on the shared volume, not here.
+FROM python:3.11-slim-bookworm
+
+# rsync/openssh: the Ray cluster launcher syncs file_mounts into the container; procps: `ray stop`
+RUN apt-get update -q && apt-get install -yq --no-install-recommends rsync openssh-client procps git \
+    && rm -rf /var/lib/apt/lists/*
+
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    RAY_USAGE_STATS_ENABLED=0 HSISTUDY_CACHE=/opt/hsistudy-cache PYTHONUNBUFFERED=1
+# torch==2.13.0 from PyPI is the CUDA build on Linux x86_64 (its NVIDIA libraries come as wheels; the
+# host needs only the driver). The same pins as pyproject.toml; ray[default] adds the dashboard/job server.
+RUN pip install torch==2.13.0 "ray[default]==2.60.0"
+
+# the package from a wheel of this checkout: the spectra bundle (study/data/spectra_bundle.npz) is inside
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY study ./study
+COPY trainables ./trainables
+COPY search_spaces ./search_spaces
+RUN pip wheel --no-deps -w /tmp/wheels . && pip install /tmp/wheels/hsistudy-*.whl && rm -rf /tmp/wheels /src
+WORKDIR /work
+
+# which code ran: rows record this instead of "0.1.0" (no .git in the image)
+ARG GIT_SHA=""
+ENV HSISTUDY_CODE_VERSION=${GIT_SHA:+0.1.0+g${GIT_SHA}}
+ARG PRETRAIN=0
+RUN if [ "$PRETRAIN" = "1" ]; then hsistudy pretrain; fi && mkdir -p "$HSISTUDY_CACHE" && chmod -R a+rwX "$HSISTUDY_CACHE"
+
+# fail the build, not the cluster, if the package or its data is broken
+RUN python -c "import study.data.spectra as sp; assert sp.bundle() is not None" && hsistudy --help > /dev/null
+CMD ["hsistudy", "--help"]
