@@ -27,6 +27,7 @@ or the VM's service account), never from the URI.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -45,7 +46,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from study.errors import ConfigError, HsiStudyError
+from study.errors import ConfigError, HsiStudyError, ResultsWriteError
 
 #: What ``--results`` accepts, for error messages.
 ACCEPTED = "a local path, file:///path, s3://bucket/prefix or gs://bucket/prefix"
@@ -137,13 +138,22 @@ class Location:
         return self.read_bytes(*parts).decode("utf-8")
 
     def write_bytes(self, rel: str, data: bytes) -> str:
-        """Write ``data`` to ``rel`` so that no reader ever sees half of it (see the module docstring)."""
-        if self.is_local:
-            return str(atomic_write_bytes(self.local(rel), data))
-        target = self.path(rel)
-        with self.fs.open_output_stream(target) as fh:  # the object appears only when the upload completes
-            fh.write(data)
-        return target
+        """Write ``data`` to ``rel`` so that no reader ever sees half of it (see the module docstring).
+
+        A failed write (read-only folder, full disk, a file in the way, no write permission on the
+        bucket) raises :class:`ResultsWriteError` naming the file, the cause and the fix.
+        """
+        try:
+            if self.is_local:
+                return str(atomic_write_bytes(self.local(rel), data))
+            target = self.path(rel)
+            with self.fs.open_output_stream(target) as fh:  # the object appears only when the upload completes
+                fh.write(data)
+            return target
+        except ResultsWriteError:
+            raise
+        except OSError as exc:
+            raise write_failure(self.show(rel), exc, local=self.is_local, flag=None) from exc
 
     def write_text(self, rel: str, text: str) -> str:
         return self.write_bytes(rel, text.encode("utf-8"))
@@ -158,17 +168,64 @@ class Location:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_file(self.path(*parts))
 
+    def move_file(self, fs_path: str, rel: str) -> str:
+        """Move the file at ``fs_path`` (a path on ``fs``) to ``rel`` below the root; returns the new path.
+
+        A rename on a local folder; copy + delete on an object store (which has no rename), so an
+        interrupted move leaves both copies, never none.
+        """
+        target = self.path(rel)
+        if self.is_local:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(fs_path, target)
+        else:
+            self.fs.copy_file(fs_path, target)
+            self.fs.delete_file(fs_path)
+        return target
+
     def delete_dir(self, *parts: str) -> None:
         """Remove a folder (a prefix, on object stores) and everything under it; missing is fine."""
         if self.exists(*parts):
             self.fs.delete_dir(self.path(*parts))
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux: /proc/self/status).
+
+    Elsewhere it is read the only portable way, set-and-restore, under a lock; a thread creating a
+    file in that instant outside this module could see umask 0o022 (the value set in between).
+    """
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """Permissions of a newly written file: what ``open()`` would give (0o666 less the umask).
+
+    ``mkstemp`` creates its temp file 0o600 whatever the umask, so without this a renamed result
+    file would be unreadable to the group that shares a results folder.
+    """
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + rename (never half-written)."""
+    """Write ``data`` to ``path`` via a temp file in the same folder + fsync + rename (never half-written).
+
+    The file gets the permissions of a normal ``open()`` (:func:`file_mode`), not mkstemp's 0o600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -182,6 +239,128 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
+#: free space below which :func:`check_writable` warns (a study writes parts, checkpoints and the journal)
+LOW_SPACE_BYTES = 256 * 2**20
+_PROBE = ".write-probe-"
+
+
+def _blocking_file(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` (or ``path``'s parent chain) that is a file, not a folder."""
+    for p in [path, *path.parents]:
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def write_failure(target: str, exc: OSError, *, local: bool = True, flag: str | None = "") -> ResultsWriteError:
+    """An OSError of a write to ``target`` -> one :class:`ResultsWriteError` with the cause and the fix.
+
+    ``flag`` (e.g. ``--results``) is named in the fix when the user can simply choose another place;
+    None when they cannot (a study's own store: moving elsewhere would start the study again).
+    """
+    elsewhere = "" if flag is None else f" or give {flag} another location" if flag else " or write somewhere else"
+    code = getattr(exc, "errno", None)
+    if not local and code is None:  # object stores: pyarrow's message ("AWS Error ACCESS_DENIED ...")
+        cause = _first_line(exc)
+        fix = f"check that these credentials may write there (and the bucket exists){elsewhere}"
+    elif code in _NO_SPACE:
+        cause = "no space left on the device (or the disk quota is used up)"
+        fix = f"free space on that disk (df -h {Path(target).parent}){elsewhere}"
+    elif code in _NO_PERMISSION:
+        folder = Path(target).parent if not Path(target).is_dir() else Path(target)
+        cause = "read-only file system" if code == errno.EROFS else "permission denied"
+        fix = f"make {folder} writable (e.g. chmod u+w {folder}; remount a read-only disk read-write){elsewhere}"
+    elif code in (errno.ENOTDIR, errno.EEXIST) and (blocker := _blocking_file(Path(target).parent)):
+        cause = f"{blocker} is a file, not a folder"
+        fix = f"move that file away{elsewhere}"
+    elif code == errno.EISDIR or Path(target).is_dir():
+        cause = "it is a folder"
+        fix = f"give a file path (e.g. {Path(target) / 'report.html'}){elsewhere}" if flag else \
+            f"move that folder away{elsewhere}"
+    else:
+        cause = (exc.strerror or _first_line(exc)) if isinstance(exc, OSError) else _first_line(exc)
+        fix = f"fix the location{elsewhere}"
+    return ResultsWriteError(f"cannot write {target}: {cause}; {fix}", str(target), code)
+
+
+def _probe_folder(folder: Path, shown: str, flag: str) -> None:
+    """Write + delete a small probe file in ``folder`` (fsync'd, so a full disk shows); leaves nothing behind.
+
+    Folders that do not exist yet are created for the probe and removed again, so a run refused later
+    (bad data, bad flags) leaves the file system as it was.
+    """
+    blocker = _blocking_file(folder)
+    if blocker is not None:
+        what = "is a file" if blocker == folder else f"lies under {blocker}, which is a file"
+        raise ResultsWriteError(f"{flag} {shown}: {what}, not a folder; move {blocker} away or give {flag} "
+                                "another folder", str(blocker), errno.ENOTDIR)
+    created = [p for p in [folder, *folder.parents] if not p.exists()]  # deepest first
+    probe = folder / f"{_PROBE}{uuid.uuid4().hex[:8]}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        err = write_failure(str(probe), exc, flag=flag)
+        raise ResultsWriteError(str(err).replace(f"cannot write {probe}", f"{flag} {shown}: cannot write files in "
+                                                 f"{folder}"), str(folder), err.errno) from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink()
+        for p in created:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def check_writable(results: str | Path | Location, subdirs: tuple[str, ...] = ("rows",),
+                   flag: str = "--results") -> Location:
+    """Fail before any work if the results location cannot be written; returns the resolved Location.
+
+    Why: a results path that is a file, lies under a file, is read-only or on a full disk used to be
+    found only when the first trial finished (minutes or hours later), as a wall of tracebacks. Here
+    a probe file is created and removed in the folder and in each of ``subdirs`` (folders made for the
+    probe are removed again); on an object store a probe object is written to and deleted from ``rows/``. Raises
+    :class:`ResultsWriteError` naming the path and the fix; warns on stderr when little space is left.
+    """
+    loc = open_results(results)
+    if loc.is_local:
+        root = loc.local()
+        for sub in ("", *subdirs):
+            _probe_folder(root / sub if sub else root, loc.show(sub) if sub else loc.show(), flag)
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(root).free
+            if free < LOW_SPACE_BYTES:
+                print(f"warning: only {free / 2**20:.0f} MiB free on the disk of {loc.show()}; a study that "
+                      "fills it stops with the trials stored so far kept", file=sys.stderr)
+        return loc
+    rel = f"{subdirs[0] if subdirs else ''}/{_PROBE}{uuid.uuid4().hex[:8]}".lstrip("/")
+    loc.write_bytes(rel, b"probe")  # ResultsWriteError names the location, the cause and the fix
+    with contextlib.suppress(OSError):
+        loc.delete_file(rel)
+    return loc
+
+
+def check_output_file(target: str | Path, flag: str, example: str = "out.html") -> None:
+    """Fail before any work if the output file ``target`` could not be written later.
+
+    Refuses a folder (``--out results/``), a path under a file, and a folder that is read-only or on a
+    full disk (probe file). Object-store URIs are not probed here: their write errors are one line too.
+    """
+    if is_uri(target):
+        return
+    path = Path(target)
+    if path.is_dir():
+        raise ResultsWriteError(f"{flag} {path}: is a folder; give a file path (e.g. {path / example})",
+                                str(path), errno.EISDIR)
+    _probe_folder(path.parent, str(path.parent), flag)
 
 
 def resolve(results: str | Path | Location) -> Location:
@@ -241,9 +420,15 @@ def join(results: str | Path, name: str) -> str | Path:
 
 
 def write_to(target: str | Path, data: bytes) -> str:
-    """Write one output file (a report, a CSV) to a local path or an object URI; returns its display name."""
+    """Write one output file (a report, a CSV) to a local path or an object URI; returns its display name.
+
+    A failed write raises :class:`ResultsWriteError` (file, cause, fix) instead of an OSError traceback.
+    """
     if not is_uri(target):
-        return str(atomic_write_bytes(Path(target), data))
+        try:
+            return str(atomic_write_bytes(Path(target), data))
+        except OSError as exc:
+            raise write_failure(str(target), exc) from exc
     text = str(target)
     base, _, query = text.partition("?")
     parent, _, name = base.rstrip("/").rpartition("/")
