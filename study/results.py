@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from study.errors import HsiStudyError
+from study.errors import CorruptPartError, HsiStudyError, ResultsWriteError
 from study.storage import Location, resolve
 from study.storage import atomic_write_bytes as atomic_write_bytes  # re-exported: checkpoints, pretrain, report
 from study.storage import atomic_write_text as atomic_write_text
@@ -177,8 +177,13 @@ def write_rows(results_dir: Results, rows: Iterable[Mapping[str, Any]], part_nam
         return None
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf)
-    return resolve(results_dir).write_bytes(f"rows/{part_name}-{uuid.uuid4().hex[:8]}.parquet",
-                                            buf.getvalue().to_pybytes())
+    loc = resolve(results_dir)
+    try:
+        return loc.write_bytes(f"rows/{part_name}-{uuid.uuid4().hex[:8]}.parquet", buf.getvalue().to_pybytes())
+    except ResultsWriteError as exc:  # say what is safe: every earlier part is whole and stays
+        raise ResultsWriteError(
+            f"{exc}. Every trial stored before this one is kept in {loc.show('rows')}; once fixed, re-run the "
+            "same command: stored trials are not trained again, the rest are", exc.path, exc.errno) from exc
 
 
 def part_paths(results_dir: Results) -> list[str]:
@@ -191,9 +196,25 @@ def part_files(results_dir: str | Path) -> list[Path]:
     return [Path(p) for p in part_paths(resolve(results_dir).local())]
 
 
+#: Sub-folder of ``rows/`` where :func:`quarantine_corrupt_parts` moves unreadable parts (never deleted).
+QUARANTINE = "quarantine"
+#: The fix named in every corrupt-part message (the CLIs that offer it).
+REPAIR_HINT = (f"move it aside (its trial is trained again on the next run): python -m study.run ... --repair, "
+               f"or python -m study.report ... --skip-corrupt, moves unreadable parts into rows/{QUARANTINE}/ "
+               "(nothing is deleted)")
+
+
 def _read_part(loc: Location, path: str) -> pa.Table:
     with loc.fs.open_input_file(path) as fh:
-        t = _with_added_columns(pq.read_table(fh))
+        try:
+            t = _with_added_columns(pq.read_table(fh))
+        except (pa.ArrowException, OSError, ValueError) as exc:  # truncated / not Parquet: name the part
+            cause = " ".join(str(exc).removeprefix("Could not open Parquet input source '<Buffer>': ").split())
+            cause = cause[:200] or type(exc).__name__
+            raise CorruptPartError(
+                f"{loc.name_of(path)}: not a readable Parquet part ({cause}); it is truncated or corrupt "
+                f"(e.g. the disk filled up or a copy was interrupted). Fix: {REPAIR_HINT}", loc.name_of(path)
+            ) from exc
     if t.schema.remove_metadata() != RESULT_SCHEMA:
         raise HsiStudyError(
             f"{loc.name_of(path)}: columns do not match "
@@ -206,19 +227,67 @@ def _read_part(loc: Location, path: str) -> pa.Table:
 def read_table(results_dir: Results) -> pa.Table:
     """All rows of a store as one Arrow table; refuses a store of another schema version.
 
-    On an object store every part is one GET with its latency, so parts are fetched by 16 threads.
+    An unreadable part raises :class:`CorruptPartError` naming it (all of them, when several) and the
+    fix, :func:`quarantine_corrupt_parts`.
     """
     loc = resolve(results_dir)
     check_store_version(loc)
     parts = part_paths(loc)
     if not parts:
         return RESULT_SCHEMA.empty_table()
+    read = _try_read_all(loc, parts)
+    bad = [r for r in read if isinstance(r, CorruptPartError)]
+    if len(bad) == 1:
+        raise bad[0]
+    if bad:
+        shown = ", ".join(b.path for b in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CorruptPartError(f"{len(bad)} result parts are not readable Parquet ({shown}); first: {bad[0]}",
+                               bad[0].path)
+    return pa.concat_tables([r for r in read if isinstance(r, pa.Table)])
+
+
+def _try_read_all(loc: Location, parts: list[str]) -> list[pa.Table | CorruptPartError]:
+    """Every part read, a corrupt one as its error (so all of them can be named at once).
+
+    On an object store every part is one GET with its latency, so parts are fetched by 16 threads.
+    """
+    def one(path: str) -> pa.Table | CorruptPartError:
+        try:
+            return _read_part(loc, path)
+        except CorruptPartError as exc:
+            return exc
+
     if loc.is_local:
-        tables = [_read_part(loc, p) for p in parts]
-    else:
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            tables = list(pool.map(lambda p: _read_part(loc, p), parts))
-    return pa.concat_tables(tables)
+        return [one(p) for p in parts]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(one, parts))
+
+
+def quarantine_corrupt_parts(results_dir: Results) -> list[str]:
+    """Move every unreadable part into ``rows/quarantine/`` (never delete); returns their new names.
+
+    Why: a truncated part (a full disk, an interrupted copy) makes every read of the store fail. Moved
+    aside, the store reads again and the trial that part held counts as not run, so the next
+    ``study.run`` trains it again. Parts of another schema version are readable and are not moved
+    (their message says to use that version). Works on local folders and object stores alike.
+    """
+    loc = resolve(results_dir)
+    parts = part_paths(loc)
+    moved = []
+    for path, read in zip(parts, _try_read_all(loc, parts), strict=True):
+        if not isinstance(read, CorruptPartError):
+            continue
+        name = path.rsplit("/", 1)[-1]
+        rel = f"rows/{QUARANTINE}/{name}"
+        if loc.exists(rel):  # a part of the same name moved before: keep both
+            rel = f"rows/{QUARANTINE}/{name.removesuffix('.parquet')}-{uuid.uuid4().hex[:8]}.parquet"
+        try:
+            moved.append(loc.name_of(loc.move_file(path, rel)))
+        except OSError as exc:
+            raise ResultsWriteError(f"cannot move the unreadable part {loc.name_of(path)} to {loc.show(rel)} "
+                                    f"({' '.join(str(exc).split())[:200]}); move it aside by hand", path,
+                                    getattr(exc, "errno", None)) from exc
+    return moved
 
 
 def read_store(results_dir: Results):  # -> polars.DataFrame (imported lazily: writers need no polars)
