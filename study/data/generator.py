@@ -166,11 +166,16 @@ def ensure_default_dataset(
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        if (final / _COMPLETE).is_file():  # finished once, damaged since (a truncated copy, a full disk)
+            print(f"[hsistudy] cache entry {final} is damaged (a file is missing or truncated); generating it again",
+                  file=sys.stderr)
         generate_dataset(spec, tmp, config, progress)
-        (tmp / _COMPLETE).write_text(json.dumps({"config": asdict(config), "version": GENERATOR_VERSION}))
+        sizes = {spec.file_name(s): (tmp / spec.file_name(s)).stat().st_size for s in _SPLIT_CODE}
+        (tmp / _COMPLETE).write_text(json.dumps({"config": asdict(config), "version": GENERATOR_VERSION,
+                                                 "sizes": sizes}))
         if _complete(spec, final):
             return final
-        if final.exists():  # an incomplete leftover of a crashed run
+        if final.exists():  # an incomplete leftover of a crashed run, or a damaged entry
             shutil.rmtree(final, ignore_errors=True)
         try:
             os.replace(tmp, final)
@@ -184,4 +189,27 @@ def ensure_default_dataset(
 
 
 def _complete(spec: DatasetSpec, folder: Path) -> bool:
-    return (folder / _COMPLETE).is_file() and all((folder / spec.file_name(s)).is_file() for s in _SPLIT_CODE)
+    """A finished, intact cache entry: its marker, and every split file at the size the marker recorded.
+
+    Why the sizes: a truncated file (a full disk, a partial copy of the cache) must be generated
+    again, not reported to the user as a corrupt data file to "copy again". Entries written before
+    sizes were recorded are checked by opening each file instead.
+    """
+    marker, files = folder / _COMPLETE, [folder / spec.file_name(s) for s in _SPLIT_CODE]
+    if not marker.is_file() or not all(f.is_file() for f in files):
+        return False
+    try:
+        sizes = json.loads(marker.read_text()).get("sizes")
+    except (OSError, ValueError, AttributeError):
+        return False
+    if isinstance(sizes, dict):
+        return all(sizes.get(f.name) == f.stat().st_size for f in files)
+    return all(_opens(f) for f in files)
+
+
+def _opens(path: Path) -> bool:
+    try:
+        with h5py.File(path, "r") as fh:
+            return len(fh) > 0
+    except (OSError, RuntimeError, KeyError):
+        return False

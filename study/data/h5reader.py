@@ -1,6 +1,6 @@
 """HS3-Bench HDF5 reader: one open handle per process, every layout rule checked up front.
 
-Layout (``shared/reference/benchmark.md`` §1.4): one file per split,
+Layout (HS3-Bench's, described in README.md "Real HS3-Bench data"): one file per split,
 ``<root>/<dataset>_<split>.h5``; every top-level group except ``metadata`` is a
 sample named by its stem, holding ``image`` (H, W, C) and ``labels`` (H, W) with
 the RAW label ids, which :meth:`DatasetSpec.remap_labels` turns into training
@@ -18,6 +18,7 @@ never shared across ``fork``: the process id is checked and a child reopens.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,9 +34,11 @@ METADATA_KEY = "metadata"
 WAVELENGTH_RANGE_NM = (300.0, 2600.0)
 #: value checks read row blocks of about this many bytes, so a 400 GB file never sits in memory
 CHUNK_BYTES = 32 * 2**20
-_LAYOUT = "HS3-Bench layout, shared/reference/benchmark.md §1.4"
+_LAYOUT = "the HS3-Bench layout, see README.md, section 'Real HS3-Bench data'"
+#: marker file of a finished synthetic-data cache entry (study.data.generator writes it; not imported: heavy)
+_CACHE_MARKER = "COMPLETE.json"
 _CORRUPT_ERRORS = (OSError, RuntimeError, KeyError)
-#: feature width of the cross-domain repository's exported HyperSL files (no attributes, benchmark.md §4.2)
+#: feature width of the cross-domain repository's exported HyperSL files (no attributes)
 EXPORTED_FEATURE_DIM = 256
 
 
@@ -50,6 +53,17 @@ def _expected_files(spec: DatasetSpec) -> str:
 
 def _missing_file_error(path: Path, spec: DatasetSpec) -> DataValidationError:
     folder = path.parent
+    if path.is_dir():  # not "file not found ... it holds <this name>": say what is there
+        return DataValidationError(
+            f"{path}: is a folder, not an HDF5 file. The data folder {folder} must hold {_expected_files(spec)} "
+            f"as files ({_LAYOUT}). Fix: move the real file to {path} (is it inside that folder, e.g. after "
+            "unpacking?) or point --data-root at the folder that holds the files."
+        )
+    if path.is_symlink():
+        return DataValidationError(
+            f"{path}: a broken link (it points to {os.readlink(path)}, which does not exist). Fix: point the link "
+            "at the real file or copy the file there."
+        )
     present = ", ".join(sorted(p.name for p in folder.glob("*.h5"))[:8]) if folder.is_dir() else ""
     holds = f"it holds {present or 'no .h5 files'}" if folder.is_dir() else "the folder does not exist"
     return DataValidationError(
@@ -151,9 +165,14 @@ class H5Split:
             yield
         except _CORRUPT_ERRORS as exc:
             where = f"{self.path}" + (f", sample {name!r}" if name is not None else "")
+            if (self.path.parent / _CACHE_MARKER).is_file():  # our own generated cache, not the user's copy
+                fix = (f"delete the cache entry {self.path.parent} (rm -r it); the synthetic data is generated "
+                       "again on the next run")
+            else:
+                fix = "copy or convert it again"
             raise DataValidationError(
                 f"{where}: cannot be read as HDF5 ({exc}); the file is not HDF5, truncated or corrupt "
-                "(e.g. an interrupted copy or download). Fix: copy or convert it again."
+                f"(e.g. an interrupted copy or download). Fix: {fix}."
             ) from exc
 
     def close(self) -> None:
@@ -183,7 +202,7 @@ class H5Split:
     def _validate_structure(self) -> None:
         fh = self._file
         with self._reading(None):
-            if "feature_dim" in fh.attrs:  # features replace the spectrum; keep the source's band centres
+            if self._is_feature_file(fh):  # features replace the spectrum; keep the source's band centres
                 self.feature_dim = int(fh.attrs["feature_dim"])
                 self.wavelengths = np.asarray(fh.attrs["source_wavelengths"], dtype=np.float32)
                 self.wavelength_source = f"attribute 'source_wavelengths' of feature file {self.path.name}"
@@ -203,8 +222,26 @@ class H5Split:
         self.shapes = [self._check_sample(fh, n) for n in names]
         self._index = {n: i for i, n in enumerate(names)}
 
+    def _is_feature_file(self, fh: h5py.File) -> bool:
+        """A study.features file carries both ``feature_dim`` and ``source_wavelengths``, valid.
+
+        Root attributes are free for other tools to use: one this reader does not know, or a
+        ``feature_dim`` without its partner, is ignored with a warning, never reported as corruption.
+        """
+        if "feature_dim" not in fh.attrs:
+            return False
+        try:
+            dim = fh.attrs["feature_dim"]
+            ok = "source_wavelengths" in fh.attrs and np.ndim(dim) == 0 and int(dim) >= 1
+        except (TypeError, ValueError, OSError):
+            ok = False
+        if not ok:
+            warnings.warn(f"{self.path}: root attribute 'feature_dim' is ignored (a study.features file has an integer "
+                          "'feature_dim' and 'source_wavelengths'); the file is read as spectra", stacklevel=3)
+        return ok
+
     def _detect_exported_features(self, fh: h5py.File, names: list[str]) -> None:
-        """The cross-domain repo's HyperSL feature files (benchmark.md §4.2) carry no attributes:
+        """The cross-domain repo's HyperSL feature files carry no attributes:
         ``image`` is (H, W, 256) float32. Read as features of the spec's bands, not as a 256-band cube."""
         image = fh[names[0]].get("image") if names and isinstance(fh[names[0]], h5py.Group) else None
         dim = image.shape[-1] if isinstance(image, h5py.Dataset) and image.ndim == 3 else None
