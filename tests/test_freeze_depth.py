@@ -15,15 +15,16 @@ import pytest
 import torch
 from trainable_helpers import backbone_config, feature_bundle, run, tiny_hyko2_bundle
 
-from study.data.bundle import DataBundle, SplitArrays
+from study.data.bundle import DataBundle, Split, SplitArrays, materialize
 from study.data.specs import get_spec
+from study.data.stream import SampleDataset
 from study.models.checkpoints import load_hypersl
 from study.models.freezing import param_groups
 from study.models.heads import PixelFC
 from study.models.hypersl import build_hypersl
 from study.models.hypersl_partial import BackbonePixelFC
 from study.strategies import STRATEGIES
-from study.train.raw_spectra import build_backbone, random_crops
+from study.train.raw_spectra import build_backbone, chunk_id_map, crop_windows
 from trainables.crossdomain import train_crossdomain
 from trainables.crossdomain_fc import train_crossdomain_fc
 
@@ -40,7 +41,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def raw(tiny_root: Path) -> DataBundle:
     full = tiny_hyko2_bundle(tiny_root)
 
-    def small(s: SplitArrays, n: int) -> SplitArrays:  # fewer, smaller images: per-pixel transformers are slow
+    def small(split: Split, n: int) -> SplitArrays:  # fewer, smaller images: per-pixel transformers are slow
+        s = materialize(split)
         return SplitArrays(images=s.images[:n, :16, :24], labels=s.labels[:n, :16, :24], names=s.names[:n])
 
     return replace(full, train=small(full.train, 3), val=small(full.val, 2), test=small(full.test, 1))
@@ -166,14 +168,16 @@ def test_search_spaces_propose_freeze_depth_and_backbone_lr() -> None:
 def test_random_crops_move_chunk_ids_with_their_pixels(data, bb) -> None:
     _, chunked = build_backbone({"freeze_depth": 1, **bb}, data)
     src = chunked.train
-    crops = random_crops(src, 16, np.random.default_rng(0))
-    assert crops.images.shape[1:3] == (16, 16) and crops.chunk_ids.shape == crops.labels.shape
-    x, _ = crops.batch(np.arange(len(crops)))
-    np.testing.assert_array_equal(x[..., -1], crops.chunk_ids)  # the id channel is the last one
-    h, w = src.labels.shape[1:]
-    for i in range(len(crops)):
-        r, c = next((r, c) for r in range(h - 15) for c in range(w - 15)
-                    if np.array_equal(src.images[i, r : r + 16, c : c + 16], crops.images[i]))
-        np.testing.assert_array_equal(crops.chunk_ids[i], src.chunk_ids[i, r : r + 16, c : c + 16])
-        np.testing.assert_array_equal(crops.labels[i], src.labels[i, r : r + 16, c : c + 16])
-    assert random_crops(src, 1000, np.random.default_rng(0)) is src
+    windows = crop_windows(src, 16, np.random.default_rng(0))
+    assert windows is not None and len(windows) == len(src)
+    ds = SampleDataset(src)
+    h, w = src.shapes[0]
+    for i, (r, c, ch, cw) in enumerate(windows):
+        x, y = ds[(i, r, c, ch, cw)]
+        assert x.shape[:2] == (16, 16) == (ch, cw) and x.shape[-1] == src.n_channels
+        full_x, full_y = src.base.read(i)
+        ids = chunk_id_map(1, h, w, src.chunk_size, src.offsets[i])[0]
+        np.testing.assert_array_equal(x[..., -1], ids[r : r + 16, c : c + 16])  # the id channel is the last one
+        np.testing.assert_array_equal(x[..., :-1], full_x[r : r + 16, c : c + 16])
+        np.testing.assert_array_equal(y, full_y[r : r + 16, c : c + 16])
+    assert crop_windows(src, 1000, np.random.default_rng(0)) is None

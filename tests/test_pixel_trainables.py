@@ -14,12 +14,12 @@ from trainable_helpers import run
 from search_spaces.crossdomain import SPACE as CROSSDOMAIN_SPACE
 from search_spaces.crossdomain_fc import SPACE as CROSSDOMAIN_FC_SPACE
 from search_spaces.indomain_fc import SPACE as INDOMAIN_FC_SPACE
-from study.data.bundle import DataBundle, SplitArrays, make_bundle
+from study.data.bundle import DataBundle, Split, SplitArrays, make_bundle, materialize
 from study.data.h5reader import validate_dataset
 from study.data.specs import get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.models.heads import PixelFC
-from study.train.pixel_loop import _trainable_starts, default_images_per_batch
+from study.train.pixel_loop import default_images_per_batch, regroup, trains
 from trainables.crossdomain_fc import train_crossdomain_fc
 from trainables.indomain import train_indomain
 from trainables.indomain_fc import train_indomain_fc
@@ -52,7 +52,8 @@ def feature_bundle(bundle: DataBundle) -> FeatureBundle:
     """Stand-in HyperSL features: a fixed random projection of the spectra to D = 16, stored as float16."""
     proj = np.random.default_rng(1).normal(size=(bundle.n_bands, 16)).astype(np.float32)
 
-    def feats(s: SplitArrays) -> SplitArrays:
+    def feats(split: Split) -> SplitArrays:
+        s = materialize(split)
         return replace(s, images=np.tanh(s.images @ proj).astype(np.float16))
 
     return FeatureBundle(dataset=bundle.dataset, train=feats(bundle.train), val=feats(bundle.val),
@@ -147,7 +148,13 @@ def test_one_optimizer_step_per_trainable_sub_batch(sub_batch, images_per_batch,
 
 def test_trainable_sub_batches_skip_all_ignore_and_single_pixels() -> None:
     labels = np.array([IGNORE] * 4 + [1, IGNORE, IGNORE, IGNORE] + [2] * 4 + [3])
-    assert _trainable_starts(labels, 4, IGNORE) == [4, 8]  # 0: all ignored, 12: one pixel cannot be batch-normed
+    x, y = torch.arange(labels.size, dtype=torch.float32)[:, None], torch.from_numpy(labels)
+    # streamed as two images of one loaded batch: the steps are those of the concatenated batch
+    pieces = [((x[:6], y[:6], labels[:6]), False), ((x[6:], y[6:], labels[6:]), True)]
+    chunks = list(regroup(pieces, 4))
+    assert [c[0][0, 0].item() for c in chunks] == [0, 4, 8, 12] and [len(c[2]) for c in chunks] == [4, 4, 4, 1]
+    # 0: all ignored, 12: one pixel cannot be batch-normed
+    assert [int(c[0][0, 0]) for c in chunks if trains(c[2], IGNORE)] == [4, 8]
     assert default_images_per_batch(get_spec("hyko2")) == 8
     assert default_images_per_batch(get_spec("hsidrive")) == 32
     assert default_images_per_batch(get_spec("hcv2")) == 4

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from study.data.bundle import DataBundle, SplitArrays, make_bundle
+from study.data.bundle import DataBundle, Split, SplitArrays, make_bundle, materialize
 from study.data.h5reader import validate_dataset
 from study.data.specs import get_spec
 from study.data.subsets import make_subset
@@ -59,7 +59,8 @@ def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk") -> DataB
 
     model = load_hypersl(ckpt)
 
-    def export(s: SplitArrays) -> SplitArrays:
+    def export(split: Split) -> SplitArrays:
+        s = materialize(split)
         feats = [export_image(model, im, raw.wavelengths, bn_mode=bn_mode, chunk_size=CHUNK, dtype="float16")
                  for im in s.images]
         return replace(s, images=np.stack(feats))

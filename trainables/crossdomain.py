@@ -24,7 +24,7 @@ from study.data.bundle import DataBundle
 from study.models.hypersl_partial import BackboneRUNet
 from study.models.runet import build_runet
 from study.train.loop import evaluate, train_epoch
-from study.train.raw_spectra import CROP, build_backbone, random_crops, with_fresh_stats
+from study.train.raw_spectra import CROP, build_backbone, crop_windows, with_fresh_stats
 from study.train.trial import trial_setup
 
 
@@ -63,7 +63,8 @@ def _train_with_backbone(config: dict[str, Any], data: DataBundle, report: Calla
         raise ValueError(f"crop_size must be >= 1 pixel, got {crop}")
 
     def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - loop.EpochFn
-        return train_epoch(model, opt, loss_fn, random_crops(split, crop, gen), settings, gen, device)
+        windows = crop_windows(split, crop, gen)  # drawn before the epoch's order, as the in-memory crops were
+        return train_epoch(model, opt, loss_fn, split, settings, gen, device, windows=windows)
 
     extra = {"model_name": f"hypersl-runet-{width}", "backbone_hash": trial.backbone_hash}
     return trial.fit(model, raw, backbone=backbone, backbone_lr=float(config.get("backbone_lr", settings.lr)),

@@ -24,9 +24,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from study.data.bundle import DataBundle
+from study.data.bundle import DataBundle, pixel_sample
 from study.errors import HsiStudyError
 from study.models.freezing import set_trainable_depth
+from study.models.rgb_bridge import _MAX_FIT_PIXELS as FIT_PIXELS
 from study.models.rgb_bridge import build_bridge
 from study.models.vit import VisionTransformer, build_vit
 from study.models.vit_seg import ViTSegmenter, build_head
@@ -54,7 +55,8 @@ def train_crossmodality(
     """Train one crossmodality configuration; reports val metrics every epoch (test only when final)."""
     trial = trial_setup(config, data, report, get_checkpoint, overrides={"lr": config["head_lr"]})  # fit's lr: head's
 
-    bridge = build_bridge(str(config.get("bridge", "pseudo-rgb")), data.train.images, trial.spec,
+    pixels = pixel_sample(data.train, FIT_PIXELS)  # the training pixels the scaling fit reads, streamed
+    bridge = build_bridge(str(config.get("bridge", "pseudo-rgb")), pixels, trial.spec,
                           str(config.get("rgb_bands", "wavelength")), data.wavelengths)
     vit, size, sha = backbone_of(config)
     model = ViTSegmenter(bridge, vit, build_head(str(config.get("head", "linear")), vit.cfg.dim, trial.spec.n_classes))

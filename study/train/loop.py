@@ -8,6 +8,13 @@ every epoch (ASHA needs a report every epoch to be able to stop a trial),
 best-validation checkpoint, and the test split evaluated exactly once, with
 that checkpoint, and only in the final (re-training) phase — tuning never sees
 test data.
+
+Data streams from the HDF5 files through DataLoader workers (:mod:`study.data.stream`);
+the epoch draws its sample order and flips from the trial's numpy Generator as
+the in-memory loop did, so a seed gives the same batches whatever the worker count.
+On CUDA forward passes run under bf16 autocast (loss and metrics in fp32) with
+non-blocking copies from pinned memory and ``cudnn.benchmark``; ``compile: true``
+in the config wraps the model in ``torch.compile``. CPU stays fp32.
 """
 
 from __future__ import annotations
@@ -24,16 +31,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from study.data.bundle import DataBundle, SplitArrays
+from study.data.bundle import DataBundle
 from study.data.specs import DatasetSpec
+from study.data.stream import Key, LoaderSettings, SplitStream, Streams, autocast, to_device
 from study.models.freezing import param_groups
 from study.train.metrics import confusion_matrix, metrics_from_confusion
 
 Report = Callable[..., Any]
-#: (model, optimizer, loss_fn, train split, numpy Generator, device) -> mean training loss of the epoch
-EpochFn = Callable[[nn.Module, torch.optim.Optimizer, nn.Module, SplitArrays, np.random.Generator, torch.device], float]
-#: (model, split, spec, device, batch size) -> metrics of one confusion matrix over the split
-EvalFn = Callable[[nn.Module, SplitArrays, DatasetSpec, torch.device, int], dict]
+#: (model, optimizer, loss_fn, train stream, numpy Generator, device) -> mean training loss of the epoch
+EpochFn = Callable[[nn.Module, torch.optim.Optimizer, nn.Module, SplitStream, np.random.Generator, torch.device],
+                   float]
+#: (model, split stream, spec, device, settings) -> metrics of one confusion matrix over the split
+EvalFn = Callable[[nn.Module, SplitStream, DatasetSpec, torch.device, "TrainSettings"], dict]
 CKPT_FILE = "state.pt"
 
 
@@ -51,6 +60,12 @@ class TrainSettings:
     checkpoint_every: int = 1
     final: bool = False
     eval_batch_size: int = 8
+    #: forward precision (``study.data.stream.autocast``): auto = bf16 on CUDA, fp32 on CPU
+    autocast: str = "auto"
+    compile: bool = False
+    #: CPUs of the trial (loader workers = this - 1 unless ``loader_workers`` is given)
+    num_threads: int = 1
+    loader_workers: int | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
@@ -66,7 +81,20 @@ class TrainSettings:
             checkpoint_every=int(config.get("checkpoint_every", 1)),
             final=bool(config.get("final", False)),
             eval_batch_size=int(config.get("eval_batch_size", 8)),
+            autocast=str(config.get("autocast", "auto")),
+            compile=bool(config.get("compile", False)),
+            num_threads=int(float(config.get("num_threads") or 1)),
+            loader_workers=_opt_int(config.get("loader_workers")),
         )
+
+    def loader(self, device: torch.device) -> LoaderSettings:
+        """The trial's DataLoader settings: workers from its CPUs, pinned memory on CUDA."""
+        return LoaderSettings.for_trial({"num_threads": self.num_threads, "loader_workers": self.loader_workers},
+                                        device)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def tune_hooks(
@@ -107,11 +135,24 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, H, W, C) float + (B, H, W) int -> (B, C, H, W) float32 and (B, H, W) int64 on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+def to_tensors(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, H, W, C) float + (B, H, W) int -> (B, C, H, W) float32 and (B, H, W) int64 on ``device``.
+
+    Copied first (non-blocking from pinned memory), permuted where it lands."""
+    x = torch.as_tensor(images).float() if isinstance(images, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(images, dtype=np.float32))
+    y = labels.long() if isinstance(labels, torch.Tensor) else torch.from_numpy(
+        np.ascontiguousarray(labels, dtype=np.int64))
+    x, y = to_device(x, device), to_device(y, device)
+    return x.permute(0, 3, 1, 2).contiguous(), y
+
+
+def forward(model: nn.Module, x: torch.Tensor, mode: str = "auto") -> torch.Tensor:
+    """``model(x)`` under the trial's autocast (bf16 on CUDA), returned as fp32 for loss and metrics."""
+    with autocast(x.device, mode):
+        out = model(x)
+    return out.float()
 
 
 def random_hflip(
@@ -129,35 +170,46 @@ def random_hflip(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: SplitArrays, spec: DatasetSpec, device: torch.device, batch_size: int) -> dict:
+def evaluate(model: nn.Module, split: SplitStream, spec: DatasetSpec, device: torch.device,
+             settings: TrainSettings) -> dict:
     """Metrics of ``model`` on a whole split, from one confusion matrix (not per-image means)."""
     model.eval()
     cm = np.zeros((spec.n_classes, spec.n_classes), dtype=np.int64)
-    for start in range(0, len(split), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(split)))
-        x, y = to_tensors(*split.batch(idx), device)
-        pred = model(x).argmax(1)
+    for images, labels in split.sequential(settings.eval_batch_size):
+        x, y = to_tensors(images, labels, device)
+        pred = forward(model, x, settings.autocast).argmax(1)
         cm += confusion_matrix(pred, y, spec.n_classes, spec.ignore_index)
     return metrics_from_confusion(cm, spec.ignore_index)
+
+
+def epoch_plan(n: int, batch_size: int, gen: np.random.Generator,
+               windows: list[tuple[int, int, int, int]] | None = None) -> list[list[Key]]:
+    """The epoch's batches: a permutation from ``gen``, each batch's indices sorted (the in-memory order);
+    with ``windows`` each key carries its sample's crop window."""
+    order = gen.permutation(n)
+    batches = [np.sort(order[s : s + batch_size]).tolist() for s in range(0, n, batch_size)]
+    if windows is None:
+        return batches
+    return [[(i, *windows[i]) for i in b] for b in batches]
 
 
 def train_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     loss_fn: nn.Module,
-    split: SplitArrays,
+    split: SplitStream,
     settings: TrainSettings,
     gen: np.random.Generator,
     device: torch.device,
+    windows: list[tuple[int, int, int, int]] | None = None,
 ) -> float:
-    """One pass over the shuffled training subset; returns the mean loss over steps taken."""
+    """One pass over the shuffled training subset (``windows``: one crop per sample); mean loss over steps."""
     model.train()
-    order = gen.permutation(len(split))
     losses: list[float] = []
-    for start in range(0, len(order), settings.batch_size):
-        x, y = to_tensors(*split.batch(np.sort(order[start : start + settings.batch_size])), device)
+    for images, labels in split.batches(epoch_plan(len(split), settings.batch_size, gen, windows)):
+        x, y = to_tensors(images, labels, device)
         x, y = random_hflip(x, y, settings.hflip_p, gen)
-        loss = loss_fn(model(x), y)
+        loss = loss_fn(forward(model, x, settings.autocast), y)
         if torch.isnan(loss) and bool((y == loss_fn.ignore_index).all()):
             continue  # every pixel of this batch is unlabelled: nothing to learn from
         if not torch.isfinite(loss):
@@ -240,8 +292,11 @@ def fit(
             return train_epoch(model, opt, loss_fn, split, settings, gen, device)
 
     device = pick_device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed image sizes: pick the fastest kernels once
     gen = np.random.default_rng(settings.seed)
     model.to(device)
+    net = torch.compile(model) if settings.compile else model  # forward passes; state stays ``model``'s
     groups = param_groups(model, settings.lr, settings.weight_decay, backbone=backbone, backbone_lr=backbone_lr)
     opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, eps=1e-8)
     loss_fn = nn.CrossEntropyLoss(ignore_index=spec.ignore_index)
@@ -258,55 +313,60 @@ def fit(
         gen.bit_generator.state = state["np_rng"]
         torch.set_rng_state(state["torch_rng"])
 
-    last: dict = {}
-    node_id = ray_node_id()
-    for epoch in range(start_epoch, settings.max_epochs + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        train_loss = epoch_fn(model, opt, loss_fn, data.train, gen, device)
-        val = eval_fn(model, data.val, spec, device, settings.eval_batch_size)
-        _sync(device)
-        device_s += time.perf_counter() - t0
-        if val["miou"] > best:  # nan never wins: a trial with no valid val pixels keeps best = -1
-            best, best_epoch = val["miou"], epoch
-            best_state = mutable_state(model)
-        stop_early = settings.patience is not None and epoch - best_epoch >= settings.patience
-        last_epoch = epoch == settings.max_epochs or stop_early
-        metrics = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            **_prefixed("val", val),
-            "best_val_miou": best,
-            "best_epoch": best_epoch,
-            "wall_s": time.perf_counter() - wall0,
-            "device_s": device_s,
-            "device": str(device),
-            "node_id": node_id,
-            "n_params": n_params,
-            "max_epochs": settings.max_epochs,
-            "is_last": last_epoch,
-            **(extra or {}),
-        }
-        if last_epoch and settings.final:
-            if best_state is not None:
-                load_mutable_state(model, best_state)
-            metrics.update(_prefixed("test", eval_fn(model, data.test, spec, device, settings.eval_batch_size)))
-        if last_epoch or epoch % settings.checkpoint_every == 0:
-            state = {
+    with Streams(data.train, data.val, data.test, settings.loader(device)) as streams:
+        last: dict = {}
+        node_id = ray_node_id()
+        for epoch in range(start_epoch, settings.max_epochs + 1):
+            _sync(device)
+            t0 = time.perf_counter()
+            train_loss = epoch_fn(net, opt, loss_fn, streams.train, gen, device)
+            val = eval_fn(net, streams.val, spec, device, settings)
+            _sync(device)
+            device_s += time.perf_counter() - t0
+            if val["miou"] > best:  # nan never wins: a trial with no valid val pixels keeps best = -1
+                best, best_epoch = val["miou"], epoch
+                best_state = mutable_state(model)
+            stop_early = settings.patience is not None and epoch - best_epoch >= settings.patience
+            last_epoch = epoch == settings.max_epochs or stop_early
+            metrics = {
                 "epoch": epoch,
-                "model": mutable_state(model),
-                "optimizer": opt.state_dict(),
-                "best_state": best_state,
-                "best_miou": best,
+                "train_loss": train_loss,
+                **_prefixed("val", val),
+                "best_val_miou": best,
                 "best_epoch": best_epoch,
+                "wall_s": time.perf_counter() - wall0,
                 "device_s": device_s,
-                "np_rng": gen.bit_generator.state,
-                "torch_rng": torch.get_rng_state(),
+                "device": str(device),
+                "node_id": node_id,
+                "n_params": n_params,
+                "max_epochs": settings.max_epochs,
+                "is_last": last_epoch,
+                **(extra or {}),
             }
-            _save_checkpoint(report, metrics, state)
-        else:
-            report(metrics)
-        last = metrics
-        if last_epoch:
-            break
-    return last
+            if last_epoch and settings.final:
+                if best_state is not None:
+                    load_mutable_state(model, best_state)
+                test = streams.test()
+                try:
+                    metrics.update(_prefixed("test", eval_fn(net, test, spec, device, settings)))
+                finally:
+                    test.close()
+            if last_epoch or epoch % settings.checkpoint_every == 0:
+                state = {
+                    "epoch": epoch,
+                    "model": mutable_state(model),
+                    "optimizer": opt.state_dict(),
+                    "best_state": best_state,
+                    "best_miou": best,
+                    "best_epoch": best_epoch,
+                    "device_s": device_s,
+                    "np_rng": gen.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                }
+                _save_checkpoint(report, metrics, state)
+            else:
+                report(metrics)
+            last = metrics
+            if last_epoch:
+                break
+        return last

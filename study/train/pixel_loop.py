@@ -12,6 +12,10 @@ over sub-batches of pixels (``shared/reference/benchmark.md`` §4.1 item 3):
   come only from sub-batches that train;
 - no augmentation: a flip only reorders pixels, and the paper's 1×1-patch data
   has none;
+- images stream one at a time from the split's loader (:mod:`study.data.stream`); a
+  loaded batch's pixels are regrouped into the same ``sub_batch`` steps as if the
+  batch had been concatenated (a step may span two images, the batch's remainder
+  is its last step), so a trial holds one image plus one step, not the batch;
 - selection and metrics are those of ``loop.fit`` (val mIoU every epoch, best-val
   state, test once at the end of the final phase, one confusion matrix per split).
 
@@ -23,16 +27,16 @@ segmentation strategies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from study.data.bundle import SplitArrays
 from study.data.specs import DatasetSpec
-from study.train.loop import EpochFn
+from study.data.stream import SplitStream, to_device
+from study.train.loop import EpochFn, TrainSettings, forward
 from study.train.metrics import ConfusionAccumulator
 
 #: Images per loaded batch of the paper's per-pixel arm (benchmark.md §4.1 item 3).
@@ -64,90 +68,119 @@ def pixel_epoch(config: Mapping[str, Any], spec: DatasetSpec) -> EpochFn:
     (default the paper's 8,192), ``images_per_batch`` images per loaded batch (default per dataset)."""
     sub_batch = int(config.get("sub_batch", SUB_BATCH))
     ipb = int(config.get("images_per_batch") or default_images_per_batch(spec))
+    amp = str(config.get("autocast", "auto"))
     if sub_batch < 2:
         raise ValueError(f"sub_batch must be >= 2 pixels (BatchNorm needs 2 to train), got {sub_batch}")
     if ipb < 1:
         raise ValueError(f"images_per_batch must be >= 1, got {ipb}")
 
     def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - loop.EpochFn
-        return train_pixel_epoch(model, opt, loss_fn, split, gen, device, sub_batch, ipb)
+        return train_pixel_epoch(model, opt, loss_fn, split, gen, device, sub_batch, ipb, amp)
 
     return epoch_fn
 
 
-def _pixels(images: np.ndarray, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (B, H, W, D) and labels (B, H, W) -> pixels (P, D) in their stored dtype and labels (P,) int64.
-
-    Pixels stay in raster order inside each image, images keep the given order. The
-    stored dtype (float16 feature caches) is kept until a sub-batch is used, so a
-    loaded batch costs half the memory.
-    """
-    images = np.ascontiguousarray(images)
-    x = torch.from_numpy(images.reshape(-1, images.shape[-1]))
-    y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64).reshape(-1))
-    return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+Pixels = tuple[torch.Tensor, torch.Tensor, np.ndarray]  # (P, D) on device, (P,) on device, (P,) host labels
 
 
-def _trainable_starts(labels: np.ndarray, sub_batch: int, ignore_index: int) -> list[int]:
-    """Starts of the sub-batches that train: not all ignore-labelled and at least 2 pixels.
+def _image_pixels(images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Pixels:
+    """One loader batch (B, H, W, D) + (B, H, W) -> its pixels in raster order (P, D), labels (P,), host labels."""
+    host = labels.reshape(-1).numpy()
+    x = to_device(images.reshape(-1, images.shape[-1]), device)
+    return x, to_device(labels.reshape(-1), device), host
 
-    Decided on the host labels, so the device never has to sync to skip one. A
-    1-pixel remainder cannot be batch-normalised in train mode and is dropped.
-    """
-    chunks = ((s, labels[s : s + sub_batch]) for s in range(0, labels.size, sub_batch))
-    return [s for s, chunk in chunks if chunk.size >= 2 and bool((chunk != ignore_index).any())]
+
+def regroup(pieces: Iterable[tuple[Pixels, bool]], step: int) -> Iterator[Pixels]:
+    """Contiguous ``step``-pixel chunks of the concatenated pieces; a piece flagged True ends a group,
+    whose remainder is emitted as its last (shorter) chunk. Holds at most one piece plus one step."""
+    carry: list[Pixels] = []
+    held = 0
+    for piece, ends_group in pieces:
+        carry.append(piece)
+        held += piece[2].size
+        if held >= step or ends_group:
+            x = torch.cat([c[0] for c in carry]) if len(carry) > 1 else carry[0][0]
+            y = torch.cat([c[1] for c in carry]) if len(carry) > 1 else carry[0][1]
+            h = np.concatenate([c[2] for c in carry]) if len(carry) > 1 else carry[0][2]
+            n_out = held if ends_group else held - held % step
+            for s in range(0, n_out, step):
+                e = min(s + step, n_out)
+                yield x[s:e], y[s:e], h[s:e]
+            carry = [] if n_out == held else [(x[n_out:], y[n_out:], h[n_out:])]
+            held -= n_out
+
+
+def trains(host_labels: np.ndarray, ignore_index: int) -> bool:
+    """A sub-batch trains if it has a labelled pixel (else its loss is 0/0) and >= 2 pixels (a 1-pixel
+    remainder cannot be batch-normalised in train mode). Skipped before the forward pass, so BatchNorm's
+    running statistics come only from sub-batches that train."""
+    return host_labels.size >= 2 and bool((host_labels != ignore_index).any())
+
+
+def _grouped(split: SplitStream, order: np.ndarray, group: int,
+             device: torch.device) -> Iterator[tuple[Pixels, bool]]:
+    """The images of ``order`` streamed one by one, flagged at the end of every ``group`` images."""
+    n = len(order)
+    for j, (images, labels) in enumerate(split.batches([[int(i)] for i in order])):
+        yield _image_pixels(images, labels, device), (j + 1) % group == 0 or j + 1 == n
 
 
 def train_pixel_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     loss_fn: nn.CrossEntropyLoss,
-    split: SplitArrays,
+    split: SplitStream,
     gen: np.random.Generator,
     device: torch.device,
     sub_batch: int,
     images_per_batch: int,
+    amp: str = "auto",
 ) -> float:
     """One pass over the shuffled training images, one optimizer step per trainable sub-batch; mean loss.
 
-    Losses are checked once per loaded batch rather than per step: HCV2 has ~78k
-    steps per epoch and a host sync per step would stall the GPU. A non-finite
-    loss still stops the trial (FloatingPointError) before the epoch reports.
+    A sub-batch trains when it has >= 2 pixels (BatchNorm) and a labelled one, decided
+    on the host labels, so the device never syncs to skip one. Losses are checked
+    every ``images_per_batch`` steps' worth rather than per step: HCV2 has ~78k steps
+    per epoch and a host sync per step would stall the GPU. A non-finite loss still
+    stops the trial (FloatingPointError) before the epoch reports.
     """
     model.train()
     order = gen.permutation(len(split))
     losses: list[float] = []
-    for start in range(0, len(order), images_per_batch):
-        images, labels = split.batch(order[start : start + images_per_batch])  # shuffled order, not sorted
-        starts = _trainable_starts(labels.reshape(-1), sub_batch, loss_fn.ignore_index)
-        if not starts:
+    pending: list[torch.Tensor] = []
+    for x, y, host in regroup(_grouped(split, order, images_per_batch, device), sub_batch):
+        if not trains(host, loss_fn.ignore_index):
             continue
-        x, y = _pixels(images, labels, device)
-        batch_losses = []
-        for s in starts:
-            loss = loss_fn(model(x[s : s + sub_batch].float()), y[s : s + sub_batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            batch_losses.append(loss.detach())
-        values = torch.stack(batch_losses).cpu().numpy()
-        if not np.isfinite(values).all():
-            bad = values[~np.isfinite(values)][0]
-            lr = opt.param_groups[0]["lr"]
-            raise FloatingPointError(f"training loss became {bad} (lr={lr:g}); trial stopped")
-        losses.extend(values.tolist())
+        loss = loss_fn(forward(model, x.float(), amp), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        pending.append(loss.detach())
+        if len(pending) >= 64:
+            losses.extend(_checked(pending, opt))
+            pending = []
+    losses.extend(_checked(pending, opt))
     return float(np.mean(losses)) if losses else float("nan")
 
 
+def _checked(pending: list[torch.Tensor], opt: torch.optim.Optimizer) -> list[float]:
+    """The pending losses as floats (one host sync); FloatingPointError if any is not finite."""
+    if not pending:
+        return []
+    values = torch.stack(pending).cpu().numpy()
+    if not np.isfinite(values).all():
+        bad = values[~np.isfinite(values)][0]
+        raise FloatingPointError(f"training loss became {bad} (lr={opt.param_groups[0]['lr']:g}); trial stopped")
+    return values.tolist()
+
+
 @torch.inference_mode()
-def evaluate_pixels(
-    model: nn.Module, split: SplitArrays, spec: DatasetSpec, device: torch.device, batch_size: int
-) -> dict:
+def evaluate_pixels(model: nn.Module, split: SplitStream, spec: DatasetSpec, device: torch.device,
+                    settings: TrainSettings) -> dict:
     """Metrics of per-pixel predictions on whole images of a split, from one confusion matrix."""
     model.eval()
     acc = ConfusionAccumulator(spec.n_classes, spec.ignore_index)
-    for start in range(0, len(split), batch_size):
-        x, y = _pixels(*split.batch(np.arange(start, min(start + batch_size, len(split)))), device)
-        for s in range(0, y.numel(), EVAL_PIXELS):
-            acc.add(model(x[s : s + EVAL_PIXELS].float()).argmax(1), y[s : s + EVAL_PIXELS])
+    order = np.arange(len(split))
+    for x, y, _ in regroup(_grouped(split, order, settings.eval_batch_size, device), EVAL_PIXELS):
+        acc.add(forward(model, x.float(), settings.autocast).argmax(1), y)
     return acc.compute()

@@ -17,23 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from study.data.bundle import DataBundle, SplitArrays
+from study.data.bundle import DataBundle, LazyImages, Split
 from study.models.hypersl_partial import PartialHyperSL
 from study.train.loop import pick_device
 
 #: Default side of the random training crop of a k > 0 HyperSL-RU-Net trial (pixels).
 CROP = 128
-
-
-@dataclass(frozen=True)
-class ChunkedSplit(SplitArrays):
-    """Raw spectra whose batches carry every pixel's export chunk id as one extra, last channel (float32)."""
-
-    chunk_ids: np.ndarray  # (N, H, W) int32
-
-    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = np.asarray(self.images[idx], dtype=np.float32)
-        return np.concatenate([images, self.chunk_ids[idx][..., None].astype(np.float32)], axis=-1), self.labels[idx]
 
 
 def chunks_per_image(height: int, width: int, chunk_size: int) -> int:
@@ -50,14 +39,58 @@ def chunk_id_map(n_images: int, height: int, width: int, chunk_size: int, offset
     return ids.astype(np.int32)
 
 
+@dataclass(frozen=True)
+class ChunkedSplit:
+    """Raw spectra whose samples carry every pixel's export chunk id as one extra, last channel (float32).
+
+    A :class:`study.data.bundle.Split` over ``base``: ids are computed per image from
+    its index (``offsets[i]``, the first chunk of image i, numbered across train,
+    val, test in that order), so nothing but the base reference and one int per
+    image travels to loader workers.
+    """
+
+    base: Split
+    chunk_size: int
+    offsets: tuple[int, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.base.names)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self.base.shapes)
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.base.n_channels) + 1
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, labels = self.base.read(i)
+        h, w = labels.shape
+        ids = chunk_id_map(1, h, w, self.chunk_size, self.offsets[i])[0]
+        return np.concatenate([image, ids[..., None].astype(np.float32)], axis=-1), labels
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stacked samples (B, H, W, C+1) and labels (B, H, W) of ``idx`` (tests; trials stream)."""
+        pairs = [self.read(int(i)) for i in idx]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
 def chunked_splits(raw: DataBundle, chunk_size: int) -> list[ChunkedSplit]:
     """train, val, test of ``raw`` with chunk ids numbered across the three splits in that order."""
     splits, offset = [], 0
     for split in (raw.train, raw.val, raw.test):
-        n, h, w = split.labels.shape
-        ids = chunk_id_map(n, h, w, chunk_size, offset)
-        offset += n * chunks_per_image(h, w, chunk_size)
-        splits.append(ChunkedSplit(images=split.images, labels=split.labels, names=split.names, chunk_ids=ids))
+        offsets = []
+        for h, w in split.shapes:
+            offsets.append(offset)
+            offset += chunks_per_image(h, w, chunk_size)
+        if offset > 2**24:
+            raise ValueError("more than 2^24 export chunks: chunk ids travel as float32 and would lose precision")
+        splits.append(ChunkedSplit(split, chunk_size, tuple(offsets)))
     return splits
 
 
@@ -75,7 +108,8 @@ def build_backbone(config: Mapping[str, Any], data: DataBundle) -> tuple[Partial
     backbone = PartialHyperSL(load_hypersl(path), int(config["freeze_depth"]), data.raw.wavelengths,
                               str(config["bn_mode"]))
     train, val, test = chunked_splits(data.raw, chunk_size)
-    backbone.set_sources([s.images for s in (train, val, test)], chunk_size)
+    # the statistics walk every raw image, one at a time, read from its file (never held: LazyImages)
+    backbone.set_sources([LazyImages(s.base) for s in (train, val, test)], chunk_size)  # type: ignore[list-item]
     backbone.to(pick_device())
     backbone.refresh_stats()
     return backbone, replace(data, train=train, val=val, test=test)
@@ -94,14 +128,13 @@ def with_fresh_stats(fn: Callable[..., Any], backbone: PartialHyperSL) -> Callab
     return wrapped
 
 
-def random_crops(split: ChunkedSplit, crop: int, gen: np.random.Generator) -> ChunkedSplit:
-    """One random ``crop``² window per image (the whole image when it is not larger), drawn from ``gen``."""
-    n, h, w = split.labels.shape
+def crop_windows(split: Split, crop: int, gen: np.random.Generator) -> list[tuple[int, int, int, int]] | None:
+    """One random ``crop``² window (row, col, h, w) per image, drawn from ``gen`` (rows, then cols, as the
+    in-memory crops did); None when the crop covers the whole image (nothing drawn)."""
+    h, w = split.shapes[0]
+    n = len(split)
     ch, cw = min(crop, h), min(crop, w)
     if (ch, cw) == (h, w):
-        return split
+        return None
     rows, cols = gen.integers(0, h - ch + 1, size=n), gen.integers(0, w - cw + 1, size=n)
-    win = [(slice(r, r + ch), slice(c, c + cw)) for r, c in zip(rows, cols, strict=True)]
-    return ChunkedSplit(images=np.stack([split.images[i][win[i]] for i in range(n)]),
-                        labels=np.stack([split.labels[i][win[i]] for i in range(n)]), names=split.names,
-                        chunk_ids=np.stack([split.chunk_ids[i][win[i]] for i in range(n)]))
+    return [(int(r), int(c), ch, cw) for r, c in zip(rows, cols, strict=True)]

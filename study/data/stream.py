@@ -1,0 +1,180 @@
+"""The streaming data plane of a trial: batches read from HDF5 by DataLoader workers, in a given order.
+
+Why streaming: a cell's data (HCV2: ~460 GB of cubes) cannot sit in a trial's
+memory, and loading must overlap with compute to keep a GPU busy. A trial builds
+one :class:`SplitStream` per split over a map-style :class:`SampleDataset`: each
+DataLoader worker opens its own HDF5 handle lazily (``SplitRef.reader``; nothing
+open is ever pickled), workers persist across epochs and prefetch, and batches
+land in pinned memory when the trial has a GPU.
+
+Why the order is given from outside: the epoch loops draw their sample order
+from the trial's numpy Generator exactly as the in-memory loops did (a
+permutation, then per-batch flips), and hand the loader a *plan* (the list of
+batches of sample keys) for the epoch. The plan lives in the trial process (the
+DataLoader's batch sampler), so the workers only ever see keys, and the results
+of a seed do not depend on the number of workers.
+
+A key is a sample index, or ``(index, row, col, height, width)`` for a window
+(the random crops of a k > 0 trial): the worker reads the sample and cuts the window.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from study.data.bundle import Split
+
+Key = int | tuple[int, int, int, int, int]
+#: loader workers per trial at most: HDF5 reads of one trial saturate a disk long before
+MAX_WORKERS = 8
+
+
+class SampleDataset(Dataset):
+    """Map-style dataset over one split: key -> (image (h, w, C) float32, labels (h, w) int64), as numpy."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: Key) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(key, tuple):
+            i, r, c, h, w = key
+            image, labels = self.split.read(int(i))
+            return np.ascontiguousarray(image[r : r + h, c : c + w]), np.ascontiguousarray(labels[r : r + h, c : c + w])
+        return self.split.read(int(key))
+
+
+class BatchPlan:
+    """The DataLoader's batch sampler: yields the batches of keys set for the current epoch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Key]] = []
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        return iter(list(self.batches))
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    """How a trial's loaders run: worker processes, batches prefetched per worker, pinned memory."""
+
+    workers: int = 0
+    prefetch: int = 2
+    pin_memory: bool = False
+
+    @classmethod
+    def for_trial(cls, config: Mapping[str, Any], device: torch.device) -> LoaderSettings:
+        """Workers from the trial's CPUs (``loader_workers``, else ``num_threads`` - 1: one CPU computes;
+        1 CPU -> 0, reads in the trial process), pinned memory on CUDA."""
+        n = config.get("loader_workers")
+        if n is None:
+            cpus = int(float(config.get("num_threads") or os.environ.get("OMP_NUM_THREADS") or 1))
+            n = min(MAX_WORKERS, max(0, cpus - 1))
+        return cls(workers=int(n), prefetch=int(config.get("loader_prefetch", 2)),
+                   pin_memory=device.type == "cuda")
+
+
+class SplitStream:
+    """One split read through a DataLoader; :meth:`batches` iterates a plan of keys in its order."""
+
+    def __init__(self, split: Split, settings: LoaderSettings, *, persistent: bool = True) -> None:
+        self.split, self.settings = split, settings
+        self.plan = BatchPlan()
+        workers = settings.workers
+        extra: dict[str, Any] = {}
+        if workers > 0:
+            extra = {"prefetch_factor": settings.prefetch, "persistent_workers": persistent,
+                     "worker_init_fn": _one_thread}
+        # its own generator: an iterator draws a worker base seed, which must not advance torch's global RNG
+        # (dropout masks of the trial would change with the loader; workers draw nothing random)
+        self.loader = DataLoader(SampleDataset(split), batch_sampler=self.plan, num_workers=workers,
+                                 pin_memory=settings.pin_memory, generator=torch.Generator().manual_seed(0), **extra)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.split.names)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self.split.shapes)
+
+    def batches(self, plan: Iterable[Sequence[Key]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images (B, h, w, C) float32, labels (B, h, w) int64) CPU tensors (pinned on CUDA), in plan order."""
+        self.plan.batches = [list(b) for b in plan]
+        if not self.plan.batches:
+            return iter(())
+        return iter(self.loader)
+
+    def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole split in stored order, ``batch_size`` samples per batch (evaluation)."""
+        n = len(self)
+        return self.batches([list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)])
+
+    def close(self) -> None:
+        """Stop this loader's persistent workers now (they would otherwise live until garbage collection)."""
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+        self.loader._iterator = None
+
+
+def _one_thread(_: int) -> None:
+    """Loader workers read and copy; torch threads there would only compete with the trial's compute."""
+    torch.set_num_threads(1)
+
+
+class Streams:
+    """A trial's streams of one bundle: train and val built once (persistent workers), test on demand."""
+
+    def __init__(self, train: Split, val: Split, test: Split, settings: LoaderSettings) -> None:
+        self.settings = settings
+        self.train = SplitStream(train, settings)
+        self.val = SplitStream(val, settings)
+        self._test = test
+
+    def test(self) -> SplitStream:
+        """The test split's stream, used once at the end of the final phase (no persistent workers)."""
+        return SplitStream(self._test, self.settings, persistent=False)
+
+    def __enter__(self) -> Streams:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the persistent workers (also when a trial is stopped or fails mid-epoch)."""
+        for s in (self.train, self.val):
+            with contextlib.suppress(Exception):
+                s.close()
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to ``device``; non-blocking from pinned memory so the copy overlaps with queued compute."""
+    return x.to(device, non_blocking=x.is_pinned()) if x.device != device else x
+
+
+def autocast(device: torch.device, mode: str = "auto") -> contextlib.AbstractContextManager:
+    """The forward-pass precision: bf16 autocast on CUDA (``auto``), fp32 on CPU; ``bf16`` forces it
+    (a CPU test of the autocast path), ``off`` disables it. Losses and metrics are computed in fp32."""
+    if mode not in ("auto", "bf16", "off"):
+        raise ValueError(f"autocast must be auto, bf16 or off, got {mode!r}")
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
