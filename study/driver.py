@@ -22,13 +22,15 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from study import __version__, progress
+from study import progress
 from study.config import StudyConfig
 from study.data.bundle import DataBundle, make_bundle
 from study.data.specs import DatasetSpec
 from study.data.subsets import SubsetManifest
-from study.errors import HsiStudyError
+from study.errors import HsiStudyError, ResultsWriteError
+from study.hashing import json_digest
 from study.inputs import Prepared
+from study.provenance import code_version
 from study.records import trial_rows
 from study.replay import replay_from_rows, replay_or_train, trial_key
 from study.results import STUDY_FILE, read_table, write_rows, write_study_file
@@ -156,6 +158,9 @@ def run_cell(
         trainable = tune.with_resources(
             tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
         )
+    # Tune registers a trainable under its name, process-wide: cells running at once must not share one, or
+    # the last registered cell's data would reach every cell's trials
+    trainable._name = f"cell_{json_digest(cid, 12)}"
     budget = cfg.budget
     constants = _constants(cfg, len(subset.names), prep.spec, cid, res["cpu"])
     backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
@@ -164,23 +169,32 @@ def run_cell(
     common = {
         "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
-        "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": __version__,
+        "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": code_version(),
         "backbone_hash": backbone.sha if backbone is not None else None,
     }
+
+    write_failed: list[ResultsWriteError] = []  # the first failed write of this cell (read-only rows/, full disk)
 
     def store(log: TrialLog) -> None:
         # once the study is asked to stop, only runs that ended on their own are results: a trial ended by
         # the stop (or killed by the same Ctrl+C) is not "stopped early" or "failed", it trains again on resume
-        if progress.stopped(control_key) and log.status != "completed":
+        if write_failed or (progress.stopped(control_key) and log.status != "completed"):
             return
-        if trial_key(log.config) not in replay:
-            write_rows(results, trial_rows(log, common), f"{cid}-{log.config.get('phase', 'tune')}")
-        if log.config.get("phase", "tune") == "tune":
-            journal_file.push()
+        try:
+            if trial_key(log.config) not in replay:
+                write_rows(results, trial_rows(log, common), f"{cid}-{log.config.get('phase', 'tune')}")
+            if log.config.get("phase", "tune") == "tune":
+                journal_file.push()
+        except ResultsWriteError as exc:  # raised in Tune's callback it would loop; stop the study, raise it once
+            write_failed.append(exc)
+            if (control := progress.control(control_key)) is not None:
+                control.stop.set()
 
     _fresh_experiment(results, f"{cid}-tune", journal)
     logs = tune_cell(trainable, space, constants, budget, results.child("tune"),
                      f"{cid}-tune", journal, label, echo, on_finish=store, control_key=control_key)
+    if write_failed:
+        raise write_failed[0]
     journal_file.push()
     _check_complete(logs, budget.trials, "tuning trials", control_key)
     best = pick_best(logs)
@@ -190,6 +204,8 @@ def run_cell(
     results.delete_dir("tune", f"{cid}-final")
     finals = final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo,
                         on_finish=store, control_key=control_key)
+    if write_failed:
+        raise write_failed[0]
     _check_complete(finals, budget.seeds, "final seeds", control_key)
     failed = [f for f in finals if f.status == "error"]
     if failed:
@@ -333,7 +349,8 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
                 for fut in as_completed(futures):
                     fut.result()
             except BaseException as exc:  # Ctrl+C, SIGTERM (run.py raises KeyboardInterrupt) or a cell's error
-                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+                what = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "a result could not be written"
+                        if isinstance(exc, ResultsWriteError) else f"{type(exc).__name__}: {exc}")
                 echo(f"stopping ({what}): every running cell ends its trials; what finished is kept ...")
                 control.stop.set()
                 wait(futures)

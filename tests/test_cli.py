@@ -22,7 +22,7 @@ def test_help_documents_every_flag_with_examples() -> None:
     "argv, needle",
     [
         (["--strategy", "nope"], "unknown strategy 'nope'; valid strategies"),
-        (["--dataset", "indianpines"], "unknown dataset 'indianpines'; valid datasets: hcv2, hsidrive, hyko2"),
+        (["--dataset", "indianpines"], "unknown dataset 'indianpines'; valid datasets: all, hcv2, hsidrive, hyko2"),
         (["--fractions", "0.5,1.5"], "1.5"),
         (["--fractions", "0,0.5"], "0"),
         (["--epochs", "2", "--grace-period", "5"], "grace_period <= epochs"),

@@ -63,8 +63,17 @@ def test_second_writer_on_the_same_results_dir_stops_with_a_clear_message(tmp_pa
         pass
 
 
+def _stored_trials(results: Path) -> set[str]:
+    if not (results / "rows").exists():
+        return set()
+    df = read_store(results)
+    return set(df.filter(pl.col("row_kind").is_in(["trial", "final"]))["trial_id"].to_list())
+
+
 @pytest.mark.slow
-def test_sigkill_during_second_cell_then_rerun_equals_uninterrupted_run(tiny_root, tmp_path) -> None:
+def test_sigkill_with_cells_in_flight_then_rerun_equals_uninterrupted_run(tiny_root, tmp_path) -> None:
+    """Both cells run at once; SIGKILL the driver once each has stored a trial; the re-run replays what was
+    stored, trains only the rest, and the store equals an uninterrupted run's with no duplicated row."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "study.run", *ARGS, "--data-root", str(tiny_root), "--num-cpus", "2"]
 
@@ -78,16 +87,27 @@ def test_sigkill_during_second_cell_then_rerun_equals_uninterrupted_run(tiny_roo
     reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
     reader.start()
     deadline = time.time() + 300
-    # kill in the middle of the second cell: right after its first trial was stored
-    while time.time() < deadline and proc.poll() is None and not any("indomain 1 tune] trial 1/" in ln for ln in lines):
+
+    def in_flight() -> bool:  # a tuning trial of each cell stored, and neither cell done
+        return all(any(f"[indomain {f} tune] trial 1/" in ln for ln in lines) for f in ("0.5", "1"))
+
+    while time.time() < deadline and proc.poll() is None and not in_flight():
         time.sleep(0.1)
     assert proc.poll() is None, "the study ended before it could be killed:\n" + "".join(lines)
+    assert not any("] done in" in ln for ln in lines), "a cell finished before the kill:\n" + "".join(lines)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     time.sleep(2)  # let Ray's orphaned processes notice
+    before = _stored_trials(killed)
+    assert len({t.split("-tune-")[0] for t in before if "-tune-" in t}) == 2  # both cells had stored a trial
 
     rerun = subprocess.run([*base, "--results", str(killed)], env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert "already finished, skipped" in rerun.stdout
-    assert "(replayed from the store)" in rerun.stdout  # the trial finished before the kill did not train again
+    replayed = rerun.stdout.count("(replayed from the store)")
+    assert replayed == len(before)  # every stored trial replayed, none trained again
+    after = _stored_trials(killed)
+    total = 2 * (3 + 2)  # 2 cells x (3 trials + 2 final seeds)
+    assert len(after) == total and before <= after
+    assert rerun.stdout.count("] trial ") - replayed == total - len(before)  # only the interrupted ones trained
     assert comparable(killed).equals(comparable(clean))
+    assert not read_store(killed).select("trial_id", "row_kind", "epoch").is_duplicated().any()

@@ -62,3 +62,22 @@ def test_smoke_study_writes_a_store_that_matches_the_schema(ray_session, tiny_ro
     rc = main([*ARGS, "--data-root", str(tiny_root), "--results", str(results)])
     assert rc == 0 and read_store(results).height == df.height
     assert "already finished" in capsys.readouterr().out
+
+
+def test_cells_run_at_once_and_rows_say_when(ray_session, tiny_root: Path, tmp_path: Path, capsys) -> None:
+    """Two cells, one trial slot each on a 2-CPU Ray: their trials overlap in time (started_at/ended_at)."""
+    results = tmp_path / "res"
+    rc = main(["--strategy", "indomain,indomain-fc", "--dataset", "hyko2", "--width", "tiny", "--fractions", "1.0",
+               "--trials", "2", "--epochs", "2", "--grace-period", "1", "--seeds", "1", "--max-concurrent", "1",
+               "--data-root", str(tiny_root), "--results", str(results)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    runs = read_store(results).filter(pl.col("row_kind").is_in(["trial", "final"]))
+    assert runs["started_at"].null_count() == 0 and (runs["ended_at"] >= runs["started_at"]).all()
+    by_cell = {c: g for (c,), g in runs.group_by("cell_id")}
+    assert len(by_cell) == 2
+    a, b = by_cell.values()
+    overlap = a.join(b, how="cross").filter((pl.col("started_at") < pl.col("ended_at_right"))
+                                            & (pl.col("started_at_right") < pl.col("ended_at")))
+    assert overlap.height > 0, "the two cells ran one after the other"
+    assert "[study] cells" in out and "0 pending" in out  # the study-wide progress line
