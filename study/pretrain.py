@@ -40,6 +40,7 @@ from study.pretraining.loop import (
     resume_path,
     z_only_reconstruction,
 )
+from study.storage import check_output_file
 
 __all__ = [
     "DEFAULT_STEPS", "PRETRAIN_VERSION", "STATEMENT", "PretrainConfig", "PretrainStopped", "backbone_path",
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise HsiStudyError(f"--threads must be >= 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         resolve_device(args.device)  # a missing GPU stops here, before any data is read
+        if args.out is not None:  # a folder, a path under a file or a read-only folder: before training
+            check_output_file(args.out, "--out", "hypersl.pt")
         if args.save_every is not None and args.save_every < 0:
             raise HsiStudyError(f"--save-every must be >= 0 (0: never), got {args.save_every}")
         run = {"device": args.device, "save_every": args.save_every, "time_limit": args.time_limit}

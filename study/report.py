@@ -23,8 +23,8 @@ from study import analysis, compare, plots, report_tables
 from study.data.specs import SPECS
 from study.errors import HsiStudyError
 from study.provenance import code_version
-from study.results import SCHEMA_VERSION, STUDY_FILE, Results, part_paths, read_store
-from study.storage import is_uri, join, open_results, resolve, results_arg, write_to
+from study.results import SCHEMA_VERSION, STUDY_FILE, Results, part_paths, quarantine_corrupt_parts, read_store
+from study.storage import check_output_file, is_uri, join, open_results, resolve, results_arg, write_to
 from study.strategies import BACKBONES, STRATEGIES, baseline_strategy
 
 EXAMPLES = """\
@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the summary table as CSV (default path RESULTS_DIR/summary.csv)")
     p.add_argument("--baseline", default=baseline_strategy(),
                    help=f"strategy the others are compared with (default {baseline_strategy()})")
+    p.add_argument("--skip-corrupt", action="store_true",
+                   help="move unreadable (truncated, corrupt) Parquet parts into RESULTS_DIR/rows/quarantine/ "
+                   "first and report the rest (nothing is deleted; study.run trains those trials again)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
@@ -342,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     studies, args.results = args.results, args.results[0]  # several: one comparison page, defaults beside the first
     csv = None if args.csv is None else results_arg(args.csv) if args.csv else join(args.results, "summary.csv")
     try:
+        # paths the user gave are checked before any work (a folder, under a file, read-only); the defaults
+        # go into RESULTS_DIR, whose absence load_store reports
+        for target, flag, example in ((args.out, "--out", "report.html"), (args.csv and csv, "--csv", "summary.csv")):
+            if target:
+                check_output_file(target, flag, example)
+        if args.skip_corrupt:
+            for moved in (m for r in studies for m in quarantine_corrupt_parts(r)):
+                print(f"unreadable part moved to {moved}", file=sys.stderr)
         out, csv_out = write_report(studies if len(studies) > 1 else args.results, args.out, csv, args.baseline)
     except HsiStudyError as exc:
         if args.debug:

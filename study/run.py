@@ -15,7 +15,8 @@ from study.data.generator import GeneratorConfig
 from study.data.specs import SPECS
 from study.data.subsets import parse_fractions
 from study.errors import ConfigError, HsiStudyError
-from study.storage import resolve, results_arg
+from study.results import quarantine_corrupt_parts
+from study.storage import check_writable, resolve, results_arg
 from study.strategies import STRATEGIES, baseline_strategy, get_strategy, parse_strategies
 
 
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--results", type=results_arg, default=None,
                    help="results folder, or an object-store URI such as s3://bucket/prefix or gs://bucket/prefix "
                    "(default results/<study id>)")
+    g.add_argument("--repair", action="store_true",
+                   help="move unreadable (truncated, corrupt) Parquet parts of --results into rows/quarantine/ "
+                   "before the run; their trials are trained again (nothing is deleted)")
     g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="hyko2",
@@ -289,7 +293,11 @@ def _main(args: argparse.Namespace) -> int:
     print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {', '.join(cfg.data.datasets)}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.data.fractions)}; {b.trials} trials x <= {b.epochs} epochs per cell, "
           f"{b.seeds} final seed(s){_model_sizes(cfg)}")
+    check_writable(cfg.runtime.results)  # a file, under a file, read-only, a full disk: one line, before any work
     with results_lock(cfg.runtime.results):  # before anything is written: one writer per results location
+        if args.repair:
+            for moved in quarantine_corrupt_parts(cfg.runtime.results):
+                print(f"unreadable part moved to {moved}; its trial is trained again")
         preps = prepare(cfg)
         init_ray(cfg)
         failures = run_study(cfg, preps)
