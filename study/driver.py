@@ -288,9 +288,20 @@ def pending_cells(cfg: StudyConfig, preps: dict[str, Prepared], done: set[str],
                     echo(f"{_label(cfg, prep, strategy, subset)}: already finished, skipped")
                     continue
                 out.append((prep, strategy, subset, cid))
+    out.sort(key=_expected_cost, reverse=True)  # longest first: a long cell started last would set the makespan
     echo(f"{len(out)} of {n} cell(s) to run" + (f", up to {cfg.runtime.max_concurrent_cells} at once"
                                                   if cfg.runtime.max_concurrent_cells else ", all at once"))
     return out
+
+
+def _expected_cost(cell: tuple[Prepared, Strategy, SubsetManifest, str]) -> float:
+    """A cell's expected length, for ordering only: its training pixels times its strategy's GPU share (the
+    registry's per-trial request, a proxy for how heavy its model is)."""
+    prep, strategy, subset, _ = cell
+    train = prep.splits["train"]
+    index = {n: i for i, n in enumerate(train.names)}
+    pixels = sum(h * w for h, w in (train.shapes[index[n]] for n in subset.names if n in index))
+    return pixels * max(strategy.gpus_per_trial, 0.05)
 
 
 def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str], None] = echo) -> list[str]:

@@ -1,0 +1,201 @@
+"""How full does a study keep a cluster? ``python -m benchmarks.cluster_fill``
+
+A simulated cluster (``ray.cluster_utils.Cluster``: a 0-CPU head and 4 worker
+nodes, each declaring 4 CPUs and 4 GPU slots; the GPUs are Ray's accounting only)
+runs a study of 3 datasets x 3 strategies x 3 fractions through the real driver
+(``study.driver.run_study``: OptunaSearch + ASHA per cell, the real store).
+The strategies are registered by this benchmark only: their trainables sleep
+per epoch for a duration scaled from the GPU throughput figures (per image) in
+docs/performance.md, times the cell's number of training images, so cells
+differ in length as real ones do. Each trial requests one GPU slot.
+
+Printed for the concurrent driver (every cell in flight) and, in the same
+run, for cells one at a time (``--max-concurrent-cells 1``):
+
+- makespan: wall time of ``run_study``;
+- GPU-slot busy fraction: sum over runs of (ended_at - started_at) x GPU share / (slots x makespan);
+- ratio to the ideal lower bound max(total run-seconds x share / slots, the longest cell's critical path),
+  a cell's critical path being its longest tuning run plus its longest final run (they cannot overlap).
+
+Target: concurrent <= 1.25 x the bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import REPO_ROOT, machine_info, print_table, write_result
+
+NODES, CPUS, GPUS = 4, 4, 4
+DATASETS = ("hyko2", "hsidrive", "hcv2")
+FRACTIONS = (0.25, 0.5, 1.0)
+TRIALS, EPOCHS, SEEDS, GRACE = 4, 6, 2, 2
+#: simulated seconds per training image and epoch on one GPU (RU-Net full width, bf16): HyKo2/HSI-Drive/HCV2
+#: image sizes scale the cost; scaled down by TIME_SCALE so the benchmark takes minutes, not hours
+PER_IMAGE_S = {"hyko2": 0.02, "hsidrive": 0.03, "hcv2": 0.12}
+#: relative cost of the simulated strategies (RU-Net, HyperSL-RU-Net on 256 feature channels, a per-pixel head)
+STRATEGY_COST = {"sim-runet": 1.0, "sim-hypersl-runet": 1.6, "sim-fc": 0.3}
+N_TRAIN = 24  # synthetic training images per dataset
+TIME_SCALE = 1.0
+
+
+def _time_scale() -> float:
+    """Read in the trial's process (set through the job's runtime_env by :func:`main`)."""
+    return float(os.environ.get("HSISTUDY_SIM_TIME_SCALE", TIME_SCALE))
+
+
+def _epoch_s(strategy: str, dataset: str, n_images: int) -> float:
+    return _time_scale() * STRATEGY_COST[strategy] * PER_IMAGE_S[dataset] * n_images + 0.05
+
+
+def _sim(strategy: str, config: dict[str, Any], data: Any) -> None:
+    """A trainable that reports like the real loop (every epoch, best-val bookkeeping) and sleeps instead of
+    training: val mIoU rises with epochs towards a ceiling set by the learning rate."""
+    from ray import tune
+
+    n_images = len(data.subset.names)
+    epoch_s = _epoch_s(strategy, data.dataset, n_images)
+    lr = float(config.get("lr", config.get("head_lr", 1e-3)))
+    ceiling = 0.3 + 0.5 * math.exp(-abs(math.log10(lr) + 3.0))  # best near lr = 1e-3
+    best, best_epoch, max_epochs = -1.0, 0, int(config["max_epochs"])
+    t0 = time.perf_counter()
+    for epoch in range(1, max_epochs + 1):
+        time.sleep(epoch_s)
+        val = ceiling * (1 - math.exp(-epoch / 3)) * (0.6 + 0.4 * min(1.0, n_images / N_TRAIN))
+        if val > best:
+            best, best_epoch = val, epoch
+        metrics = {"epoch": epoch, "train_loss": 1 - val, "val_miou": val, "val_oa": val, "val_macc": val,
+                   "val_macro_f1": val, "val_iou_per_class": [val], "best_val_miou": best, "best_epoch": best_epoch,
+                   "is_last": epoch == max_epochs, "wall_s": time.perf_counter() - t0, "device_s": 0.0,
+                   "device": "sim-gpu", "model_name": strategy, "n_params": 0}
+        if epoch == max_epochs and config.get("final"):
+            metrics.update(test_miou=best, test_oa=best, test_macc=best, test_macro_f1=best,
+                           test_iou_per_class=[best])
+        tune.report(metrics)
+
+
+def train_sim_runet(config: dict[str, Any], data: Any, *_: Any) -> None:
+    _sim("sim-runet", config, data)
+
+
+def train_sim_hypersl_runet(config: dict[str, Any], data: Any, *_: Any) -> None:
+    _sim("sim-hypersl-runet", config, data)
+
+
+def train_sim_fc(config: dict[str, Any], data: Any, *_: Any) -> None:
+    _sim("sim-fc", config, data)
+
+
+def register_sim_strategies() -> tuple[str, ...]:
+    """Add the simulated strategies to the registry of this (driver) process; trials import them by path."""
+    from study.strategies import STRATEGIES, Strategy
+
+    for name, fn, space in (("sim-runet", "train_sim_runet", "indomain"),
+                            ("sim-hypersl-runet", "train_sim_hypersl_runet", "indomain"),
+                            ("sim-fc", "train_sim_fc", "indomain_fc")):
+        STRATEGIES[name] = Strategy(name=name, description=f"simulated {name} (benchmark only)",
+                                    trainable=f"benchmarks.cluster_fill:{fn}",
+                                    search_space=f"search_spaces.{space}:SPACE", model_name=name,
+                                    cpus_per_trial=1.0, gpus_per_trial=1.0)
+    return ("sim-runet", "sim-hypersl-runet", "sim-fc")
+
+
+def measure(rows: Any, makespan: float, slots: int) -> dict[str, Any]:
+    """Busy fraction and lower bound from the runs' started_at/ended_at (polars frame of trial/final rows)."""
+    import polars as pl
+
+    runs = rows.with_columns(((pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds() / 1e6)
+                             .alias("run_s"))
+    total = float(runs["run_s"].sum())  # every simulated trial holds one whole GPU slot
+    paths = runs.group_by("cell_id", "phase").agg(pl.col("run_s").max()).group_by("cell_id").agg(
+        pl.col("run_s").sum().alias("critical"))
+    bound = max(total / slots, float(paths["critical"].max()))
+    return {"makespan_s": round(makespan, 1), "run_s": round(total, 1),
+            "busy_fraction": round(total / (slots * makespan), 3),
+            "lower_bound_s": round(bound, 1), "ratio_to_bound": round(makespan / bound, 3),
+            "longest_cell_s": round(float(paths["critical"].max()), 1), "runs": runs.height}
+
+
+def run_mode(label: str, max_cells: int | None, cache: Path, out: Path) -> dict[str, Any]:
+    import polars as pl
+
+    from study.config import build_config
+    from study.data.generator import GeneratorConfig
+    from study.driver import run_study
+    from study.inputs import prepare
+    from study.results import read_store
+
+    strategies = register_sim_strategies()
+    results = out / label
+    cfg = build_config("full", strategies=strategies, dataset=DATASETS, fractions=FRACTIONS, trials=TRIALS,
+                       epochs=EPOCHS, seeds=SEEDS, grace_period=GRACE, results=results, cache_dir=cache,
+                       gpus="on", max_concurrent_cells=max_cells, width="tiny",
+                       synthetic=GeneratorConfig(height=16, width=24, n_train=N_TRAIN, n_val=3, n_test=3))
+    preps = prepare(cfg, echo=lambda _: None)
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    failures = run_study(cfg, preps, echo=lines.append)
+    makespan = time.perf_counter() - t0
+    rows = read_store(results).filter(pl.col("row_kind").is_in(["trial", "final"]))
+    figures = measure(rows, makespan, NODES * GPUS)
+    figures.update(mode=label, cells=len(DATASETS) * len(strategies) * len(FRACTIONS), failures=failures,
+                   time_scale=_time_scale())
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cluster_fill", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--no-save", action="store_true", help="print only; do not write benchmarks/results/")
+    p.add_argument("--skip-sequential", action="store_true", help="only the concurrent driver")
+    p.add_argument("--time-scale", type=float, default=TIME_SCALE,
+                   help=f"multiplies every simulated epoch (default {TIME_SCALE}); larger values make Ray's "
+                   "per-trial overhead (actor start, scheduling) a smaller share, as on a real cluster")
+    args = p.parse_args(argv)
+    os.environ["HSISTUDY_SIM_TIME_SCALE"] = str(args.time_scale)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from study.run import quiet_ray_tune
+
+    quiet_ray_tune()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    for _ in range(NODES):
+        cluster.add_node(num_cpus=CPUS, num_gpus=GPUS)
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO_ROOT),
+                                       "HSISTUDY_SIM_TIME_SCALE": str(args.time_scale)}})
+    rows: list[dict[str, Any]] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="cluster-fill-") as tmp:
+            out, cache = Path(tmp), Path(tmp) / "cache"
+            rows.append(run_mode("concurrent", None, cache, out))
+            if not args.skip_sequential:
+                rows.append(run_mode("one cell at a time", 1, cache, out))
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    print_table("cluster fill", rows, ["mode", "cells", "runs", "makespan_s", "run_s", "busy_fraction", "lower_bound_s",
+                       "ratio_to_bound", "longest_cell_s"])
+    conc = rows[0]
+    verdict = "meets" if conc["ratio_to_bound"] <= 1.25 else "misses"
+    print(f"concurrent driver: {conc['ratio_to_bound']:.2f} x the lower bound ({verdict} the <= 1.25 target); "
+          f"{NODES} nodes x {GPUS} GPU slots")
+    if len(rows) > 1:
+        print(f"speed-up over one cell at a time: {rows[1]['makespan_s'] / conc['makespan_s']:.1f} x")
+    if not args.no_save:
+        write_result("cluster_fill", {"machine": machine_info(), "nodes": NODES, "gpu_slots_per_node": GPUS,
+                                      "trials": TRIALS, "epochs": EPOCHS, "seeds": SEEDS, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
