@@ -1,0 +1,186 @@
+"""Peak memory of a whole study on a data set larger than the memory it may use (issue 13).
+
+``python -m benchmarks.memory`` writes two HSI-Drive-shaped data sets (216 x 409 x 25 float32 cubes in the
+HS3-Bench layout, random-ish values: size is what is measured) of ``--sizes`` GiB, runs the same small study
+on each inside a memory cgroup capped at ``--cap`` GiB, and prints the peak memory of the whole process tree
+(driver, Ray, trials, loader workers) for both sizes and their ratio. A trial that held its data in memory
+would be OOM-killed on the larger set; a streaming one uses the same memory for both (target ratio <= 1.15).
+
+Two peaks per run: ``peak_anon`` (sampled every 0.2 s: rss + shmem of the cgroup, i.e. process memory and
+Ray's object store, without the reclaimable page cache the reads leave) and ``peak_cgroup`` (the kernel's
+high-water mark, which also counts page cache and so sits near the cap on any data set larger than it).
+
+Needs root and a writable memory controller (cgroup v1 ``/sys/fs/cgroup/memory`` or v2 with ``memory``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+GIB = 2**30
+SHAPE = (216, 409)  # HSI-Drive v2 at HS3-Bench's resolution
+STRATEGIES = "indomain,crossdomain,crossdomain-fc"
+
+
+def write_dataset(out: Path, gib: float, seed: int = 0, shape: tuple[int, int] = SHAPE) -> Path:
+    """``hsidrive_{train,val,test}.h5`` totalling ``gib`` GiB of float32 cubes (a third per split)."""
+    from study.data.specs import get_spec
+
+    spec = get_spec("hsidrive")
+    h, w = shape
+    per_image = h * w * spec.n_bands * 4
+    n = max(3, int(gib * GIB / per_image / 3))
+    done = out / "COMPLETE"
+    if done.is_file() and done.read_text() == f"{n} {h} {w}":
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    wl = spec.wavelength_array()
+    base = np.linspace(0.05, 0.4, spec.n_bands, dtype=np.float32)
+    for si, split in enumerate(("train", "val", "test")):
+        with h5py.File(out / f"hsidrive_{split}.h5", "w") as fh:
+            fh.attrs["wavelengths"] = wl
+            for i in range(n):
+                blocks = rng.integers(0, 11, size=(h // 8 + 1, w // 8 + 1), dtype=np.uint8)  # raw ids 0..10
+                labels = np.repeat(np.repeat(blocks, 8, 0), 8, 1)[:h, :w]
+                image = base * (0.5 + labels[..., None].astype(np.float32) / 10)
+                image = image + rng.random((h, w, spec.n_bands), dtype=np.float32) * 0.05
+                g = fh.create_group(f"nf{si}{i:05d}")
+                g.create_dataset("image", data=image)
+                g.create_dataset("labels", data=labels)
+    done.write_text(f"{n} {h} {w}")
+    return out
+
+
+class Cgroup:
+    """A child memory cgroup with a limit; processes started through :meth:`popen` (and their children) run in it."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        if v2.is_file() and "memory" in v2.read_text().split():
+            self.v2, self.path = True, Path("/sys/fs/cgroup") / name
+        elif Path("/sys/fs/cgroup/memory").is_dir():
+            self.v2, self.path = False, Path("/sys/fs/cgroup/memory") / name
+        else:
+            raise SystemExit("no writable memory cgroup controller (needs cgroup v1 memory or v2 with memory)")
+        self.path.mkdir(exist_ok=True)
+        self._write("memory.max" if self.v2 else "memory.limit_in_bytes", str(limit))
+        if not self.v2:
+            (self.path / "memory.max_usage_in_bytes").write_text("0")
+
+    def _write(self, key: str, value: str) -> None:
+        (self.path / key).write_text(value)
+
+    def popen(self, cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+        """Start ``cmd`` inside the cgroup: a shell joins it, then execs the command (children inherit it)."""
+        procs = self.path / "cgroup.procs"
+        line = f'echo $$ > {procs} && exec "$@"'
+        return subprocess.Popen(["sh", "-c", line, "sh", *cmd], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                env=env)
+
+    def anon_bytes(self) -> int:
+        """Process memory + shared memory (Ray's object store) of the cgroup, without page cache."""
+        stat = dict(line.split() for line in (self.path / "memory.stat").read_text().splitlines())
+        if self.v2:
+            return int(stat["anon"]) + int(stat["shmem"])
+        return int(stat["total_rss"]) + int(stat["total_shmem"])
+
+    def peak(self) -> int:
+        p = self.path / ("memory.peak" if self.v2 else "memory.max_usage_in_bytes")
+        return int(p.read_text()) if p.is_file() else -1
+
+    def oom_kills(self) -> int:
+        if self.v2:
+            events = dict(line.split() for line in (self.path / "memory.events").read_text().splitlines())
+            return int(events.get("oom_kill", 0))
+        ctl = dict(line.split() for line in (self.path / "memory.oom_control").read_text().splitlines())
+        return int(ctl.get("oom_kill", 0))
+
+    def remove(self) -> None:
+        for _ in range(100):  # Ray's processes leave shortly after the driver
+            if not (self.path / "cgroup.procs").read_text().strip():
+                break
+            time.sleep(0.2)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
+def run_capped(data: Path, results: Path, cap: float, args: argparse.Namespace) -> dict:
+    """One study on ``data`` under a ``cap`` GiB cgroup; its peaks, OOM kills, exit code and wall time."""
+    shutil.rmtree(results, ignore_errors=True)
+    cmd = [sys.executable, "-m", "study.run", "--dataset", "hsidrive", "--data-root", str(data),
+           "--strategy", args.strategies, "--fractions", args.fraction, "--trials", str(args.trials),
+           "--epochs", "1", "--seeds", "1", "--width", "tiny", "--num-cpus", str(args.cpus),
+           "--max-freeze-depth", str(args.max_freeze_depth), "--results", str(results)]
+    if args.backbone:
+        cmd += ["--backbone", args.backbone]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
+           "HSISTUDY_CACHE": str(args.work / "cache")}
+    cg = Cgroup(f"hsistudy-mem-{os.getpid()}-{data.name}", int(cap * GIB))
+    peak_anon, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                peak_anon[0] = max(peak_anon[0], cg.anon_bytes())
+            time.sleep(0.2)
+
+    t0 = time.perf_counter()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    proc = cg.popen(cmd, results.parent / f"{results.name}.log", env)
+    rc = proc.wait()
+    stop.set()
+    thread.join()
+    out = {"data_gib": round(sum(f.stat().st_size for f in data.glob("*.h5")) / GIB, 2), "rc": rc,
+           "oom_kills": cg.oom_kills(), "peak_anon_gib": round(peak_anon[0] / GIB, 3),
+           "peak_cgroup_gib": round(cg.peak() / GIB, 3), "wall_s": round(time.perf_counter() - t0, 1),
+           "log": str(results.parent / f"{results.name}.log")}
+    cg.remove()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default="1.6,3.2", help="two data-set sizes in GiB (default 1.6,3.2)")
+    p.add_argument("--cap", type=float, default=2.5, help="cgroup memory cap in GiB (default 2.5)")
+    p.add_argument("--strategies", default=STRATEGIES)
+    p.add_argument("--fraction", default="0.05", help="training fraction (val and test are always complete)")
+    p.add_argument("--trials", type=int, default=2)
+    p.add_argument("--max-freeze-depth", type=int, default=1, help="k range searched (default 0..1)")
+    p.add_argument("--backbone", default=None, help="HyperSL checkpoint for the crossdomain strategies")
+    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--work", type=Path, default=Path("/tmp/hsistudy-memory"))
+    p.add_argument("--keep", action="store_true", help="keep the generated data sets")
+    args = p.parse_args(argv)
+    sizes = [float(s) for s in args.sizes.split(",")]
+    runs = []
+    for gib in sizes:
+        data = write_dataset(args.work / f"data{gib:g}", gib)
+        runs.append(run_capped(data, args.work / f"results{gib:g}", args.cap, args))
+        print(json.dumps(runs[-1]), flush=True)
+    if not args.keep:
+        for gib in sizes:
+            shutil.rmtree(args.work / f"data{gib:g}", ignore_errors=True)
+    small, large = runs[0], runs[-1]
+    ratio = large["peak_anon_gib"] / small["peak_anon_gib"] if small["peak_anon_gib"] else float("nan")
+    summary = {"cap_gib": args.cap, "strategies": args.strategies, "runs": runs, "peak_ratio": round(ratio, 3),
+               "ok": all(r["rc"] == 0 and r["oom_kills"] == 0 for r in runs) and ratio <= 1.15}
+    print(json.dumps(summary, indent=1))
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""A trial on a data set larger than its memory cap completes: it streams, it never holds a split.
+
+Slow (writes a 1.2 GiB HSI-Drive-shaped set, about a minute) and needs root with a writable memory
+cgroup controller; skipped otherwise. The whole-study version for two sizes is ``python -m benchmarks.memory``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.memory import GIB, Cgroup, write_dataset
+
+pytestmark = pytest.mark.slow
+
+TRIAL = """
+import sys, torch
+torch.set_num_threads(1)
+from study.data.bundle import make_bundle
+from study.data.h5reader import open_split
+from study.data.specs import get_spec
+from study.data.subsets import make_subset
+from trainables.indomain import train_indomain
+from trainables.indomain_fc import train_indomain_fc
+spec = get_spec("hsidrive")
+splits = {s: open_split(sys.argv[1], spec, s) for s in spec.splits}
+subset = make_subset("hsidrive", splits["train"].names, splits["train"].classes_present(), 0.1, 0)
+bundle = make_bundle(spec, splits, subset, "test")
+cfg = dict(lr=1e-3, weight_decay=1e-4, max_epochs=1, batch_size=2, eval_batch_size=2, seed=0, final=True,
+           patience=None, num_threads=1, width="tiny", dropout=0.1)
+out = []
+for fn, extra in ((train_indomain, {}), (train_indomain_fc, {"sub_batch": 8192})):
+    fn({**cfg, **extra}, bundle, report=lambda m, checkpoint=None: out.append(m), get_checkpoint=lambda: None)
+assert all("test_miou" in m for m in out), out
+print("TRAINED", len(out))
+"""
+
+
+def _cgroups_writable() -> bool:
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+    return os.geteuid() == 0 and (Path("/sys/fs/cgroup/memory").is_dir()
+                                  or (v2.is_file() and "memory" in v2.read_text().split()))
+
+
+@pytest.mark.skipif(not _cgroups_writable(), reason="needs root and a writable memory cgroup")
+def test_trial_on_a_set_larger_than_its_cap_completes(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data", 1.2)
+    size = sum(f.stat().st_size for f in data.glob("*.h5"))
+    cap = int(1.0 * GIB)
+    assert size > cap
+    script = tmp_path / "trial.py"
+    script.write_text(TRIAL)
+    cg = Cgroup(f"hsistudy-test-{os.getpid()}", cap)
+    log = tmp_path / "trial.log"
+    try:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        rc = cg.popen([sys.executable, str(script), str(data)], log, env).wait()
+        kills = cg.oom_kills()
+    finally:
+        cg.remove()
+    assert rc == 0 and kills == 0, f"rc={rc}, oom kills={kills}: {log.read_text()[-2000:]}"
+    assert "TRAINED 2" in log.read_text()
