@@ -10,6 +10,13 @@ whether a study is hours or days. Rates are converted to achieved GFLOP/s with
 fraction of the device's dense bf16 peak. Target (GPU): >= 40 % of dense bf16
 peak for HCV2-sized spectra (128 bands). Every measurement goes through
 ``study.features.export_image``, the function the feature cache uses.
+
+``--precision`` compares bf16 autocast with fp32 on the same images (synthetic
+HyKo2-like cubes at three value scales, chunk-mode BN): max abs / relative error,
+cosine similarity per pixel, and the downstream effect (a HyperSL-FC head trained
+on each feature set with the same seed and batches, val mIoU). Two bf16 variants:
+``bf16`` (ours: transformer in bf16, stem + BatchNorm in fp32) and ``bf16-all``
+(everything under autocast, the naive way).
 """
 
 from __future__ import annotations
@@ -143,6 +150,132 @@ def measure(sizes: tuple[str, ...], datasets: tuple[str, ...], chunks: tuple[int
     return rows
 
 
+#: value scales of the precision check: (multiplier, offset) applied to the synthetic [0, 1] cubes
+SCALES: dict[str, tuple[float, float]] = {"reflectance 0-1": (1.0, 0.0), "HSI-Drive-like 0-4": (4.0, 0.0),
+                                          "raw counts 2000 + 0-1000": (1000.0, 2000.0)}
+
+
+def precision_errors(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """How far ``got`` (N, D) is from ``ref``: max abs, max abs / max |ref|, mean rel, per-pixel cosine."""
+    a, b = ref.reshape(-1, ref.shape[-1]).astype(np.float64), got.reshape(-1, got.shape[-1]).astype(np.float64)
+    diff = np.abs(a - b)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return {"max_abs_err": float(diff.max()), "max_rel_err": float(diff.max() / np.abs(a).max()),
+            "mean_rel_err": float(diff.mean() / np.abs(a).mean()), "cos_min": float(cos.min()),
+            "cos_mean": float(cos.mean())}
+
+
+def _naive_bf16(model: Any, image: np.ndarray, wl: np.ndarray, chunk: int, device: str) -> np.ndarray:
+    """Every layer under bf16 autocast (stem and its chunk BatchNorm included), per chunk."""
+    from study.features import bn_context
+
+    flat = torch.from_numpy(image.reshape(-1, image.shape[-1]))
+    w = torch.from_numpy(wl).to(device)
+    with torch.inference_mode(), bn_context(model, "chunk"), torch.autocast(device, dtype=torch.bfloat16):
+        out = [model.features(flat[s : s + chunk].to(device), w).float().cpu() for s in range(0, len(flat), chunk)]
+    return torch.cat(out).numpy().reshape(*image.shape[:2], -1)
+
+
+def fc_val_miou(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], n_classes: int,
+                ignore: int, steps: int, seed: int = 0, lr: float = 1e-2) -> float:
+    """HyperSL-FC (BatchNorm1d + Linear, AdamW, 8,192-pixel steps) on per-pixel features; val mIoU."""
+    x = torch.from_numpy(train[0].reshape(-1, train[0].shape[-1]).astype(np.float32))
+    y = torch.from_numpy(train[1].reshape(-1))
+    keep = y != ignore
+    x, y = x[keep], y[keep]
+    torch.manual_seed(seed)
+    head = torch.nn.Sequential(torch.nn.BatchNorm1d(x.shape[1]), torch.nn.Linear(x.shape[1], n_classes))
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (8192,), generator=gen)
+        loss = torch.nn.functional.cross_entropy(head(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    head.eval()
+    xv = torch.from_numpy(val[0].reshape(-1, val[0].shape[-1]).astype(np.float32))
+    yv = val[1].reshape(-1)
+    with torch.inference_mode():
+        pred = head(xv).argmax(1).numpy()
+    ious = []
+    for c in range(n_classes):
+        if c == ignore:
+            continue
+        t, p_ = yv == c, (pred == c) & (yv != ignore)
+        if t.any():
+            ious.append((t & p_).sum() / (t | p_).sum())
+    return float(np.mean(ious))
+
+
+def compare_precision(size: str = "cpu", device: str = "cpu", hw: tuple[int, int] = (48, 64),
+                      images: tuple[int, int] = (6, 3), head_steps: int = 200,
+                      backbone: str | None = None) -> list[dict[str, Any]]:
+    """bf16 vs fp32 features on synthetic HyKo2-like cubes at each of :data:`SCALES` (see the module doc)."""
+    import tempfile
+
+    from study.data.generator import GeneratorConfig, generate_dataset
+    from study.data.h5reader import open_split
+    from study.data.specs import get_spec
+    from study.features import export_image
+    from study.models.hypersl import build_hypersl
+
+    spec = get_spec("hyko2")
+    if backbone:
+        from study.models.checkpoints import load_hypersl
+
+        model = load_hypersl(backbone).to(device)
+    else:
+        torch.manual_seed(0)
+        model = build_hypersl(size).to(device)
+    chunk = 5000  # HSI-Drive/HCV2's chunk (HyKo2's 50,000 would be one chunk per small synthetic image)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = generate_dataset(spec, Path(tmp), GeneratorConfig(height=hw[0], width=hw[1], n_train=images[0],
+                                                                 n_val=images[1], n_test=1, seed=7))
+        data = {s: [open_split(root, spec, s).read(i) for i in range(n)] for s, n in zip(("train", "val"), images,
+                                                                                          strict=True)}
+        for scale, (mul, off) in SCALES.items():
+            feats: dict[str, dict[str, list[np.ndarray]]] = {}
+            for variant in ("fp32", "bf16", "bf16-all"):
+                feats[variant] = {}
+                for split, samples in data.items():
+                    out = []
+                    for image, _ in samples:
+                        raw = (image * mul + off).astype(np.float32)
+                        if variant == "bf16-all":
+                            out.append(_naive_bf16(model, raw, spec.wavelength_array(), chunk, device))
+                        else:
+                            out.append(export_image(model, raw, spec.wavelength_array(), chunk_size=chunk,
+                                                    device=device, autocast="off" if variant == "fp32" else "bf16"))
+                    feats[variant][split] = out
+            labels = {split: np.stack([lab for _, lab in samples]) for split, samples in data.items()}
+            for variant, fs in feats.items():
+                row: dict[str, Any] = {"backbone": backbone or f"{size} (random init)", "scale": scale,
+                                       "variant": variant}
+                if variant != "fp32":
+                    row.update({k: round(v, 6) for k, v in precision_errors(
+                        np.stack(feats["fp32"]["train"] + feats["fp32"]["val"]),
+                        np.stack(fs["train"] + fs["val"])).items()})
+                row["fc_val_miou"] = round(fc_val_miou((np.stack(fs["train"]), labels["train"]),
+                                                       (np.stack(fs["val"]), labels["val"]), spec.n_classes,
+                                                       spec.ignore_index, head_steps), 4)
+                rows.append(row)
+                print(f"  {scale} {variant}: {row}", flush=True)
+    return rows
+
+
+def run_precision(size: str, backbone: str | None, save: bool) -> dict[str, Any]:
+    """``--precision``: the bf16-vs-fp32 table (CPU bf16 autocast computes the same bf16 products)."""
+    started, info = time.perf_counter(), machine_info()
+    device = "cuda" if cuda_available() else "cpu"
+    rows = compare_precision(size, device, backbone=backbone)
+    print_table(f"bf16 autocast vs fp32 features on {info['device']}", rows,
+                ["backbone", "scale", "variant", "max_abs_err", "max_rel_err", "mean_rel_err", "cos_min",
+                 "cos_mean", "fc_val_miou"])
+    return finish("feature_export_precision", {"device": device, "rows": rows, "targets": []}, save, started, info)
+
+
 def run(quick: bool, save: bool = True) -> dict[str, Any]:
     started, info = time.perf_counter(), machine_info()
     device = "cuda" if cuda_available() else "cpu"
@@ -171,6 +304,21 @@ def run(quick: bool, save: bool = True) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from benchmarks._common import apply_threads
+
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--precision", action="store_true")
+    p.add_argument("--size", default="cpu")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-save", action="store_true")
+    args, rest = p.parse_known_args(argv)
+    if args.precision:  # python -m benchmarks.feature_export --precision [--size small | --backbone CKPT]
+        apply_threads(args.threads)
+        run_precision(args.size, args.backbone, save=not args.no_save)
+        return 0
     return standard_main("feature_export", __doc__, run, argv)
 
 

@@ -115,14 +115,22 @@ def _compute_pixels(chunk_size: int, device: str | torch.device, compute_pixels:
     return max(1, want // chunk_size) * chunk_size
 
 
-def _features(model: nn.Module, x: torch.Tensor, wl: torch.Tensor, chunk_size: int, bn_mode: str) -> torch.Tensor:
-    """Features of ``x`` (several BN chunks): the stem per chunk (its BN statistics are the chunk's own in
-    ``chunk`` mode), the transformer on all of them at once (per pixel, so batching changes nothing)."""
-    if not all(hasattr(model, a) for a in ("tokens", "run_blocks", "aggregate")) or x.shape[0] <= chunk_size:
-        return model.features(x, wl)
+def _features(model: nn.Module, x: torch.Tensor, wl: torch.Tensor, chunk_size: int, bn_mode: str,
+              autocast: str, device: str | torch.device) -> torch.Tensor:
+    """Features of ``x`` (one or several BN chunks): the stem per chunk (its BN statistics are the chunk's own
+    in ``chunk`` mode), the transformer on all of them at once (per pixel, so batching changes nothing).
+
+    bf16 autocast covers the transformer only: the stem stays fp32 because its BatchNorm subtracts the
+    chunk mean from conv outputs of raw values, and a bf16 conv output of raw counts (e.g. 3000 +- 50)
+    loses the small differences that remain (docs/performance.md "Feature export").
+    """
+    if not all(hasattr(model, a) for a in ("tokens", "run_blocks", "aggregate")):
+        with autocast_context(device, autocast):
+            return model.features(x, wl).float()
     step = chunk_size if bn_mode == "chunk" else x.shape[0]
     h = torch.cat([model.tokens(x[s : s + step], wl)[0] for s in range(0, x.shape[0], step)])
-    return model.aggregate(model.run_blocks(h)[0])
+    with autocast_context(device, autocast):
+        return model.aggregate(model.run_blocks(h)[0]).float()
 
 
 def export_image(model: nn.Module, image: np.ndarray, wavelengths: np.ndarray, *, bn_mode: str = "chunk",
@@ -146,13 +154,13 @@ def export_image(model: nn.Module, image: np.ndarray, wavelengths: np.ndarray, *
     wl = torch.as_tensor(np.asarray(wavelengths, dtype=np.float32), device=device)
     step = _compute_pixels(chunk_size, device, compute_pixels)
     out: torch.Tensor | None = None
-    with torch.inference_mode(), bn_context(model, bn_mode), autocast_context(device, autocast):
+    with torch.inference_mode(), bn_context(model, bn_mode):
         for start in range(0, h * w, step):
             x = flat[start : start + step].to(device, non_blocking=True)
-            z = _features(model, x, wl, chunk_size, bn_mode)
+            z = _features(model, x, wl, chunk_size, bn_mode, autocast, device)
             if out is None:
                 out = torch.empty((h * w, z.shape[1]), dtype=getattr(torch, dtype), device=device)
-            out[start : start + z.shape[0]] = z.float()
+            out[start : start + z.shape[0]] = z
             if on_chunk is not None:
                 on_chunk(z.shape[0])
     assert out is not None

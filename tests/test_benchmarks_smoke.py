@@ -31,7 +31,7 @@ def one_thread():
 
 
 MODULES = ("orchestration", "throughput", "feature_export", "feature_cache", "early_stopping", "data_loading",
-           "indian_pines_fc",
+           "indian_pines_fc", "gpu",
            "__main__")
 
 
@@ -232,3 +232,32 @@ def test_indian_pines_sign_test() -> None:
 
     assert sign_test_p(5, 5) == 1 / 32 and sign_test_p(3, 3) == 1 / 8 and sign_test_p(0, 4) == 1.0
     assert sign_test_p(4, 5) == 6 / 32
+
+
+def test_gpu_without_cuda_says_so_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import benchmarks.gpu as gpu
+
+    monkeypatch.setattr(gpu, "cuda_available", lambda: False)
+    assert gpu.main([]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "no CUDA" in out
+    rows = [{"strategy": "indomain", "dataset": "hcv2", "precision": "bf16", "images_s": 3.5},
+            {"strategy": "indomain", "dataset": "hcv2", "precision": "fp32", "images_s": 1.0}]
+    assert gpu._demand(rows) == 3.5 and gpu._demand([]) is None
+
+
+def test_feature_export_precision_pieces() -> None:
+    import numpy as np
+
+    from benchmarks.feature_export import fc_val_miou, precision_errors
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(50, 8)).astype(np.float32)
+    e = precision_errors(a, a)
+    assert e["max_abs_err"] == 0 and e["cos_min"] == pytest.approx(1.0)
+    e = precision_errors(a, a * 1.01)
+    assert e["max_rel_err"] == pytest.approx(0.01, rel=1e-3) and e["cos_min"] == pytest.approx(1.0)
+    y = rng.integers(1, 3, size=(2, 5, 5))
+    x = np.eye(4, dtype=np.float32)[y] * 3 + rng.normal(size=(2, 5, 5, 4)).astype(np.float32) * 0.1
+    assert fc_val_miou((x, y), (x, y), 4, 0, steps=100) > 0.9
