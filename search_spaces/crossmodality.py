@@ -20,10 +20,12 @@ from __future__ import annotations
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from search_spaces import WEIGHT_DECAY
+
 SPACE: dict[str, BaseDistribution] = {
     "head_lr": FloatDistribution(1e-4, 1e-2, log=True),
     "backbone_lr": FloatDistribution(1e-6, 1e-4, log=True),
-    "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
+    "weight_decay": WEIGHT_DECAY,
     "freeze_depth": IntDistribution(0, 4),
     "bridge": CategoricalDistribution(["pseudo-rgb", "learned"]),
     "head": CategoricalDistribution(["linear", "decoder"]),

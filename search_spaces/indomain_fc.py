@@ -11,7 +11,14 @@ from __future__ import annotations
 
 from optuna.distributions import BaseDistribution, FloatDistribution
 
+from search_spaces import WEIGHT_DECAY
+
 SPACE: dict[str, BaseDistribution] = {
     "lr": FloatDistribution(1e-5, 1e-2, log=True),
-    "weight_decay": FloatDistribution(1e-6, 1e-1, log=True),
+    "weight_decay": WEIGHT_DECAY,
 }
+
+#: the paper repository's in-domain ``fc`` baseline: Linear(C, K) without BatchNorm, lr 1e-3, 4,096-pixel steps
+#: (§4.1 item 3). Its weight decay is not stated there; 0 is assumed. Loaded batches as HyperSL-FC's.
+PAPER: dict[str, object] = {"lr": 1e-3, "weight_decay": 0.0, "batchnorm": False, "sub_batch": 4096,
+                            "images_per_batch": {"hyko2": 8, "hsidrive": 32, "hcv2": 4}}

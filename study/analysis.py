@@ -113,7 +113,8 @@ def final_rows(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def cell_summary(df: pl.DataFrame, *, n_resamples: int = N_BOOTSTRAP) -> pl.DataFrame:
-    """Per cell: images, subset, seeds, mean/std of the test metrics, bootstrap CI of mean mIoU, best val mIoU."""
+    """Per cell: images, subset, seeds, mean/std of the test metrics, bootstrap CI of mean mIoU, best val mIoU,
+    and, for tuned cells, the published recipe's val mIoU (its enqueued trial) and what tuning added to it."""
     finals = final_rows(df)
     if finals.is_empty():
         return pl.DataFrame(schema={k: df.schema[k] for k in KEYS})
@@ -130,9 +131,13 @@ def cell_summary(df: pl.DataFrame, *, n_resamples: int = N_BOOTSTRAP) -> pl.Data
         pl.Series("test_miou_ci_high", [c[1] for c in cis], dtype=pl.Float64),
         (pl.col("seeds") < 2).alias("ci_degenerate"),
     )
-    trials = df.filter(pl.col("row_kind") == "trial").group_by(KEYS).agg(
-        pl.col("val_miou").max().alias("best_val_miou"))
-    out = out.join(trials, on=KEYS, how="left").sort(KEYS)
+    trial_rows = df.filter(pl.col("row_kind") == "trial")
+    is_recipe = (pl.col("protocol") == "recipe") if "protocol" in df.columns else pl.lit(False)
+    trials = trial_rows.group_by(KEYS).agg(
+        pl.col("val_miou").max().alias("best_val_miou"),
+        pl.col("val_miou").filter(is_recipe).max().alias("recipe_val_miou"))
+    out = out.join(trials, on=KEYS, how="left").sort(KEYS).with_columns(
+        (pl.col("best_val_miou") - pl.col("recipe_val_miou")).alias("tuning_gain"))
     first = [*KEYS, "n_train_images", "subset_hash", "seeds", "test_miou_mean", "test_miou_std", "test_miou_ci_low",
              "test_miou_ci_high", "ci_degenerate"]
     return out.select(first + [c for c in out.columns if c not in first])

@@ -28,7 +28,13 @@ VIT_SIZES = ("tiny", "small", "base", "large")  # study.models.vit.SIZES (not im
 #: Settings added after studies were already being run: left out of ids while at their default, so
 #: re-running an older command still finds its results folder and finished cells.
 _ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
-                                 "max_freeze_depth": None, "tune_seed": 0}
+                                 "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned"}
+PROTOCOLS = ("tuned", "paper")
+#: ``--protocol paper``: the published recipe verbatim (benchmark.md §2.2, §4): up to 500 epochs with patience 30,
+#: frozen backbone, float32 features exported with chunk-mode BatchNorm, the benchmark's seed-42 subsets.
+#: These are forced; a flag that contradicts one is refused rather than silently overridden.
+PAPER_FIXED: dict[str, Any] = {"patience": 30, "max_freeze_depth": 0, "feature_dtype": "float32", "bn_mode": "chunk"}
+PAPER_EPOCHS = 500
 
 #: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out (flat setting names).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -179,6 +185,8 @@ class StudyConfig:
     options: ModelOptions = field(default_factory=ModelOptions)
     runtime: Runtime = field(default_factory=Runtime)
     preset: str = "full"
+    #: "tuned": Optuna + ASHA per cell, starting from the published recipe; "paper": the recipe only, verbatim
+    protocol: str = "tuned"
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -188,8 +196,20 @@ class StudyConfig:
                 get_strategy(s)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "paper":
+            missing = [s for s in self.strategies if get_strategy(s).recipe is None]
+            if missing:
+                raise ConfigError(f"--protocol paper: {', '.join(missing)} has no published recipe to reproduce; "
+                                  "run it with the tuned protocol (the default) or leave it out of --strategy")
         for group in (self.data, self.budget, self.options, self.runtime):
             group.validate()
+
+    @property
+    def subset_method(self) -> str:
+        """How training subsets are drawn: the benchmark's seed-42 prefix under the paper protocol."""
+        return "paper" if self.protocol == "paper" else "cover"
 
     @property
     def needs_features(self) -> bool:
@@ -217,7 +237,7 @@ class StudyConfig:
 
     def settings(self) -> dict[str, Any]:
         """Every setting as one flat JSON-able dict (written to study.json, and hashed into the ids)."""
-        d: dict[str, Any] = {"strategies": list(self.strategies), "preset": self.preset}
+        d: dict[str, Any] = {"strategies": list(self.strategies), "preset": self.preset, "protocol": self.protocol}
         for name in _GROUPS:
             d.update(asdict(getattr(self, name)))
         for k in ("results", "data_root", "cache_dir", "backbone", "rgb_weights"):
@@ -264,11 +284,38 @@ class StudyConfig:
         return f"{self.datasets_label}-{json_digest(self._id_settings(), 10)}"
 
 
-def build_config(preset: str, **given: Any) -> StudyConfig:
-    """A preset plus the settings the user gave explicitly (flat names; None = not given) -> StudyConfig."""
+def _paper_settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``--protocol paper`` fixes; ConfigError for an explicit flag that contradicts one."""
+    for key, value in PAPER_FIXED.items():
+        if given.get(key) is not None and given[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"--protocol paper trains the published recipe verbatim ({key} = {value}); "
+                              f"{flag} {given[key]} contradicts it: drop {flag} or use the tuned protocol")
+    if given.get("trials") not in (None, 1):
+        raise ConfigError("--protocol paper searches nothing (each cell trains the published configuration); "
+                          "drop --trials, or use the tuned protocol")
+    fixed = {**PAPER_FIXED, "trials": 1}
+    if preset == "full" and given.get("epochs") is None:
+        fixed["epochs"] = PAPER_EPOCHS
+    return fixed
+
+
+def build_config(preset: str, protocol: str = "tuned", **given: Any) -> StudyConfig:
+    """A preset plus the settings the user gave explicitly (flat names; None = not given) -> StudyConfig.
+
+    ``protocol="paper"`` fixes what the published recipe fixes (:data:`PAPER_FIXED`); under the tuned protocol
+    a full study on real data (``data_root``) defaults to the paper's 500 epochs, with ASHA stopping weak trials.
+    """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
-    values = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+    given = {k: v for k, v in given.items() if v is not None}
+    values = {**PRESETS[preset], **given}
+    if protocol == "paper":
+        values.update(_paper_settings(preset, given))
+        values.setdefault("grace_period", 1)
+        values["grace_period"] = min(values["grace_period"], values["epochs"])
+    elif preset == "full" and given.get("data_root") is not None and "epochs" not in given:
+        values["epochs"] = PAPER_EPOCHS
     strategies = values.pop("strategies", None)
     groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
     owner = {f.name: name for name, cls in _GROUPS.items() for f in fields(cls)}
@@ -283,4 +330,4 @@ def build_config(preset: str, **given: Any) -> StudyConfig:
     if strategies is None:
         raise ConfigError("no strategy given; valid: all, " + ", ".join(STRATEGIES))
     built = {name: cls(**groups[name]) for name, cls in _GROUPS.items()}
-    return StudyConfig(strategies=tuple(strategies), preset=preset, **built)
+    return StudyConfig(strategies=tuple(strategies), preset=preset, protocol=protocol, **built)

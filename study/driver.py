@@ -166,6 +166,13 @@ def run_cell(
     backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
     if backbone is not None:
         constants.update(backbone.trial_config)
+    recipe = strategy.load_recipe(prep.spec.name) or {}
+    if cfg.protocol == "paper":  # the published configuration verbatim, batch sizes included
+        constants.update(recipe)
+        if "batch_size" in recipe:
+            constants["batch_size"] = min(int(recipe["batch_size"]), len(subset.names))
+    # the tuned protocol tries the recipe first: its searched hyperparameters, the cell's constants
+    first = {k: recipe[k] for k in space} if space and all(k in recipe for k in space) else None
     common = {
         "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
@@ -182,7 +189,9 @@ def run_cell(
             return
         try:
             if trial_key(log.config) not in replay:
-                write_rows(results, trial_rows(log, common), f"{cid}-{log.config.get('phase', 'tune')}")
+                protocol = _protocol_of(cfg, log, first)
+                write_rows(results, trial_rows(log, {**common, "protocol": protocol}),
+                           f"{cid}-{log.config.get('phase', 'tune')}")
             if log.config.get("phase", "tune") == "tune":
                 journal_file.push()
         except ResultsWriteError as exc:  # raised in Tune's callback it would loop; stop the study, raise it once
@@ -190,17 +199,21 @@ def run_cell(
             if (control := progress.control(control_key)) is not None:
                 control.stop.set()
 
-    _fresh_experiment(results, f"{cid}-tune", journal)
-    logs = tune_cell(trainable, space, constants, budget, results.child("tune"),
-                     f"{cid}-tune", journal, label, echo, on_finish=store, control_key=control_key)
-    if write_failed:
-        raise write_failed[0]
-    journal_file.push()
-    _check_complete(logs, budget.trials, "tuning trials", control_key)
-    best = pick_best(logs)
-    chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
-    echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in chosen.items() if k in space))
+    if cfg.protocol == "paper":  # nothing to search: the K seeds of the published configuration
+        chosen = {**constants, "phase": "final"}
+        echo(f"  [{label}] paper recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
+    else:
+        _fresh_experiment(results, f"{cid}-tune", journal)
+        logs = tune_cell(trainable, space, constants, budget, results.child("tune"), f"{cid}-tune", journal, label,
+                         echo, on_finish=store, control_key=control_key, first=first)
+        if write_failed:
+            raise write_failed[0]
+        journal_file.push()
+        _check_complete(logs, budget.trials, "tuning trials", control_key)
+        best = pick_best(logs)
+        chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
+        echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                      for k, v in chosen.items() if k in space))
     results.delete_dir("tune", f"{cid}-final")
     finals = final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo,
                         on_finish=store, control_key=control_key)
@@ -210,6 +223,15 @@ def run_cell(
     failed = [f for f in finals if f.status == "error"]
     if failed:
         raise RuntimeError(f"{len(failed)} of {budget.seeds} final seed(s) failed ({failed[0].error})")
+
+
+def _protocol_of(cfg: StudyConfig, log: TrialLog, first: dict[str, Any] | None) -> str:
+    """The ``protocol`` column of a run: paper, recipe (a tuned cell's enqueued recipe trial) or tuned."""
+    if cfg.protocol == "paper":
+        return "paper"
+    is_recipe = (first is not None and log.config.get("phase", "tune") == "tune"
+                 and all(log.config.get(k) == v for k, v in first.items()))
+    return "recipe" if is_recipe else "tuned"
 
 
 def _check_complete(logs: list[TrialLog], budget: int, what: str, control_key: str | None) -> None:
@@ -326,8 +348,8 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
     if not cells:
         return []
     key = f"{cfg.study_id}-{os.getpid()}-{time.monotonic_ns()}"
-    control = progress.register(progress.StudyControl(
-        key, len(cells), len(cells) * (cfg.budget.trials + cfg.budget.seeds), echo))
+    runs_per_cell = cfg.budget.seeds + (0 if cfg.protocol == "paper" else cfg.budget.trials)
+    control = progress.register(progress.StudyControl(key, len(cells), len(cells) * runs_per_cell, echo))
     stack = contextlib.ExitStack()
     failures: list[str] = []
     try:

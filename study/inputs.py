@@ -78,10 +78,10 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
     """One dataset's subsets (manifests written), backbones (resolved once per study) and features."""
     results = resolve(cfg.runtime.results)
     train = splits["train"]
-    subsets = {f: make_subset(spec.name, train.names, train.classes_present(), f, cfg.data.subset_seed)
-               for f in cfg.data.fractions}
+    subsets = {f: make_subset(spec.name, train.names, train.classes_present(), f, cfg.data.subset_seed,
+                              method=cfg.subset_method) for f in cfg.data.fractions}
     for f, m in subsets.items():
-        results.write_text(f"manifests/{spec.name}-f{f:g}-s{cfg.data.subset_seed}-{m.content_hash}.json", m.to_json())
+        results.write_text(f"manifests/{spec.name}-f{f:g}-s{m.subset_seed}-{m.content_hash}.json", m.to_json())
     kinds = cfg.backbone_kinds()
     backbones = {k: PROVIDERS[k](cfg, spec, echo) for k in PROVIDERS if k in kinds}  # cheap kinds first
     feature_splits = None

@@ -209,8 +209,13 @@ def _dimension(name: str, values: list[float | None], integer: bool = False) -> 
         logs = [math.log10(v) if v and v > 0 else None for v in values]
         finite = [v for v in logs if v is not None]
         ticks = list(range(math.floor(min(finite)), math.ceil(max(finite)) + 1)) if finite else []
+        text = [f"1e{t}" for t in ticks]
+        if any(v == 0 for v in values):  # a searched 0 (e.g. weight decay, the recipes' value): a decade below
+            zero = (ticks[0] - 1) if ticks else 0
+            logs = [zero if v == 0 else lv for v, lv in zip(values, logs, strict=True)]
+            ticks, text = [zero, *ticks], ["0", *text]
         # span whole decades so every tick lies on the axis (a tick outside the range floats above the plot)
-        return dict(label=f"{name} (log)", values=logs, tickvals=ticks, ticktext=[f"1e{t}" for t in ticks],
+        return dict(label=f"{name} (log)", values=logs, tickvals=ticks, ticktext=text,
                     range=[ticks[0], ticks[-1]] if len(ticks) > 1 else None)
     if integer:
         ticks = sorted({int(v) for v in values if v is not None})

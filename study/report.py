@@ -119,19 +119,6 @@ def _slug(*parts: object) -> str:
     return "-".join("".join(ch if ch.isalnum() else "_" for ch in str(p)) for p in parts)
 
 
-def _summary_display(cells: pl.DataFrame) -> pl.DataFrame:
-    return cells.select(
-        "dataset", "strategy", _FRACTION, pl.col("n_train_images").alias("images"),
-        pl.col("subset_hash").alias("subset"), "seeds",
-        pl.format("{} ± {}", (100 * pl.col("test_miou_mean")).round(1),
-                  (100 * pl.col("test_miou_std").fill_null(0)).round(1)).alias("test mIoU % (mean ± sd)"),
-        pl.format("[{}, {}]{}", (100 * pl.col("test_miou_ci_low")).round(1),
-                  (100 * pl.col("test_miou_ci_high")).round(1),
-                  pl.when(pl.col("ci_degenerate")).then(pl.lit(" (1 seed)")).otherwise(pl.lit(""))).alias("95 % CI"),
-        (100 * pl.col("test_oa_mean")).alias("OA %"), (100 * pl.col("test_macc_mean")).alias("mAcc %"),
-        (100 * pl.col("test_macro_f1_mean")).alias("F1 %"), (100 * pl.col("best_val_miou")).alias("best val mIoU %"))
-
-
 def _accounting_display(acc: pl.DataFrame) -> pl.DataFrame:
     return acc.select(
         "dataset", "strategy", _FRACTION, "trials",

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("study")
     g.add_argument("--strategy", default=baseline_strategy(),
                    help=f"'all' or a comma list of: {', '.join(STRATEGIES)} (default: {baseline_strategy()})")
+    g.add_argument("--protocol", default="tuned", choices=["tuned", "paper"],
+                   help="tuned (default): Optuna + ASHA per cell, the published recipe tried first; paper: the "
+                   "published recipe verbatim, no search (<= 500 epochs, patience 30, frozen backbone, float32 "
+                   "features, the benchmark's seed-42 subsets), K seeds per cell; rows say protocol = paper")
     g.add_argument("--results", type=results_arg, default=None,
                    help="results folder, or an object-store URI such as s3://bucket/prefix or gs://bucket/prefix "
                    "(default results/<study id>)")
@@ -105,11 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", type=Path, default=None,
                    help=f"HyperSL checkpoint (released layout or ours), read by {_readers('backbone')}; default: "
                    "the locally pretrained sanity backbone, pretrained on first use and cached")
-    g.add_argument("--bn-mode", default="chunk", choices=["chunk", "running"],
+    g.add_argument("--bn-mode", default=None, choices=["chunk", "running"],
                    help="feature export BatchNorm: chunk = train-mode statistics per pixel chunk (paper), "
                    "running = eval mode")
-    g.add_argument("--feature-dtype", default="float16", choices=["float16", "float32"],
-                   help="storage of cached features (default float16)")
+    g.add_argument("--feature-dtype", default=None, choices=["float16", "float32"],
+                   help="storage of cached features (default float16; float32 under --protocol paper)")
     g.add_argument("--max-freeze-depth", type=int, default=None, metavar="K",
                    help="search freeze depths 0..K only (0: frozen backbones, features cached once); default: each "
                    "strategy's own range, 0 under --smoke/--demo (k > 0 runs the backbone in every training step)")
@@ -214,9 +218,9 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
         max_freeze_depth=args.max_freeze_depth,
     )
-    cfg = build_config(preset, **given, results=args.results or Path("results"))
+    cfg = build_config(preset, args.protocol, **given, results=args.results or Path("results"))
     if args.results is None:  # default folder named by the study id, which the settings above determine
-        cfg = build_config(preset, **given, results=Path("results") / cfg.study_id)
+        cfg = build_config(preset, args.protocol, **given, results=Path("results") / cfg.study_id)
     return cfg
 
 
@@ -292,7 +296,8 @@ def _main(args: argparse.Namespace) -> int:
     b = cfg.budget
     print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {', '.join(cfg.data.datasets)}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.data.fractions)}; {b.trials} trials x <= {b.epochs} epochs per cell, "
-          f"{b.seeds} final seed(s){_model_sizes(cfg)}")
+          f"{b.seeds} final seed(s){_model_sizes(cfg)}"
+          + ("; protocol paper: the published recipe, no search" if cfg.protocol == "paper" else ""))
     check_writable(cfg.runtime.results)  # a file, under a file, read-only, a full disk: one line, before any work
     with results_lock(cfg.runtime.results):  # before anything is written: one writer per results location
         if args.repair:

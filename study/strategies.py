@@ -51,6 +51,9 @@ class Strategy:
     trainable: str  # "module:function"
     search_space: str  # "module:ATTRIBUTE" (a dict of Optuna distributions)
     model_name: str
+    #: "module:ATTRIBUTE": the published recipe (a dict; ``{dataset: value}`` entries depend on the dataset).
+    #: ``--protocol paper`` trains it verbatim; tuned cells try it first. None: no published recipe.
+    recipe: str | None = None
     #: what its trials read: "raw" cubes, or "features" of the frozen HyperSL backbone, exported once per
     #: study and split (study.features) and shared by every trial
     inputs: str = "raw"
@@ -71,6 +74,12 @@ class Strategy:
 
     def load_search_space(self) -> dict[str, Any]:
         return dict(_load(self.search_space))
+
+    def load_recipe(self, dataset: str) -> dict[str, Any] | None:
+        """The published recipe for ``dataset`` (per-dataset entries resolved), or None."""
+        if self.recipe is None:
+            return None
+        return {k: (v[dataset] if isinstance(v, dict) else v) for k, v in _load(self.recipe).items()}
 
     def resources(self, have_gpus: bool) -> dict[str, float]:
         """Per-trial resource request for Ray (GPU share only when the cluster has GPUs)."""
@@ -97,6 +106,7 @@ STRATEGIES: dict[str, Strategy] = {
         description="RU-Net trained from scratch on the raw cube (HS3-Bench baseline)",
         trainable="trainables.indomain:train_indomain",
         search_space="search_spaces.indomain:SPACE",
+        recipe="search_spaces.indomain:PAPER",
         model_name="runet",
         header="RU-Net width {cfg.model_width}",
         color="#1f77b4",
@@ -108,6 +118,7 @@ STRATEGIES: dict[str, Strategy] = {
                     "spectrum as RU-Net input",
         trainable="trainables.crossdomain:train_crossdomain",
         search_space="search_spaces.crossdomain:SPACE",
+        recipe="search_spaces.crossdomain:PAPER",
         model_name="hypersl-runet",
         inputs="features",
         backbone="hypersl",
@@ -120,6 +131,7 @@ STRATEGIES: dict[str, Strategy] = {
         description="HyperSL-FC: BatchNorm1d + Linear on per-pixel HyperSL features (frozen, or last k layers tuned)",
         trainable="trainables.crossdomain_fc:train_crossdomain_fc",
         search_space="search_spaces.crossdomain_fc:SPACE",
+        recipe="search_spaces.crossdomain_fc:PAPER",
         model_name="hypersl-fc",
         inputs="features",
         backbone="hypersl",
@@ -147,6 +159,7 @@ STRATEGIES: dict[str, Strategy] = {
         description="per-pixel BatchNorm1d + Linear on raw spectra (the fair baseline for HyperSL-FC)",
         trainable="trainables.indomain_fc:train_indomain_fc",
         search_space="search_spaces.indomain_fc:SPACE",
+        recipe="search_spaces.indomain_fc:PAPER",
         model_name="fc",
         header="per-pixel FC head",
         color="#9467bd",

@@ -224,14 +224,19 @@ def tune_cell(
     echo: Callable[[str], None] = echo,
     on_finish: Callable[[TrialLog], None] | None = None,
     control_key: str | None = None,
+    first: dict[str, Any] | None = None,
 ) -> list[TrialLog]:
     """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included).
+
+    ``first``: a point of ``space`` tried before anything is sampled (the published recipe), enqueued in
+    Optuna so TPE and ASHA treat it like any other trial.
 
     ``control_key`` names the study's :class:`study.progress.StudyControl`: its stop switch ends the
     search early (the caller then sees fewer logs than the budget) and its progress line counts trials.
     """
     searcher = ASHAAwareOptunaSearch(
-        space=space, metric=METRIC, mode="max", seed=budget.tune_seed, storage=optuna_storage, study_name=name
+        space=space, metric=METRIC, mode="max", seed=budget.tune_seed, storage=optuna_storage, study_name=name,
+        points_to_evaluate=[dict(first)] if first else None,
     )
     scheduler = ASHAScheduler(
         time_attr="training_iteration",

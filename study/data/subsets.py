@@ -15,6 +15,11 @@ The rule, for one ``subset_seed`` (val and test always stay complete):
    ``k = max(1, round(f * N))`` - Python's ``round`` (half to even), as the
    paper's ``train_x_percent`` code does (benchmark.md §4.4).
 
+``method="paper"`` (``--protocol paper``) instead draws exactly as HS3-Bench does
+(benchmark.md §4.4): the first ``k`` of ``torch.randperm(N, generator=
+torch.Generator().manual_seed(42))`` over the sorted names (:func:`paper_order`),
+prefixes of one permutation, so nested too, with no class-cover guarantee.
+
 Why: every fraction is a prefix of one ordering, so subsets are nested (the 5 %
 subset lies inside the 10 % one) and a curve over fractions measures added
 labels, not a re-drawn sample. The cover prefix makes every class of the full
@@ -127,6 +132,7 @@ class SubsetManifest:
     n_total: int
     content_hash: str
     classes_covered: tuple[int, ...]
+    method: str = "cover"  # "cover" (this module's rule) or "paper" (HS3-Bench's seed-42 randperm prefix)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
@@ -144,6 +150,7 @@ class SubsetManifest:
                 n_total=int(d["n_total"]),
                 content_hash=str(d["content_hash"]),
                 classes_covered=tuple(int(c) for c in d["classes_covered"]),
+                method=str(d.get("method", "cover")),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"not a subset manifest ({type(exc).__name__}: {exc})") from None
@@ -162,16 +169,39 @@ class SubsetManifest:
         return atomic_write_text(Path(path), self.to_json())
 
 
+PAPER_SEED = 42
+SUBSET_METHODS = ("cover", "paper")
+
+
+def paper_order(names: Sequence[str]) -> list[str]:
+    """HS3-Bench's draw: ``torch.randperm(N, generator=Generator().manual_seed(42))`` over the sorted names
+    (``random_split`` with that generator takes the same prefix)."""
+    import torch
+
+    ordered = sorted(names)
+    perm = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(PAPER_SEED)).tolist()
+    return [ordered[i] for i in perm]
+
+
 def make_subset(
     dataset: str,
     names: Sequence[str],
     classes_present: Sequence[frozenset[int]],
     fraction: float,
     subset_seed: int,
+    method: str = "cover",
 ) -> SubsetManifest:
-    """The manifest of the first ``subset_size(fraction, N)`` images of :func:`subset_order`."""
+    """The manifest of the first ``subset_size(fraction, N)`` images of :func:`subset_order` (``cover``) or of
+    :func:`paper_order` (``paper``: ``subset_seed`` is then the benchmark's 42)."""
+    if method not in SUBSET_METHODS:
+        raise ValueError(f"subset method must be one of {SUBSET_METHODS}, got {method!r}")
+    _check_inputs(names, classes_present)
     k = subset_size(fraction, len(names))
-    chosen = subset_order(names, classes_present, subset_seed)[:k]
+    if method == "paper":
+        subset_seed = PAPER_SEED
+        chosen = paper_order(names)[:k]
+    else:
+        chosen = subset_order(names, classes_present, subset_seed)[:k]
     classes = dict(zip(names, classes_present, strict=True))
     covered = sorted(set().union(*(classes[n] for n in chosen)))
     return SubsetManifest(
@@ -182,6 +212,7 @@ def make_subset(
         n_total=len(names),
         content_hash=content_hash(dataset, chosen, subset_seed, fraction),
         classes_covered=tuple(int(c) for c in covered),
+        method=method,
     )
 
 
