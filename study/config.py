@@ -25,6 +25,7 @@ from study.strategies import STRATEGIES, get_strategy, strategy_settings
 
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 VIT_SIZES = ("tiny", "small", "base", "large")  # study.models.vit.SIZES (not imported: no torch here)
+RUNET_WIDTHS = ("full", "small", "tiny")  # study.models.runet's named widths (not imported: no torch here)
 #: Settings added after studies were already being run: left out of ids while at their default, so
 #: re-running an older command still finds its results folder and finished cells.
 _ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
@@ -82,6 +83,8 @@ class DataSettings:
         for f in self.fractions:
             if not 0.0 < f <= 1.0:
                 raise ConfigError(f"every fraction must satisfy 0 < f <= 1, got {f}")
+        if self.subset_seed < 0:
+            raise ConfigError(f"--subset-seed must be >= 0, got {self.subset_seed}")
         if self.data_root is not None and not Path(self.data_root).is_dir():
             raise ConfigError(f"--data-root {self.data_root} is not a directory (expected <dataset>_<split>.h5 files)")
 
@@ -110,6 +113,9 @@ class Budget:
                 "lower --grace-period or raise --epochs")
         _at_least("reduction_factor", self.reduction_factor, 2)
         _at_least("batch_size", self.batch_size, 1)
+        _at_least("max_concurrent", self.max_concurrent, 1)
+        _at_least("max_failures", self.max_failures, 0)
+        _at_least("patience", self.patience, 1)
 
 
 @dataclass(frozen=True)
@@ -130,6 +136,10 @@ class ModelOptions:
     max_freeze_depth: int | None = None
 
     def validate(self) -> None:
+        if isinstance(self.width, bool) or (isinstance(self.width, int) and self.width < 1) or (
+                isinstance(self.width, str) and self.width not in RUNET_WIDTHS):
+            raise ConfigError(f"--width must be one of {', '.join(RUNET_WIDTHS)} or an integer >= 1 (base channels), "
+                              f"got {self.width!r}")
         if self.bn_mode not in ("chunk", "running"):
             raise ConfigError(f"--bn-mode must be chunk or running, got {self.bn_mode!r}")
         if self.feature_dtype not in ("float16", "float32"):
@@ -164,6 +174,7 @@ class Runtime:
 
     def validate(self) -> None:
         _at_least("max_concurrent_cells", self.max_concurrent_cells, 1)
+        _at_least("num_cpus", self.num_cpus, 1)
         check_results_text(self.results)  # URI syntax only; reaching the store is checked before training
         if self.gpus not in ("auto", "on", "off"):
             raise ConfigError(f"--gpus must be auto, on or off, got {self.gpus!r}")

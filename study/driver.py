@@ -340,7 +340,11 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
                                "data_root": {n: str(p.data_root) for n, p in preps.items()},
                                "strategy_settings": strategy_settings(results, cfg)})
     gpus = cfg.runtime.gpus
-    have_gpu = gpus == "on" or (gpus == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    cluster_gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus == "on" and not cluster_gpus and not (cfg.runtime.address or os.environ.get("RAY_ADDRESS")):
+        raise HsiStudyError("--gpus on, but this local Ray has no GPU: every trial would wait for one forever; use "
+                            "--gpus auto (or off) here, or --address of a cluster that has or can start GPU workers")
+    have_gpu = gpus == "on" or (gpus == "auto" and cluster_gpus > 0)
     if gpus == "auto" and not have_gpu and cfg.runtime.address:
         echo("note: no GPU in the cluster yet, trials request CPU only; use --gpus on to make an autoscaling "
              "cluster start GPU workers")
@@ -376,8 +380,10 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
                 control.update(force=True, cells_running=-1, cells_done=+1)
 
         workers = cfg.runtime.max_concurrent_cells or len(cells)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cell") as pool:
+        requests = {s.name: s.resources(have_gpu) for s in {c[1].name: c[1] for c in cells}.values()}
+        with ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="cell") as pool:
             futures = [pool.submit(one, cell) for cell in cells]
+            pool.submit(_watch_for_stall, control, requests, stall_seconds())
             try:
                 for fut in as_completed(futures):
                     fut.result()
@@ -389,9 +395,37 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
                 wait(futures)
                 raise
     finally:
+        control.stop.set()  # ends the stall watchdog
         progress.unregister(key)
         stack.close()
+    if control.error:
+        raise HsiStudyError(control.error)
     return failures
+
+
+def stall_seconds() -> float:
+    """How long a study may sit with cells waiting and no trial running before it gives up (default 15 min:
+    long enough for an autoscaler to start a GPU node)."""
+    return float(os.environ.get("HSISTUDY_STALL_S", 900))
+
+
+def _watch_for_stall(control: progress.StudyControl, requests: dict[str, dict[str, float]], limit: float) -> None:
+    """Stop a study that cannot make progress: cells waiting, no trial placed for ``limit`` seconds."""
+    import ray
+
+    while not control.stop.wait(min(15.0, limit / 4)):
+        if control.cells_done >= control.cells_total:
+            return
+        idle = time.monotonic() - control.last_event
+        if control.trials_running == 0 and control.cells_running > 0 and idle >= limit:
+            have = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            want = ", ".join(f"{s}: {r}" for s, r in requests.items())
+            control.error = (f"no trial could be placed on the cluster for {idle / 60:.0f} min: trials request "
+                             f"({want}) but the cluster offers {have or 'nothing'}; start nodes with those "
+                             "resources, or lower the request (--gpus off for CPU-only trials)")
+            control.echo(f"stopping: {control.error}")
+            control.stop.set()
+            return
 
 
 @contextlib.contextmanager

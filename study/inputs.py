@@ -21,6 +21,7 @@ from study.data.generator import default_cache_dir, ensure_default_dataset
 from study.data.h5reader import H5Split, validate_dataset
 from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
+from study.errors import DataValidationError
 from study.storage import resolve
 from study.tuning import echo as default_echo
 
@@ -77,10 +78,17 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
                     echo: Callable[[str], None] = default_echo) -> Prepared:
     """One dataset's subsets (manifests written), backbones (resolved once per study) and features."""
     results = resolve(cfg.runtime.results)
+    check_trainable(spec, splits)
     train = splits["train"]
     subsets = {f: make_subset(spec.name, train.names, train.classes_present(), f, cfg.data.subset_seed,
                               method=cfg.subset_method) for f in cfg.data.fractions}
     for f, m in subsets.items():
+        if not m.classes_covered:
+            raise DataValidationError(
+                f"{splits['train'].path}: the {f:g} training subset ({len(m.names)} image(s): "
+                f"{', '.join(m.names[:3])}{' ...' if len(m.names) > 3 else ''}) has no labelled pixel (all are the "
+                f"ignore id {spec.ignore_index}); training on it would measure nothing. Raise that fraction or "
+                "drop it from --fractions")
         results.write_text(f"manifests/{spec.name}-f{f:g}-s{m.subset_seed}-{m.content_hash}.json", m.to_json())
     kinds = cfg.backbone_kinds()
     backbones = {k: PROVIDERS[k](cfg, spec, echo) for k in PROVIDERS if k in kinds}  # cheap kinds first
@@ -88,6 +96,21 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
     if cfg.needs_features:
         feature_splits = export_features(cfg, spec, root, backbones["hypersl"], echo)
     return Prepared(spec, root, source, splits, subsets, feature_splits, backbones)
+
+
+def check_trainable(spec: DatasetSpec, splits: dict[str, H5Split]) -> None:
+    """Every split has labelled pixels, and every sample of a split has the same H x W (whole images are
+    batched). Found here, before Ray starts, not in the middle of a cell."""
+    for name, split in splits.items():
+        if not any(split.classes_present()):
+            raise DataValidationError(f"{split.path}: no labelled pixel in the {name} split (every pixel is the "
+                                      f"ignore id {spec.ignore_index}); it can be neither trained on nor evaluated")
+        sizes = dict(zip(split.shapes, split.names, strict=True))
+        if len(sizes) > 1:
+            (a, na), (b, nb) = list(sizes.items())[:2]
+            raise DataValidationError(f"{split.path}: samples differ in size ({na}: {a[0]}x{a[1]}, {nb}: "
+                                      f"{b[0]}x{b[1]}); every image of a split must have one H x W (resize the "
+                                      "odd ones when converting, e.g. with python -m study.prepare)")
 
 
 def resolve_rgb_vit(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], None]) -> ResolvedBackbone:

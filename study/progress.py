@@ -38,6 +38,8 @@ class StudyControl:
     cells_running: int = 0
     trials_done: int = 0
     trials_running: int = 0
+    last_event: float = field(default_factory=time.monotonic)  # a trial started or ended (the stall watchdog)
+    error: str | None = None  # why the study stopped itself (a stall), raised by the driver once all cells ended
     _last: float = 0.0
 
     def update(self, force: bool = False, **delta: int) -> None:
@@ -46,6 +48,8 @@ class StudyControl:
             for name, d in delta.items():
                 setattr(self, name, getattr(self, name) + d)
             now = time.monotonic()
+            if delta.get("trials_running") or delta.get("trials_done"):
+                self.last_event = now
             if not force and now - self._last < PROGRESS_EVERY_S:
                 return
             self._last = now

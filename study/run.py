@@ -198,7 +198,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         raise ConfigError(str(exc)) from None
     datasets = parse_datasets(args.dataset)
     width = args.width
-    if width is not None and width.isdigit():
+    if width is not None and width.strip().lstrip("-").isdigit():
         width = int(width)
     grace = args.grace_period
     if grace is None and args.epochs is not None:  # a short --epochs shrinks the preset's grace period
@@ -206,7 +206,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     given = dict(
         strategies=strategies,
         dataset=datasets,
-        fractions=parse_fractions(args.fractions) if args.fractions else None,
+        fractions=parse_fractions(args.fractions) if args.fractions is not None else None,
         trials=args.trials, epochs=args.epochs, seeds=args.seeds, subset_seed=args.subset_seed,
         grace_period=grace, reduction_factor=args.reduction_factor, patience=args.patience,
         width=width, batch_size=args.batch_size, data_root=args.data_root, cache_dir=args.cache_dir,

@@ -20,6 +20,7 @@ in the config wraps the model in ``torch.compile``. CPU stays fp32.
 from __future__ import annotations
 
 import io
+import math
 import os
 import tempfile
 import time
@@ -320,6 +321,9 @@ def fit(
             _sync(device)
             t0 = time.perf_counter()
             train_loss = epoch_fn(net, opt, loss_fn, streams.train, gen, device)
+            if not math.isfinite(train_loss):  # no step was taken: training on nothing is a failure, not a result
+                raise FloatingPointError(f"epoch {epoch} took no training step (training loss {train_loss}): the "
+                                         "training subset has no labelled pixel; trial failed")
             val = eval_fn(net, streams.val, spec, device, settings)
             _sync(device)
             device_s += time.perf_counter() - t0

@@ -1,0 +1,149 @@
+"""No wrong number with exit 0: bad flags, empty labels, stalls and Ctrl+C all end the run, clearly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from study.results import read_store
+from study.run import main
+
+SMOKE = ["--strategy", "indomain", "--smoke"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--width", "abc"], "--width must be one of full, small, tiny or an integer >= 1"),
+    (["--width", "0"], "--width must be one of"),
+    (["--num-cpus", "0"], "--num-cpus must be >= 1"),
+    (["--max-concurrent", "0"], "--max-concurrent must be >= 1"),
+    (["--max-concurrent-cells", "0"], "--max-concurrent-cells must be >= 1"),
+    (["--max-failures", "-2"], "--max-failures must be >= 0"),
+    (["--fractions", ""], "--fractions is empty"),
+    (["--subset-seed", "-1"], "--subset-seed must be >= 0"),
+    (["--patience", "0"], "--patience must be >= 1"),
+])
+def test_every_bad_flag_is_one_line_before_ray_starts(argv, needle, capsys, monkeypatch, tmp_path) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda **_: pytest.fail("Ray started for a bad flag"))
+    assert main([*SMOKE, "--results", str(tmp_path / "r"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _copy_with_labels(src: Path, dst: Path, ignore: int, splits: tuple[str, ...] = ("train",)) -> Path:
+    """A copy of the tiny HyKo2-like set whose ``splits`` are all ignore-labelled."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for split in splits:
+        with h5py.File(dst / f"hyko2_{split}.h5", "r+") as fh:
+            for name in fh:
+                if isinstance(fh[name], h5py.Group):
+                    fh[name]["labels"][...] = np.full(fh[name]["labels"].shape, ignore, fh[name]["labels"].dtype)
+    return dst
+
+
+def test_an_all_ignore_training_split_stops_before_ray(tiny_root: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import ray
+
+    from study.data.specs import get_spec
+
+    monkeypatch.setattr(ray, "init", lambda **_: pytest.fail("Ray started on data without labels"))
+    root = _copy_with_labels(tiny_root, tmp_path / "data", get_spec("hyko2").ignore_index)
+    assert main([*SMOKE, "--data-root", str(root), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no labelled pixel in the train split" in err and err.count("\n") == 1
+
+
+def test_a_nan_training_loss_fails_the_trial_never_completes_it() -> None:
+    """Training on nothing (every batch all-ignore) raises instead of reporting a trial with test metrics."""
+    from study.data.bundle import DataBundle, SplitArrays
+    from study.data.specs import get_spec
+    from study.data.subsets import make_subset
+    from trainables.indomain import train_indomain
+
+    spec = get_spec("hyko2")
+    rng = np.random.default_rng(0)
+    images = rng.random((2, 32, 32, spec.n_bands), dtype=np.float32)
+    empty = np.full((2, 32, 32), spec.ignore_index, np.int64)
+    labels = rng.integers(0, spec.n_classes - 1, (2, 32, 32))
+    names = ("a", "b")
+    train, val = SplitArrays(images, empty, names), SplitArrays(images, labels, names)
+    subset = make_subset("hyko2", list(names), [frozenset({1})] * 2, 1.0, 0)
+    data = DataBundle(dataset="hyko2", train=train, val=val, test=val, wavelengths=np.asarray(spec.wavelengths),
+                      subset=subset, source="test")
+    config = dict(lr=1e-3, weight_decay=0.0, dropout=0.0, max_epochs=2, batch_size=2, width="tiny", seed=0,
+                  num_threads=1)
+    seen: list[dict] = []
+    with pytest.raises(FloatingPointError, match="no labelled pixel"):
+        train_indomain(config, data, report=lambda m, **_: seen.append(m), get_checkpoint=lambda: None)
+    assert seen == []
+
+
+def test_a_study_that_cannot_place_any_trial_stops_and_names_the_resource(ray_session, tiny_root: Path,
+                                                                          tmp_path: Path, capsys,
+                                                                          monkeypatch) -> None:
+    monkeypatch.setenv("HSISTUDY_STALL_S", "4")
+    rc = main([*SMOKE, "--data-root", str(tiny_root), "--results", str(tmp_path / "r"), "--fractions", "1.0",
+               "--gpus", "on", "--address", "auto"])  # the session's Ray has no GPU: nothing can be placed
+    err = capsys.readouterr().err
+    assert rc == 2 and "no trial could be placed" in err and "'gpu': 1.0" in err and "GPU" not in err.split(
+        "offers")[1].split(";")[0]
+
+
+def test_gpus_on_without_any_gpu_on_a_local_ray_is_refused(ray_session, tiny_root: Path, tmp_path: Path,
+                                                           capsys, monkeypatch) -> None:
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    rc = main([*SMOKE, "--data-root", str(tiny_root), "--results", str(tmp_path / "r"), "--gpus", "on"])
+    assert rc == 2 and "--gpus on, but this local Ray has no GPU" in capsys.readouterr().err
+
+
+def _interrupt_and_resume(tiny_root: Path, tmp_path: Path, marker: str) -> None:
+    """Ctrl+C (SIGINT to the process group) once ``marker`` is printed; the run must exit non-zero with the
+    resume hint, store no unfinished cell as finished, and a re-run must equal an uninterrupted run."""
+    from test_resume import ARGS, comparable
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "study.run", *ARGS, "--data-root", str(tiny_root), "--num-cpus", "2"]
+    clean, hit = tmp_path / "clean", tmp_path / "hit"
+    subprocess.run([*base, "--results", str(clean)], env=env, check=True, capture_output=True, timeout=600)
+    proc = subprocess.Popen([*base, "--results", str(hit)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(marker in ln for ln in lines):
+        time.sleep(0.05)
+    assert proc.poll() is None, "".join(lines)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) != 0, "".join(lines)
+    time.sleep(1)
+    text = "".join(lines)
+    assert "re-run the same command to continue" in text
+    finals = read_store(hit).filter(read_store(hit)["row_kind"] == "final") if (hit / "rows").exists() else None
+    if finals is not None:  # a cell with fewer than its 2 final seeds is not finished
+        for _cell, group in finals.group_by("cell_id"):
+            assert group.height <= 2
+    rerun = subprocess.run([*base, "--results", str(hit)], env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert comparable(hit).equals(comparable(clean))
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_tuning_then_rerun_equals_an_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> None:
+    _interrupt_and_resume(tiny_root, tmp_path, "tune] trial 1/")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_final_runs_then_rerun_equals_an_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> None:
+    _interrupt_and_resume(tiny_root, tmp_path, "final] trial 1/")
