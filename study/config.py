@@ -171,6 +171,9 @@ class Runtime:
     dashboard_host: str = "127.0.0.1"
     #: cells in flight at once (each its own Tuner in a driver thread); None: every pending cell
     max_concurrent_cells: int | None = None
+    #: copy a study's input files once per node to this fast local folder before its first trial there
+    stage_data: Path | None = None
+    compile: bool = False  # torch.compile the model in every trial (opt-in: it pays only for long GPU runs)
 
     def validate(self) -> None:
         _at_least("max_concurrent_cells", self.max_concurrent_cells, 1)
@@ -183,7 +186,8 @@ class Runtime:
 _GROUPS = {"data": DataSettings, "budget": Budget, "options": ModelOptions, "runtime": Runtime}
 #: Runtime settings left out of ids. gpus and the dashboard settings stay in them, as they always were, so that
 #: ids (and finished cells) of existing stores stay valid.
-_PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus", "max_concurrent_cells"})
+_PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus", "max_concurrent_cells", "stage_data",
+                        "compile"})
 
 
 @dataclass(frozen=True)
@@ -251,7 +255,7 @@ class StudyConfig:
         d: dict[str, Any] = {"strategies": list(self.strategies), "preset": self.preset, "protocol": self.protocol}
         for name in _GROUPS:
             d.update(asdict(getattr(self, name)))
-        for k in ("results", "data_root", "cache_dir", "backbone", "rgb_weights"):
+        for k in ("results", "data_root", "cache_dir", "backbone", "rgb_weights", "stage_data"):
             d[k] = str(d[k]) if d[k] else None
         d["fractions"] = list(self.data.fractions)
         # one dataset is written as a name, as it always was (so ids of one-dataset studies stay as they were)

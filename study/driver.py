@@ -90,6 +90,9 @@ def _constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, cid: str, cpus
         "seed": 0,
         "final": False,
         "num_threads": max(1, int(cpus)),
+        # runtime options enter a config only when set, so that trial keys (resume) stay as they were
+        **({"compile": True} if cfg.runtime.compile else {}),
+        **({"stage_dir": str(cfg.runtime.stage_data)} if cfg.runtime.stage_data else {}),
     }
 
 

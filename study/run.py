@@ -137,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "cluster (default: every pending cell; --demo: 1, which keeps its numbers deterministic)")
     g.add_argument("--max-failures", type=int, default=None,
                    help="retries of a failing trial, from its last checkpoint (default 3)")
+    g.add_argument("--stage-data", type=Path, default=None, metavar="DIR",
+                   help="copy the study's input files (data, features, weights) once per node to this local "
+                   "folder before the node's first trial (checked by size and hash, shared by the node's trials): "
+                   "use it when --data-root is on NFS/EFS, where reading HDF5 per batch is slow")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile every trial's model (opt-in: compile time pays off only in long GPU runs)")
     g.add_argument("--dashboard", action="store_true",
                    help="start the local Ray dashboard (needs ray[default]); bound to --dashboard-host")
     g.add_argument("--dashboard-host", default="127.0.0.1",
@@ -212,7 +218,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         width=width, batch_size=args.batch_size, data_root=args.data_root, cache_dir=args.cache_dir,
         synthetic=_synthetic(args, preset), address=args.address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
-        max_concurrent_cells=args.max_concurrent_cells,
+        max_concurrent_cells=args.max_concurrent_cells, stage_data=args.stage_data, compile=args.compile or None,
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
