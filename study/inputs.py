@@ -10,6 +10,7 @@ same way for every kind), never tensors.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,8 +182,10 @@ def export_features(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: R
     cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else default_cache_dir()
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # on a cluster the export is spread over it (one Ray task per image shard, each on a GPU where there is one)
+    cluster = bool(cfg.runtime.address or os.environ.get("RAY_ADDRESS"))
     folder = ensure_features(cache, backbone.path, root, spec.name, bn_mode=cfg.options.bn_mode,
-                             dtype=cfg.options.feature_dtype, device=device, progress=True)
+                             dtype=cfg.options.feature_dtype, device=device, progress=True, cluster=cluster)
     echo(f"features: {folder} (bn mode {cfg.options.bn_mode}, {cfg.options.feature_dtype}; "
          f"{time.perf_counter() - t0:.1f} s)")
     return validate_dataset(folder, spec)

@@ -309,6 +309,8 @@ def _main(args: argparse.Namespace) -> int:
         if args.repair:
             for moved in quarantine_corrupt_parts(cfg.runtime.results):
                 print(f"unreadable part moved to {moved}; its trial is trained again")
+        if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
+            init_ray(cfg)  # a running cluster: connecting is cheap, and the feature export runs on it
         preps = prepare(cfg)
         init_ray(cfg)
         failures = run_study(cfg, preps)
