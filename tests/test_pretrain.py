@@ -254,3 +254,32 @@ def test_cli_time_limit_exits_3_and_the_same_command_continues(tmp_path: Path,
     assert pt.main(argv) == 0 and json.loads((tmp_path / "t.card.json").read_text())["resumed_at_step"] == 1
     assert not pt.resume_path(tmp_path / "t.pt").exists()
     assert pt.main([*argv, "--save-every", "-1"]) == 2
+
+
+def test_the_packaged_default_backbone_matches_todays_recipe() -> None:
+    """A recipe change without re-made package data fails here: run python scripts/make_default_backbone.py."""
+    from study.pretraining.cache import backbone_path, packaged_checkpoint
+    from study.pretraining.config import default_config
+
+    name = backbone_path("/unused", default_config("cpu")).name
+    assert packaged_checkpoint(name) is not None, (
+        f"study/pretraining/packaged/ has no checkpoint {name} whose sha256 matches its card; the default "
+        "pretraining recipe changed: re-make it with python scripts/make_default_backbone.py")
+
+
+def test_a_first_study_copies_the_packaged_backbone_instead_of_pretraining(tmp_path, monkeypatch) -> None:
+    import study.pretraining.cache as cache
+    from study.models.checkpoints import load_hypersl
+    from study.pretraining.config import default_config
+
+    monkeypatch.setattr(cache, "pretrain", lambda *a, **k: pytest.fail("pretrained although a packaged copy exists"))
+    path = cache.ensure_default_backbone(cache_dir=tmp_path, config=default_config("cpu"), progress=False)
+    assert path.is_file() and path.with_name(path.stem + ".card.json").is_file()
+    assert path.read_bytes() == (cache.PACKAGED / path.name).read_bytes()
+    load_hypersl(path)  # a real checkpoint in the released layout
+    # a copy whose bytes do not match its card is never used
+    monkeypatch.setattr(cache, "PACKAGED", tmp_path / "fake")
+    (tmp_path / "fake").mkdir()
+    (tmp_path / "fake" / path.name).write_bytes(b"not a checkpoint")
+    (tmp_path / "fake" / path.with_name(path.stem + ".card.json").name).write_text('{"sha256": "00"}')
+    assert cache.packaged_checkpoint(path.name) is None

@@ -3,10 +3,20 @@
 Why a cache: the driver, the feature exporter and every worker ask for "the
 default backbone"; the first asker pretrains it under a file lock, the rest wait
 for and reuse the checkpoint, keyed by :func:`~study.pretraining.config.settings_hash`.
+
+Why a packaged copy: the default (``cpu``) backbone's checkpoint ships in
+``study/pretraining/packaged/`` with its card, made by
+``python scripts/make_default_backbone.py`` (the same pretraining, one thread).
+A first study copies it into the cache after checking its sha256 against the
+card, instead of pretraining for minutes; a recipe change changes the settings
+hash, so a stale packaged file is never used (and ``tests/test_pretrain.py``
+fails until it is re-made).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -15,6 +25,7 @@ import torch
 from study.filelock import file_lock
 from study.pretraining.config import PretrainConfig, default_config, settings_hash
 from study.pretraining.loop import pretrain, resume_path
+from study.storage import atomic_write_bytes
 
 
 def backbone_path(cache_dir: str | Path | None, config: PretrainConfig) -> Path:
@@ -23,6 +34,35 @@ def backbone_path(cache_dir: str | Path | None, config: PretrainConfig) -> Path:
 
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return root / "backbones" / f"hypersl-{config.size}-{settings_hash(config)}.pt"
+
+
+PACKAGED = Path(__file__).resolve().parent / "packaged"
+
+
+def packaged_checkpoint(name: str) -> Path | None:
+    """The packaged checkpoint of that cache name whose bytes match its card's sha256, else None."""
+    src, card = PACKAGED / name, PACKAGED / (Path(name).stem + ".card.json")
+    if not (src.is_file() and card.is_file()):
+        return None
+    try:
+        expected = json.loads(card.read_text())["sha256"]
+    except (ValueError, KeyError):
+        return None
+    return src if hashlib.sha256(src.read_bytes()).hexdigest() == expected else None
+
+
+def _copy_packaged(path: Path, progress: bool) -> bool:
+    """Copy the packaged checkpoint (and its cards) for ``path``'s settings into the cache; False if none."""
+    src = packaged_checkpoint(path.name)
+    if src is None:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for f in sorted(PACKAGED.glob(Path(path.name).stem + ".*")):
+        atomic_write_bytes(path.parent / f.name, f.read_bytes())
+    if progress:
+        print(f"[hsistudy] default HyperSL backbone: the packaged checkpoint {src.name} (sha256 checked) -> {path}",
+              file=sys.stderr, flush=True)
+    return True
 
 
 def ensure_default_backbone(cache_dir: str | Path | None = None, size: str = "cpu",
@@ -45,6 +85,8 @@ def ensure_default_backbone(cache_dir: str | Path | None = None, size: str = "cp
     with file_lock(path.with_name(f".{path.name}.lock")):
         if force:
             resume_path(path).unlink(missing_ok=True)
+        elif not (path.is_file() and card.is_file()) and _copy_packaged(path, progress):
+            return path
         if force or not (path.is_file() and card.is_file()):
             if progress:
                 print(f"[hsistudy] pretraining the HyperSL {config.size} backbone ({config.steps} steps) -> {path}",
