@@ -19,6 +19,10 @@ What differs between the two kinds, and why:
 - **The one-writer lock.** ``fcntl`` locks do not exist on object stores; :func:`lease` writes a lease
   object instead (see its docstring for what it can and cannot promise).
 
+The lease lives in :mod:`study.storage_lease`, the checks before any work (:func:`check_writable`,
+:func:`check_output_file`) and the one-line write errors (:func:`write_failure`) in
+:mod:`study.storage_checks`; both are re-exported here, so callers import everything from this module.
+
 Credentials come from the usual places of each store (for S3: ``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, an instance role; for GCS: ``GOOGLE_APPLICATION_CREDENTIALS``
 or the VM's service account), never from the URI.
@@ -27,26 +31,33 @@ or the VM's service account), never from the URI.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
-import json
 import os
 import re
 import shutil
-import socket
-import sys
 import tempfile
 import threading
-import time
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from study.errors import ConfigError, HsiStudyError, ResultsWriteError
+from study.errors import ConfigError, ResultsWriteError
+
+# re-exported (`x as x`): the checks and the lease live in their own modules, callers import them from here
+from study.storage_checks import _PROBE as _PROBE
+from study.storage_checks import LOW_SPACE_BYTES as LOW_SPACE_BYTES
+from study.storage_checks import _first_line
+from study.storage_checks import check_output_file as check_output_file
+from study.storage_checks import check_writable as check_writable
+from study.storage_checks import write_failure as write_failure
+from study.storage_lease import LEASE as LEASE
+from study.storage_lease import LEASE_RENEW_S as LEASE_RENEW_S
+from study.storage_lease import LEASE_SETTLE_S as LEASE_SETTLE_S
+from study.storage_lease import LEASE_TTL_S as LEASE_TTL_S
+from study.storage_lease import _read_lease as _read_lease
+from study.storage_lease import lease as lease
 
 #: What ``--results`` accepts, for error messages.
 ACCEPTED = "a local path, file:///path, s3://bucket/prefix or gs://bucket/prefix"
@@ -76,11 +87,6 @@ def check_results_text(results: str | Path) -> None:
     bucket = m["rest"].split("?", 1)[0].split("/", 1)[0]
     if m["scheme"].lower() in ("s3", "gs", "gcs") and not bucket:
         raise ConfigError(f"results location {text}: the bucket name is missing; expected {m['scheme']}://BUCKET/prefix")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0][:300] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True, eq=False)
@@ -241,126 +247,6 @@ def atomic_write_text(path: Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-_NO_PERMISSION = {errno.EACCES, errno.EPERM, errno.EROFS}
-#: free space below which :func:`check_writable` warns (a study writes parts, checkpoints and the journal)
-LOW_SPACE_BYTES = 256 * 2**20
-_PROBE = ".write-probe-"
-
-
-def _blocking_file(path: Path) -> Path | None:
-    """The first existing ancestor of ``path`` (or ``path``'s parent chain) that is a file, not a folder."""
-    for p in [path, *path.parents]:
-        if p.exists() or p.is_symlink():
-            return None if p.is_dir() else p
-    return None
-
-
-def write_failure(target: str, exc: OSError, *, local: bool = True, flag: str | None = "") -> ResultsWriteError:
-    """An OSError of a write to ``target`` -> one :class:`ResultsWriteError` with the cause and the fix.
-
-    ``flag`` (e.g. ``--results``) is named in the fix when the user can simply choose another place;
-    None when they cannot (a study's own store: moving elsewhere would start the study again).
-    """
-    elsewhere = "" if flag is None else f" or give {flag} another location" if flag else " or write somewhere else"
-    code = getattr(exc, "errno", None)
-    if not local and code is None:  # object stores: pyarrow's message ("AWS Error ACCESS_DENIED ...")
-        cause = _first_line(exc)
-        fix = f"check that these credentials may write there (and the bucket exists){elsewhere}"
-    elif code in _NO_SPACE:
-        cause = "no space left on the device (or the disk quota is used up)"
-        fix = f"free space on that disk (df -h {Path(target).parent}){elsewhere}"
-    elif code in _NO_PERMISSION:
-        folder = Path(target).parent if not Path(target).is_dir() else Path(target)
-        cause = "read-only file system" if code == errno.EROFS else "permission denied"
-        fix = f"make {folder} writable (e.g. chmod u+w {folder}; remount a read-only disk read-write){elsewhere}"
-    elif code in (errno.ENOTDIR, errno.EEXIST) and (blocker := _blocking_file(Path(target).parent)):
-        cause = f"{blocker} is a file, not a folder"
-        fix = f"move that file away{elsewhere}"
-    elif code == errno.EISDIR or Path(target).is_dir():
-        cause = "it is a folder"
-        fix = f"give a file path (e.g. {Path(target) / 'report.html'}){elsewhere}" if flag else \
-            f"move that folder away{elsewhere}"
-    else:
-        cause = (exc.strerror or _first_line(exc)) if isinstance(exc, OSError) else _first_line(exc)
-        fix = f"fix the location{elsewhere}"
-    return ResultsWriteError(f"cannot write {target}: {cause}; {fix}", str(target), code)
-
-
-def _probe_folder(folder: Path, shown: str, flag: str) -> None:
-    """Write + delete a small probe file in ``folder`` (fsync'd, so a full disk shows); leaves nothing behind.
-
-    Folders that do not exist yet are created for the probe and removed again, so a run refused later
-    (bad data, bad flags) leaves the file system as it was.
-    """
-    blocker = _blocking_file(folder)
-    if blocker is not None:
-        what = "is a file" if blocker == folder else f"lies under {blocker}, which is a file"
-        raise ResultsWriteError(f"{flag} {shown}: {what}, not a folder; move {blocker} away or give {flag} "
-                                "another folder", str(blocker), errno.ENOTDIR)
-    created = [p for p in [folder, *folder.parents] if not p.exists()]  # deepest first
-    probe = folder / f"{_PROBE}{uuid.uuid4().hex[:8]}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, b"\0" * 4096)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        err = write_failure(str(probe), exc, flag=flag)
-        raise ResultsWriteError(str(err).replace(f"cannot write {probe}", f"{flag} {shown}: cannot write files in "
-                                                 f"{folder}"), str(folder), err.errno) from None
-    finally:
-        with contextlib.suppress(OSError):
-            probe.unlink()
-        for p in created:
-            with contextlib.suppress(OSError):
-                p.rmdir()
-
-
-def check_writable(results: str | Path | Location, subdirs: tuple[str, ...] = ("rows",),
-                   flag: str = "--results") -> Location:
-    """Fail before any work if the results location cannot be written; returns the resolved Location.
-
-    Why: a results path that is a file, lies under a file, is read-only or on a full disk used to be
-    found only when the first trial finished (minutes or hours later), as a wall of tracebacks. Here
-    a probe file is created and removed in the folder and in each of ``subdirs`` (folders made for the
-    probe are removed again); on an object store a probe object is written to and deleted from ``rows/``. Raises
-    :class:`ResultsWriteError` naming the path and the fix; warns on stderr when little space is left.
-    """
-    loc = open_results(results)
-    if loc.is_local:
-        root = loc.local()
-        for sub in ("", *subdirs):
-            _probe_folder(root / sub if sub else root, loc.show(sub) if sub else loc.show(), flag)
-        with contextlib.suppress(OSError):
-            free = shutil.disk_usage(root).free
-            if free < LOW_SPACE_BYTES:
-                print(f"warning: only {free / 2**20:.0f} MiB free on the disk of {loc.show()}; a study that "
-                      "fills it stops with the trials stored so far kept", file=sys.stderr)
-        return loc
-    rel = f"{subdirs[0] if subdirs else ''}/{_PROBE}{uuid.uuid4().hex[:8]}".lstrip("/")
-    loc.write_bytes(rel, b"probe")  # ResultsWriteError names the location, the cause and the fix
-    with contextlib.suppress(OSError):
-        loc.delete_file(rel)
-    return loc
-
-
-def check_output_file(target: str | Path, flag: str, example: str = "out.html") -> None:
-    """Fail before any work if the output file ``target`` could not be written later.
-
-    Refuses a folder (``--out results/``), a path under a file, and a folder that is read-only or on a
-    full disk (probe file). Object-store URIs are not probed here: their write errors are one line too.
-    """
-    if is_uri(target):
-        return
-    path = Path(target)
-    if path.is_dir():
-        raise ResultsWriteError(f"{flag} {path}: is a folder; give a file path (e.g. {path / example})",
-                                str(path), errno.EISDIR)
-    _probe_folder(path.parent, str(path.parent), flag)
 
 
 def resolve(results: str | Path | Location) -> Location:
@@ -480,107 +366,3 @@ class WorkingCopy:
             self.push()
         finally:
             self.close()
-
-
-LEASE = ".lock.json"
-#: A lease not renewed for this long is stale (its owner died); the owner renews it every LEASE_RENEW_S.
-LEASE_TTL_S = 600.0
-LEASE_RENEW_S = 60.0
-#: Pause between writing a lease and reading it back (see :func:`lease`).
-LEASE_SETTLE_S = 1.0
-
-
-def _owner_alive(lease: dict) -> bool:
-    """On the owner's own host a dead pid frees the lease at once (like a released flock)."""
-    if lease.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(lease.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
-
-
-def _read_lease(loc: Location) -> dict | None:
-    try:
-        return json.loads(loc.read_text(LEASE))
-    except FileNotFoundError:
-        return None
-    except ValueError:  # unreadable: treat as held, the user must look at it
-        return {"owner": "an unreadable lease", "renewed": time.time()}
-
-
-@contextlib.contextmanager
-def lease(loc: Location, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENEW_S) -> Iterator[None]:
-    """One writer per remote results location: a lease object ``<results>/.lock.json``, renewed while held.
-
-    Best effort, said plainly: pyarrow has no conditional put (if-none-match), so two runs that start
-    at the same moment can both find no lease and both write one. Each waits ``LEASE_SETTLE_S`` after
-    writing, reads the lease back, and backs off unless its own token is there (the last write wins on
-    S3 and GCS, which are strongly consistent). Both could go on only if one of them took longer than
-    that pause between reading "no lease" and writing its own, i.e. a PUT slower than a second.
-
-    A lease is fresh while it was renewed less than ``ttl_s`` ago (the holder renews every ``renew_s``);
-    a fresh lease of another owner makes the second run stop with the same message as the local lock.
-    A lease left by a crashed run is stale after ``ttl_s``, or at once on the host where its pid no
-    longer exists; to take over earlier, delete ``<results>/.lock.json`` (e.g. ``aws s3 rm
-    s3://bucket/prefix/.lock.json``). Renewal compares the writer's clock with the reader's, so hosts
-    must agree on the time to well within ``ttl_s`` (NTP does).
-    """
-    held = _read_lease(loc)
-    if held is not None and time.time() - float(held.get("renewed", 0)) < ttl_s and _owner_alive(held):
-        age = time.time() - float(held.get("renewed", 0))
-        raise HsiStudyError(
-            f"{loc.show()} is in use by another study.run ({held.get('owner', 'unknown')}, lease renewed "
-            f"{age:.0f} s ago); wait for it to finish or use another --results. If that run is dead, delete "
-            f"{loc.show(LEASE)} (a lease not renewed for {ttl_s:.0f} s expires by itself)")
-    token = uuid.uuid4().hex
-    me = {"owner": f"pid {os.getpid()} on {socket.gethostname()}", "host": socket.gethostname(),
-          "pid": os.getpid(), "token": token, "created": time.time()}
-
-    def write() -> None:
-        loc.write_text(LEASE, json.dumps({**me, "renewed": time.time()}))
-
-    write()
-    time.sleep(LEASE_SETTLE_S)
-    if (_read_lease(loc) or {}).get("token") != token:
-        raise HsiStudyError(f"{loc.show()} was claimed by another study.run at the same moment; "
-                            "use another --results or retry when it has finished")
-    stop = threading.Event()
-    # renewal and release never overlap: a slow renewal PUT that finished after the release's delete
-    # would leave a fresh-looking lease of a finished run behind for ttl_s
-    guard = threading.Lock()
-
-    lost: dict[str, str] = {}  # set once another run's lease replaced ours (we stalled past ttl_s)
-
-    def renew() -> None:
-        while not stop.wait(renew_s):
-            with guard, contextlib.suppress(OSError):  # a missed renewal is retried; ttl_s covers several
-                if stop.is_set():
-                    return
-                current = _read_lease(loc) or {}
-                if current.get("token") == token:
-                    write()
-                elif not lost:
-                    lost["owner"] = str(current.get("owner", "no one (the lease was deleted)"))
-                    print(f"warning: {loc.show(LEASE)} is now held by {lost['owner']}: this run lost its "
-                          "one-writer lease and will stop with an error when it ends", file=sys.stderr)
-
-    thread = threading.Thread(target=renew, name="hsistudy-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        with guard, contextlib.suppress(OSError):
-            if (_read_lease(loc) or {}).get("token") == token:
-                loc.delete_file(LEASE)
-        thread.join(timeout=5)
-    if lost:  # reached only when the study itself ended normally: say so rather than exit 0
-        raise HsiStudyError(
-            f"{loc.show()}: this run lost its lease to {lost['owner']} while it ran (it stalled for longer than "
-            f"{ttl_s:.0f} s, or the lease was deleted), so two runs may have written there; the rows are "
-            "whole files either way: re-run the same command once the other run has finished to check "
-            "that every cell is complete")

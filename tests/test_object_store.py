@@ -107,7 +107,7 @@ def test_journal_working_copy_is_downloaded_and_uploaded(s3_uri) -> None:
 
 
 def test_lease_refuses_a_fresh_lease_and_takes_over_stale_ones(s3_uri, monkeypatch) -> None:
-    monkeypatch.setattr(storage, "LEASE_SETTLE_S", 0.01)
+    monkeypatch.setattr("study.storage_lease.LEASE_SETTLE_S", 0.01)
     uri = s3_uri()
     loc = resolve(uri)
     with results_lock(uri):
@@ -141,8 +141,8 @@ def test_two_runs_claiming_at_the_same_moment_leave_one_winner(s3_uri, monkeypat
             where.write_text(LEASE, json.dumps({**rival, "renewed": time.time()}))
         return real_read(where)
 
-    monkeypatch.setattr(storage, "LEASE_SETTLE_S", 0.0)
-    monkeypatch.setattr(storage, "_read_lease", read_with_a_rival)
+    monkeypatch.setattr("study.storage_lease.LEASE_SETTLE_S", 0.0)
+    monkeypatch.setattr("study.storage_lease._read_lease", read_with_a_rival)
     with pytest.raises(HsiStudyError, match="claimed by another study.run at the same moment"), storage.lease(loc):
         pass
     assert json.loads(loc.read_text(LEASE))["token"] == "rival"  # the winner's lease is left alone
@@ -174,7 +174,7 @@ def test_smoke_study_on_s3_resumes_without_new_rows_and_reports(ray_session, tin
     from study import report
     from study.run import main
 
-    monkeypatch.setattr(storage, "LEASE_SETTLE_S", 0.01)  # one process, no rival: no need to wait a second
+    monkeypatch.setattr("study.storage_lease.LEASE_SETTLE_S", 0.01)  # one process, no rival: no need to wait a second
     uri = s3_uri("study")
     argv = ["--strategy", "indomain", "--dataset", "hyko2", "--width", "tiny", "--fractions", "1.0", "--trials", "2",
             "--epochs", "2", "--grace-period", "1", "--seeds", "1", "--max-concurrent", "1",
@@ -238,7 +238,7 @@ def test_a_failed_trial_resumes_from_its_checkpoint_in_the_bucket(ray_session, s
 
 def test_a_run_that_loses_its_lease_says_so(s3_uri, monkeypatch, capsys) -> None:
     """A stalled run whose lease another run took over must not end as if it had been the only writer."""
-    monkeypatch.setattr(storage, "LEASE_SETTLE_S", 0.0)
+    monkeypatch.setattr("study.storage_lease.LEASE_SETTLE_S", 0.0)
     loc = resolve(s3_uri())
     rival = {"owner": "pid 11 on rival", "host": "rival", "pid": 11, "token": "rival", "renewed": time.time()}
     with pytest.raises(HsiStudyError, match="lost its lease to pid 11 on rival"), storage.lease(loc, renew_s=0.05):

@@ -13,6 +13,9 @@ file, the sample, the rule and the fix - not surface as a shape error deep in
 a trial. Why one handle: opening an HDF5 file re-reads its metadata; a loader
 that opens per item spends more time there than reading pixels. A handle is
 never shared across ``fork``: the process id is checked and a child reopens.
+
+The file-level rules and their messages (missing files, wavelengths, unreadable files, splits that
+disagree) live in :mod:`study.data.h5checks`; the per-sample rules stay here, next to the reads.
 """
 
 from __future__ import annotations
@@ -27,16 +30,21 @@ from typing import Any
 import h5py
 import numpy as np
 
+from study.data.h5checks import (
+    _LAYOUT,
+    _expected_files,
+    _missing_file_error,
+    _resolve_wavelengths,
+    check_splits_agree,
+    unreadable_error,
+)
+from study.data.h5checks import WAVELENGTH_RANGE_NM as WAVELENGTH_RANGE_NM  # re-exported: the old home
 from study.data.specs import DatasetSpec
 from study.errors import DataValidationError
 
 METADATA_KEY = "metadata"
-WAVELENGTH_RANGE_NM = (300.0, 2600.0)
 #: value checks read row blocks of about this many bytes, so a 400 GB file never sits in memory
 CHUNK_BYTES = 32 * 2**20
-_LAYOUT = "the HS3-Bench layout, see README.md, section 'Real HS3-Bench data'"
-#: marker file of a finished synthetic-data cache entry (study.data.generator writes it; not imported: heavy)
-_CACHE_MARKER = "COMPLETE.json"
 _CORRUPT_ERRORS = (OSError, RuntimeError, KeyError)
 #: feature width of the cross-domain repository's exported HyperSL files (no attributes)
 EXPORTED_FEATURE_DIM = 256
@@ -45,75 +53,6 @@ EXPORTED_FEATURE_DIM = 256
 def split_path(root: str | Path, spec: DatasetSpec, split: str) -> Path:
     """``<root>/<dataset>_<split>.h5`` (raises ValueError for a split the spec lacks)."""
     return Path(root) / spec.file_name(split)
-
-
-def _expected_files(spec: DatasetSpec) -> str:
-    return ", ".join(spec.file_name(s) for s in spec.splits)
-
-
-def _missing_file_error(path: Path, spec: DatasetSpec) -> DataValidationError:
-    folder = path.parent
-    if path.is_dir():  # not "file not found ... it holds <this name>": say what is there
-        return DataValidationError(
-            f"{path}: is a folder, not an HDF5 file. The data folder {folder} must hold {_expected_files(spec)} "
-            f"as files ({_LAYOUT}). Fix: move the real file to {path} (is it inside that folder, e.g. after "
-            "unpacking?) or point --data-root at the folder that holds the files."
-        )
-    if path.is_symlink():
-        return DataValidationError(
-            f"{path}: a broken link (it points to {os.readlink(path)}, which does not exist). Fix: point the link "
-            "at the real file or copy the file there."
-        )
-    present = ", ".join(sorted(p.name for p in folder.glob("*.h5"))[:8]) if folder.is_dir() else ""
-    holds = f"it holds {present or 'no .h5 files'}" if folder.is_dir() else "the folder does not exist"
-    return DataValidationError(
-        f"{path}: file not found. The data folder {folder} must hold {_expected_files(spec)} ({_LAYOUT}); "
-        f"{holds}. Fix: point --data-root at the folder with these files (or omit it for synthetic data)."
-    )
-
-
-def _resolve_wavelengths(fh: h5py.File, path: Path, spec: DatasetSpec) -> tuple[np.ndarray, str]:
-    """Band centres (C,) float32 and where they came from: root attribute > wave_<name>.csv > spec."""
-    csv = path.parent / f"wave_{spec.name}.csv"
-    if "wavelengths" in fh.attrs:
-        raw: Any = fh.attrs["wavelengths"]
-        source = f"root attribute 'wavelengths' of {path.name}"
-    elif csv.is_file():
-        source = f"column 1 of {csv}"
-        try:
-            table = np.loadtxt(csv, ndmin=2)
-        except ValueError as exc:
-            raise DataValidationError(
-                f"{csv}: cannot parse the wavelength table ({exc}); expected whitespace-separated lines "
-                "'<1-based band index> <centre wavelength in nm>'"
-            ) from None
-        if table.shape[1] < 2:
-            raise DataValidationError(f"{csv}: needs 2 columns (band index, nm), got {table.shape[1]}")
-        raw = table[:, 1]
-    else:
-        raw = spec.wavelengths
-        source = f"the {spec.name} spec in study/data/specs.py (no 'wavelengths' attribute, no {csv.name})"
-    arr = np.asarray(raw)
-    if arr.dtype.kind not in "fiu" or arr.ndim != 1 or arr.size == 0:
-        raise DataValidationError(
-            f"{path}: wavelengths from {source} must be a non-empty 1-D numeric array, "
-            f"got dtype {arr.dtype} and shape {arr.shape}"
-        )
-    wl = arr.astype(np.float64)
-    lo, hi = WAVELENGTH_RANGE_NM
-    if not np.all(np.isfinite(wl)) or wl.min() < lo or wl.max() > hi:
-        raise DataValidationError(
-            f"{path}: wavelengths from {source} must lie in {lo:g}-{hi:g} nm, got {wl.min():g}-{wl.max():g}; "
-            "fix: store centre wavelengths in nanometres (micrometres x 1000)"
-        )
-    steps = np.diff(wl)
-    if np.any(steps <= 0):
-        i = int(np.argmax(steps <= 0))
-        raise DataValidationError(
-            f"{path}: wavelengths from {source} must be strictly increasing, but band {i + 1} "
-            f"({wl[i + 1]:g} nm) follows band {i} ({wl[i]:g} nm); fix: list the bands in spectral order"
-        )
-    return wl.astype(np.float32), source
 
 
 class H5Split:
@@ -164,16 +103,7 @@ class H5Split:
         try:
             yield
         except _CORRUPT_ERRORS as exc:
-            where = f"{self.path}" + (f", sample {name!r}" if name is not None else "")
-            if (self.path.parent / _CACHE_MARKER).is_file():  # our own generated cache, not the user's copy
-                fix = (f"delete the cache entry {self.path.parent} (rm -r it); the synthetic data is generated "
-                       "again on the next run")
-            else:
-                fix = "copy or convert it again"
-            raise DataValidationError(
-                f"{where}: cannot be read as HDF5 ({exc}); the file is not HDF5, truncated or corrupt "
-                f"(e.g. an interrupted copy or download). Fix: {fix}."
-            ) from exc
+            raise unreadable_error(self.path, name, exc) from exc
 
     def close(self) -> None:
         """Close this process's handle (a later read reopens it)."""
@@ -447,22 +377,5 @@ def validate_dataset(root: str | Path, spec: DatasetSpec) -> dict[str, H5Split]:
             f"it must hold {_expected_files(spec)} ({_LAYOUT})"
         )
     splits = {s: open_split(root, spec, s, check_values=True) for s in spec.splits}
-    first = splits[spec.splits[0]]
-    for sp in splits.values():
-        wl, wl0 = sp.wavelengths, first.wavelengths
-        if wl.shape != wl0.shape or not np.allclose(wl, wl0):
-            raise DataValidationError(
-                f"{sp.path}: its {sp.wavelengths.size} wavelengths ({sp.wavelength_source}) differ from "
-                f"{first.path}'s {first.wavelengths.size} ({first.wavelength_source}); all splits of a "
-                "dataset must share one band set"
-            )
-    seen: dict[str, H5Split] = {}
-    for sp in splits.values():  # a sample in two splits leaks test data into training or selection
-        for name in sp.names:
-            other = seen.setdefault(name, sp)
-            if other is not sp:
-                raise DataValidationError(
-                    f"{sp.path}: sample {name!r} is also in {other.path}; train, val and test must be disjoint "
-                    "(fix the split lists the files were made from)"
-                )
+    check_splits_agree(splits, splits[spec.splits[0]])
     return splits

@@ -1,0 +1,131 @@
+"""The HS3-Bench reader's file-level rules and their messages: each names the file, the rule and the fix.
+
+:mod:`study.data.h5reader` opens and reads split files; what it refuses, and how it says so, is here:
+a missing split file (or a folder or broken link in its place), band centres (root attribute >
+``wave_<name>.csv`` > the spec), a file h5py cannot read, and the rules that tie a dataset's splits
+together (one band set, no sample in two splits).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import h5py
+import numpy as np
+
+from study.data.specs import DatasetSpec
+from study.errors import DataValidationError
+
+if TYPE_CHECKING:
+    from study.data.h5reader import H5Split
+
+WAVELENGTH_RANGE_NM = (300.0, 2600.0)
+_LAYOUT = "the HS3-Bench layout, see README.md, section 'Real HS3-Bench data'"
+#: marker file of a finished synthetic-data cache entry (study.data.generator writes it; not imported: heavy)
+_CACHE_MARKER = "COMPLETE.json"
+
+
+def _expected_files(spec: DatasetSpec) -> str:
+    return ", ".join(spec.file_name(s) for s in spec.splits)
+
+
+def _missing_file_error(path: Path, spec: DatasetSpec) -> DataValidationError:
+    folder = path.parent
+    if path.is_dir():  # not "file not found ... it holds <this name>": say what is there
+        return DataValidationError(
+            f"{path}: is a folder, not an HDF5 file. The data folder {folder} must hold {_expected_files(spec)} "
+            f"as files ({_LAYOUT}). Fix: move the real file to {path} (is it inside that folder, e.g. after "
+            "unpacking?) or point --data-root at the folder that holds the files."
+        )
+    if path.is_symlink():
+        return DataValidationError(
+            f"{path}: a broken link (it points to {os.readlink(path)}, which does not exist). Fix: point the link "
+            "at the real file or copy the file there."
+        )
+    present = ", ".join(sorted(p.name for p in folder.glob("*.h5"))[:8]) if folder.is_dir() else ""
+    holds = f"it holds {present or 'no .h5 files'}" if folder.is_dir() else "the folder does not exist"
+    return DataValidationError(
+        f"{path}: file not found. The data folder {folder} must hold {_expected_files(spec)} ({_LAYOUT}); "
+        f"{holds}. Fix: point --data-root at the folder with these files (or omit it for synthetic data)."
+    )
+
+
+def _resolve_wavelengths(fh: h5py.File, path: Path, spec: DatasetSpec) -> tuple[np.ndarray, str]:
+    """Band centres (C,) float32 and where they came from: root attribute > wave_<name>.csv > spec."""
+    csv = path.parent / f"wave_{spec.name}.csv"
+    if "wavelengths" in fh.attrs:
+        raw: Any = fh.attrs["wavelengths"]
+        source = f"root attribute 'wavelengths' of {path.name}"
+    elif csv.is_file():
+        source = f"column 1 of {csv}"
+        try:
+            table = np.loadtxt(csv, ndmin=2)
+        except ValueError as exc:
+            raise DataValidationError(
+                f"{csv}: cannot parse the wavelength table ({exc}); expected whitespace-separated lines "
+                "'<1-based band index> <centre wavelength in nm>'"
+            ) from None
+        if table.shape[1] < 2:
+            raise DataValidationError(f"{csv}: needs 2 columns (band index, nm), got {table.shape[1]}")
+        raw = table[:, 1]
+    else:
+        raw = spec.wavelengths
+        source = f"the {spec.name} spec in study/data/specs.py (no 'wavelengths' attribute, no {csv.name})"
+    arr = np.asarray(raw)
+    if arr.dtype.kind not in "fiu" or arr.ndim != 1 or arr.size == 0:
+        raise DataValidationError(
+            f"{path}: wavelengths from {source} must be a non-empty 1-D numeric array, "
+            f"got dtype {arr.dtype} and shape {arr.shape}"
+        )
+    wl = arr.astype(np.float64)
+    lo, hi = WAVELENGTH_RANGE_NM
+    if not np.all(np.isfinite(wl)) or wl.min() < lo or wl.max() > hi:
+        raise DataValidationError(
+            f"{path}: wavelengths from {source} must lie in {lo:g}-{hi:g} nm, got {wl.min():g}-{wl.max():g}; "
+            "fix: store centre wavelengths in nanometres (micrometres x 1000)"
+        )
+    steps = np.diff(wl)
+    if np.any(steps <= 0):
+        i = int(np.argmax(steps <= 0))
+        raise DataValidationError(
+            f"{path}: wavelengths from {source} must be strictly increasing, but band {i + 1} "
+            f"({wl[i + 1]:g} nm) follows band {i} ({wl[i]:g} nm); fix: list the bands in spectral order"
+        )
+    return wl.astype(np.float32), source
+
+
+def unreadable_error(path: Path, name: str | None, exc: BaseException) -> DataValidationError:
+    """h5py's low-level error (truncated, corrupt) reading ``path`` (sample ``name``) -> one message with the fix."""
+    where = f"{path}" + (f", sample {name!r}" if name is not None else "")
+    if (path.parent / _CACHE_MARKER).is_file():  # our own generated cache, not the user's copy
+        fix = (f"delete the cache entry {path.parent} (rm -r it); the synthetic data is generated "
+               "again on the next run")
+    else:
+        fix = "copy or convert it again"
+    return DataValidationError(
+        f"{where}: cannot be read as HDF5 ({exc}); the file is not HDF5, truncated or corrupt "
+        f"(e.g. an interrupted copy or download). Fix: {fix}."
+    )
+
+
+def check_splits_agree(splits: dict[str, H5Split], first: H5Split) -> None:
+    """All splits of a dataset share ``first``'s band set, and no sample is in two of them."""
+    for sp in splits.values():
+        wl, wl0 = sp.wavelengths, first.wavelengths
+        if wl.shape != wl0.shape or not np.allclose(wl, wl0):
+            raise DataValidationError(
+                f"{sp.path}: its {sp.wavelengths.size} wavelengths ({sp.wavelength_source}) differ from "
+                f"{first.path}'s {first.wavelengths.size} ({first.wavelength_source}); all splits of a "
+                "dataset must share one band set"
+            )
+    seen: dict[str, H5Split] = {}
+    for sp in splits.values():  # a sample in two splits leaks test data into training or selection
+        for name in sp.names:
+            other = seen.setdefault(name, sp)
+            if other is not sp:
+                raise DataValidationError(
+                    f"{sp.path}: sample {name!r} is also in {other.path}; train, val and test must be disjoint "
+                    "(fix the split lists the files were made from)"
+                )
