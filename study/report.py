@@ -38,7 +38,7 @@ examples:
   python -m study.report s3://my-bucket/studies/hyko2 --out hyko2.html
       a study stored in a bucket, read in place; the report is written locally (default: into the bucket)
   python -m study.report results/backbone-a results/backbone-b --out compare.html
-      several studies in one page: each labelled by its folder, strategies named e.g. "crossdomain [backbone-a]"
+      several studies in one page: each labelled by its folder, strategies named e.g. "STRATEGY [backbone-a]"
 """
 
 _CSS = """
