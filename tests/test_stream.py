@@ -122,6 +122,7 @@ class _DtypeProbe(nn.Module):
         return out
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")
 def test_autocast_path_runs_bf16_forward_and_returns_fp32() -> None:
     probe, x = _DtypeProbe(), torch.randn(5, 4)
     assert forward(probe, x, "bf16").dtype == torch.float32 and probe.seen[-1] == torch.bfloat16
