@@ -25,7 +25,8 @@ ORDER = ["cell_id", "phase", "config_json", "row_kind", "epoch"]
 
 def comparable(results: Path) -> pl.DataFrame:
     """The store without timing/placement columns, in a canonical row order."""
-    df = read_store(results).drop(list(TIMING_COLUMNS))
+    # code_version names the commit: two runs of one test compare rows, not the checkout they ran from
+    df = read_store(results).drop([*TIMING_COLUMNS, "code_version"])
     return df.with_columns(pl.col(pl.Float64).round(6)).sort(ORDER)
 
 
