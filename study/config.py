@@ -174,8 +174,13 @@ class Runtime:
     #: copy a study's input files once per node to this fast local folder before its first trial there
     stage_data: Path | None = None
     compile: bool = False  # torch.compile the model in every trial (opt-in: it pays only for long GPU runs)
+    #: experiment trackers fed by Ray Tune's logger callbacks (``--log-to``: mlflow, tensorboard, wandb)
+    log_to: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        from study.config_file import check_trackers, parse_log_to
+
+        check_trackers(parse_log_to(self.log_to))  # a missing package: one line naming its extra, before Ray
         _at_least("max_concurrent_cells", self.max_concurrent_cells, 1)
         _at_least("num_cpus", self.num_cpus, 1)
         check_results_text(self.results)  # URI syntax only; reaching the store is checked before training
@@ -187,7 +192,7 @@ _GROUPS = {"data": DataSettings, "budget": Budget, "options": ModelOptions, "run
 #: Runtime settings left out of ids. gpus and the dashboard settings stay in them, as they always were, so that
 #: ids (and finished cells) of existing stores stay valid.
 _PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus", "max_concurrent_cells", "stage_data",
-                        "compile"})
+                        "compile", "log_to"})
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,9 @@ class StudyConfig:
     preset: str = "full"
     #: "tuned": Optuna + ASHA per cell, starting from the published recipe; "paper": the recipe only, verbatim
     protocol: str = "tuned"
+    #: ``--config`` search-space overrides: strategy -> hyperparameter -> spec (study/config_file.py). Not in
+    #: ``settings()``: a changed space keys its strategy's cells (driver.cell_id), never the study id
+    search_spaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -218,6 +226,9 @@ class StudyConfig:
             if missing:
                 raise ConfigError(f"--protocol paper: {', '.join(missing)} has no published recipe to reproduce; "
                                   "run it with the tuned protocol (the default) or leave it out of --strategy")
+            if any(self.search_spaces.get(s) for s in self.strategies):
+                raise ConfigError("--protocol paper searches nothing, so [search_space.*] overrides in --config "
+                                  "cannot apply; drop them or use the tuned protocol")
         for group in (self.data, self.budget, self.options, self.runtime):
             group.validate()
 
@@ -332,6 +343,11 @@ def build_config(preset: str, protocol: str = "tuned", **given: Any) -> StudyCon
     elif preset == "full" and given.get("data_root") is not None and "epochs" not in given:
         values["epochs"] = PAPER_EPOCHS
     strategies = values.pop("strategies", None)
+    spaces = values.pop("search_spaces", None) or {}
+    if "log_to" in values:
+        from study.config_file import parse_log_to
+
+        values["log_to"] = parse_log_to(values["log_to"])
     groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
     owner = {f.name: name for name, cls in _GROUPS.items() for f in fields(cls)}
     if isinstance(values.get("dataset"), str):  # the flat name users and presets know
@@ -345,4 +361,5 @@ def build_config(preset: str, protocol: str = "tuned", **given: Any) -> StudyCon
     if strategies is None:
         raise ConfigError("no strategy given; valid: all, " + ", ".join(STRATEGIES))
     built = {name: cls(**groups[name]) for name, cls in _GROUPS.items()}
-    return StudyConfig(strategies=tuple(strategies), preset=preset, protocol=protocol, **built)
+    return StudyConfig(strategies=tuple(strategies), preset=preset, protocol=protocol, search_spaces=spaces,
+                       **built)

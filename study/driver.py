@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import socket
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 
 from study import progress
 from study.config import StudyConfig
+from study.config_file import apply_overrides, changed_space, recipe_point, space_specs
 from study.data.bundle import DataBundle, make_bundle
 from study.data.specs import DatasetSpec
 from study.data.subsets import SubsetManifest
@@ -36,6 +38,7 @@ from study.replay import replay_from_rows, replay_or_train, trial_key
 from study.results import STUDY_FILE, read_table, write_rows, write_study_file
 from study.storage import Location, WorkingCopy, lease, open_results, resolve
 from study.strategies import Strategy, get_strategy
+from study.trackers import tracker_callbacks
 from study.tuning import TrialLog, echo, final_runs, pick_best, serialized_start, tune_cell
 
 
@@ -45,6 +48,9 @@ def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest, legacy: boo
     or a later run with more strategies or datasets, finds its rows). ``legacy``: the id stores written
     before the strategy list left the study id used (recognised as finished, never written)."""
     key = cfg.legacy_study_id.rsplit("-", 1)[-1] if legacy else cfg.strategy_key(strategy, dataset)
+    if (space := changed_space(search_space(cfg, get_strategy(strategy)),
+                               search_space(cfg, get_strategy(strategy), builtin=True))) is not None:
+        key = json_digest({"key": key, "search_space": space}, 10)  # a changed --config space: cells of its own
     return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{key}"
 
 
@@ -105,8 +111,9 @@ def _fresh_experiment(results: Location, name: str, journal: Any) -> None:
         optuna.delete_study(study_name=name, storage=journal)
 
 
-def search_space(cfg: StudyConfig, strategy: Strategy) -> dict[str, Any]:
-    """The strategy's search space, with ``freeze_depth`` capped at ``--max-freeze-depth`` when one is set.
+def search_space(cfg: StudyConfig, strategy: Strategy, builtin: bool = False) -> dict[str, Any]:
+    """The strategy's search space with the ``--config`` overrides (not with ``builtin``), and ``freeze_depth``
+    capped at ``--max-freeze-depth`` when one is set.
 
     Why a cap rather than separate spaces: k > 0 puts the backbone into every
     training step (HyperSL per pixel: minutes per epoch on a laptop CPU), so the
@@ -116,6 +123,8 @@ def search_space(cfg: StudyConfig, strategy: Strategy) -> dict[str, Any]:
     from optuna.distributions import IntDistribution
 
     space = strategy.load_search_space()
+    if not builtin:
+        space = apply_overrides(space, cfg.search_spaces.get(strategy.name))
     dist = space.get("freeze_depth")
     cap = cfg.options.max_freeze_depth
     if cap is not None and isinstance(dist, IntDistribution) and dist.high > cap:
@@ -175,7 +184,9 @@ def run_cell(
         if "batch_size" in recipe:
             constants["batch_size"] = min(int(recipe["batch_size"]), len(subset.names))
     # the tuned protocol tries the recipe first: its searched hyperparameters, the cell's constants
-    first = {k: recipe[k] for k in space} if space and all(k in recipe for k in space) else None
+    first = recipe_point(space, recipe)
+    trackers = functools.partial(tracker_callbacks, cfg, {"study_id": cfg.study_id, "cell_id": cid,
+                                 "dataset": prep.spec.name, "strategy": strategy.name, "fraction": subset.fraction})
     common = {
         "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
@@ -208,7 +219,7 @@ def run_cell(
     else:
         _fresh_experiment(results, f"{cid}-tune", journal)
         logs = tune_cell(trainable, space, constants, budget, results.child("tune"), f"{cid}-tune", journal, label,
-                         echo, on_finish=store, control_key=control_key, first=first)
+                         echo, on_finish=store, control_key=control_key, first=first, trackers=trackers("tune"))
         if write_failed:
             raise write_failed[0]
         journal_file.push()
@@ -219,7 +230,7 @@ def run_cell(
                                                       for k, v in chosen.items() if k in space))
     results.delete_dir("tune", f"{cid}-final")
     finals = final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo,
-                        on_finish=store, control_key=control_key)
+                        on_finish=store, control_key=control_key, trackers=trackers("final"))
     if write_failed:
         raise write_failed[0]
     _check_complete(finals, budget.seeds, "final seeds", control_key)
@@ -341,7 +352,9 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
     done = finished_cells(results, cfg.budget.seeds)  # first: refuses a store of another schema version
     write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(),
                                "data_root": {n: str(p.data_root) for n, p in preps.items()},
-                               "strategy_settings": strategy_settings(results, cfg)})
+                               "strategy_settings": strategy_settings(results, cfg),
+                               "search_spaces": {s: space_specs(search_space(cfg, get_strategy(s)))
+                                                 for s in cfg.strategies}})
     gpus = cfg.runtime.gpus
     cluster_gpus = ray.cluster_resources().get("GPU", 0)
     if gpus == "on" and not cluster_gpus and not (cfg.runtime.address or os.environ.get("RAY_ADDRESS")):

@@ -10,6 +10,9 @@ registry of the driver process.
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -18,9 +21,23 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
+from study.summary import pct
+
 _CONTROLS: dict[str, StudyControl] = {}
 #: at most one progress line per this many seconds (plus one at every cell start and end)
 PROGRESS_EVERY_S = 10.0
+#: at most one live per-trial line (latest epoch and val mIoU) per this many seconds, study-wide
+LIVE_EVERY_S = float(os.environ.get("HSISTUDY_LIVE_S", 5.0))
+#: on a terminal: back to the line start and clear it (the refreshed live line is written without a newline)
+CLEAR = "\r\x1b[K"
+
+
+def is_tty() -> bool:
+    """Whether the console is a terminal (a refreshed live line) or a log (one line per event)."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 @dataclass
@@ -40,7 +57,37 @@ class StudyControl:
     trials_running: int = 0
     last_event: float = field(default_factory=time.monotonic)  # a trial started or ended (the stall watchdog)
     error: str | None = None  # why the study stopped itself (a stall), raised by the driver once all cells ended
+    #: running trials' latest report: (cell label, trial id) -> (epoch, max epochs, val mIoU)
+    live: dict[tuple[str, str], tuple[int, int | None, float | None]] = field(default_factory=dict)
     _last: float = 0.0
+    _last_live: float = 0.0
+
+    def trial_result(self, label: str, trial_id: str, epoch: int, max_epochs: int | None,
+                     val_miou: float | None) -> None:
+        """A trial reported an epoch: show it, at most every :data:`LIVE_EVERY_S` seconds for the whole study
+        (a 100-epoch trial is no longer silent until it ends). A log gets one line for this event; a terminal
+        one refreshed line over every running trial."""
+        with self.lock:
+            self.live[(label, trial_id)] = (epoch, max_epochs, val_miou)
+            now = time.monotonic()
+            if now - self._last_live < LIVE_EVERY_S:
+                return
+            self._last_live = now
+            tty = is_tty()
+            shown = list(self.live.items()) if tty else [((label, trial_id), self.live[(label, trial_id)])]
+        parts = [f"[{lab}] trial {tid} epoch {ep}{f'/{mx}' if mx else ''}: val mIoU {pct(v)}"
+                 for (lab, tid), (ep, mx, v) in shown[:4]]
+        more = f" · +{len(shown) - 4} more" if len(shown) > 4 else ""
+        if tty:  # one terminal row, or clearing it would leave the wrapped rest behind
+            width = shutil.get_terminal_size().columns - 1
+            sys.stdout.write(CLEAR + ("  " + " · ".join(parts) + more)[:width])
+            sys.stdout.flush()
+        else:
+            self.echo("  " + parts[0])
+
+    def trial_ended(self, label: str, trial_id: str) -> None:
+        with self.lock:
+            self.live.pop((label, trial_id), None)
 
     def update(self, force: bool = False, **delta: int) -> None:
         """Apply counter changes (e.g. ``trials_running=+1``) and print the line when it is due."""

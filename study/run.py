@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="move unreadable (truncated, corrupt) Parquet parts of --results into rows/quarantine/ "
                    "before the run; their trials are trained again (nothing is deleted)")
     g.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    g.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="a study file (TOML): any flag below as `name = value` (snake_case or kebab-case) and "
+                   "search-space overrides per strategy, e.g. [search_space.<strategy>] lr = {type = \"float\", "
+                   "low = 1e-4, high = 1e-2, log = true}; explicit flags win over the file, the file over presets. "
+                   "A changed space gets cells of its own")
+    g.add_argument("--print-config", nargs="?", const="toml", choices=["toml", "json"], default=None,
+                   help="print the effective configuration (settings and every chosen strategy's search space) as "
+                   "TOML (default; usable as --config) or JSON, and exit without running")
+    g.add_argument("--log-to", default=None, metavar="TRACKERS",
+                   help="also log every trial to experiment trackers through Ray Tune's callbacks: any of mlflow, "
+                   "tensorboard, wandb (comma list). Offline by default: MLflow to <results>/mlflow.db, W&B offline "
+                   "under <results>/wandb, TensorBoard events in <results>/tune; extras: pip install "
+                   "'hsistudy[mlflow]', 'hsistudy[wandb]'")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="hyko2",
                    help=f"one or a comma list of {', '.join(SPECS)}, or all: one study, one store, one report "
@@ -222,7 +235,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
-        max_freeze_depth=args.max_freeze_depth,
+        max_freeze_depth=args.max_freeze_depth, log_to=args.log_to,
+        search_spaces=getattr(args, "search_spaces", None),
     )
     cfg = build_config(preset, args.protocol, **given, results=args.results or Path("results"))
     if args.results is None:  # default folder named by the study id, which the settings above determine
@@ -231,10 +245,10 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 
 
 def quiet_ray_tune() -> None:
-    """Keep the console to our own progress lines: no Tune tables, TensorBoard files or Optuna chatter.
+    """Keep the console to our own progress lines: no Tune tables, automatic TensorBoard files or Optuna chatter.
 
-    Tune's JSON/CSV trial logs are still written (see ``tuning._run_config``);
-    the Parquet store is the record of the study.
+    Tune's JSON/CSV trial logs are still written (see ``tuning._run_config``), and the trackers of
+    ``--log-to`` are added as explicit callbacks (``study.trackers``); the Parquet store is the record of the study.
     """
     import logging
 
@@ -246,6 +260,7 @@ def quiet_ray_tune() -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     logging.getLogger("optuna").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store's "creating tables" lines
 
 
 def init_ray(cfg: StudyConfig) -> None:
@@ -271,8 +286,53 @@ def _terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Flags over ``--config`` over presets: the file's settings become the parser's defaults, its search
+    spaces ride along as ``args.search_spaces`` (ConfigError for a bad file, before Ray)."""
+    from study.config_file import load, parser_defaults, resolve_spaces
+
+    parser = build_parser()
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    path = pre.parse_known_args(argv)[0].config
+    if path is None:
+        return parser.parse_args(argv)
+    settings, spaces = load(path)
+    parser.set_defaults(**parser_defaults(parser, settings, path))
+    args = parser.parse_args(argv)
+    args.search_spaces = resolve_spaces(spaces, path)
+    return args
+
+
+def effective_config(cfg: StudyConfig, fmt: str = "toml") -> str:
+    """``--print-config``: the settings under their flag names plus every chosen strategy's effective space."""
+    import json
+
+    from study.config_file import space_specs, to_toml
+    from study.driver import search_space
+
+    s = cfg.settings()
+    syn = cfg.data.synthetic
+    out = {"strategy": list(cfg.strategies), "protocol": cfg.protocol, "smoke": cfg.preset == "smoke",
+           "demo": cfg.preset == "demo"}
+    dests = [a.dest for a in build_parser()._actions]
+    renamed = {"strategy", "protocol", "smoke", "demo", "synthetic_size", "synthetic_images"}
+    out.update({d: s[d] for d in dests if d in s and d not in renamed})
+    out["log_to"] = list(cfg.runtime.log_to)
+    if cfg.data.data_root is None:
+        out.update(synthetic_size=f"{syn.height}x{syn.width}", synthetic_images=[syn.n_train, syn.n_val, syn.n_test])
+    spaces = {name: space_specs(search_space(cfg, get_strategy(name))) for name in cfg.strategies}
+    if fmt == "json":
+        return json.dumps({"settings": out, "search_space": spaces}, indent=2, default=str)
+    return to_toml(out, spaces)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
     if previous is not None:
         signal.signal(signal.SIGTERM, _terminate)
@@ -299,12 +359,20 @@ def _main(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     cfg = config_from_args(args)
+    if args.print_config:
+        print(effective_config(cfg, args.print_config), end="")
+        return 0
     b = cfg.budget
     print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {', '.join(cfg.data.datasets)}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.data.fractions)}; {b.trials} trials x <= {b.epochs} epochs per cell, "
           f"{b.seeds} final seed(s){_model_sizes(cfg)}"
           + ("; protocol paper: the published recipe, no search" if cfg.protocol == "paper" else ""))
     check_writable(cfg.runtime.results)  # a file, under a file, read-only, a full disk: one line, before any work
+    if cfg.runtime.log_to:
+        from study.trackers import tracking_dir
+
+        folder, note = tracking_dir(cfg)
+        print(note or f"logging to {', '.join(cfg.runtime.log_to)} (local files under {folder})")
     with results_lock(cfg.runtime.results):  # before anything is written: one writer per results location
         if args.repair:
             for moved in quarantine_corrupt_parts(cfg.runtime.results):

@@ -10,6 +10,11 @@ from study import analysis
 from study.results import Results, read_store
 
 
+def pct(value: float | None, digits: int = 1) -> str:
+    """An mIoU or OA (a fraction in the store) as the console and the report show it: in %, with the sign."""
+    return "–" if value is None else f"{100 * value:.{digits}f} %"
+
+
 def summary_frame(results: Results | Path) -> pl.DataFrame:
     """Per (dataset, strategy, fraction): analysis' cell summary plus the tuning counts the console shows."""
     df = read_store(results)
@@ -31,10 +36,10 @@ def print_summary(results: Results | Path) -> None:
         return
     print("\n dataset   strategy        fraction  images  trials (stopped/failed)  best val mIoU  "
           "test mIoU (mean ± sd, seeds)  test OA")
-    for r in frame.iter_rows(named=True):
+    for r in frame.iter_rows(named=True):  # mIoU and OA in %, as in the report
         sd = r["test_miou_std"]
-        sd_txt = f"± {100 * sd:4.1f}" if sd is not None else "      "
+        sd_txt = f"± {100 * sd:4.1f} %" if sd is not None else "        "
         print(f" {r['dataset']:<9} {r['strategy']:<15} {r['train_fraction']:>8.3g}  {r['n_train_images']:>6}  "
               f"{r['trials'] or 0:>6} ({r['asha_stopped'] or 0}/{r['failed'] or 0})            "
-              f"{100 * (r['best_val_miou'] or float('nan')):>6.1f}        "
-              f"{100 * r['test_miou_mean']:5.1f} {sd_txt} (n={r['seeds']})          {100 * r['test_oa_mean']:5.1f}")
+              f"{pct(r['best_val_miou']):>8}      "
+              f"{100 * r['test_miou_mean']:5.1f} {sd_txt} (n={r['seeds']})      {pct(r['test_oa_mean']):>8}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -64,17 +65,55 @@ class _StartGate(Callback):
 
 
 def echo(message: str) -> None:
-    """Default progress printer: a module-level function, so Tune can pickle callbacks holding it."""
-    print(message, flush=True)
+    """Default progress printer: a module-level function, so Tune can pickle callbacks holding it. On a
+    terminal it first clears the refreshed live line (:meth:`study.progress.StudyControl.trial_result`)."""
+    print(progress.CLEAR + message if progress.is_tty() else message, flush=True)
 
 
 class ASHAAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that records trials ASHA stopped as PRUNED, not COMPLETE.
+    """OptunaSearch that records trials ASHA stopped as PRUNED, not COMPLETE, and keeps a faithful journal.
 
     Ray's OptunaSearch tells Optuna a stopped trial's last low-rung value as if
     it were final (ecosystem.md §2), which biases TPE towards configurations that
     look good early. A trial that did not reach its own last epoch is pruned.
+
+    The journal is what optuna-dashboard shows: the objective is named ``val_miou``, every reported
+    epoch's val mIoU is an intermediate value at step = epoch (pruned trials included: their curve is
+    the evidence for the prune), and each trial carries ``user_attrs`` linking it to the result store
+    (``cell_id``, ``phase``, ``trial_id`` as the store's column spells it, and Tune's ``tune_trial_id``).
     """
+
+    def __init__(self, *args: Any, user_attrs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        self._user_attrs = dict(user_attrs or {})
+        self._reported: dict[str, set[int]] = {}
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode: str | list) -> None:
+        super()._setup_study(mode)
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore")
+            self._ot_study.set_metric_names(["val_miou"])
+
+    def suggest(self, trial_id: str) -> dict | None:
+        new = trial_id not in self._ot_trials
+        config = super().suggest(trial_id)
+        if new and trial_id in self._ot_trials:
+            ot_trial = self._ot_trials[trial_id]
+            store_id = f"{self._user_attrs.get('cell_id')}-{self._user_attrs.get('phase')}-{trial_id}"
+            for key, value in {**self._user_attrs, "trial_id": store_id, "tune_trial_id": trial_id}.items():
+                ot_trial.set_user_attr(key, value)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """One intermediate value per epoch (a retried epoch is reported once, as Optuna allows)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        value, step = result.get("val_miou"), result.get("epoch", result.get("training_iteration"))
+        if ot_trial is None or trial_id in self._completed_trials or value is None or step is None:
+            return
+        seen = self._reported.setdefault(trial_id, set())
+        if int(step) not in seen:
+            seen.add(int(step))
+            ot_trial.report(float(value), int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if result and not error and not result.get("is_last", True) and trial_id not in self._completed_trials:
@@ -150,14 +189,19 @@ class RowCollector(Callback):
         log = self._log(trial)
         row = {k: result.get(k) for k in REPORT_KEYS}
         log.results = [r for r in log.results if r["epoch"] != row["epoch"]] + [row]  # a retried epoch replaces
+        if (c := progress.control(self.control_key)) is not None and not row.get("replayed"):
+            c.trial_result(self.label, trial.trial_id, row["epoch"], trial.config.get("max_epochs"),
+                           row.get("val_miou"))
 
     def _done(self, trial: Any, how: str) -> None:
         self.finished += 1
         log = self._log(trial)
         log.ended_at = datetime.now(UTC)
         self._progress(trials_running=-1 if log.started_at else 0, trials_done=+1)
+        if (c := progress.control(self.control_key)) is not None:
+            c.trial_ended(self.label, trial.trial_id)
         best = log.best
-        score = f"best val mIoU {best['val_miou']:.3f} @ epoch {best['epoch']}" if best else "no result"
+        score = f"best val mIoU {progress.pct(best['val_miou'])} @ epoch {best['epoch']}" if best else "no result"
         ran = f" after {log.results[-1]['epoch']} epochs" if log.results else ""
         replayed = " (replayed from the store)" if log.results and log.results[-1].get("replayed") else ""
         self.echo(f"  [{self.label}] trial {self.finished}/{self.total} {how}{ran}: {score}{replayed}")
@@ -225,11 +269,13 @@ def tune_cell(
     on_finish: Callable[[TrialLog], None] | None = None,
     control_key: str | None = None,
     first: dict[str, Any] | None = None,
+    trackers: list[Callback] | None = None,
 ) -> list[TrialLog]:
     """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included).
 
     ``first``: a point of ``space`` tried before anything is sampled (the published recipe), enqueued in
-    Optuna so TPE and ASHA treat it like any other trial.
+    Optuna so TPE and ASHA treat it like any other trial. ``trackers``: the ``--log-to`` callbacks
+    (:func:`study.trackers.tracker_callbacks`), fed every reported epoch by Tune.
 
     ``control_key`` names the study's :class:`study.progress.StudyControl`: its stop switch ends the
     search early (the caller then sees fewer logs than the budget) and its progress line counts trials.
@@ -237,6 +283,7 @@ def tune_cell(
     searcher = ASHAAwareOptunaSearch(
         space=space, metric=METRIC, mode="max", seed=budget.tune_seed, storage=optuna_storage, study_name=name,
         points_to_evaluate=[dict(first)] if first else None,
+        user_attrs={"cell_id": constants.get("cell_id"), "phase": constants.get("phase", "tune")},
     )
     scheduler = ASHAScheduler(
         time_attr="training_iteration",
@@ -257,7 +304,7 @@ def tune_cell(
             max_concurrent_trials=budget.max_concurrent,
             reuse_actors=True,
         ),
-        run_config=_run_config(storage, name, budget, [collector, _StartGate()], control_key),
+        run_config=_run_config(storage, name, budget, [collector, *(trackers or []), _StartGate()], control_key),
     )
     with serialized_start():
         tuner.fit()  # does not raise on failed trials: their state is in the collector
@@ -274,6 +321,7 @@ def final_runs(
     echo: Callable[[str], None] = echo,
     on_finish: Callable[[TrialLog], None] | None = None,
     control_key: str | None = None,
+    trackers: list[Callback] | None = None,
 ) -> list[TrialLog]:
     """Re-train ``config`` with seeds 0..K-1, each evaluated once on test (no early stopping by ASHA)."""
     param_space = {**config, "final": True, "phase": "final",
@@ -283,7 +331,7 @@ def final_runs(
         trainable,
         param_space=param_space,
         tune_config=TuneConfig(num_samples=1, max_concurrent_trials=budget.max_concurrent, reuse_actors=True),
-        run_config=_run_config(storage, name, budget, [collector, _StartGate()], control_key),
+        run_config=_run_config(storage, name, budget, [collector, *(trackers or []), _StartGate()], control_key),
     )
     with serialized_start():
         tuner.fit()
