@@ -38,7 +38,7 @@ def print_summary(results: Results | Path) -> None:
           "test mIoU (mean ± sd, seeds)  test OA")
     for r in frame.iter_rows(named=True):  # mIoU and OA in %, as in the report
         sd = r["test_miou_std"]
-        sd_txt = f"± {100 * sd:4.1f} %" if sd is not None else "        "
+        sd_txt = f"± {100 * sd:4.1f} %" if sd is not None else "%       "
         print(f" {r['dataset']:<9} {r['strategy']:<15} {r['train_fraction']:>8.3g}  {r['n_train_images']:>6}  "
               f"{r['trials'] or 0:>6} ({r['asha_stopped'] or 0}/{r['failed'] or 0})            "
               f"{pct(r['best_val_miou']):>8}      "

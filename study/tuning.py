@@ -116,6 +116,8 @@ class ASHAAwareOptunaSearch(OptunaSearch):
             ot_trial.report(float(value), int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result and not error:  # Tune hands a trial's last result to on_trial_complete only
+            self.on_trial_result(trial_id, result)
         if result and not error and not result.get("is_last", True) and trial_id not in self._completed_trials:
             import optuna
 
