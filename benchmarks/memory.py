@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -109,9 +110,17 @@ class Cgroup:
         return int(ctl.get("oom_kill", 0))
 
     def remove(self) -> None:
-        for _ in range(100):  # Ray's processes leave shortly after the driver
-            if not (self.path / "cgroup.procs").read_text().strip():
+        """Remove the cgroup; Ray daemons of the study still in it after 20 s (they outlive a killed driver)
+        are killed first: everything in it was started by :meth:`popen`."""
+        procs = self.path / "cgroup.procs"
+        for i in range(120):
+            pids = [int(p) for p in procs.read_text().split()]
+            if not pids:
                 break
+            if i >= 100:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
         with contextlib.suppress(OSError):
             self.path.rmdir()
@@ -161,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=2)
     p.add_argument("--max-freeze-depth", type=int, default=1, help="k range searched (default 0..1)")
     p.add_argument("--backbone", default=None, help="HyperSL checkpoint for the crossdomain strategies")
-    p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--cpus", type=int, default=1, help="Ray CPUs (default 1: one trial at a time, so the peak is "
+                   "Ray + one trial; 2 runs two trials side by side, each with its own model memory)")
     p.add_argument("--work", type=Path, default=Path("/tmp/hsistudy-memory"))
     p.add_argument("--keep", action="store_true", help="keep the generated data sets")
     args = p.parse_args(argv)
