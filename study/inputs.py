@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,14 @@ class ResolvedBackbone:
     path: Path | None  # None: a random init (only where the user allowed it)
     sha: str | None
     trial_config: dict[str, Any]  # constants for the trials: paths and hashes, never tensors
+    #: constants that depend on the dataset (e.g. the export's chunk size), added by :meth:`for_dataset`
+    per_dataset: Callable[[DatasetSpec], dict[str, Any]] | None = None
+
+    def for_dataset(self, spec: DatasetSpec) -> ResolvedBackbone:
+        """This backbone with its trial constants for ``spec``'s cells."""
+        if self.per_dataset is None:
+            return self
+        return replace(self, trial_config={**self.trial_config, **self.per_dataset(spec)}, per_dataset=None)
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,10 @@ def prepare(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> dic
 
     check_store_version(resolve(cfg.runtime.results))  # before anything is written into an incompatible store
     data = {name: _validated_data(cfg, get_spec(name), echo) for name in cfg.data.datasets}
-    return {name: prepare_dataset(cfg, get_spec(name), *data[name], echo) for name in cfg.data.datasets}
+    kinds = cfg.backbone_kinds()
+    backbones = {k: PROVIDERS[k](cfg, echo) for k in PROVIDERS if k in kinds}  # once per study, cheap kinds first
+    return {name: prepare_dataset(cfg, get_spec(name), *data[name], echo, backbones=backbones)
+            for name in cfg.data.datasets}
 
 
 def _validated_data(cfg: StudyConfig, spec: DatasetSpec,
@@ -76,7 +87,8 @@ def _validated_data(cfg: StudyConfig, spec: DatasetSpec,
 
 
 def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str, splits: dict[str, H5Split],
-                    echo: Callable[[str], None] = default_echo) -> Prepared:
+                    echo: Callable[[str], None] = default_echo,
+                    backbones: dict[str, ResolvedBackbone] | None = None) -> Prepared:
     """One dataset's subsets (manifests written), backbones (resolved once per study) and features."""
     results = resolve(cfg.runtime.results)
     check_trainable(spec, splits)
@@ -91,8 +103,9 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
                 f"ignore id {spec.ignore_index}); training on it would measure nothing. Raise that fraction or "
                 "drop it from --fractions")
         results.write_text(f"manifests/{spec.name}-f{f:g}-s{m.subset_seed}-{m.content_hash}.json", m.to_json())
-    kinds = cfg.backbone_kinds()
-    backbones = {k: PROVIDERS[k](cfg, spec, echo) for k in PROVIDERS if k in kinds}  # cheap kinds first
+    if backbones is None:
+        backbones = {k: PROVIDERS[k](cfg, echo) for k in PROVIDERS if k in cfg.backbone_kinds()}
+    backbones = {k: b.for_dataset(spec) for k, b in backbones.items()}
     feature_splits = None
     if cfg.needs_features:
         feature_splits = export_features(cfg, spec, root, backbones["hypersl"], echo)
@@ -114,7 +127,7 @@ def check_trainable(spec: DatasetSpec, splits: dict[str, H5Split]) -> None:
                                       "odd ones when converting, e.g. with python -m study.prepare)")
 
 
-def resolve_rgb_vit(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], None]) -> ResolvedBackbone:
+def resolve_rgb_vit(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBackbone:
     """Find and check the RGB ViT weights now, so a missing or wrong file stops before Ray starts."""
     from study.models.vit_weights import resolve_rgb_backbone
 
@@ -124,7 +137,7 @@ def resolve_rgb_vit(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], N
     return ResolvedBackbone("rgb-vit", rgb.weights, rgb.sha, dict(rgb.trial_config()))
 
 
-def resolve_hypersl(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], None]) -> ResolvedBackbone:
+def resolve_hypersl(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBackbone:
     """The HyperSL checkpoint (``--backbone`` or the locally pretrained default, made on first use), read and
     hashed once; trials with freeze depth k > 0 load it from the path, k = 0 trials read cached features."""
     from study.features import default_chunk
@@ -143,9 +156,9 @@ def resolve_hypersl(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], N
              "sanity pretraining, not the released weights")
     path = path.resolve()
     sha = _checked_once(path, checkpoint_hash)
-    constants = {"backbone_path": str(path), "backbone_hash": sha, "bn_mode": cfg.options.bn_mode,
-                 "chunk_size": default_chunk(spec.name)}
-    return ResolvedBackbone("hypersl", path, sha, constants)
+    constants = {"backbone_path": str(path), "backbone_hash": sha, "bn_mode": cfg.options.bn_mode}
+    return ResolvedBackbone("hypersl", path, sha, constants,
+                            per_dataset=lambda spec: {"chunk_size": default_chunk(spec.name)})
 
 
 _ONCE: dict[tuple[Any, ...], Any] = {}
@@ -161,7 +174,7 @@ def _checked_once(path: Path, fn: Callable[[Path], Any]) -> Any:
 
 
 #: backbone kind (``Strategy.backbone``) -> its provider, cheapest first (a missing file fails before an export)
-PROVIDERS: dict[str, Callable[[StudyConfig, DatasetSpec, Callable[[str], None]], ResolvedBackbone]] = {
+PROVIDERS: dict[str, Callable[[StudyConfig, Callable[[str], None]], ResolvedBackbone]] = {
     "rgb-vit": resolve_rgb_vit,
     "hypersl": resolve_hypersl,
 }
