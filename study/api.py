@@ -8,7 +8,7 @@ exactly the flags ``hsistudy run`` takes (``smoke=True`` -> ``--smoke``,
 Example::
 
     from study.api import load_rows, run_study, summary, write_report
-    results = run_study(strategy="indomain", smoke=True, results="results/nb")
+    results = run_study(strategy="all", smoke=True, results="results/nb")
     rows = load_rows(results)          # polars DataFrame, one row per epoch / trial / final run
     summary(results)                   # per cell: test mIoU mean, sd, bootstrap CI, ...
     write_report(results)              # -> results/nb/report.html

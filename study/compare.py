@@ -1,10 +1,10 @@
 """Several studies in one report: label each study and give its strategies distinct names.
 
 Why rename: two studies typically run the same strategy with different settings
-(e.g. ``crossdomain`` with two backbones), and every table and curve of the
-report groups by strategy name, so ``crossdomain`` of study A and of study B
+(e.g. one strategy with two backbones), and every table and curve of the
+report groups by strategy name, so strategy ``S`` of study A and of study B
 must not be pooled. Each study is labelled by its folder name (its study id
-when folder names collide) and its strategies become ``crossdomain [A]``.
+when folder names collide) and its strategies become ``S [A]``.
 Rows keep their seeds and subset hashes, so paired differences across studies
 still pair a run with the baseline's run on the same subset and seed.
 """
@@ -43,7 +43,7 @@ def strategy_name(strategy: str, label: str) -> str:
 
 
 def base_strategy(name: str) -> str:
-    """``crossdomain [A]`` -> ``crossdomain`` (a plain name is returned unchanged)."""
+    """``S [A]`` -> ``S`` (a plain name is returned unchanged)."""
     return name.split(" [", 1)[0] if name.endswith("]") and " [" in name else name
 
 

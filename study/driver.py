@@ -10,48 +10,39 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import json
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
 from study import progress
+
+# the per-cell API, re-exported: callers (benchmarks, tests) import it from the driver
+from study.cell import (  # noqa: F401
+    CellInterrupted,
+    _constants,
+    _journal,
+    cell_bundle,
+    cell_id,
+    cell_label,
+    run_cell,
+    search_space,
+)
 from study.config import StudyConfig
-from study.config_file import apply_overrides, changed_space, recipe_point, space_specs
-from study.data.bundle import DataBundle, make_bundle
-from study.data.specs import DatasetSpec
+from study.config_file import space_specs
 from study.data.subsets import SubsetManifest
 from study.errors import HsiStudyError, ResultsWriteError
-from study.hashing import json_digest
 from study.inputs import Prepared
-from study.provenance import code_version
-from study.records import trial_rows
-from study.replay import replay_from_rows, replay_or_train, trial_key
-from study.results import STUDY_FILE, read_table, write_rows, write_study_file
-from study.storage import Location, WorkingCopy, lease, open_results, resolve
+from study.results import STUDY_FILE, read_table, write_study_file
+from study.storage import Location, lease, open_results, resolve
 from study.strategies import Strategy, get_strategy
-from study.trackers import tracker_callbacks
-from study.tuning import TrialLog, echo, final_runs, pick_best, serialized_start, tune_cell
-
-
-def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest, legacy: bool = False,
-            dataset: str | None = None) -> str:
-    """Stable id of a cell: strategy + subset + the settings that strategy's results depend on (so a re-run,
-    or a later run with more strategies or datasets, finds its rows). ``legacy``: the id stores written
-    before the strategy list left the study id used (recognised as finished, never written)."""
-    key = cfg.legacy_study_id.rsplit("-", 1)[-1] if legacy else cfg.strategy_key(strategy, dataset)
-    if (space := changed_space(search_space(cfg, get_strategy(strategy)),
-                               search_space(cfg, get_strategy(strategy), builtin=True))) is not None:
-        key = json_digest({"key": key, "search_space": space}, 10)  # a changed --config space: cells of its own
-    return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{key}"
+from study.tuning import echo
 
 
 def finished_cells(results: Path | Location, final_seeds: int) -> set[str]:
@@ -64,197 +55,6 @@ def finished_cells(results: Path | Location, final_seeds: int) -> set[str]:
     for c in finals["cell_id"].to_pylist():
         counts[c] = counts.get(c, 0) + 1
     return {c for c, n in counts.items() if n >= final_seeds}
-
-
-def cell_bundle(prep: Prepared, strategy: Strategy, subset: SubsetManifest, space: dict[str, Any]) -> DataBundle:
-    """A cell's data as its strategy's registry entry asks: raw cubes, or cached features (plus, when the
-    search can unfreeze the backbone, the raw spectra of the same samples for k > 0 trials)."""
-    if strategy.inputs != "features":
-        return make_bundle(prep.spec, prep.splits, subset, prep.source)
-    assert prep.feature_splits is not None, "prepare() exports features when a strategy needs them"
-    backbone = prep.backbones.get(strategy.backbone or "")
-    bundle = make_bundle(prep.spec, prep.feature_splits, subset, prep.source, backbone.sha if backbone else None)
-    if getattr(space.get("freeze_depth"), "high", 0) > 0:  # capped at k = 0: no trial reads raw spectra
-        bundle = replace(bundle, raw=make_bundle(prep.spec, prep.splits, subset, prep.source))
-    return bundle
-
-
-def _constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, cid: str, cpus: float) -> dict[str, Any]:
-    """Per-trial settings that are not searched (identical across the cell's trials).
-
-    ``cell_id`` and ``phase`` are part of every config so that a trial's content
-    hash (``replay.trial_key``) identifies it across re-runs.
-    """
-    batch = cfg.budget.batch_size or spec.batch_size
-    return {
-        "cell_id": cid,
-        "phase": "tune",
-        "max_epochs": cfg.budget.epochs,
-        "batch_size": min(batch, n_train),
-        "width": cfg.model_width,
-        "patience": cfg.budget.patience,
-        "seed": 0,
-        "final": False,
-        "num_threads": max(1, int(cpus)),
-        # runtime options enter a config only when set, so that trial keys (resume) stay as they were
-        **({"compile": True} if cfg.runtime.compile else {}),
-        **({"stage_dir": str(cfg.runtime.stage_data)} if cfg.runtime.stage_data else {}),
-    }
-
-
-def _fresh_experiment(results: Location, name: str, journal: Any) -> None:
-    """Drop what an interrupted attempt left of this experiment (its finished trials are in the store)."""
-    import optuna
-
-    results.delete_dir("tune", name)
-    with contextlib.suppress(KeyError):  # KeyError: no such study yet
-        optuna.delete_study(study_name=name, storage=journal)
-
-
-def search_space(cfg: StudyConfig, strategy: Strategy, builtin: bool = False) -> dict[str, Any]:
-    """The strategy's search space with the ``--config`` overrides (not with ``builtin``), and ``freeze_depth``
-    capped at ``--max-freeze-depth`` when one is set.
-
-    Why a cap rather than separate spaces: k > 0 puts the backbone into every
-    training step (HyperSL per pixel: minutes per epoch on a laptop CPU), so the
-    demo/smoke presets search frozen backbones only while a GPU cluster searches
-    the strategy's full range; every cell of one study still gets the same space.
-    """
-    from optuna.distributions import IntDistribution
-
-    space = strategy.load_search_space()
-    if not builtin:
-        space = apply_overrides(space, cfg.search_spaces.get(strategy.name))
-    dist = space.get("freeze_depth")
-    cap = cfg.options.max_freeze_depth
-    if cap is not None and isinstance(dist, IntDistribution) and dist.high > cap:
-        space["freeze_depth"] = IntDistribution(dist.low, max(dist.low, cap), step=dist.step)
-    return space
-
-
-class CellInterrupted(HsiStudyError):
-    """The study was asked to stop while this cell ran: what finished is stored, the cell is not finished."""
-
-
-def _label(cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest) -> str:
-    prefix = f"{prep.spec.name} " if len(cfg.data.datasets) > 1 else ""
-    return f"{prefix}{strategy.name} {subset.fraction:g}"
-
-
-def run_cell(
-    cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest, cid: str,
-    have_gpu: bool, echo: Callable[[str], None] = echo, journal: Any = None, journal_file: WorkingCopy | None = None,
-    control_key: str | None = None,
-) -> None:
-    """Tune one cell, re-train the winner with K seeds; every finished trial is stored at once.
-
-    The cell is finished only when its whole tuning budget and all K final seeds are in the store: a
-    search that ends short (the study was stopped, trials lost) raises before any final run starts.
-    """
-    from ray import tune
-
-    results = resolve(cfg.runtime.results)
-    if journal is None or journal_file is None:  # one cell on its own (benchmarks, tests): its own journal
-        with _journal(results) as (journal_file, journal):
-            return run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, control_key)
-    label = _label(cfg, prep, strategy, subset)
-    stored = read_table(results)
-    stored = stored.filter(pc.equal(stored["cell_id"], cid)).to_pylist() if stored.num_rows else []
-    replay = replay_from_rows(stored)
-    if replay:
-        echo(f"  [{label}] resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
-    space = search_space(cfg, strategy)
-    bundle = cell_bundle(prep, strategy, subset, space)
-    res = strategy.resources(have_gpu)
-    with serialized_start():  # with_parameters registers the data in Tune's (not thread-safe) registry
-        trainable = tune.with_resources(
-            tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
-        )
-    # Tune registers a trainable under its name, process-wide: cells running at once must not share one, or
-    # the last registered cell's data would reach every cell's trials
-    trainable._name = f"cell_{json_digest(cid, 12)}"
-    budget = cfg.budget
-    constants = _constants(cfg, len(subset.names), prep.spec, cid, res["cpu"])
-    backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
-    if backbone is not None:
-        constants.update(backbone.trial_config)
-    recipe = strategy.load_recipe(prep.spec.name) or {}
-    if cfg.protocol == "paper":  # the published configuration verbatim, batch sizes included
-        constants.update(recipe)
-        if "batch_size" in recipe:
-            constants["batch_size"] = min(int(recipe["batch_size"]), len(subset.names))
-    # the tuned protocol tries the recipe first: its searched hyperparameters, the cell's constants
-    first = recipe_point(space, recipe)
-    trackers = functools.partial(tracker_callbacks, cfg, {"study_id": cfg.study_id, "cell_id": cid,
-                                 "dataset": prep.spec.name, "strategy": strategy.name, "fraction": subset.fraction})
-    common = {
-        "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
-        "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
-        "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": code_version(),
-        "backbone_hash": backbone.sha if backbone is not None else None,
-    }
-
-    write_failed: list[ResultsWriteError] = []  # the first failed write of this cell (read-only rows/, full disk)
-
-    def store(log: TrialLog) -> None:
-        # once the study is asked to stop, only runs that ended on their own are results: a trial ended by
-        # the stop (or killed by the same Ctrl+C) is not "stopped early" or "failed", it trains again on resume
-        if write_failed or (progress.stopped(control_key) and log.status != "completed"):
-            return
-        try:
-            if trial_key(log.config) not in replay:
-                protocol = _protocol_of(cfg, log, first)
-                write_rows(results, trial_rows(log, {**common, "protocol": protocol}),
-                           f"{cid}-{log.config.get('phase', 'tune')}")
-            if log.config.get("phase", "tune") == "tune":
-                journal_file.push()
-        except ResultsWriteError as exc:  # raised in Tune's callback it would loop; stop the study, raise it once
-            write_failed.append(exc)
-            if (control := progress.control(control_key)) is not None:
-                control.stop.set()
-
-    if cfg.protocol == "paper":  # nothing to search: the K seeds of the published configuration
-        chosen = {**constants, "phase": "final"}
-        echo(f"  [{label}] paper recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
-    else:
-        _fresh_experiment(results, f"{cid}-tune", journal)
-        logs = tune_cell(trainable, space, constants, budget, results.child("tune"), f"{cid}-tune", journal, label,
-                         echo, on_finish=store, control_key=control_key, first=first, trackers=trackers("tune"))
-        if write_failed:
-            raise write_failed[0]
-        journal_file.push()
-        _check_complete(logs, budget.trials, "tuning trials", control_key)
-        best = pick_best(logs)
-        chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
-        echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                      for k, v in chosen.items() if k in space))
-    results.delete_dir("tune", f"{cid}-final")
-    finals = final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo,
-                        on_finish=store, control_key=control_key, trackers=trackers("final"))
-    if write_failed:
-        raise write_failed[0]
-    _check_complete(finals, budget.seeds, "final seeds", control_key)
-    failed = [f for f in finals if f.status == "error"]
-    if failed:
-        raise RuntimeError(f"{len(failed)} of {budget.seeds} final seed(s) failed ({failed[0].error})")
-
-
-def _protocol_of(cfg: StudyConfig, log: TrialLog, first: dict[str, Any] | None) -> str:
-    """The ``protocol`` column of a run: paper, recipe (a tuned cell's enqueued recipe trial) or tuned."""
-    if cfg.protocol == "paper":
-        return "paper"
-    is_recipe = (first is not None and log.config.get("phase", "tune") == "tune"
-                 and all(log.config.get(k) == v for k, v in first.items()))
-    return "recipe" if is_recipe else "tuned"
-
-
-def _check_complete(logs: list[TrialLog], budget: int, what: str, control_key: str | None) -> None:
-    """Raise unless every run of the budget ended on its own (Tune returns short when it was stopped)."""
-    if progress.stopped(control_key):
-        raise CellInterrupted(f"stopped with {sum(log.status == 'completed' for log in logs)} of {budget} {what} "
-                              "completed")
-    if len(logs) < budget:
-        raise RuntimeError(f"only {len(logs)} of {budget} {what} ran (Tune ended early); re-run to complete")
 
 
 @contextlib.contextmanager
@@ -321,7 +121,7 @@ def pending_cells(cfg: StudyConfig, preps: dict[str, Prepared], done: set[str],
                 subset = prep.subsets[frac]
                 cid = cell_id(cfg, sname, subset, dataset=prep.spec.name)
                 if cid in done or cell_id(cfg, sname, subset, legacy=True) in done:
-                    echo(f"{_label(cfg, prep, strategy, subset)}: already finished, skipped")
+                    echo(f"{cell_label(cfg, prep, strategy, subset)}: already finished, skipped")
                     continue
                 out.append((prep, strategy, subset, cid))
     out.sort(key=_expected_cost, reverse=True)  # longest first: a long cell started last would set the makespan
@@ -377,7 +177,7 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
 
         def one(cell: tuple[Prepared, Strategy, SubsetManifest, str]) -> None:
             prep, strategy, subset, cid = cell
-            label = _label(cfg, prep, strategy, subset)
+            label = cell_label(cfg, prep, strategy, subset)
             if control.stop.is_set():
                 return
             echo(f"[{label}] starts ({len(subset.names)} of {subset.n_total} train images, subset "
@@ -442,22 +242,3 @@ def _watch_for_stall(control: progress.StudyControl, requests: dict[str, dict[st
             control.echo(f"stopping: {control.error}")
             control.stop.set()
             return
-
-
-@contextlib.contextmanager
-def _journal(results: Location) -> Iterator[tuple[WorkingCopy, Any]]:
-    """The study's Optuna journal: one storage object for all cells (its own lock serialises their appends).
-
-    Optuna's journal needs a local file: on an object store a working copy, pushed after every trial and
-    once more however the study ends.
-    """
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    journal_file = WorkingCopy(results, "optuna.journal")
-    try:
-        yield journal_file, JournalStorage(JournalFileBackend(str(journal_file.pull().path.resolve())))
-    finally:
-        try:
-            journal_file.push()
-        finally:
-            journal_file.close()
