@@ -83,7 +83,23 @@ def _validated_data(cfg: StudyConfig, spec: DatasetSpec,
         root = ensure_default_dataset(spec, cfg.runtime.cache_dir, cfg.data.synthetic, progress=True)
         source = f"synthetic:{root.name}"
         echo(f"embedded default data: synthetic {spec.title}-like cubes in {root} ({time.perf_counter() - t0:.1f} s)")
-    return root, source, validate_dataset(root, spec)
+    splits = validate_dataset(root, spec)
+    return root, source + _split_variant(splits["train"].path), splits
+
+
+def _split_variant(path: Path) -> str:
+    """`` (hcv2 split old)`` when study.prepare recorded which official split list a file follows, so every row's
+    ``data_source`` says which HCV2 split its numbers are on; empty for files without the attribute."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            variant = fh.attrs.get("hcv2_split")
+    except OSError:
+        return ""
+    if variant is None:
+        return ""
+    return f" (hcv2 split {variant.decode() if isinstance(variant, bytes) else variant})"
 
 
 def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str, splits: dict[str, H5Split],

@@ -108,3 +108,33 @@ def test_tuned_cells_try_the_recipe_first_and_the_report_shows_what_tuning_added
     row = cells.row(0, named=True)
     assert row["recipe_val_miou"] == recipe["val_miou"][0]
     assert row["tuning_gain"] == pytest.approx(row["best_val_miou"] - row["recipe_val_miou"])
+
+
+def test_a_paper_study_writes_the_benchmarks_manifests_at_every_fraction(tiny_root: Path, tmp_path: Path) -> None:
+    from study.data.h5reader import validate_dataset
+    from study.data.specs import get_spec
+    from study.inputs import prepare
+
+    cfg = build_config("full", "paper", strategies=("indomain",), dataset="hyko2", data_root=tiny_root,
+                       fractions=PAPER_FRACTIONS, results=tmp_path / "r")
+    prep = prepare(cfg, echo=lambda _: None)["hyko2"]
+    names = list(validate_dataset(tiny_root, get_spec("hyko2"))["train"].names)
+    written = {json.loads(p.read_text())["fraction"]: json.loads(p.read_text())["names"]
+               for p in (tmp_path / "r" / "manifests").glob("*.json")}
+    for f in PAPER_FRACTIONS:
+        assert list(prep.subsets[f].names) == written[f] == _randperm_prefix(names, f), f
+
+
+def test_the_hcv2_split_a_file_follows_reaches_every_rows_data_source(tiny_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import h5py
+
+    from study.inputs import _split_variant
+
+    copy = tmp_path / "hyko2_train.h5"
+    shutil.copy(tiny_root / "hyko2_train.h5", copy)
+    assert _split_variant(copy) == ""
+    with h5py.File(copy, "r+") as fh:
+        fh.attrs["hcv2_split"] = "old"
+    assert _split_variant(copy) == " (hcv2 split old)"
