@@ -31,7 +31,7 @@ from study.results import read_table, write_rows
 from study.storage import Location, WorkingCopy, resolve
 from study.strategies import Strategy, get_strategy
 from study.trackers import tracker_callbacks
-from study.tuning import TrialLog, echo, final_runs, pick_best, serialized_start, tune_cell
+from study.tuning import TUNE_NEXT, TrialLog, echo, final_runs, pick_best, serialized_start, tune_cell
 
 
 def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest, legacy: bool = False,
@@ -124,9 +124,12 @@ def cell_label(cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: Sub
 def run_cell(
     cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest, cid: str,
     have_gpu: bool, echo: Callable[[str], None] = echo, journal: Any = None, journal_file: WorkingCopy | None = None,
-    control_key: str | None = None,
+    control_key: str | None = None, rank: int = 0,
 ) -> None:
     """Tune one cell, re-train the winner with K seeds; every finished trial is stored at once.
+
+    ``rank``: the cell's place in the study's start order (0 = expected longest): Tuner starts are
+    serialised, and a cell's finals, then longer cells, start first.
 
     The cell is finished only when its whole tuning budget and all K final seeds are in the store: a
     search that ends short (the study was stopped, trials lost) raises before any final run starts.
@@ -136,7 +139,8 @@ def run_cell(
     results = resolve(cfg.runtime.results)
     if journal is None or journal_file is None:  # one cell on its own (benchmarks, tests): its own journal
         with _journal(results) as (journal_file, journal):
-            return run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, control_key)
+            return run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, control_key,
+                            rank)
     label = cell_label(cfg, prep, strategy, subset)
     stored = read_table(results)
     stored = stored.filter(pc.equal(stored["cell_id"], cid)).to_pylist() if stored.num_rows else []
@@ -146,7 +150,7 @@ def run_cell(
     space = search_space(cfg, strategy)
     bundle = cell_bundle(prep, strategy, subset, space)
     res = strategy.resources(have_gpu)
-    with serialized_start():  # with_parameters registers the data in Tune's (not thread-safe) registry
+    with serialized_start((TUNE_NEXT, rank)):  # with_parameters registers in Tune's (not thread-safe) registry
         trainable = tune.with_resources(
             tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
         )
@@ -199,7 +203,8 @@ def run_cell(
     else:
         _fresh_experiment(results, f"{cid}-tune", journal)
         logs = tune_cell(trainable, space, constants, budget, results.child("tune"), f"{cid}-tune", journal, label,
-                         echo, on_finish=store, control_key=control_key, first=first, trackers=trackers("tune"))
+                         echo, on_finish=store, control_key=control_key, first=first, trackers=trackers("tune"),
+                         rank=rank)
         if write_failed:
             raise write_failed[0]
         journal_file.push()
@@ -210,7 +215,7 @@ def run_cell(
                                                       for k, v in chosen.items() if k in space))
     results.delete_dir("tune", f"{cid}-final")
     finals = final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo,
-                        on_finish=store, control_key=control_key, trackers=trackers("final"))
+                        on_finish=store, control_key=control_key, trackers=trackers("final"), rank=rank)
     if write_failed:
         raise write_failed[0]
     _check_complete(finals, budget.seeds, "final seeds", control_key)

@@ -175,7 +175,7 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
     try:
         journal_file, journal = stack.enter_context(_journal(results))
 
-        def one(cell: tuple[Prepared, Strategy, SubsetManifest, str]) -> None:
+        def one(rank: int, cell: tuple[Prepared, Strategy, SubsetManifest, str]) -> None:
             prep, strategy, subset, cid = cell
             label = cell_label(cfg, prep, strategy, subset)
             if control.stop.is_set():
@@ -185,7 +185,7 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
             control.update(force=True, cells_running=+1)
             t0 = time.perf_counter()
             try:
-                run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, key)
+                run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, key, rank)
                 echo(f"[{label}] done in {time.perf_counter() - t0:.0f} s")
             except CellInterrupted as exc:
                 echo(f"[{label}] {exc}")
@@ -198,7 +198,7 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
         workers = cfg.runtime.max_concurrent_cells or len(cells)
         requests = {s.name: s.resources(have_gpu) for s in {c[1].name: c[1] for c in cells}.values()}
         with ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="cell") as pool:
-            futures = [pool.submit(one, cell) for cell in cells]
+            futures = [pool.submit(one, rank, cell) for rank, cell in enumerate(cells)]  # cells: longest first
             pool.submit(_watch_for_stall, control, requests, stall_seconds())
             try:
                 for fut in as_completed(futures):

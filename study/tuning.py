@@ -10,6 +10,8 @@ which does not depend on Tune's on-disk file layout.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import os
 import threading
 import warnings
@@ -33,28 +35,54 @@ from study.storage import Location, resolve
 METRIC = "best_val_miou"
 
 
+class _StartQueue:
+    """A lock handed out by priority, then arrival: Tuner starts are serialised, and which cell starts next
+    matters (a cell's final seeds before any cell's tuning, longer cells before shorter ones)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[tuple[int, ...], int, int]] = []
+        self._holder: int | None = None
+        self._seq = itertools.count()
+
+    def acquire(self, priority: tuple[int, ...]) -> None:
+        entry = (priority, next(self._seq), threading.get_ident())
+        with self._cond:
+            heapq.heappush(self._waiting, entry)
+            while self._holder is not None or self._waiting[0] is not entry:
+                self._cond.wait()
+            heapq.heappop(self._waiting)
+            self._holder = entry[2]
+
+    def release(self) -> None:
+        """Release if this thread holds it (the gate callback and the block's end may both try)."""
+        with self._cond:
+            if self._holder == threading.get_ident():
+                self._holder = None
+                self._cond.notify_all()
+
+
 #: Ray Tune's trainable registry (``tune.registry._global_registry``) is not thread-safe, and every cell runs
-#: its Tuner in its own driver thread: a Tuner holds this lock from before it registers anything until its
+#: its Tuner in its own driver thread: a Tuner holds this from before it registers anything until its
 #: controller starts (:class:`_StartGate`), so cells start one at a time and then run at once.
-_START = threading.Lock()
-_START_HOLDER: list[int] = []
+_START = _StartQueue()
+#: start priorities: a cell's final seeds before any tuning (they are on the cell's critical path)
+FINAL_FIRST, TUNE_NEXT = 0, 1
 
 
 @contextlib.contextmanager
-def serialized_start() -> Iterator[None]:
-    """Hold the start lock in this thread until the Tuner's controller is set up (or the block ends)."""
-    _START.acquire()
-    _START_HOLDER[:] = [threading.get_ident()]
+def serialized_start(priority: tuple[int, ...] = (TUNE_NEXT, 0)) -> Iterator[None]:
+    """Hold the start lock in this thread until the Tuner's controller is set up (or the block ends); lower
+    ``priority`` tuples go first."""
+    _START.acquire(priority)
     try:
         yield
     finally:
-        _release_start()
+        _START.release()
 
 
 def _release_start() -> None:
-    if [threading.get_ident()] == _START_HOLDER and _START.locked():
-        _START_HOLDER.clear()
-        _START.release()
+    _START.release()
 
 
 class _StartGate(Callback):
@@ -272,8 +300,11 @@ def tune_cell(
     control_key: str | None = None,
     first: dict[str, Any] | None = None,
     trackers: list[Callback] | None = None,
+    rank: int = 0,
 ) -> list[TrialLog]:
     """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included).
+
+    ``rank``: the cell's place in the study's start order (0 = longest cell), for :func:`serialized_start`.
 
     ``first``: a point of ``space`` tried before anything is sampled (the published recipe), enqueued in
     Optuna so TPE and ASHA treat it like any other trial. ``trackers``: the ``--log-to`` callbacks
@@ -308,7 +339,7 @@ def tune_cell(
         ),
         run_config=_run_config(storage, name, budget, [collector, *(trackers or []), _StartGate()], control_key),
     )
-    with serialized_start():
+    with serialized_start((TUNE_NEXT, rank)):
         tuner.fit()  # does not raise on failed trials: their state is in the collector
     return list(collector.trials.values())
 
@@ -324,8 +355,10 @@ def final_runs(
     on_finish: Callable[[TrialLog], None] | None = None,
     control_key: str | None = None,
     trackers: list[Callback] | None = None,
+    rank: int = 0,
 ) -> list[TrialLog]:
-    """Re-train ``config`` with seeds 0..K-1, each evaluated once on test (no early stopping by ASHA)."""
+    """Re-train ``config`` with seeds 0..K-1, each evaluated once on test (no early stopping by ASHA); they
+    start before any waiting cell's tuning (``FINAL_FIRST``): they are on their cell's critical path."""
     param_space = {**config, "final": True, "phase": "final",
                    "seed": tune.grid_search(list(range(budget.seeds)))}
     collector = RowCollector(f"{label} final", budget.seeds, echo, on_finish, control_key)
@@ -335,7 +368,7 @@ def final_runs(
         tune_config=TuneConfig(num_samples=1, max_concurrent_trials=budget.max_concurrent, reuse_actors=True),
         run_config=_run_config(storage, name, budget, [collector, *(trackers or []), _StartGate()], control_key),
     )
-    with serialized_start():
+    with serialized_start((FINAL_FIRST, rank)):
         tuner.fit()
     return list(collector.trials.values())
 
