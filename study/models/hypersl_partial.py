@@ -22,11 +22,15 @@ from study.models.hypersl import BN_MODES, HyperSL
 
 #: BatchNorms in the stem (three conv branches + the 1x1 fuse), in forward order.
 N_STEM_BN = 4
-#: Pixels per chunk of a no-grad (evaluation) forward: bounds memory, results do not depend on it.
-EVAL_CHUNK = 16_384
-#: Pixels per gradient-checkpointed chunk when more pixels need gradients at once (RU-Net batches):
-#: activations of only one chunk are alive in backward. The paper's FC sub-batch (8,192) fits in one.
-GRAD_CHUNK = 8_192
+#: Pixels per chunk of a no-grad (evaluation) forward: bounds memory, results do not depend on it (float
+#: noise). A pixel's transformer pass holds ~90 KB of transients at D = 64 (26 tokens x 4 x D MLP, qkv,
+#: attention), so 16,384 pixels took 1.5 GiB and OOM-killed k > 0 trials under a 2.5 GiB study cap; 2,048
+#: take ~0.2 GiB at the same speed (performance.md "Memory").
+EVAL_CHUNK = 2_048
+#: Pixels per gradient-checkpointed chunk when more pixels need gradients at once: the activations of only
+#: one chunk are alive in backward (~120 KB per pixel and trainable block at D = 64). Was 8,192 (the FC
+#: sub-batch in one piece: +1.1 GiB for k = 1; 1,024: +0.5 GiB); a chunk's forward runs twice (forward, recompute).
+GRAD_CHUNK = 1_024
 
 
 def _stem_branch(seq: nn.Sequential, x: Tensor, stats: Tensor | None, collect: list[Tensor] | None) -> Tensor:
@@ -143,9 +147,13 @@ class PartialHyperSL(nn.Module):
         """Spectra (P, C) and chunk ids (P,) int64 -> features (P, D)."""
         if self.bn_mode == "chunk" and self.stats.shape[0] == 0:
             raise RuntimeError("chunk-mode statistics are missing: call set_sources() and refresh_stats() first")
-        if not torch.is_grad_enabled():
-            step = self.eval_chunk
-            return torch.cat([self._features(x[s : s + step], ids[s : s + step]) for s in range(0, len(x), step)])
+        if not torch.is_grad_enabled():  # chunks written into one output: no list of pieces plus its cat
+            step, out = self.eval_chunk, None
+            for s in range(0, len(x), step):
+                z = self._features(x[s : s + step], ids[s : s + step])
+                out = z.new_empty((len(x), z.shape[1])) if out is None else out
+                out[s : s + len(z)] = z
+            return out if out is not None else x.new_empty((0, self.dim))
         if len(x) <= self.grad_chunk:
             return self._features(x, ids)
         step = self.grad_chunk
