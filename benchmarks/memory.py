@@ -10,6 +10,13 @@ Two peaks per run: ``peak_anon`` (sampled every 0.2 s: rss + shmem of the cgroup
 Ray's object store, without the reclaimable page cache the reads leave) and ``peak_cgroup`` (the kernel's
 high-water mark, which also counts page cache and so sits near the cap on any data set larger than it).
 
+The crossdomain strategies read the HyperSL feature cache. Exporting the features of a >= 3 GiB set takes
+hours on a CPU, and what is measured is trials streaming data, not the export: by default the benchmark
+writes *random* float16 features of the backbone's width into exactly the cache files
+``study.features.ensure_features`` would use for that backbone and data (same key, layout and attributes),
+so the study finds them cached and skips the export (``--features export`` computes them instead).
+``--freeze-depth k`` fixes the crossdomain strategies' k (a ``[search_space.*]`` override) so both arms run.
+
 Needs root and a writable memory controller (cgroup v1 ``/sys/fs/cgroup/memory`` or v2 with ``memory``).
 """
 
@@ -126,6 +133,58 @@ class Cgroup:
             self.path.rmdir()
 
 
+def populate_features(data: Path, cache: Path, backbone: str | None, dtype: str = "float16",
+                      bn_mode: str = "chunk", seed: int = 0) -> Path:
+    """Random features in the study's own feature-cache files for ``data`` (memory, not quality): the folder.
+
+    Same checkpoint (``backbone`` or the study's default, made here as the study would make it), cache key
+    (``feature_cache_path``), groups (features + raw labels) and root attributes (``feature_attrs``) as
+    ``ensure_features``, which then reuses them. A few random images are reused so writing is I/O-bound.
+    """
+    from study.data.h5reader import open_split
+    from study.data.specs import get_spec
+    from study.features import _is_current, default_chunk, feature_attrs, feature_cache_path, source_id, temp_path
+    from study.models.checkpoints import checkpoint_hash, load_hypersl
+    from study.pretrain import default_config, ensure_default_backbone
+
+    path = Path(backbone) if backbone else ensure_default_backbone(cache_dir=cache, config=default_config("cpu"),
+                                                                   progress=False)
+    path = path.resolve()
+    ckpt, dim = checkpoint_hash(path), load_hypersl(path).dim
+    spec, chunk = get_spec("hsidrive"), default_chunk("hsidrive")
+    rng = np.random.default_rng(seed)
+    pool = [rng.standard_normal((*SHAPE, dim), dtype=np.float32).astype(dtype) for _ in range(4)]
+    folder = None
+    for split in spec.splits:
+        out = feature_cache_path(cache, ckpt, "hsidrive", split, bn_mode, chunk, dtype, source_id(data))
+        folder = out.parent
+        src = open_split(data, spec, split)
+        if _is_current(out, src.path):
+            continue
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(out)
+        with h5py.File(src.path, "r") as raw, h5py.File(tmp, "w") as fh:
+            for i, name in enumerate(src.names):
+                g = fh.create_group(name)
+                g.create_dataset("image", data=pool[i % len(pool)][: raw[name]["labels"].shape[0]])
+                g.create_dataset("labels", data=raw[name]["labels"][()])
+            fh.attrs.update(feature_attrs(src, ckpt_hash=ckpt, bn_mode=bn_mode, chunk=chunk, dtype=dtype,
+                                          autocast="off", dim=dim, dataset="hsidrive", split=split))
+        os.replace(tmp, out)
+    assert folder is not None
+    return folder
+
+
+def freeze_depth_config(work: Path, k: int, strategies: str) -> Path:
+    """A ``--config`` file fixing freeze_depth = k for the crossdomain strategies in ``strategies``."""
+    names = [s for s in strategies.split(",") if s.startswith("crossdomain")]
+    text = "".join(f'[search_space.{s}]\nfreeze_depth = {{low = {k}, high = {k}}}\n' for s in names)
+    path = work / f"k{k}.toml"
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def run_capped(data: Path, results: Path, cap: float, args: argparse.Namespace) -> dict:
     """One study on ``data`` under a ``cap`` GiB cgroup; its peaks, OOM kills, exit code and wall time."""
     shutil.rmtree(results, ignore_errors=True)
@@ -135,6 +194,8 @@ def run_capped(data: Path, results: Path, cap: float, args: argparse.Namespace) 
            "--max-freeze-depth", str(args.max_freeze_depth), "--results", str(results)]
     if args.backbone:
         cmd += ["--backbone", args.backbone]
+    if args.freeze_depth is not None:
+        cmd += ["--config", str(freeze_depth_config(args.work, args.freeze_depth, args.strategies))]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
            "HSISTUDY_CACHE": str(args.work / "cache")}
     cg = Cgroup(f"hsistudy-mem-{os.getpid()}-{data.name}", int(cap * GIB))
@@ -169,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraction", default="0.05", help="training fraction (val and test are always complete)")
     p.add_argument("--trials", type=int, default=2)
     p.add_argument("--max-freeze-depth", type=int, default=1, help="k range searched (default 0..1)")
+    p.add_argument("--freeze-depth", type=int, default=None,
+                   help="fix k of the crossdomain strategies (every trial; implies --max-freeze-depth k)")
+    p.add_argument("--features", choices=("random", "export"), default="random",
+                   help="crossdomain features: random ones pre-populated in the study's cache (default: the "
+                        "memory of streaming, not quality) or the real export (hours on a CPU at >= 1 GiB)")
     p.add_argument("--backbone", default=None, help="HyperSL checkpoint for the crossdomain strategies")
     p.add_argument("--cpus", type=int, default=1, help="Ray CPUs (default 1: one trial at a time, so the peak is "
                    "Ray + one trial; 2 runs two trials side by side, each with its own model memory)")
@@ -176,9 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the generated data sets")
     args = p.parse_args(argv)
     sizes = [float(s) for s in args.sizes.split(",")]
+    if args.freeze_depth is not None:
+        args.max_freeze_depth = args.freeze_depth
+    crossdomain = "crossdomain" in args.strategies
+    if crossdomain:
+        print("features: " + ("random, pre-populated: memory, not quality" if args.features == "random"
+                              else "exported by the study"), flush=True)
     runs = []
     for gib in sizes:
         data = write_dataset(args.work / f"data{gib:g}", gib)
+        if crossdomain and args.features == "random":
+            populate_features(data, args.work / "cache", args.backbone)
         runs.append(run_capped(data, args.work / f"results{gib:g}", args.cap, args))
         print(json.dumps(runs[-1]), flush=True)
     if not args.keep:
@@ -186,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(args.work / f"data{gib:g}", ignore_errors=True)
     small, large = runs[0], runs[-1]
     ratio = large["peak_anon_gib"] / small["peak_anon_gib"] if small["peak_anon_gib"] else float("nan")
-    summary = {"cap_gib": args.cap, "strategies": args.strategies, "runs": runs, "peak_ratio": round(ratio, 3),
+    summary = {"cap_gib": args.cap, "strategies": args.strategies, "freeze_depth": args.freeze_depth,
+               "features": args.features if crossdomain else None, "runs": runs, "peak_ratio": round(ratio, 3),
                "ok": all(r["rc"] == 0 and r["oom_kills"] == 0 for r in runs) and ratio <= 1.15}
     print(json.dumps(summary, indent=1))
     return 0 if summary["ok"] else 1
