@@ -11,6 +11,7 @@ import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
@@ -253,7 +254,11 @@ def _journal(results: Location) -> Iterator[tuple[WorkingCopy, Any]]:
 
     journal_file = WorkingCopy(results, "optuna.journal")
     try:
-        yield journal_file, JournalStorage(JournalFileBackend(str(journal_file.pull().path.resolve())))
+        path = journal_file.pull().path.resolve()
+        # this run holds the results lock, so an Optuna lock file left by a killed run is stale: without this,
+        # every resume after a SIGKILL would wait out Optuna's 30-s grace period before it "forcibly releases" it
+        Path(f"{path}.lock").unlink(missing_ok=True)
+        yield journal_file, JournalStorage(JournalFileBackend(str(path)))
     finally:
         try:
             journal_file.push()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,6 +110,7 @@ def test_sigkill_with_cells_in_flight_then_rerun_equals_uninterrupted_run(tiny_r
     after = _stored_trials(killed)
     total = 2 * (3 + 2)  # 2 cells x (3 trials + 2 final seeds)
     assert len(after) == total and before <= after
-    assert rerun.stdout.count("] trial ") - replayed == total - len(before)  # only the interrupted ones trained
+    finished = len(re.findall(r"\] trial \d+/\d+ ", rerun.stdout))  # one line per trial that ended
+    assert finished - replayed == total - len(before)  # only the interrupted ones trained
     assert comparable(killed).equals(comparable(clean))
     assert not read_store(killed).select("trial_id", "row_kind", "epoch").is_duplicated().any()
