@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed, wait
@@ -197,9 +198,11 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
 
         workers = cfg.runtime.max_concurrent_cells or len(cells)
         requests = {s.name: s.resources(have_gpu) for s in {c[1].name: c[1] for c in cells}.values()}
-        with ThreadPoolExecutor(max_workers=workers + 1, thread_name_prefix="cell") as pool:
+        watchdog = threading.Thread(target=_watch_for_stall, args=(control, requests, stall_seconds()),
+                                    name="stall-watchdog", daemon=True)
+        watchdog.start()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cell") as pool:
             futures = [pool.submit(one, rank, cell) for rank, cell in enumerate(cells)]  # cells: longest first
-            pool.submit(_watch_for_stall, control, requests, stall_seconds())
             try:
                 for fut in as_completed(futures):
                     fut.result()
