@@ -81,3 +81,15 @@ def test_cells_run_at_once_and_rows_say_when(ray_session, tiny_root: Path, tmp_p
                                             & (pl.col("started_at_right") < pl.col("ended_at")))
     assert overlap.height > 0, "the two cells ran one after the other"
     assert "[study] cells" in out and "0 pending" in out  # the study-wide progress line
+
+
+def test_max_concurrent_cells_1_runs_cells_one_after_another(ray_session, tiny_root: Path, tmp_path: Path,
+                                                             capsys) -> None:
+    results = tmp_path / "res"
+    rc = main(["--strategy", "indomain,indomain-fc", "--dataset", "hyko2", "--width", "tiny", "--fractions", "1.0",
+               "--trials", "2", "--epochs", "2", "--grace-period", "1", "--seeds", "1", "--max-concurrent", "1",
+               "--max-concurrent-cells", "1", "--data-root", str(tiny_root), "--results", str(results)])
+    assert rc == 0, capsys.readouterr().out
+    runs = read_store(results).filter(pl.col("row_kind").is_in(["trial", "final"]))
+    spans = runs.group_by("cell_id").agg(pl.col("started_at").min(), pl.col("ended_at").max()).sort("started_at")
+    assert spans.height == 2 and spans["ended_at"][0] <= spans["started_at"][1]  # no overlap
