@@ -1,6 +1,7 @@
 """A trial on a data set larger than its memory cap completes: it streams, it never holds a split.
 
-Slow (writes a 1.2 GiB HSI-Drive-shaped set, about a minute) and needs root with a writable memory
+Slow (writes a 1.2 GiB HSI-Drive-shaped set and 1.5 GiB of random 64-d float16 features in the study's
+feature cache, about a minute) and needs root with a writable memory
 cgroup controller; skipped otherwise. The whole-study version for two sizes is ``python -m benchmarks.memory``.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.memory import GIB, Cgroup, write_dataset
+from benchmarks.memory import GIB, Cgroup, populate_features, write_dataset
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +26,7 @@ from study.data.specs import get_spec
 from study.data.subsets import make_subset
 from trainables.indomain import train_indomain
 from trainables.indomain_fc import train_indomain_fc
+from trainables.crossdomain_fc import train_crossdomain_fc
 spec = get_spec("hsidrive")
 splits = {s: open_split(sys.argv[1], spec, s) for s in spec.splits}
 subset = make_subset("hsidrive", splits["train"].names, splits["train"].classes_present(), 0.1, 0)
@@ -32,8 +34,11 @@ bundle = make_bundle(spec, splits, subset, "test")
 cfg = dict(lr=1e-3, weight_decay=1e-4, max_epochs=1, batch_size=2, eval_batch_size=2, seed=0, final=True,
            patience=None, num_threads=1, width="tiny", dropout=0.1)
 out = []
-for fn, extra in ((train_indomain, {}), (train_indomain_fc, {"sub_batch": 8192})):
-    fn({**cfg, **extra}, bundle, report=lambda m, checkpoint=None: out.append(m), get_checkpoint=lambda: None)
+fsplits = {s: open_split(sys.argv[2], spec, s) for s in spec.splits}  # random features (benchmarks.memory)
+features = make_bundle(spec, fsplits, subset, "test")
+for fn, data, extra in ((train_indomain, bundle, {}), (train_indomain_fc, bundle, {"sub_batch": 8192}),
+                        (train_crossdomain_fc, features, {"sub_batch": 8192, "freeze_depth": 0})):
+    fn({**cfg, **extra}, data, report=lambda m, checkpoint=None: out.append(m), get_checkpoint=lambda: None)
 assert all("test_miou" in m for m in out), out
 print("TRAINED", len(out))
 """
@@ -48,18 +53,19 @@ def _cgroups_writable() -> bool:
 @pytest.mark.skipif(not _cgroups_writable(), reason="needs root and a writable memory cgroup")
 def test_trial_on_a_set_larger_than_its_cap_completes(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data", 1.2)
-    size = sum(f.stat().st_size for f in data.glob("*.h5"))
+    features = populate_features(data, tmp_path / "cache", None)
     cap = int(1.0 * GIB)
-    assert size > cap
+    for folder in (data, features):
+        assert sum(f.stat().st_size for f in folder.glob("*.h5")) > cap
     script = tmp_path / "trial.py"
     script.write_text(TRIAL)
     cg = Cgroup(f"hsistudy-test-{os.getpid()}", cap)
     log = tmp_path / "trial.log"
     try:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        rc = cg.popen([sys.executable, str(script), str(data)], log, env).wait()
+        rc = cg.popen([sys.executable, str(script), str(data), str(features)], log, env).wait()
         kills = cg.oom_kills()
     finally:
         cg.remove()
     assert rc == 0 and kills == 0, f"rc={rc}, oom kills={kills}: {log.read_text()[-2000:]}"
-    assert "TRAINED 2" in log.read_text()
+    assert "TRAINED 3" in log.read_text()
