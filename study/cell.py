@@ -163,6 +163,8 @@ def run_cell(
     backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
     if backbone is not None:
         constants.update(backbone.trial_config)
+    if cfg.runtime.stage_data is not None:  # trials copy their inputs to node-local disk first (replay_or_train)
+        constants["stage_hashes"] = dict(prep.stage_hashes)
     recipe = strategy.load_recipe(prep.spec.name) or {}
     if cfg.protocol == "paper":  # the published configuration verbatim, batch sizes included
         constants.update(recipe)

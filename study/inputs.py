@@ -56,6 +56,8 @@ class Prepared:
     subsets: dict[float, SubsetManifest]
     feature_splits: dict[str, H5Split] | None = None  # frozen-backbone features, same samples as ``splits``
     backbones: dict[str, ResolvedBackbone] = field(default_factory=dict)  # by backbone kind
+    #: ``--stage-data``: sha256 of every input file of this dataset's trials (computed once, checked per node)
+    stage_hashes: dict[str, str] = field(default_factory=dict)
 
 
 def prepare(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> dict[str, Prepared]:
@@ -125,7 +127,17 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
     feature_splits = None
     if cfg.needs_features:
         feature_splits = export_features(cfg, spec, root, backbones["hypersl"], echo)
-    return Prepared(spec, root, source, splits, subsets, feature_splits, backbones)
+    stage_hashes: dict[str, str] = {}
+    if cfg.runtime.stage_data is not None:
+        from study.data.staging import file_hash
+
+        files = [str(sp.path) for sp in splits.values()] + [str(sp.path) for sp in (feature_splits or {}).values()]
+        files += [str(b.path) for b in backbones.values() if b.path is not None]
+        t0 = time.perf_counter()
+        stage_hashes = {f: _checked_once(Path(f), file_hash) for f in dict.fromkeys(files)}
+        echo(f"--stage-data: {len(stage_hashes)} input file(s) of {spec.name} hashed for the per-node copies "
+             f"({time.perf_counter() - t0:.1f} s)")
+    return Prepared(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes)
 
 
 def check_trainable(spec: DatasetSpec, splits: dict[str, H5Split]) -> None:

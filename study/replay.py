@@ -38,6 +38,10 @@ def replay_or_train(
 ) -> Any:
     """Tune function trainable: replay a finished trial from the store, else run the real trainable."""
     known = replay.get(trial_key(config))
+    if known is None and config.get("stage_dir"):  # --stage-data: read node-local copies of every input file
+        from study.data.staging import stage_trial_inputs
+
+        data, config = stage_trial_inputs(data, config)
     if known is None:
         module, _, attr = trainable_path.partition(":")
         return getattr(importlib.import_module(module), attr)(config, data)

@@ -113,3 +113,21 @@ def test_full_disk_and_missing_source_are_one_line_errors(sources: dict[str, str
     Path(sources["backbone"]).unlink()
     with pytest.raises(staging.StagingError, match="cannot stage .*bb.pt"):
         staging.stage({"backbone": sources["backbone"]}, hashes, str(tmp_path / "stage"))
+
+
+def test_a_study_with_stage_data_trains_on_node_local_copies(ray_session, tiny_root: Path, tmp_path: Path,
+                                                             capsys) -> None:
+    from study.results import read_store
+    from study.run import main
+
+    stage_dir = tmp_path / "local-disk"
+    rc = main(["--strategy", "indomain", "--smoke", "--fractions", "1.0", "--data-root", str(tiny_root),
+               "--results", str(tmp_path / "r"), "--stage-data", str(stage_dir)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "input file(s) of hyko2 hashed" in out
+    staged = sorted(p.name for p in stage_dir.rglob("*.h5"))
+    assert staged == ["hyko2_test.h5", "hyko2_train.h5", "hyko2_val.h5"]
+    for copy in stage_dir.rglob("*.h5"):
+        assert copy.read_bytes() == (tiny_root / copy.name).read_bytes()
+    assert read_store(tmp_path / "r")["row_kind"].to_list().count("final") == 1

@@ -141,3 +141,45 @@ def stage(paths: dict[str, str], hashes: dict[str, str], stage_dir: str, *,
     if missing:
         raise StagingError(f"no hash for {', '.join(missing)}: the driver hashes every staged file (hash_files)")
     return {key: str(stage_file(src, hashes[key], stage_dir, rehash=rehash)) for key, src in paths.items()}
+
+
+def _split_files(data: object) -> list[str]:
+    """The HDF5 files a bundle's splits read (raw and feature splits; in-memory splits have none)."""
+    out: list[str] = []
+    while data is not None:
+        out += [ref.path for ref in (data.train, data.val, data.test) if isinstance(getattr(ref, "path", None), str)]
+        data = getattr(data, "raw", None)
+    return out
+
+
+def study_inputs(bundles: list[object], backbone_paths: list[str]) -> list[str]:
+    """Every file the trials of a study read, once each: what ``--stage-data`` copies to each node."""
+    files = [p for b in bundles for p in _split_files(b)] + [p for p in backbone_paths if p]
+    return list(dict.fromkeys(files))
+
+
+def stage_trial_inputs(data: object, config: dict) -> tuple[object, dict]:
+    """A trial's bundle and config with every input file replaced by its staged local copy.
+
+    Called at the start of every trial whose config has ``stage_dir`` (``--stage-data``); the first trial
+    on a node copies, later ones find the checked copies. ``config["stage_hashes"]`` maps each source path
+    to the sha256 the driver computed once per study.
+    """
+    from dataclasses import replace
+
+    hashes: dict[str, str] = dict(config["stage_hashes"])
+    wanted = [p for p in _split_files(data) if p in hashes]
+    backbone = config.get("backbone_path")
+    if backbone and backbone in hashes:
+        wanted.append(backbone)
+    local = stage({p: p for p in wanted}, {p: hashes[p] for p in wanted}, str(config["stage_dir"]))
+
+    def swap(bundle: object) -> object:
+        if bundle is None:
+            return None
+        splits = {name: (replace(ref, path=local[ref.path]) if getattr(ref, "path", None) in local else ref)
+                  for name, ref in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))}
+        return replace(bundle, **splits, raw=swap(getattr(bundle, "raw", None)))
+
+    config = {**config, "backbone_path": local.get(backbone, backbone)} if backbone else dict(config)
+    return swap(data), config
