@@ -281,7 +281,8 @@ def _run_config(storage: Path | Location, name: str, budget: Budget, callbacks: 
         verbose=0,
         callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
         failure_config=FailureConfig(max_failures=budget.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        # resume needs only the newest checkpoint (the best weights travel inside it): one per trial, not two
+        checkpoint_config=CheckpointConfig(num_to_keep=1),
         stop=progress.StopOnRequest(control_key) if control_key else None,
     )
 
