@@ -111,6 +111,20 @@ def strategy_settings(results: Location, cfg: StudyConfig) -> dict[str, dict[str
     return {**previous, **{s: {k: settings[k] for k in get_strategy(s).settings} for s in cfg.strategies}}
 
 
+def check_one_study(results: Location, cfg: StudyConfig) -> None:
+    """One results folder holds one study: rows of two protocols (other trials, epochs, fractions, data...)
+    would be pooled by every summary. Strategies run one at a time share the study id, so they pass."""
+    try:
+        stored = json.loads(results.read_text(STUDY_FILE)).get("study_id")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return
+    if stored and stored not in (cfg.study_id, cfg.legacy_study_id):
+        raise HsiStudyError(
+            f"{results.show()} holds study {stored}; this command is study {cfg.study_id} (other settings: "
+            "trials, epochs, fractions, seeds, data or protocol differ), and their rows would be pooled: give "
+            "this study its own --results (or omit --results: the default folder is named by the study id)")
+
+
 def pending_cells(cfg: StudyConfig, preps: dict[str, Prepared], done: set[str],
                   echo: Callable[[str], None] = echo) -> list[tuple[Prepared, Strategy, SubsetManifest, str]]:
     """Every (dataset, strategy, fraction) cell not already finished, in that order."""
@@ -151,6 +165,7 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
 
     results = resolve(cfg.runtime.results)
     done = finished_cells(results, cfg.budget.seeds)  # first: refuses a store of another schema version
+    check_one_study(results, cfg)
     write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(),
                                "data_root": {n: str(p.data_root) for n, p in preps.items()},
                                "strategy_settings": strategy_settings(results, cfg),

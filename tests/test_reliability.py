@@ -147,3 +147,16 @@ def test_ctrl_c_during_tuning_then_rerun_equals_an_uninterrupted_run(tiny_root: 
 @pytest.mark.slow
 def test_ctrl_c_during_final_runs_then_rerun_equals_an_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> None:
     _interrupt_and_resume(tiny_root, tmp_path, "final] trial 1/")
+
+
+def test_a_second_study_into_a_used_folder_is_refused(ray_session, tiny_root: Path, tmp_path: Path, capsys) -> None:
+    results = tmp_path / "r"
+    base = [*SMOKE, "--data-root", str(tiny_root), "--results", str(results), "--fractions", "1.0"]
+    assert main(base) == 0
+    before = read_store(results).height
+    capsys.readouterr()
+    assert main([*base, "--epochs", "3"]) == 2  # another study id
+    err = capsys.readouterr().err
+    assert "holds study hyko2-" in err and "give this study its own --results" in err and err.count("\n") == 1
+    assert read_store(results).height == before  # nothing mixed in
+    assert main([*base, "--strategy", "indomain-fc"]) == 0  # a strategy added to the same study is fine
