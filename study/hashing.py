@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,19 @@ def json_digest(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
-def file_digest(path: str | Path, length: int = 16, block: int = 1 << 20) -> str:
-    """First ``length`` hex digits of sha256 over a file's bytes, read in blocks (weights can be GBs)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
+#: full sha256 hex digests by (resolved path, size, mtime): a backbone or split file is read once per process,
+#: however many places ask (its hash for rows and caches, its digest for --stage-data)
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path, length: int = 16, block: int = 8 << 20) -> str:
+    """First ``length`` hex digits of sha256 over a file's bytes (64: all), read in blocks (weights can be GBs)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            while chunk := fh.read(block):
+                digest.update(chunk)
+        _FILE_DIGESTS[key] = digest.hexdigest()
+    return _FILE_DIGESTS[key][:length]

@@ -134,7 +134,7 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
         files = [str(sp.path) for sp in splits.values()] + [str(sp.path) for sp in (feature_splits or {}).values()]
         files += [str(b.path) for b in backbones.values() if b.path is not None]
         t0 = time.perf_counter()
-        stage_hashes = {f: _checked_once(Path(f), file_hash) for f in dict.fromkeys(files)}
+        stage_hashes = {f: file_hash(f) for f in dict.fromkeys(files)}
         echo(f"--stage-data: {len(stage_hashes)} input file(s) of {spec.name} hashed for the per-node copies "
              f"({time.perf_counter() - t0:.1f} s)")
     return Prepared(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes)
@@ -174,7 +174,7 @@ def resolve_hypersl(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBa
 
     if cfg.options.backbone is not None:
         path = Path(cfg.options.backbone)
-        _checked_once(path.resolve(), load_hypersl)  # not a HyperSL checkpoint: one line, before Ray
+        load_hypersl(path)  # not a HyperSL checkpoint: one line, before Ray (providers run once per study)
     else:
         t0 = time.perf_counter()
         smoke = cfg.preset == "smoke"  # --smoke: a seconds-long pretraining (plumbing, not quality)
@@ -183,22 +183,10 @@ def resolve_hypersl(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBa
         echo(f"backbone: locally pretrained HyperSL ({path}, {time.perf_counter() - t0:.0f} s); a small-scale "
              "sanity pretraining, not the released weights")
     path = path.resolve()
-    sha = _checked_once(path, checkpoint_hash)
+    sha = checkpoint_hash(path)  # cached per file version (study.hashing.file_digest)
     constants = {"backbone_path": str(path), "backbone_hash": sha, "bn_mode": cfg.options.bn_mode}
     return ResolvedBackbone("hypersl", path, sha, constants,
                             per_dataset=lambda spec: {"chunk_size": default_chunk(spec.name)})
-
-
-_ONCE: dict[tuple[Any, ...], Any] = {}
-
-
-def _checked_once(path: Path, fn: Callable[[Path], Any]) -> Any:
-    """``fn(path)`` once per file version: a backbone is read and hashed once, however many datasets use it."""
-    st = path.stat()
-    key = (path, st.st_size, st.st_mtime_ns, fn)
-    if key not in _ONCE:
-        _ONCE[key] = fn(path)
-    return _ONCE[key]
 
 
 #: backbone kind (``Strategy.backbone``) -> its provider, cheapest first (a missing file fails before an export)

@@ -29,11 +29,11 @@ from pathlib import Path
 
 from study.errors import HsiStudyError
 from study.filelock import file_lock
+from study.hashing import file_digest
 
 BLOCK = 8 * 2**20
 #: free space left on the stage disk after a copy (other trials write checkpoints there too)
 FREE_MARGIN = 1 * 2**30
-_HASHES: dict[tuple[str, int, int], str] = {}
 
 
 class StagingError(HsiStudyError):
@@ -41,16 +41,8 @@ class StagingError(HsiStudyError):
 
 
 def file_hash(path: str | Path) -> str:
-    """sha256 hex digest of a file, read in 8 MiB blocks (cached per path, size and mtime in this process)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            while block := fh.read(BLOCK):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
-    return _HASHES[key]
+    """sha256 hex digest of a file (the project's one cached file digest: read once per file version)."""
+    return file_digest(path, 64)
 
 
 def hash_files(paths: dict[str, str]) -> dict[str, str]:

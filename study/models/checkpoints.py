@@ -15,7 +15,6 @@ small built-in codec, so the ``safetensors`` package is not needed.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import pickle
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from study.errors import HsiStudyError
+from study.hashing import file_digest
 from study.models.hypersl import SIZES, HyperSL, HyperSLConfig, build_hypersl
 from study.results import atomic_write_bytes
 
@@ -44,11 +44,7 @@ _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 def checkpoint_hash(path: str | Path) -> str:
     """First 16 hex digits of the file's sha256: the identity of a backbone in caches and result rows."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_digest(path, 16)
 
 
 # ---------------------------------------------------------------- safetensors codec
