@@ -125,12 +125,15 @@ def cell_label(cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: Sub
 def run_cell(
     cfg: StudyConfig, prep: Prepared, strategy: Strategy, subset: SubsetManifest, cid: str,
     have_gpu: bool, echo: Callable[[str], None] = echo, journal: Any = None, journal_file: WorkingCopy | None = None,
-    control_key: str | None = None, rank: int = 0,
+    control_key: str | None = None, rank: int = 0, stored: list[dict[str, Any]] | None = None,
 ) -> None:
     """Tune one cell, re-train the winner with K seeds; every finished trial is stored at once.
 
     ``rank``: the cell's place in the study's start order (0 = expected longest): Tuner starts are
     serialised, and a cell's finals, then longer cells, start first.
+
+    ``stored``: this cell's rows already in the store (the driver reads the store once for all cells);
+    None: read them here.
 
     The cell is finished only when its whole tuning budget and all K final seeds are in the store: a
     search that ends short (the study was stopped, trials lost) raises before any final run starts.
@@ -141,10 +144,11 @@ def run_cell(
     if journal is None or journal_file is None:  # one cell on its own (benchmarks, tests): its own journal
         with _journal(results) as (journal_file, journal):
             return run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, control_key,
-                            rank)
+                            rank, stored)
     label = cell_label(cfg, prep, strategy, subset)
-    stored = read_table(results)
-    stored = stored.filter(pc.equal(stored["cell_id"], cid)).to_pylist() if stored.num_rows else []
+    if stored is None:
+        table = read_table(results)
+        stored = table.filter(pc.equal(table["cell_id"], cid)).to_pylist() if table.num_rows else []
     replay = replay_from_rows(stored)
     if replay:
         echo(f"  [{label}] resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")

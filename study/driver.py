@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from study import progress
@@ -46,9 +47,9 @@ from study.strategies import Strategy, get_strategy
 from study.tuning import echo
 
 
-def finished_cells(results: Path | Location, final_seeds: int) -> set[str]:
-    """Cells that already have all their final rows in the store."""
-    table = read_table(results)
+def finished_cells(results: Path | Location | pa.Table, final_seeds: int) -> set[str]:
+    """Cells that already have all their final rows in the store (or in a table already read from it)."""
+    table = results if isinstance(results, pa.Table) else read_table(results)
     if table.num_rows == 0:
         return set()
     finals = table.filter(pc.equal(table["row_kind"], "final"))
@@ -164,7 +165,8 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
     import ray
 
     results = resolve(cfg.runtime.results)
-    done = finished_cells(results, cfg.budget.seeds)  # first: refuses a store of another schema version
+    stored = read_table(results)  # once per study (first: refuses a store of another schema version)
+    done = finished_cells(stored, cfg.budget.seeds)
     check_one_study(results, cfg)
     write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(),
                                "data_root": {n: str(p.data_root) for n, p in preps.items()},
@@ -201,7 +203,8 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
             control.update(force=True, cells_running=+1)
             t0 = time.perf_counter()
             try:
-                run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, key, rank)
+                rows = stored.filter(pc.equal(stored["cell_id"], cid)).to_pylist() if stored.num_rows else []
+                run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, key, rank, rows)
                 echo(f"[{label}] done in {time.perf_counter() - t0:.0f} s")
             except CellInterrupted as exc:
                 echo(f"[{label}] {exc}")
@@ -212,7 +215,7 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
                 control.update(force=True, cells_running=-1, cells_done=+1)
 
         workers = cfg.runtime.max_concurrent_cells or len(cells)
-        requests = {s.name: s.resources(have_gpu) for s in {c[1].name: c[1] for c in cells}.values()}
+        requests = {strategy.name: strategy.resources(have_gpu) for _, strategy, _, _ in cells}
         watchdog = threading.Thread(target=_watch_for_stall, args=(control, requests, stall_seconds()),
                                     name="stall-watchdog", daemon=True)
         watchdog.start()
