@@ -81,15 +81,11 @@ def serialized_start(priority: tuple[int, ...] = (TUNE_NEXT, 0)) -> Iterator[Non
         _START.release()
 
 
-def _release_start() -> None:
-    _START.release()
-
-
 class _StartGate(Callback):
     """Releases the start lock once Tune has registered the experiment and set up its callbacks."""
 
     def setup(self, **info: Any) -> None:
-        _release_start()
+        _START.release()
 
 
 def echo(message: str) -> None:
