@@ -72,7 +72,7 @@ def prepare(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> dic
     data = {name: _validated_data(cfg, get_spec(name), echo) for name in cfg.data.datasets}
     kinds = cfg.backbone_kinds()
     backbones = {k: PROVIDERS[k](cfg, echo) for k in PROVIDERS if k in kinds}  # once per study, cheap kinds first
-    return {name: prepare_dataset(cfg, get_spec(name), *data[name], echo, backbones=backbones)
+    return {name: prepare_dataset(cfg, get_spec(name), *data[name], echo, backbones)
             for name in cfg.data.datasets}
 
 
@@ -105,8 +105,7 @@ def _split_variant(path: Path) -> str:
 
 
 def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str, splits: dict[str, H5Split],
-                    echo: Callable[[str], None] = default_echo,
-                    backbones: dict[str, ResolvedBackbone] | None = None) -> Prepared:
+                    echo: Callable[[str], None], backbones: dict[str, ResolvedBackbone]) -> Prepared:
     """One dataset's subsets (manifests written), backbones (resolved once per study) and features."""
     results = resolve(cfg.runtime.results)
     check_trainable(spec, splits)
@@ -121,8 +120,6 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
                 f"ignore id {spec.ignore_index}); training on it would measure nothing. Raise that fraction or "
                 "drop it from --fractions")
         results.write_text(f"manifests/{spec.name}-f{f:g}-s{m.subset_seed}-{m.content_hash}.json", m.to_json())
-    if backbones is None:
-        backbones = {k: PROVIDERS[k](cfg, echo) for k in PROVIDERS if k in cfg.backbone_kinds()}
     backbones = {k: b.for_dataset(spec) for k, b in backbones.items()}
     feature_splits = None
     if cfg.needs_features:
