@@ -11,8 +11,10 @@ FROM python:3.11-slim-bookworm
 RUN apt-get update -q && apt-get install -yq --no-install-recommends rsync openssh-client procps git \
     && rm -rf /var/lib/apt/lists/*
 
+# MALLOC_ARENA_MAX=1: Tune trains in a thread of each trial actor, and glibc's per-thread arenas held a
+# HyperSL k = 1 trial at 4.4 GB instead of 1.1 GB (docs/performance.md section 7; study.run sets it for a local Ray)
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    RAY_USAGE_STATS_ENABLED=0 HSISTUDY_CACHE=/opt/hsistudy-cache PYTHONUNBUFFERED=1
+    RAY_USAGE_STATS_ENABLED=0 HSISTUDY_CACHE=/opt/hsistudy-cache PYTHONUNBUFFERED=1 MALLOC_ARENA_MAX=1
 # torch==2.13.0 from PyPI is the CUDA build on Linux x86_64 (its NVIDIA libraries come as wheels; the
 # host needs only the driver). The same pins as pyproject.toml; ray[default] adds the dashboard/job server.
 RUN pip install torch==2.13.0 "ray[default]==2.60.0"

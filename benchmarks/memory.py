@@ -105,6 +105,18 @@ class Cgroup:
             return int(stat["anon"]) + int(stat["shmem"])
         return int(stat["total_rss"]) + int(stat["total_shmem"])
 
+    def process_peaks(self) -> dict[str, int]:
+        """Each process's own peak RSS so far (VmHWM), by process title (``ray::ImplicitFunc.train`` is a trial)."""
+        out: dict[str, int] = {}
+        for pid in (self.path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(OSError):
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+                status = Path(f"/proc/{pid}/status").read_text()
+                hwm = next((int(ln.split()[1]) * 1024 for ln in status.splitlines() if ln.startswith("VmHWM")), 0)
+                key = title.split()[0] if title.startswith("ray::") else Path(title).name
+                out[key] = max(out.get(key, 0), hwm)
+        return out
+
     def peak(self) -> int:
         p = self.path / ("memory.peak" if self.v2 else "memory.max_usage_in_bytes")
         return int(p.read_text()) if p.is_file() else -1
@@ -200,11 +212,14 @@ def run_capped(data: Path, results: Path, cap: float, args: argparse.Namespace) 
            "HSISTUDY_CACHE": str(args.work / "cache")}
     cg = Cgroup(f"hsistudy-mem-{os.getpid()}-{data.name}", int(cap * GIB))
     peak_anon, stop = [0], threading.Event()
+    per_process: dict[str, int] = {}  # the largest VmHWM seen per process title: where the memory is
 
     def sample() -> None:
         while not stop.is_set():
             with contextlib.suppress(OSError, KeyError, ValueError):
                 peak_anon[0] = max(peak_anon[0], cg.anon_bytes())
+                for title, hwm in cg.process_peaks().items():
+                    per_process[title] = max(per_process.get(title, 0), hwm)
             time.sleep(0.2)
 
     t0 = time.perf_counter()
@@ -217,6 +232,8 @@ def run_capped(data: Path, results: Path, cap: float, args: argparse.Namespace) 
     out = {"data_gib": round(sum(f.stat().st_size for f in data.glob("*.h5")) / GIB, 2), "rc": rc,
            "oom_kills": cg.oom_kills(), "peak_anon_gib": round(peak_anon[0] / GIB, 3),
            "peak_cgroup_gib": round(cg.peak() / GIB, 3), "wall_s": round(time.perf_counter() - t0, 1),
+           "process_peak_rss_gib": {t: round(b / GIB, 3)
+                                    for t, b in sorted(per_process.items(), key=lambda kv: -kv[1])[:6]},
            "log": str(results.parent / f"{results.name}.log")}
     cg.remove()
     return out

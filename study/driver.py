@@ -147,13 +147,14 @@ def pending_cells(cfg: StudyConfig, preps: dict[str, Prepared], done: set[str],
 
 
 def _expected_cost(cell: tuple[Prepared, Strategy, SubsetManifest, str]) -> float:
-    """A cell's expected length, for ordering only: its training pixels times its strategy's GPU share (the
-    registry's per-trial request, a proxy for how heavy its model is)."""
+    """A cell's expected length, for ordering only: its training pixels times its strategy's relative cost
+    (or, without one, its GPU share: the registry's per-trial request, a proxy for how heavy its model is)."""
     prep, strategy, subset, _ = cell
     train = prep.splits["train"]
     index = {n: i for i, n in enumerate(train.names)}
     pixels = sum(h * w for h, w in (train.shapes[index[n]] for n in subset.names if n in index))
-    return pixels * max(strategy.gpus_per_trial, 0.05)
+    cost = strategy.relative_cost if strategy.relative_cost is not None else strategy.gpus_per_trial
+    return pixels * max(cost, 0.05)
 
 
 def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str], None] = echo) -> list[str]:

@@ -68,6 +68,9 @@ class Strategy:
     baseline: bool = False  # the arm the report compares the others with (exactly one strategy)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 1.0  # used only when the cluster has GPUs
+    #: training time per pixel relative to other strategies, used only to start the longest cells first
+    #: (study.driver); None: its GPU share stands in for how heavy its model is
+    relative_cost: float | None = None
 
     def load_trainable(self) -> Callable[..., Any]:
         return _load(self.trainable)

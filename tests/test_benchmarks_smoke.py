@@ -31,7 +31,7 @@ def one_thread():
 
 
 MODULES = ("orchestration", "throughput", "feature_export", "feature_cache", "early_stopping", "data_loading",
-           "indian_pines_fc", "gpu",
+           "indian_pines_fc", "gpu", "cluster_fill",
            "__main__")
 
 
@@ -262,3 +262,43 @@ def test_feature_export_precision_pieces() -> None:
     y = rng.integers(1, 3, size=(2, 5, 5))
     x = np.eye(4, dtype=np.float32)[y] * 3 + rng.normal(size=(2, 5, 5, 4)).astype(np.float32) * 0.1
     assert fc_val_miou((x, y), (x, y), 4, 0, steps=100) > 0.9
+
+
+def test_cluster_fill_bound_and_the_driver_s_order(tmp_path: Path) -> None:
+    """The makespan bound from run rows, and the simulated cells ranked as long as they sleep: each dataset's
+    images have their own size and the strategies their relative cost, which the driver's estimate reads."""
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from benchmarks import cluster_fill as cf
+    from study.config import build_config
+    from study.driver import _expected_cost, pending_cells
+    from study.inputs import prepare
+    from study.strategies import STRATEGIES
+
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    rows = pl.DataFrame({"cell_id": ["a", "a", "a", "b"], "phase": ["tune", "tune", "final", "tune"],
+                         "started_at": [t, t, t + timedelta(seconds=10), t],
+                         "ended_at": [t + timedelta(seconds=10), t + timedelta(seconds=4),
+                                      t + timedelta(seconds=18), t + timedelta(seconds=6)]})
+    fig = cf.measure(rows, makespan=20.0, slots=2)
+    assert fig["run_s"] == 28.0 and fig["longest_cell_s"] == 18.0  # a: 10 s tuning + 8 s final
+    assert fig["lower_bound_s"] == 18.0 and fig["ratio_to_bound"] == round(20 / 18, 3)
+    assert fig["busy_fraction"] == round(28 / 40, 3)
+
+    names = cf.register_sim_strategies()
+    try:
+        cache = tmp_path / "cache"
+        root = cf.data_root(cache)
+        cfg = build_config("full", strategies=names, dataset=cf.DATASETS, fractions=(0.5, 1.0), trials=1,
+                           epochs=2, grace_period=1, seeds=1, results=tmp_path / "res", cache_dir=cache,
+                           data_root=root)
+        cells = pending_cells(cfg, prepare(cfg, echo=lambda _: None), set(), echo=lambda _: None)
+        slept = [cf._epoch_s(s.name, p.spec.name, len(sub.names)) for p, s, sub, _ in cells]
+        assert slept == sorted(slept, reverse=True)  # longest first, as the trials will sleep
+        assert [_expected_cost(c) for c in cells] == sorted((_expected_cost(c) for c in cells), reverse=True)
+        assert (cells[0][0].spec.name, cells[0][1].name) == ("hcv2", "sim-hypersl-runet")
+    finally:
+        for n in names:
+            STRATEGIES.pop(n, None)
