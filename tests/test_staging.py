@@ -53,17 +53,21 @@ def test_stage_copies_once_keeps_folders_apart(sources: dict[str, str], tmp_path
     assert not list((tmp_path / "stage").rglob("*.tmp"))
 
 
-def _stage_in_child(args: tuple[dict[str, str], dict[str, str], str]) -> dict[str, str]:
-    return staging.stage(*args)
+def _stage_in_child(args: tuple[dict[str, str], dict[str, str], str, str]) -> dict[str, str]:
+    """One trial process on the node: counts its copies into the shared log, each copy taking 0.3 s."""
+    sources, hashes, stage_dir, log = args
+    with pytest.MonkeyPatch.context() as mp_:
+        _count_copies(mp_, Path(log), delay=0.3)
+        return staging.stage(sources, hashes, stage_dir)
 
 
-def test_concurrent_trials_on_one_node_stage_once(sources: dict[str, str], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_trials_on_one_node_stage_once(sources: dict[str, str], tmp_path: Path) -> None:
     log = tmp_path / "copies.log"
-    _count_copies(monkeypatch, log, delay=0.3)  # inherited by the forked children
     hashes = staging.hash_files(sources)
-    with mp.get_context("fork").Pool(3) as pool:
-        results = pool.map(_stage_in_child, [(sources, hashes, str(tmp_path / "stage"))] * 3)
+    # spawned, not forked: a fork of this process (Ray's threads running, from the session's Ray) can inherit
+    # a held lock and hang the child (it did, once, in a CI run)
+    with mp.get_context("spawn").Pool(3) as pool:
+        results = pool.map(_stage_in_child, [(sources, hashes, str(tmp_path / "stage"), str(log))] * 3)
     assert results[0] == results[1] == results[2]
     assert sorted(log.read_text().splitlines()) == sorted(sources.values())
 
