@@ -269,8 +269,9 @@ def trial_env() -> dict[str, str]:
     Tune runs a function trainable in a thread of its actor, and glibc gives every thread its own malloc
     arena of 64-MB heaps that do not give memory back the way the main one does: a HyperSL k = 1 trial
     (tensors of tens of MB, a new shape every chunk) grew to 4.4 GB in Ray against 1.16 GB in a main
-    thread, at 0.06 GiB of data. One arena: 1.14 GB in Ray, at the same speed (performance.md §7). A value
-    the user set is kept; on a cluster the Docker image sets it (Dockerfile ``ENV``).
+    thread, at 0.06 GiB of data. One arena: 1.14 GB in Ray, at the same speed (performance.md §7; the
+    RU-Net k = 1 trial still grows in Ray, an open problem there). A value the user set is kept; on a
+    cluster the Docker image sets it (Dockerfile ``ENV``).
     """
     return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1")}
 
