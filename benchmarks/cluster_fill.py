@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from study.run import quiet_ray_tune
+    from study.ray_setup import quiet_ray_tune
 
     quiet_ray_tune()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

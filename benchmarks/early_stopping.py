@@ -126,7 +126,7 @@ def _row(run: str, grace: int, rf: int, trials: list[dict[str, Any]], wall_s: fl
 def run(quick: bool, save: bool = True) -> dict[str, Any]:
     import ray
 
-    from study.run import init_ray, quiet_ray_tune
+    from study.ray_setup import init_ray, quiet_ray_tune
 
     started, info = time.perf_counter(), machine_info()
     size = QUICK if quick else FULL

@@ -97,8 +97,8 @@ def run_tune_side(cfg: Any) -> dict[str, Any]:
 
     from study.driver import cell_id, run_cell
     from study.inputs import prepare
+    from study.ray_setup import init_ray
     from study.results import read_table
-    from study.run import init_ray
     from study.strategies import get_strategy
 
     prep = prepare(cfg, echo=quiet)["hyko2"]
@@ -161,7 +161,7 @@ def measure_scale(scale: tuple, workdir: Path) -> dict[str, Any]:
 def run(quick: bool, save: bool = True) -> dict[str, Any]:
     import ray
 
-    from study.run import quiet_ray_tune
+    from study.ray_setup import quiet_ray_tune
 
     started, info = time.perf_counter(), machine_info()
     quiet_ray_tune()

@@ -87,14 +87,16 @@ def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_p
 def test_local_ray_dashboard_is_off_by_default_and_bound_to_localhost(monkeypatch) -> None:
     import ray
 
-    from study.run import init_ray
+    from study.ray_setup import init_ray
 
     seen: dict = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     init_ray(config_from_args(build_parser().parse_args(["--smoke"])))
     assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
+    assert seen["runtime_env"] == {"env_vars": {"MALLOC_ARENA_MAX": "1"}}  # trial workers: one malloc arena
     init_ray(config_from_args(build_parser().parse_args(["--smoke", "--dashboard"])))
     assert seen["include_dashboard"] is True and seen["dashboard_host"] == "127.0.0.1"
 

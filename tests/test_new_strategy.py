@@ -20,8 +20,9 @@ from study.strategies import STRATEGIES, Strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 #: modules that must stay strategy-agnostic (the registry, the trainables and search spaces may name them)
-AGNOSTIC = ["study/driver.py", "study/cell.py", "study/run.py", "study/report.py", "study/plots.py", "study/config.py",
-            "study/inputs.py", "study/analysis.py", "study/summary.py", "study/tuning.py", "study/records.py",
+AGNOSTIC = ["study/driver.py", "study/cell.py", "study/run.py", "study/ray_setup.py", "study/report.py",
+            "study/plots.py", "study/config.py", "study/inputs.py", "study/analysis.py", "study/summary.py",
+            "study/tuning.py", "study/records.py",
             "study/results.py", "study/replay.py", "study/progress.py", "study/config_file.py", "study/trackers.py",
             "study/report_tables.py", "study/accounting.py", "study/compare.py", "study/api.py"]
 
