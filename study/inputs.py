@@ -126,12 +126,12 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
         feature_splits = export_features(cfg, spec, root, backbones["hypersl"], echo)
     stage_hashes: dict[str, str] = {}
     if cfg.runtime.stage_data is not None:
-        from study.data.staging import file_hash
+        from study.data.staging import hash_files
 
         files = [str(sp.path) for sp in splits.values()] + [str(sp.path) for sp in (feature_splits or {}).values()]
         files += [str(b.path) for b in backbones.values() if b.path is not None]
         t0 = time.perf_counter()
-        stage_hashes = {f: file_hash(f) for f in dict.fromkeys(files)}
+        stage_hashes = hash_files({f: f for f in files})
         echo(f"--stage-data: {len(stage_hashes)} input file(s) of {spec.name} hashed for the per-node copies "
              f"({time.perf_counter() - t0:.1f} s)")
     return Prepared(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes)

@@ -144,12 +144,6 @@ def _split_files(data: object) -> list[str]:
     return out
 
 
-def study_inputs(bundles: list[object], backbone_paths: list[str]) -> list[str]:
-    """Every file the trials of a study read, once each: what ``--stage-data`` copies to each node."""
-    files = [p for b in bundles for p in _split_files(b)] + [p for p in backbone_paths if p]
-    return list(dict.fromkeys(files))
-
-
 def stage_trial_inputs(data: object, config: dict) -> tuple[object, dict]:
     """A trial's bundle and config with every input file replaced by its staged local copy.
 
