@@ -97,28 +97,31 @@ def results_lock(results: Path | str | Location) -> Iterator[None]:
         fh.close()
 
 
-def strategy_settings(results: Location, cfg: StudyConfig) -> dict[str, dict[str, Any]]:
+def previous_study(results: Location) -> dict[str, Any]:
+    """The folder's study.json as the last run left it ({} when there is none or it is unreadable)."""
+    try:
+        previous = json.loads(results.read_text(STUDY_FILE))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
+def strategy_settings(previous: dict[str, Any], cfg: StudyConfig) -> dict[str, dict[str, Any]]:
     """Per strategy, the strategy-specific settings it last ran with, kept across runs of the same study.
 
     Strategies can be run one at a time into one study, and ``settings`` in
     study.json is the latest run's: the report reads this record to say, e.g.,
-    which HyperSL strategies used the local sanity backbone.
+    which HyperSL strategies used the local sanity backbone. ``previous``: :func:`previous_study`.
     """
-    try:
-        previous = json.loads(results.read_text(STUDY_FILE)).get("strategy_settings") or {}
-    except (FileNotFoundError, ValueError, AttributeError):
-        previous = {}
     settings = cfg.settings()
-    return {**previous, **{s: {k: settings[k] for k in get_strategy(s).settings} for s in cfg.strategies}}
+    return {**(previous.get("strategy_settings") or {}),
+            **{s: {k: settings[k] for k in get_strategy(s).settings} for s in cfg.strategies}}
 
 
-def check_one_study(results: Location, cfg: StudyConfig) -> None:
+def check_one_study(previous: dict[str, Any], results: Location, cfg: StudyConfig) -> None:
     """One results folder holds one study: rows of two protocols (other trials, epochs, fractions, data...)
     would be pooled by every summary. Strategies run one at a time share the study id, so they pass."""
-    try:
-        stored = json.loads(results.read_text(STUDY_FILE)).get("study_id")
-    except (FileNotFoundError, ValueError, AttributeError):
-        return
+    stored = previous.get("study_id")
     if stored and stored not in (cfg.study_id, cfg.legacy_study_id):
         raise HsiStudyError(
             f"{results.show()} holds study {stored}; this command is study {cfg.study_id} (other settings: "
@@ -168,10 +171,11 @@ def run_study(cfg: StudyConfig, preps: dict[str, Prepared], echo: Callable[[str]
     results = resolve(cfg.runtime.results)
     stored = read_table(results)  # once per study (first: refuses a store of another schema version)
     done = finished_cells(stored, cfg.budget.seeds)
-    check_one_study(results, cfg)
+    previous = previous_study(results)  # read once: the check below and the merged strategy settings
+    check_one_study(previous, results, cfg)
     write_study_file(results, {"study_id": cfg.study_id, "settings": cfg.settings(),
                                "data_root": {n: str(p.data_root) for n, p in preps.items()},
-                               "strategy_settings": strategy_settings(results, cfg),
+                               "strategy_settings": strategy_settings(previous, cfg),
                                "search_spaces": {s: space_specs(search_space(cfg, get_strategy(s)))
                                                  for s in cfg.strategies}})
     gpus = cfg.runtime.gpus

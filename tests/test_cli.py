@@ -73,14 +73,14 @@ def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_p
     assert cell_id(one, "indomain", subset, legacy=True) != cell_id(both, "indomain", subset, legacy=True)
     assert one.legacy_study_id.rsplit("-", 1)[-1] in cell_id(one, "indomain", subset, legacy=True)
     # study.json keeps each strategy's own settings across such runs (the report's backbone banner reads them)
-    from study.driver import strategy_settings
+    from study.driver import previous_study, strategy_settings
     from study.results import write_study_file
     from study.storage import resolve
 
     store = resolve(tmp_path)
-    assert strategy_settings(store, one) == {"indomain": {}}
-    write_study_file(tmp_path, {"strategy_settings": strategy_settings(store, f32)})
-    merged = strategy_settings(store, one)
+    assert strategy_settings(previous_study(store), one) == {"indomain": {}}
+    write_study_file(tmp_path, {"strategy_settings": strategy_settings(previous_study(store), f32)})
+    merged = strategy_settings(previous_study(store), one)
     assert merged["crossdomain"]["feature_dtype"] == "float32" and merged["indomain"] == {}
 
 
