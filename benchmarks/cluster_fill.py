@@ -123,20 +123,28 @@ def register_sim_strategies() -> tuple[str, ...]:
     return ("sim-runet", "sim-hypersl-runet", "sim-fc")
 
 
-def measure(rows: Any, makespan: float, slots: int) -> dict[str, Any]:
-    """Busy fraction and lower bound from the runs' started_at/ended_at (polars frame of trial/final rows)."""
+def critical_paths(rows: Any) -> tuple[Any, Any]:
+    """The runs with their length (``run_s``) and, per cell, its critical path (longest tuning run + longest
+    final run, which cannot overlap), longest cell first: polars frames from trial/final rows."""
     import polars as pl
 
     runs = rows.with_columns(((pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds() / 1e6)
                              .alias("run_s"))
-    total = float(runs["run_s"].sum())  # every simulated trial holds one whole GPU slot
     paths = runs.group_by("cell_id", "phase").agg(pl.col("run_s").max()).group_by("cell_id").agg(
-        pl.col("run_s").sum().alias("critical"))
-    bound = max(total / slots, float(paths["critical"].max()))
+        pl.col("run_s").sum().alias("critical")).sort("critical", descending=True)
+    return runs, paths
+
+
+def measure(rows: Any, makespan: float, slots: int) -> dict[str, Any]:
+    """Busy fraction and lower bound from the runs' started_at/ended_at (polars frame of trial/final rows)."""
+    runs, paths = critical_paths(rows)
+    total = float(runs["run_s"].sum())  # every simulated trial holds one whole GPU slot
+    longest = float(paths["critical"][0])
+    bound = max(total / slots, longest)
     return {"makespan_s": round(makespan, 1), "run_s": round(total, 1),
             "busy_fraction": round(total / (slots * makespan), 3),
             "lower_bound_s": round(bound, 1), "ratio_to_bound": round(makespan / bound, 3),
-            "longest_cell_s": round(float(paths["critical"].max()), 1), "runs": runs.height}
+            "longest_cell_s": round(longest, 1), "runs": runs.height}
 
 
 def longest_cell_timeline(rows: Any, start: datetime) -> dict[str, float]:
@@ -144,10 +152,7 @@ def longest_cell_timeline(rows: Any, start: datetime) -> dict[str, float]:
     (seconds after the study started)."""
     import polars as pl
 
-    runs = rows.with_columns(((pl.col("ended_at") - pl.col("started_at")).dt.total_microseconds() / 1e6)
-                             .alias("run_s"))
-    paths = runs.group_by("cell_id", "phase").agg(pl.col("run_s").max()).group_by("cell_id").agg(
-        pl.col("run_s").sum().alias("critical")).sort("critical", descending=True)
+    runs, paths = critical_paths(rows)
     cell = runs.filter(pl.col("cell_id") == paths["cell_id"][0])
 
     def at(col: str, phase: str, how: str) -> float:

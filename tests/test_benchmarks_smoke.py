@@ -286,6 +286,8 @@ def test_cluster_fill_bound_and_the_driver_s_order(tmp_path: Path) -> None:
     assert fig["run_s"] == 28.0 and fig["longest_cell_s"] == 18.0  # a: 10 s tuning + 8 s final
     assert fig["lower_bound_s"] == 18.0 and fig["ratio_to_bound"] == round(20 / 18, 3)
     assert fig["busy_fraction"] == round(28 / 40, 3)
+    assert cf.longest_cell_timeline(rows, t) == {"longest_tune_start_s": 0.0, "longest_tune_end_s": 10.0,
+                                                 "longest_final_start_s": 10.0, "longest_final_end_s": 18.0}
 
     names = cf.register_sim_strategies()
     try:
