@@ -141,6 +141,11 @@ class LazyImages:
     def __len__(self) -> int:
         return len(self.split)
 
+    @property
+    def shapes(self) -> tuple[tuple[int, int], ...]:
+        """(H, W) per image, without reading any (the k > 0 statistics table is sized from them)."""
+        return tuple(self.split.shapes)
+
     def __iter__(self) -> Iterator[np.ndarray]:
         return iter_images(self.split)
 

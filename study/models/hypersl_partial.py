@@ -12,6 +12,8 @@ pixel carries its chunk id. Details and measurements: ``docs/freeze_depth.md``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -110,17 +112,32 @@ class PartialHyperSL(nn.Module):
         """Raw images (N, H, W, C) of every split in chunk-id order (``study.train.raw_spectra.chunk_id_map``)."""
         self._sources, self._chunk_size = list(images), int(chunk_size)
 
+    def _n_chunks(self) -> int:
+        cs = self._chunk_size
+        return sum(-(-h * w // cs) for images in self._sources for h, w in _image_shapes(images))
+
     @torch.no_grad()
     def refresh_stats(self) -> None:
-        """Recompute the per-chunk statistics table from the sources with the current stem (chunk mode only)."""
+        """Recompute the per-chunk statistics table from the sources with the current stem (chunk mode only).
+
+        Rows are written into one preallocated table, not kept as one small tensor each and stacked: each
+        small tensor allocated between the stem's transients (tens of MB) pinned ~10 MB of glibc heap, so
+        the table of a 12-image set took +2.1 GB and grew with the data (performance.md §7).
+        """
         if self.bn_mode != "chunk":
             return
-        device, cs, rows = self.wavelengths.device, self._chunk_size, []
+        device, cs = self.wavelengths.device, self._chunk_size
+        table = torch.empty(self._n_chunks(), N_STEM_BN, 2, self.hypersl.dim, device=device)
+        row = 0
         for images in self._sources:
             for image in images:
                 flat = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(-1, image.shape[-1]))
-                rows += [chunk_stats(self.hypersl, flat[s : s + cs].to(device)) for s in range(0, len(flat), cs)]
-        self.stats = torch.stack(rows) if rows else self.stats
+                for s in range(0, len(flat), cs):
+                    table[row] = chunk_stats(self.hypersl, flat[s : s + cs].to(device))
+                    row += 1
+        if row != len(table):
+            raise RuntimeError(f"chunk statistics: {row} chunks read, {len(table)} expected from the shapes")
+        self.stats = table if row else self.stats
 
     # ---- forward
     def _tokens(self, x: Tensor, ids: Tensor) -> Tensor:
@@ -159,6 +176,12 @@ class PartialHyperSL(nn.Module):
         step = self.grad_chunk
         return torch.cat([checkpoint(self._features, x[s : s + step], ids[s : s + step], use_reentrant=False)
                           for s in range(0, len(x), step)])
+
+
+def _image_shapes(images: Any) -> list[tuple[int, int]]:
+    """(H, W) of every image of a source: its split's ``shapes`` when lazy, else read off the arrays."""
+    shapes = getattr(images, "shapes", None)
+    return [tuple(s) for s in shapes] if shapes is not None else [tuple(im.shape[:2]) for im in images]
 
 
 def _split_ids(x: Tensor) -> tuple[Tensor, Tensor]:

@@ -45,6 +45,8 @@ PIXEL_IMAGES_PER_BATCH: dict[str, int] = {"hyko2": 8, "hsidrive": 32, "hcv2": 4}
 SUB_BATCH = 8192
 #: Pixels per forward pass in evaluation: bounds memory for HCV2-sized images without changing results.
 EVAL_PIXELS = 262_144
+#: Training steps whose losses are checked (and copied to the host) at once.
+CHECK_EVERY = 64
 
 
 def default_images_per_batch(spec: DatasetSpec) -> int:
@@ -140,14 +142,16 @@ def train_pixel_epoch(
 
     A sub-batch trains when it has >= 2 pixels (BatchNorm) and a labelled one, decided
     on the host labels, so the device never syncs to skip one. Losses are checked
-    every ``images_per_batch`` steps' worth rather than per step: HCV2 has ~78k steps
+    every ``CHECK_EVERY`` steps rather than per step: HCV2 has ~78k steps
     per epoch and a host sync per step would stall the GPU. A non-finite loss still
     stops the trial (FloatingPointError) before the epoch reports.
     """
     model.train()
     order = gen.permutation(len(split))
     losses: list[float] = []
-    pending: list[torch.Tensor] = []
+    # losses wait in one preallocated device buffer (no host sync per step); not a list of scalar tensors:
+    # each small tensor allocated between a step's transients pins heap on a CPU (see refresh_stats)
+    pending, n_pending = torch.empty(CHECK_EVERY, device=device), 0
     for x, y, host in regroup(_grouped(split, order, images_per_batch, device), sub_batch):
         if not trains(host, loss_fn.ignore_index):
             continue
@@ -155,19 +159,20 @@ def train_pixel_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        pending.append(loss.detach())
-        if len(pending) >= 64:
+        pending[n_pending] = loss.detach()
+        n_pending += 1
+        if n_pending == CHECK_EVERY:
             losses.extend(_checked(pending, opt))
-            pending = []
-    losses.extend(_checked(pending, opt))
+            n_pending = 0
+    losses.extend(_checked(pending[:n_pending], opt))
     return float(np.mean(losses)) if losses else float("nan")
 
 
-def _checked(pending: list[torch.Tensor], opt: torch.optim.Optimizer) -> list[float]:
-    """The pending losses as floats (one host sync); FloatingPointError if any is not finite."""
-    if not pending:
+def _checked(pending: torch.Tensor, opt: torch.optim.Optimizer) -> list[float]:
+    """The pending losses (1-d) as floats (one host sync); FloatingPointError if any is not finite."""
+    if not len(pending):
         return []
-    values = torch.stack(pending).cpu().numpy()
+    values = pending.cpu().numpy()
     if not np.isfinite(values).all():
         bad = values[~np.isfinite(values)][0]
         raise FloatingPointError(f"training loss became {bad} (lr={opt.param_groups[0]['lr']:g}); trial stopped")
