@@ -24,6 +24,7 @@ from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.errors import DataValidationError
 from study.storage import resolve
+from study.strategies import get_strategy
 from study.tuning import echo as default_echo
 
 
@@ -86,6 +87,8 @@ def _validated_data(cfg: StudyConfig, spec: DatasetSpec,
         source = f"synthetic:{root.name}"
         echo(f"embedded default data: synthetic {spec.title}-like cubes in {root} ({time.perf_counter() - t0:.1f} s)")
     splits = validate_dataset(root, spec)
+    if cfg.needs_features:  # before the backbone is resolved (a default pretraining takes minutes)
+        check_raw_spectra(cfg, splits)
     return root, source + _split_variant(splits["train"].path), splits
 
 
@@ -135,6 +138,18 @@ def prepare_dataset(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str
         echo(f"--stage-data: {len(stage_hashes)} input file(s) of {spec.name} hashed for the per-node copies "
              f"({time.perf_counter() - t0:.1f} s)")
     return Prepared(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes)
+
+
+def check_raw_spectra(cfg: StudyConfig, splits: dict[str, H5Split]) -> None:
+    """Strategies on HyperSL features export them from raw spectra (and k > 0 trials run HyperSL on the raw
+    spectra): a data root of feature files would give them features of features. Found before any export."""
+    for split in splits.values():
+        if split.feature_dim is not None:
+            names = ", ".join(s for s in cfg.strategies if get_strategy(s).inputs == "features")
+            raise DataValidationError(
+                f"{split.path}: holds {split.feature_dim}-d HyperSL features, not raw spectra; {names} export "
+                "HyperSL features from raw cubes themselves. Point --data-root at the raw HS3-Bench files, or "
+                "train on these features with --strategy indomain / indomain-fc")
 
 
 def check_trainable(spec: DatasetSpec, splits: dict[str, H5Split]) -> None:

@@ -232,3 +232,24 @@ def test_exported_hypersl_feature_files_are_accepted(tmp_path, dataset):
         fh["train_0"].create_dataset("image", data=np.zeros((6, 7, 200), np.float32))
     with pytest.raises(DataValidationError, match="200 bands"):
         validate_dataset(tmp_path, spec)
+
+
+def test_feature_files_as_data_root_are_refused_for_strategies_that_export_features(tmp_path, capsys):
+    """crossdomain(-fc) would run HyperSL on features: one line before any backbone or Ray; indomain reads them."""
+    from study.run import build_parser, config_from_args
+    from study.run import main as run_main
+
+    spec, rng = get_spec("hyko2"), np.random.default_rng(22)
+    for split in spec.splits:
+        _write_like_original(tmp_path / spec.file_name(split), {
+            f"{split}_{j}": (rng.normal(size=(6, 7, 256)).astype(np.float32),
+                             rng.integers(0, spec.n_classes, (6, 7)).astype(np.uint8)) for j in range(2)})
+    argv = ["--dataset", "hyko2", "--data-root", str(tmp_path), "--results", str(tmp_path / "res"), "--smoke"]
+    assert run_main([*argv, "--strategy", "crossdomain-fc"]) == 2
+    err = capsys.readouterr().err
+    assert "holds 256-d HyperSL features, not raw spectra" in err and "crossdomain-fc" in err
+    assert "--strategy indomain" in err and err.count("\n") == 1 and "Traceback" not in err
+    from study.inputs import prepare
+
+    cfg = config_from_args(build_parser().parse_args([*argv, "--strategy", "indomain"]))
+    assert prepare(cfg, echo=lambda _: None)["hyko2"].splits["train"].feature_dim == 256
