@@ -24,7 +24,7 @@ from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.errors import DataValidationError
 from study.storage import resolve
-from study.strategies import get_strategy
+from study.strategies import STRATEGIES, get_strategy
 from study.tuning import echo as default_echo
 
 
@@ -146,10 +146,11 @@ def check_raw_spectra(cfg: StudyConfig, splits: dict[str, H5Split]) -> None:
     for split in splits.values():
         if split.feature_dim is not None:
             names = ", ".join(s for s in cfg.strategies if get_strategy(s).inputs == "features")
+            raw = " / ".join(s for s in STRATEGIES if get_strategy(s).inputs == "raw")
             raise DataValidationError(
-                f"{split.path}: holds {split.feature_dim}-d HyperSL features, not raw spectra; {names} export "
-                "HyperSL features from raw cubes themselves. Point --data-root at the raw HS3-Bench files, or "
-                "train on these features with --strategy indomain / indomain-fc")
+                f"{split.path}: holds {split.feature_dim}-d HyperSL features, not raw spectra; the strategies "
+                f"{names} export HyperSL features from raw cubes themselves. Point --data-root at the raw HS3-Bench "
+                f"files, or train on these features with a strategy that reads files as they are (--strategy {raw})")
 
 
 def check_trainable(spec: DatasetSpec, splits: dict[str, H5Split]) -> None:

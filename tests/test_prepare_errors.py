@@ -248,7 +248,7 @@ def test_feature_files_as_data_root_are_refused_for_strategies_that_export_featu
     assert run_main([*argv, "--strategy", "crossdomain-fc"]) == 2
     err = capsys.readouterr().err
     assert "holds 256-d HyperSL features, not raw spectra" in err and "crossdomain-fc" in err
-    assert "--strategy indomain" in err and err.count("\n") == 1 and "Traceback" not in err
+    assert "(--strategy indomain / " in err and err.count("\n") == 1 and "Traceback" not in err
     from study.inputs import prepare
 
     cfg = config_from_args(build_parser().parse_args([*argv, "--strategy", "indomain"]))
