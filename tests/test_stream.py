@@ -12,8 +12,8 @@ from torch import nn
 from trainable_helpers import Recorder, tiny_hyko2_bundle
 
 from study.data.bundle import DataBundle, SplitRef, in_memory, materialize, pixel_sample
-from study.data.stream import LoaderSettings, SplitStream, autocast
-from study.train.loop import TrainSettings, epoch_plan, forward
+from study.data.stream import LoaderSettings, SplitStream, autocast, batch_bytes
+from study.train.loop import TrainSettings, epoch_plan, eval_images, forward
 from trainables.indomain import train_indomain
 from trainables.indomain_fc import train_indomain_fc
 
@@ -106,6 +106,33 @@ def test_loader_settings_follow_the_trial_cpus() -> None:
     settings = TrainSettings.from_config({"lr": 1e-3, "max_epochs": 1, "batch_size": 2, "num_threads": 3,
                                           "compile": True})
     assert settings.loader(cpu).workers == 2 and settings.compile and settings.autocast == "auto"
+    assert TrainSettings.from_config({"lr": 1e-3, "max_epochs": 1, "batch_size": 2, "num_threads": 3,
+                                      "loader_memory_gib": 0.5}).loader(cpu).memory_bytes == 2**29
+
+
+def test_loader_memory_is_bounded_by_fewer_workers_then_less_prefetch(bundle) -> None:
+    """HCV2 batches are GBs: workers x prefetch x batch must stay within the trial's loader memory."""
+    gib = 1024**3
+    s = LoaderSettings(workers=7, prefetch=2, memory_bytes=2 * gib)
+    assert s.bounded(70 * 1024**2) == (7, 2)  # 8 HSI-Drive images: no limit
+    assert s.bounded(600 * 1024**2) == (3, 1)  # three batches fit
+    assert s.bounded(gib) == (2, 1)
+    assert s.bounded(int(5.5 * gib)) == (1, 1)  # 8 HCV2 feature images: one worker, one batch
+    assert LoaderSettings(workers=0).bounded(int(5.5 * gib)) == (0, 0)  # in-process: one batch at a time
+    one = batch_bytes(bundle.val, 1)
+    h, w = bundle.val.shapes[0]
+    assert one == h * w * (4 * bundle.val.n_channels + 8)
+    stream = SplitStream(bundle.val, LoaderSettings(workers=3, prefetch=2, memory_bytes=5 * one), batch_images=2)
+    assert (stream.loader.num_workers, stream.loader.prefetch_factor) == (2, 1)
+    expect = [labels.numpy() for _, labels in SplitStream(bundle.val, LoaderSettings()).sequential(2)]
+    assert [labels.numpy().tolist() for _, labels in stream.sequential(2)] == [e.tolist() for e in expect]
+    stream.close()
+
+
+def test_evaluation_batches_are_bounded_in_pixels() -> None:
+    assert eval_images([(216, 409)] * 3, 8) == 8 and eval_images([(254, 510)], 8) == 8
+    assert eval_images([(711, 944), (700, 900)], 8) == 3 and eval_images([(4000, 4000)], 8) == 1
+    assert eval_images([(16, 24)], 2) == 2
 
 
 class _DtypeProbe(nn.Module):

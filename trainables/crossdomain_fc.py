@@ -50,7 +50,8 @@ def _train_on_cached_features(config: dict[str, Any], data: DataBundle, report: 
     trial = trial_setup(config, data, report, get_checkpoint, overrides=pixel_overrides(config))
     model = PixelFC(data.n_bands, trial.spec.n_classes, batchnorm=bool(config.get("batchnorm", True)))
     extra = {"model_name": MODEL_NAME, "backbone_hash": trial.backbone_hash}
-    return trial.fit(model, data, extra=extra, epoch_fn=pixel_epoch(config, trial.spec), eval_fn=evaluate_pixels)
+    return trial.fit(model, data, extra=extra, epoch_fn=pixel_epoch(config, trial.spec), eval_fn=evaluate_pixels,
+                     loader_images=1)
 
 
 def _train_with_backbone(config: dict[str, Any], data: DataBundle, report: Callable[..., Any] | None,
@@ -64,4 +65,4 @@ def _train_with_backbone(config: dict[str, Any], data: DataBundle, report: Calla
     eval_fn = with_fresh_stats(evaluate_pixels, backbone)
     extra = {"model_name": MODEL_NAME, "backbone_hash": trial.backbone_hash}
     return trial.fit(model, raw, backbone=backbone, backbone_lr=float(config.get("backbone_lr", trial.settings.lr)),
-                     extra=extra, epoch_fn=epoch_fn, eval_fn=eval_fn)
+                     extra=extra, epoch_fn=epoch_fn, eval_fn=eval_fn, loader_images=1)

@@ -35,4 +35,5 @@ def train_indomain_fc(
     batchnorm = bool(config.get("batchnorm", True))
     model = PixelFC(data.n_bands, trial.spec.n_classes, batchnorm=batchnorm)
     extra = {"model_name": "fc-bn" if batchnorm else "fc", "backbone_hash": trial.backbone_hash}
-    return trial.fit(model, data, extra=extra, epoch_fn=pixel_epoch(config, trial.spec), eval_fn=evaluate_pixels)
+    return trial.fit(model, data, extra=extra, epoch_fn=pixel_epoch(config, trial.spec), eval_fn=evaluate_pixels,
+                     loader_images=1)

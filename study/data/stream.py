@@ -35,6 +35,9 @@ from study.data.bundle import Split
 Key = int | tuple[int, int, int, int, int]
 #: loader workers per trial at most: HDF5 reads of one trial saturate a disk long before
 MAX_WORKERS = 8
+#: Bytes of batches a trial's loader may hold in flight (workers x prefetch x batch), default: HCV2 batches are
+#: GBs (8 images of 256-d features: 5.5 GB), and 7 workers x 2 prefetched would be 77 GB of host memory per trial.
+LOADER_MEMORY = 2 * 1024**3
 
 
 class SampleDataset(Dataset):
@@ -74,6 +77,16 @@ class LoaderSettings:
     workers: int = 0
     prefetch: int = 2
     pin_memory: bool = False
+    memory_bytes: int = LOADER_MEMORY
+
+    def bounded(self, batch_bytes: int) -> tuple[int, int]:
+        """(workers, prefetch per worker) holding at most ``memory_bytes`` of ``batch_bytes`` batches in flight,
+        but always one batch: fewer workers first (each holds >= 1), then less prefetch. (0, 0) reads in-process."""
+        if self.workers <= 0:
+            return 0, 0
+        in_flight = max(1, self.memory_bytes // max(1, batch_bytes))
+        workers = min(self.workers, in_flight)
+        return workers, max(1, min(self.prefetch, in_flight // workers))
 
     @classmethod
     def for_trial(cls, config: Mapping[str, Any], device: torch.device) -> LoaderSettings:
@@ -83,20 +96,30 @@ class LoaderSettings:
         if n is None:
             cpus = int(float(config.get("num_threads") or os.environ.get("OMP_NUM_THREADS") or 1))
             n = min(MAX_WORKERS, max(0, cpus - 1))
-        return cls(workers=int(n), prefetch=int(config.get("loader_prefetch", 2)),
-                   pin_memory=device.type == "cuda")
+        memory = config.get("loader_memory_gib")
+        return cls(workers=int(n), prefetch=int(config.get("loader_prefetch", 2)), pin_memory=device.type == "cuda",
+                   memory_bytes=LOADER_MEMORY if memory is None else int(float(memory) * 1024**3))
+
+
+def batch_bytes(split: Split, batch_images: int) -> int:
+    """Host bytes of a batch of ``batch_images`` of the split's largest images: float32 channels + int64 labels."""
+    pixels = max((h * w for h, w in split.shapes), default=0)
+    return batch_images * pixels * (4 * int(split.n_channels) + 8)
 
 
 class SplitStream:
     """One split read through a DataLoader; :meth:`batches` iterates a plan of keys in its order."""
 
-    def __init__(self, split: Split, settings: LoaderSettings, *, persistent: bool = True) -> None:
+    def __init__(self, split: Split, settings: LoaderSettings, *, persistent: bool = True,
+                 batch_images: int = 1) -> None:
+        """``batch_images``: the largest batch this stream will be asked for (bounds the loader's memory)."""
         self.split, self.settings = split, settings
         self.plan = BatchPlan()
-        workers = settings.workers
+        workers, prefetch = settings.bounded(batch_bytes(split, batch_images))
+        self.workers, self.prefetch = workers, prefetch
         extra: dict[str, Any] = {}
         if workers > 0:
-            extra = {"prefetch_factor": settings.prefetch, "persistent_workers": persistent,
+            extra = {"prefetch_factor": prefetch, "persistent_workers": persistent,
                      "worker_init_fn": _one_thread}
         # its own generator: an iterator draws a worker base seed, which must not advance torch's global RNG
         # (dropout masks of the trial would change with the loader; workers draw nothing random)
@@ -142,15 +165,16 @@ def _one_thread(_: int) -> None:
 class Streams:
     """A trial's streams of one bundle: train and val built once (persistent workers), test on demand."""
 
-    def __init__(self, train: Split, val: Split, test: Split, settings: LoaderSettings) -> None:
-        self.settings = settings
-        self.train = SplitStream(train, settings)
-        self.val = SplitStream(val, settings)
+    def __init__(self, train: Split, val: Split, test: Split, settings: LoaderSettings, *,
+                 train_batch: int = 1, eval_batch: int = 1) -> None:
+        self.settings, self.eval_batch = settings, eval_batch
+        self.train = SplitStream(train, settings, batch_images=train_batch)
+        self.val = SplitStream(val, settings, batch_images=eval_batch)
         self._test = test
 
     def test(self) -> SplitStream:
         """The test split's stream, used once at the end of the final phase (no persistent workers)."""
-        return SplitStream(self._test, self.settings, persistent=False)
+        return SplitStream(self._test, self.settings, persistent=False, batch_images=self.eval_batch)
 
     def __enter__(self) -> Streams:
         return self

@@ -24,7 +24,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,8 @@ EpochFn = Callable[[nn.Module, torch.optim.Optimizer, nn.Module, SplitStream, np
 #: (model, split stream, spec, device, settings) -> metrics of one confusion matrix over the split
 EvalFn = Callable[[nn.Module, SplitStream, DatasetSpec, torch.device, "TrainSettings"], dict]
 CKPT_FILE = "state.pt"
+#: Pixels per RU-Net evaluation batch at most (8 HSI-Drive or HyKo2 images; 3 of HCV2 at 711 x 944).
+EVAL_BATCH_PIXELS = 2**21
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class TrainSettings:
     #: CPUs of the trial (loader workers = this - 1 unless ``loader_workers`` is given)
     num_threads: int = 1
     loader_workers: int | None = None
+    #: host memory of batches in flight in the trial's loader (None: ``stream.LOADER_MEMORY``)
+    loader_memory_gib: float | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
@@ -86,12 +90,13 @@ class TrainSettings:
             compile=bool(config.get("compile", False)),
             num_threads=int(float(config.get("num_threads") or 1)),
             loader_workers=_opt_int(config.get("loader_workers")),
+            loader_memory_gib=None if config.get("loader_memory_gib") is None else float(config["loader_memory_gib"]),
         )
 
     def loader(self, device: torch.device) -> LoaderSettings:
         """The trial's DataLoader settings: workers from its CPUs, pinned memory on CUDA."""
-        return LoaderSettings.for_trial({"num_threads": self.num_threads, "loader_workers": self.loader_workers},
-                                        device)
+        return LoaderSettings.for_trial({"num_threads": self.num_threads, "loader_workers": self.loader_workers,
+                                         "loader_memory_gib": self.loader_memory_gib}, device)
 
 
 def _opt_int(value: Any) -> int | None:
@@ -176,11 +181,18 @@ def evaluate(model: nn.Module, split: SplitStream, spec: DatasetSpec, device: to
     """Metrics of ``model`` on a whole split, from one confusion matrix (not per-image means)."""
     model.eval()
     cm = np.zeros((spec.n_classes, spec.n_classes), dtype=np.int64)
-    for images, labels in split.sequential(settings.eval_batch_size):
+    for images, labels in split.sequential(eval_images(split.shapes, settings.eval_batch_size)):
         x, y = to_tensors(images, labels, device)
         pred = forward(model, x, settings.autocast).argmax(1)
         cm += confusion_matrix(pred, y, spec.n_classes, spec.ignore_index)
     return metrics_from_confusion(cm, spec.ignore_index)
+
+
+def eval_images(shapes: Sequence[tuple[int, int]], eval_batch_size: int) -> int:
+    """Images per evaluation batch: ``eval_batch_size``, fewer when their pixels exceed EVAL_BATCH_PIXELS
+    (HCV2: 3, not 8 images of 711 x 944 px; the metrics come from one confusion matrix either way)."""
+    pixels = max((h * w for h, w in shapes), default=1)
+    return max(1, min(eval_batch_size, EVAL_BATCH_PIXELS // pixels))
 
 
 def epoch_plan(n: int, batch_size: int, gen: np.random.Generator,
@@ -277,6 +289,7 @@ def fit(
     extra: Mapping[str, Any] | None = None,
     epoch_fn: EpochFn | None = None,
     eval_fn: EvalFn = evaluate,
+    loader_images: int | None = None,
 ) -> dict:
     """Train ``model``, reporting every epoch; in the final phase evaluate test once at the end.
 
@@ -284,8 +297,9 @@ def fit(
     weight-decay rule of every arm: trainable parameters of ``backbone`` (a
     sub-module of ``model``) at ``backbone_lr``, the rest at ``settings.lr``.
     ``epoch_fn``/``eval_fn`` replace the image-level epoch and evaluation
-    (the per-pixel models pass theirs), so selection, early stopping, reports,
-    checkpoints and resumption are one code path for every strategy. Returns the
+    (the per-pixel models pass theirs, with ``loader_images=1``: they read one image per loader batch;
+    it bounds the loader's memory, default the training batch and :func:`eval_images`), so selection,
+    early stopping, reports, checkpoints and resumption are one code path for every strategy. Returns the
     last reported metrics.
     """
     if epoch_fn is None:
@@ -314,7 +328,9 @@ def fit(
         gen.bit_generator.state = state["np_rng"]
         torch.set_rng_state(state["torch_rng"])
 
-    with Streams(data.train, data.val, data.test, settings.loader(device)) as streams:
+    eval_batch = loader_images or eval_images([*data.val.shapes, *data.test.shapes], settings.eval_batch_size)
+    with Streams(data.train, data.val, data.test, settings.loader(device),
+                 train_batch=loader_images or settings.batch_size, eval_batch=eval_batch) as streams:
         last: dict = {}
         node_id = ray_node_id()
         for epoch in range(start_epoch, settings.max_epochs + 1):
