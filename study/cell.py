@@ -80,6 +80,7 @@ def _constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, cid: str, cpus
         # runtime options enter a config only when set, so that trial keys (resume) stay as they were
         **({"compile": True} if cfg.runtime.compile else {}),
         **({"stage_dir": str(cfg.runtime.stage_data)} if cfg.runtime.stage_data else {}),
+        **({"loader_memory_gib": cfg.runtime.loader_memory_gib} if cfg.runtime.loader_memory_gib else {}),
     }
 
 

@@ -176,6 +176,8 @@ class Runtime:
     #: copy a study's input files once per node to this fast local folder before its first trial there
     stage_data: Path | None = None
     compile: bool = False  # torch.compile the model in every trial (opt-in: it pays only for long GPU runs)
+    #: host memory of prefetched batches per trial's loader (None: ``study.data.stream.LOADER_MEMORY``)
+    loader_memory_gib: float | None = None
     #: experiment trackers fed by Ray Tune's logger callbacks (``--log-to``: mlflow, tensorboard, wandb)
     log_to: tuple[str, ...] = ()
 
@@ -185,6 +187,8 @@ class Runtime:
         check_trackers(parse_log_to(self.log_to))  # a missing package: one line naming its extra, before Ray
         _at_least("max_concurrent_cells", self.max_concurrent_cells, 1)
         _at_least("num_cpus", self.num_cpus, 1)
+        if self.loader_memory_gib is not None and not self.loader_memory_gib > 0:
+            raise ConfigError(f"--loader-memory-gib must be > 0 GiB, got {self.loader_memory_gib}")
         check_results_text(self.results)  # URI syntax only; reaching the store is checked before training
         if self.gpus not in ("auto", "on", "off"):
             raise ConfigError(f"--gpus must be auto, on or off, got {self.gpus!r}")
@@ -194,7 +198,7 @@ _GROUPS = {"data": DataSettings, "budget": Budget, "options": ModelOptions, "run
 #: Runtime settings left out of ids. gpus and the dashboard settings stay in them, as they always were, so that
 #: ids (and finished cells) of existing stores stay valid.
 _PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus", "max_concurrent_cells", "stage_data",
-                        "compile", "log_to"})
+                        "compile", "log_to", "loader_memory_gib"})
 
 
 @dataclass(frozen=True)

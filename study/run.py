@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="copy the study's input files (data, features, weights) once per node to this local "
                    "folder before the node's first trial (checked by size and hash, shared by the node's trials): "
                    "use it when --data-root is on NFS/EFS, where reading HDF5 per batch is slow")
+    g.add_argument("--loader-memory-gib", type=float, default=None, metavar="GIB",
+                   help="host memory a trial's data loader may hold in prefetched batches (default 2; fewer "
+                   "workers, then less prefetch, when HCV2-sized batches exceed it)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile every trial's model (opt-in: compile time pays off only in long GPU runs)")
     g.add_argument("--dashboard", action="store_true",
@@ -233,6 +236,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         synthetic=_synthetic(args, preset), address=args.address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         max_concurrent_cells=args.max_concurrent_cells, stage_data=args.stage_data, compile=args.compile or None,
+        loader_memory_gib=args.loader_memory_gib,
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
