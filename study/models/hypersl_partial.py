@@ -121,8 +121,8 @@ class PartialHyperSL(nn.Module):
         """Recompute the per-chunk statistics table from the sources with the current stem (chunk mode only).
 
         Rows are written into one preallocated table, not kept as one small tensor each and stacked: each
-        small tensor allocated between the stem's transients (tens of MB) pinned ~10 MB of glibc heap, so
-        the table of a 12-image set took +2.1 GB and grew with the data (performance.md §7).
+        small tensor allocated between the stem's transients (tens of MB) pinned ~12 MB of glibc heap, so
+        the table of 9 HSI-Drive-sized images (162 chunks) took +2.1 GB and grew with the data (performance.md §7).
         """
         if self.bn_mode != "chunk":
             return
