@@ -35,6 +35,11 @@ EVAL_CHUNK = 2_048
 GRAD_CHUNK = 1_024
 
 
+def chunks_per_image(height: int, width: int, chunk_size: int) -> int:
+    """Export chunks of one image: its pixels in raster order, ``chunk_size`` at a time (the last one shorter)."""
+    return -(-height * width // chunk_size)
+
+
 def _stem_branch(seq: nn.Sequential, x: Tensor, stats: Tensor | None, collect: list[Tensor] | None) -> Tensor:
     """conv -> BN (with given statistics) -> GELU on (N, Cin, L).
 
@@ -113,8 +118,8 @@ class PartialHyperSL(nn.Module):
         self._sources, self._chunk_size = list(images), int(chunk_size)
 
     def _n_chunks(self) -> int:
-        cs = self._chunk_size
-        return sum(-(-h * w // cs) for images in self._sources for h, w in _image_shapes(images))
+        return sum(chunks_per_image(h, w, self._chunk_size) for images in self._sources
+                   for h, w in _image_shapes(images))
 
     @torch.no_grad()
     def refresh_stats(self) -> None:
@@ -137,7 +142,7 @@ class PartialHyperSL(nn.Module):
                     row += 1
         if row != len(table):
             raise RuntimeError(f"chunk statistics: {row} chunks read, {len(table)} expected from the shapes")
-        self.stats = table if row else self.stats
+        self.stats = table
 
     # ---- forward
     def _tokens(self, x: Tensor, ids: Tensor) -> Tensor:

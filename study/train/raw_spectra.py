@@ -18,15 +18,11 @@ from typing import Any
 import numpy as np
 
 from study.data.bundle import DataBundle, LazyImages, Split
-from study.models.hypersl_partial import PartialHyperSL
+from study.models.hypersl_partial import PartialHyperSL, chunks_per_image
 from study.train.loop import pick_device
 
 #: Default side of the random training crop of a k > 0 HyperSL-RU-Net trial (pixels).
 CROP = 128
-
-
-def chunks_per_image(height: int, width: int, chunk_size: int) -> int:
-    return -(-height * width // chunk_size)
 
 
 def chunk_id_map(n_images: int, height: int, width: int, chunk_size: int, offset: int = 0) -> np.ndarray:
