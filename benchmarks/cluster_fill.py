@@ -3,7 +3,7 @@
 A simulated cluster (``ray.cluster_utils.Cluster``: a 0-CPU head and 4 worker
 nodes, each declaring 4 CPUs and 4 GPU slots; the GPUs are Ray's accounting only)
 runs a study of 3 datasets x 3 strategies x 3 fractions through the real driver
-(``study.driver.run_study``: OptunaSearch + ASHA per cell, the real store).
+(``study.orchestration.driver.run_study``: OptunaSearch + ASHA per cell, the real store).
 The strategies are registered by this benchmark only: their trainables sleep
 per epoch for a duration proportional to the cell's training pixels and the
 strategy's cost, so cells differ in length as real ones do (each dataset's
@@ -168,8 +168,8 @@ def longest_cell_timeline(rows: Any, start: datetime) -> dict[str, float]:
 
 def data_root(cache: Path) -> Path:
     """One folder with every dataset's synthetic files, each dataset at its own image size (:data:`SIZES`)."""
-    from study.data.generator import GeneratorConfig, ensure_default_dataset
     from study.data.specs import get_spec
+    from study.data.synthetic.generator import GeneratorConfig, ensure_default_dataset
 
     root = cache / "data-root"
     if not root.is_dir():
@@ -187,16 +187,15 @@ def run_mode(label: str, max_cells: int | None, cache: Path, out: Path, nodes: i
     import polars as pl
 
     from study.config import build_config
-    from study.driver import run_study
-    from study.inputs import prepare
-    from study.results import read_store
+    from study.orchestration import check_inputs, run_study
+    from study.store import read_store
 
     strategies = register_sim_strategies()
     results = out / label
     cfg = build_config("full", strategies=strategies, dataset=DATASETS, fractions=FRACTIONS, trials=TRIALS,
                        epochs=EPOCHS, seeds=SEEDS, grace_period=GRACE, results=results, cache_dir=cache,
                        gpus="on", max_concurrent_cells=max_cells, width="tiny", data_root=data_root(cache))
-    preps = prepare(cfg, echo=lambda _: None)
+    preps = check_inputs(cfg, echo=lambda _: None)
     lines: list[str] = []
     t0, start = time.perf_counter(), datetime.now(UTC)
     failures = run_study(cfg, preps, echo=lines.append)
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray.cluster_utils import Cluster
 
-    from study.ray_setup import quiet_ray_tune
+    from study.orchestration import quiet_ray_tune
 
     quiet_ray_tune()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})

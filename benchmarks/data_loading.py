@@ -33,7 +33,7 @@ IMAGES = {"hyko2": (4, 16), "hsidrive": (4, 16), "hcv2": (2, 4)}
 
 def write_tiled_split(spec: Any, folder: Path, n: int, hw: tuple[int, int], tile: tuple[int, int] = (89, 118)) -> Path:
     """``<folder>/<dataset>_train.h5`` in the HS3-Bench layout: ``n`` copies of a rendered tile, tiled to ``hw``."""
-    from study.data.generator import image_rng, render_image, sample_name
+    from study.data.synthetic.generator import image_rng, render_image, sample_name
 
     image, labels = render_image(spec, tile[0], tile[1], image_rng(0, "train", 0))
     reps = (-(-hw[0] // tile[0]), -(-hw[1] // tile[1]))
@@ -104,8 +104,8 @@ def model_rate(spec: Any, quick: bool, crop_px: int | None) -> tuple[float, str]
 def measure(datasets: tuple[str, ...], quick: bool, workdir: Path, size_override: tuple[int, int] | None = None,
             crop_px: int | None = 200_000) -> list[dict[str, Any]]:
     """One row per dataset: loader rates, model rate, ratios (``size_override`` for tests only)."""
-    from study.data.generator import GeneratorConfig, ensure_default_dataset
     from study.data.specs import get_spec
+    from study.data.synthetic.generator import GeneratorConfig, ensure_default_dataset
 
     rows = []
     for name in datasets:

@@ -2,7 +2,7 @@
 
 Why: ASHA is the study's main compute saver; it is only worth it if the
 configuration it picks is (nearly) as good as the one a full-budget search
-picks. Both runs go through ``study.tuning.tune_cell`` (OptunaSearch with the
+picks. Both runs go through ``study.search.tuning.tune_cell`` (OptunaSearch with the
 same seed, same N trials, same max epochs, same data, 2 concurrent trials of
 1 CPU). "FIFO" is ASHA with grace_period = max_epochs, which never stops a
 trial early, so everything else (searcher, callbacks, checkpoints) is equal.
@@ -81,31 +81,31 @@ def _setup(size: tuple, results: Path) -> tuple[Any, Any, dict[str, Any], Any]:
 
     from study.config import build_config
     from study.data.bundle import make_bundle
-    from study.data.generator import GeneratorConfig
-    from study.driver import _constants, cell_id
-    from study.inputs import prepare
-    from study.replay import replay_or_train
+    from study.data.synthetic.generator import GeneratorConfig
+    from study.orchestration import check_inputs, trial_constants
+    from study.orchestration.driver import cell_id
+    from study.search import replay_or_train
     from study.strategies import get_strategy
 
     h, w, (ntr, nva, nte), width, trials, epochs, _grace, _rf = size
     cfg = build_config("smoke", strategies=("indomain",), dataset="hyko2", fractions=(1.0,), trials=trials,
                        epochs=epochs, seeds=1, grace_period=1, width=width, batch_size=4, results=results,
                        num_cpus=2, synthetic=GeneratorConfig(height=h, width=w, n_train=ntr, n_val=nva, n_test=nte))
-    prep = prepare(cfg, echo=quiet)["hyko2"]
+    prep = check_inputs(cfg, echo=quiet)["hyko2"]
     strategy, subset = get_strategy("indomain"), prep.subsets[1.0]
     bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
     res = strategy.resources(False)
     trainable = tune.with_resources(
         tune.with_parameters(replay_or_train, data=bundle, replay={}, trainable_path=strategy.trainable), res)
     # the driver's own per-trial constants, so trials are configured exactly as in a study
-    constants = _constants(cfg, len(subset.names), prep.spec, cell_id(cfg, "indomain", subset), res["cpu"])
+    constants = trial_constants(cfg, len(subset.names), prep.spec, cell_id(cfg, "indomain", subset), res["cpu"])
     return cfg, trainable, constants, strategy.load_search_space()
 
 
 def run_search(trainable: Any, constants: dict, space: dict, size: tuple, grace: int, storage: Path,
                name: str) -> tuple[float, list[dict[str, Any]]]:
     """One search through ``tune_cell``; returns its wall seconds and summarized trials."""
-    from study.tuning import Budget, tune_cell
+    from study.search.tuning import Budget, tune_cell
 
     _h, _w, _n, _width, trials, epochs, _g, rf = size
     budget = Budget(trials=trials, epochs=epochs, grace_period=grace, reduction_factor=rf, seeds=1,
@@ -126,7 +126,7 @@ def _row(run: str, grace: int, rf: int, trials: list[dict[str, Any]], wall_s: fl
 def run(quick: bool, save: bool = True) -> dict[str, Any]:
     import ray
 
-    from study.ray_setup import init_ray, quiet_ray_tune
+    from study.orchestration import init_ray, quiet_ray_tune
 
     started, info = time.perf_counter(), machine_info()
     size = QUICK if quick else FULL

@@ -6,7 +6,7 @@ what that rule buys on a study-shaped workload:
     uncached = N x (export + head training)                    (simulated from measured pieces)
     cached   = 1 x export + write the cache file + N x (read the cache file + head training)
 
-Export is ``study.features.export_image`` (the cache's own function) with the
+Export is ``study.features.export.export_image`` (the cache's own function) with the
 dataset's paper chunk size and chunk-mode BatchNorm; the cache file has the
 feature cache's layout (float16, read back through ``H5Split``); the head is a
 short HyperSL-FC training (``trainables.crossdomain_fc``, BN + Linear, 8,192-pixel
@@ -103,9 +103,9 @@ def measure(size: tuple, workdir: Path, dataset: str = "hyko2", cache_dir: Path 
     ``cache_dir``: where the synthetic data is generated (default: the study's data cache, so reruns reuse it).
     ``use_trainable=False`` trains the same head inline (no Ray import: the smoke test).
     """
-    from study.data.generator import GeneratorConfig, ensure_default_dataset
     from study.data.h5reader import H5Split, open_split
     from study.data.specs import get_spec
+    from study.data.synthetic.generator import GeneratorConfig, ensure_default_dataset
     from study.features import default_chunk
     from study.models.hypersl import build_hypersl
 

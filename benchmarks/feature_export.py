@@ -9,7 +9,7 @@ whether a study is hours or days. Rates are converted to achieved GFLOP/s with
 (the transformer layers only; the conv stem is left out), and on a GPU to the
 fraction of the device's dense bf16 peak. Target (GPU): >= 40 % of dense bf16
 peak for HCV2-sized spectra (128 bands). Every measurement goes through
-``study.features.export_image``, the function the feature cache uses.
+``study.features.export.export_image``, the function the feature cache uses.
 
 ``--precision`` compares bf16 autocast with fp32 on the same images (synthetic
 HyKo2-like cubes at three value scales, chunk-mode BN): max abs / relative error,
@@ -214,9 +214,9 @@ def compare_precision(size: str = "cpu", device: str = "cpu", hw: tuple[int, int
     """bf16 vs fp32 features on synthetic HyKo2-like cubes at each of :data:`SCALES` (see the module doc)."""
     import tempfile
 
-    from study.data.generator import GeneratorConfig, generate_dataset
     from study.data.h5reader import open_split
     from study.data.specs import get_spec
+    from study.data.synthetic.generator import GeneratorConfig, generate_dataset
     from study.features import export_image
     from study.models.hypersl import build_hypersl
 

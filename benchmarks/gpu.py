@@ -9,7 +9,7 @@ failure still leaves the others' figures:
   the GPU busy fraction (CUDA kernel time / wall time, from the profiler);
 - ``loader``: a ``DataLoader`` over an HCV2-shaped HDF5 file (711x944x128, one
   handle per worker, pinned memory) in images/s, against the RU-Net's demand;
-- ``export``: the HyperSL ``small`` export (``study.features.export_image``, HCV2
+- ``export``: the HyperSL ``small`` export (``study.features.export.export_image``, HCV2
   spectra, chunk 5,000) in pixels/s and % of the GPU's dense bf16 peak;
 - ``smoke_study``: a two-trial ``study.run --smoke --gpus on`` end to end.
 

@@ -43,7 +43,7 @@ Inputs and features
     bands) and min-max scaled per band over the whole scene: the transform the
     pretraining applies (``pretrain_data.to_sensor``) and HyperSL's own downstream
     protocol (benchmark.md §3.7), not the cross-domain export's raw values (§4.2).
-    Features: ``study.features.export_image``, mask ratio 0, raster-order chunks of
+    Features: ``study.features.export.export_image``, mask ratio 0, raster-order chunks of
     5,000 px, ``--bn-mode chunk`` (the paper's per-chunk BatchNorm statistics;
     default) or ``running``.
 

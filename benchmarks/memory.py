@@ -13,7 +13,7 @@ high-water mark, which also counts page cache and so sits near the cap on any da
 The crossdomain strategies read the HyperSL feature cache. Exporting the features of a >= 3 GiB set takes
 hours on a CPU, and what is measured is trials streaming data, not the export: by default the benchmark
 writes *random* float16 features of the backbone's width into exactly the cache files
-``study.features.ensure_features`` would use for that backbone and data (same key, layout and attributes),
+``study.features.export.ensure_features`` would use for that backbone and data (same key, layout and attributes),
 so the study finds them cached and skips the export (``--features export`` computes them instead).
 ``--freeze-depth k`` fixes the crossdomain strategies' k (a ``[search_space.*]`` override) so both arms run.
 
@@ -155,7 +155,7 @@ def populate_features(data: Path, cache: Path, backbone: str | None, dtype: str 
     """
     from study.data.h5reader import open_split
     from study.data.specs import get_spec
-    from study.features import _is_current, default_chunk, feature_attrs, feature_cache_path, source_id, temp_path
+    from study.features import default_chunk, feature_attrs, feature_cache_path, is_current, source_id, temp_path
     from study.models.checkpoints import checkpoint_hash, load_hypersl
     from study.pretrain import default_config, ensure_default_backbone
 
@@ -171,7 +171,7 @@ def populate_features(data: Path, cache: Path, backbone: str | None, dtype: str 
         out = feature_cache_path(cache, ckpt, "hsidrive", split, bn_mode, chunk, dtype, source_id(data))
         folder = out.parent
         src = open_split(data, spec, split)
-        if _is_current(out, src.path):
+        if is_current(out, src.path):
             continue
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(out)

@@ -81,7 +81,7 @@ def extrapolate(points: list[dict[str, float]], trial_s: float = 60.0) -> dict[s
 def study_config(scale: tuple, results: Path) -> Any:
     """The StudyConfig of one scale: one indomain cell at fraction 1.0 with ASHA neutralised."""
     from study.config import build_config
-    from study.data.generator import GeneratorConfig
+    from study.data.synthetic.generator import GeneratorConfig
 
     name, h, w, (ntr, nva, nte), width, trials, epochs, seeds = scale
     return build_config(
@@ -95,13 +95,12 @@ def run_tune_side(cfg: Any) -> dict[str, Any]:
     """Prepare (not timed: the direct side needs it too), start Ray (timed apart), run the cell (timed)."""
     import ray
 
-    from study.driver import cell_id, run_cell
-    from study.inputs import prepare
-    from study.ray_setup import init_ray
-    from study.results import read_table
+    from study.orchestration import check_inputs, init_ray
+    from study.orchestration.driver import cell_id, run_cell
+    from study.store import read_table
     from study.strategies import get_strategy
 
-    prep = prepare(cfg, echo=quiet)["hyko2"]
+    prep = check_inputs(cfg, echo=quiet)["hyko2"]
     t0 = time.perf_counter()
     fresh = not ray.is_initialized()
     init_ray(cfg)
@@ -161,7 +160,7 @@ def measure_scale(scale: tuple, workdir: Path) -> dict[str, Any]:
 def run(quick: bool, save: bool = True) -> dict[str, Any]:
     import ray
 
-    from study.ray_setup import quiet_ray_tune
+    from study.orchestration import quiet_ray_tune
 
     started, info = time.perf_counter(), machine_info()
     quiet_ray_tune()

@@ -2,7 +2,7 @@
 
 Runs the study's own default pretraining (``ensure_default_backbone``: the ``cpu``
 size, its recorded settings, one torch thread) into a fresh temporary cache and
-copies the checkpoint and its cards into ``study/pretraining/packaged/``,
+copies the checkpoint and its cards into ``study/pretrain/packaged/``,
 replacing what was there. Run it whenever the pretraining recipe changes
 (``tests/test_pretrain.py`` fails until then); it takes a minute or two on one core.
 """
@@ -13,8 +13,7 @@ import shutil
 import sys
 import tempfile
 
-from study.pretraining.cache import PACKAGED, ensure_default_backbone
-from study.pretraining.config import default_config
+from study.pretrain import PACKAGED, default_config, ensure_default_backbone
 
 
 def main() -> int:

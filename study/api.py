@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from study.errors import HsiStudyError
-from study.results import Results, read_store
+from study.store import Results, read_store
 
 
 def study_argv(**flags: Any) -> list[str]:
@@ -69,7 +69,7 @@ def load_rows(results: Results):  # -> polars.DataFrame
 
 def summary(results: Results):  # -> polars.DataFrame
     """Per cell (dataset, strategy, fraction): the report's summary table (test mIoU mean, sd, CI, ...)."""
-    from study.analysis import cell_summary
+    from study.report import cell_summary
 
     return cell_summary(load_rows(results))
 
@@ -80,7 +80,7 @@ def write_report(results: Results | Sequence[Results], out: str | Path | None = 
 
     ``out`` defaults to ``<results>/report.html`` for one study; a comparison needs ``out``.
     """
-    from study import report
+    from study.report import html as report
 
     kwargs: dict[str, Any] = {} if baseline is None else {"baseline": baseline}
     if isinstance(results, (str, Path)) or not isinstance(results, Sequence):

@@ -17,10 +17,10 @@ from pathlib import Path
 #: subcommand -> (module with ``main(argv) -> int``, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("study.run", "run a data-efficiency study: tune, re-train and test every cell (Ray Tune + Optuna)"),
-    "report": ("study.report", "write the self-contained HTML report of one study, or compare several"),
-    "prepare": ("study.prepare.__main__", "convert downloaded HyKo2 / HSI-Drive / HCV2 releases to HS3-Bench HDF5"),
-    "features": ("study.features", "export (and cache) per-pixel HyperSL features of a dataset"),
-    "pretrain": ("study.pretrain", "pretrain the small local HyperSL backbone on real spectra"),
+    "report": ("study.report.cli", "write the self-contained HTML report of one study, or compare several"),
+    "prepare": ("study.prepare.cli", "convert downloaded HyKo2 / HSI-Drive / HCV2 releases to HS3-Bench HDF5"),
+    "features": ("study.features.cli", "export (and cache) per-pixel HyperSL features of a dataset"),
+    "pretrain": ("study.pretrain.cli", "pretrain the small local HyperSL backbone on real spectra"),
     "bench": ("benchmarks.__main__", "run the benchmarks (source checkout only: run it from the repository root)"),
 }
 

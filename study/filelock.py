@@ -1,6 +1,6 @@
 """An exclusive inter-process file lock.
 
-Why a module of its own: the backbone cache (:mod:`study.pretraining.cache`) and
+Why a module of its own: the backbone cache (:mod:`study.pretrain.cache`) and
 the feature cache (:mod:`study.features`) both make a missing artefact once while
 many Ray workers ask for it; neither should import the other to get the lock.
 """

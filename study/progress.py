@@ -1,7 +1,7 @@
 """Study-wide state shared by the cells that run at once: the stop switch and the progress line.
 
 Every pending cell of a study runs its own Tuner in its own driver thread
-(:func:`study.driver.run_study`), so one Ctrl+C must reach all of them and one
+(:func:`study.orchestration.driver.run_study`), so one Ctrl+C must reach all of them and one
 line must summarise them. Tune pickles its callbacks and stoppers into each
 experiment's state, and locks and events do not pickle; so those objects hold
 only the study's key, and the live :class:`StudyControl` sits in a module-level
@@ -17,11 +17,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from ray.tune.stopper import Stopper
-
-from study.summary import pct
+from study.report import pct
 
 _CONTROLS: dict[str, StudyControl] = {}
 #: at most one progress line per this many seconds (plus one at every cell start and end)
@@ -134,14 +131,7 @@ def stopped(key: str | None) -> bool:
     return c is not None and c.stop.is_set()
 
 
-class StopOnRequest(Stopper):
-    """Tune stopper that ends every trial of a Tuner once the study is asked to stop (Ctrl+C, SIGTERM)."""
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        return stopped(self.key)
-
-    def stop_all(self) -> bool:
-        return stopped(self.key)
+def echo(message: str) -> None:
+    """Print one console line; on a terminal it first clears the refreshed live line
+    (:meth:`StudyControl.trial_result`). Lives here, not with Ray, so that input checks print without Ray."""
+    print(CLEAR + message if is_tty() else message, flush=True)

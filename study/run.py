@@ -11,13 +11,12 @@ import time
 from pathlib import Path
 
 from study.config import PRESETS, StudyConfig, build_config
-from study.data.generator import GeneratorConfig
 from study.data.specs import SPECS
 from study.data.subsets import parse_fractions
+from study.data.synthetic.generator import GeneratorConfig
 from study.errors import ConfigError, HsiStudyError
-from study.ray_setup import init_ray
-from study.results import quarantine_corrupt_parts
-from study.storage import check_writable, resolve, results_arg
+from study.orchestration import init_ray
+from study.store import check_writable, quarantine_corrupt_parts, resolve, results_arg
 from study.strategies import STRATEGIES, baseline_strategy, get_strategy, parse_strategies
 
 
@@ -257,7 +256,8 @@ def _terminate(signum: int, frame: object) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over ``--config`` over presets: the file's settings become the parser's defaults, its search
     spaces ride along as ``args.search_spaces`` (ConfigError for a bad file, before Ray)."""
-    from study.config_file import load, parser_defaults, resolve_spaces
+    from study.config import load, parser_defaults
+    from study.search import resolve_spaces
 
     parser = build_parser()
     pre = argparse.ArgumentParser(add_help=False)
@@ -276,8 +276,9 @@ def effective_config(cfg: StudyConfig, fmt: str = "toml") -> str:
     """``--print-config``: the settings under their flag names plus every chosen strategy's effective space."""
     import json
 
-    from study.config_file import space_specs, to_toml
-    from study.driver import search_space
+    from study.config import to_toml
+    from study.orchestration.driver import search_space
+    from study.search import space_specs
 
     s = cfg.settings()
     syn = cfg.data.synthetic
@@ -321,9 +322,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from study.driver import results_lock, run_study
-    from study.inputs import prepare
-    from study.summary import print_summary
+    from study.orchestration import check_inputs, run_study
+    from study.report import print_summary
+    from study.store import results_lock
 
     t0 = time.perf_counter()
     cfg = config_from_args(args)
@@ -337,7 +338,7 @@ def _main(args: argparse.Namespace) -> int:
           + ("; protocol paper: the published recipe, no search" if cfg.protocol == "paper" else ""))
     check_writable(cfg.runtime.results)  # a file, under a file, read-only, a full disk: one line, before any work
     if cfg.runtime.log_to:
-        from study.trackers import tracking_dir
+        from study.orchestration import tracking_dir
 
         folder, note = tracking_dir(cfg)
         print(note or f"logging to {', '.join(cfg.runtime.log_to)} (local files under {folder})")
@@ -347,7 +348,7 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"unreadable part moved to {moved}; its trial is trained again")
         if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
             init_ray(cfg)  # a running cluster: connecting is cheap, and the feature export runs on it
-        preps = prepare(cfg)
+        preps = check_inputs(cfg)
         init_ray(cfg)
         failures = run_study(cfg, preps)
         print_summary(cfg.runtime.results)

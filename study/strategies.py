@@ -69,7 +69,7 @@ class Strategy:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 1.0  # used only when the cluster has GPUs
     #: training time per pixel relative to other strategies, used only to start the longest cells first
-    #: (study.driver); None: its GPU share stands in for how heavy its model is
+    #: (study.orchestration.driver); None: its GPU share stands in for how heavy its model is
     relative_cost: float | None = None
 
     def load_trainable(self) -> Callable[..., Any]:

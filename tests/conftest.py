@@ -21,8 +21,8 @@ TINY = dict(height=24, width=40, n_train=6, n_val=3, n_test=3)
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny synthetic HyKo2-like data set in the HS3-Bench layout (made once per session)."""
-    from study.data.generator import GeneratorConfig, generate_dataset
     from study.data.specs import get_spec
+    from study.data.synthetic.generator import GeneratorConfig, generate_dataset
 
     out = tmp_path_factory.mktemp("tiny_hyko2")
     return generate_dataset(get_spec("hyko2"), out, GeneratorConfig(**TINY, seed=3))

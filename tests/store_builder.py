@@ -21,7 +21,7 @@ import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from study.results import write_rows, write_study_file
+from study.store import write_rows, write_study_file
 
 FRACTIONS = (0.1, 0.5, 1.0)
 IMAGES = {0.1: 4, 0.5: 20, 1.0: 40}

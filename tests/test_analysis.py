@@ -1,4 +1,4 @@
-"""study.analysis on a constructed store whose every statistic is known by hand (see store_builder)."""
+"""study.report.analysis on a constructed store whose every statistic is known by hand (see store_builder)."""
 
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from store_builder import (
     expected_miou,
 )
 
-from study import analysis
 from study.data.specs import get_spec
-from study.results import read_store
+from study.report import accounting, analysis
+from study.store import read_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -142,7 +142,7 @@ def test_label_savings(store: pl.DataFrame) -> None:
 
 
 def test_compute_accounting(store: pl.DataFrame) -> None:
-    acc = analysis.compute_accounting(store)
+    acc = accounting.compute_accounting(store)
     run = sum(TRIAL_EPOCHS)
     for r in acc.iter_rows(named=True):
         assert (r["trials"], r["stopped_early"], r["failed"], r["final_runs"]) == (4, 2, 0, 3)
@@ -160,13 +160,13 @@ def test_compute_accounting(store: pl.DataFrame) -> None:
 
 
 def test_time_use_counts_slots_and_busy_fraction(store: pl.DataFrame) -> None:
-    use = analysis.time_use(store)
-    acc = analysis.compute_accounting(store)
+    use = accounting.time_use(store)
+    acc = accounting.compute_accounting(store)
     assert use is not None and use["slots"] == 6  # all six cells started together
     assert use["run_s"] == pytest.approx(acc["run_s"].sum())
     assert use["span_s"] == pytest.approx(acc["elapsed_s"].max())
     assert use["busy_fraction"] == pytest.approx(use["run_s"] / (use["span_s"] * 6))
-    assert analysis.time_use(store.drop("started_at", "ended_at")) is None
+    assert accounting.time_use(store.drop("started_at", "ended_at")) is None
 
 
 def test_tuning_traces_and_per_class(store: pl.DataFrame) -> None:
@@ -218,7 +218,7 @@ def test_headlines_with_only_the_baseline(store: pl.DataFrame) -> None:
 
 
 def test_analysis_and_plots_import_neither_torch_nor_ray() -> None:
-    code = ("import sys, study.analysis, study.plots, study.report; "
+    code = ("import sys, study.report.analysis, study.report.plots, study.report; "
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -273,8 +273,7 @@ def test_cluster_fill_bound_and_the_driver_s_order(tmp_path: Path) -> None:
 
     from benchmarks import cluster_fill as cf
     from study.config import build_config
-    from study.driver import _expected_cost, pending_cells
-    from study.inputs import prepare
+    from study.orchestration import check_inputs, expected_cost, pending_cells
     from study.strategies import STRATEGIES
 
     t = datetime(2026, 1, 1, tzinfo=UTC)
@@ -296,10 +295,10 @@ def test_cluster_fill_bound_and_the_driver_s_order(tmp_path: Path) -> None:
         cfg = build_config("full", strategies=names, dataset=cf.DATASETS, fractions=(0.5, 1.0), trials=1,
                            epochs=2, grace_period=1, seeds=1, results=tmp_path / "res", cache_dir=cache,
                            data_root=root)
-        cells = pending_cells(cfg, prepare(cfg, echo=lambda _: None), set(), echo=lambda _: None)
+        cells = pending_cells(cfg, check_inputs(cfg, echo=lambda _: None), set(), echo=lambda _: None)
         slept = [cf._epoch_s(s.name, p.spec.name, len(sub.names)) for p, s, sub, _ in cells]
         assert slept == sorted(slept, reverse=True)  # longest first, as the trials will sleep
-        assert [_expected_cost(c) for c in cells] == sorted((_expected_cost(c) for c in cells), reverse=True)
+        assert [expected_cost(c) for c in cells] == sorted((expected_cost(c) for c in cells), reverse=True)
         assert (cells[0][0].spec.name, cells[0][1].name) == ("hcv2", "sim-hypersl-runet")
     finally:
         for n in names:

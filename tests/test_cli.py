@@ -54,7 +54,7 @@ def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_p
     """`--strategy indomain` then `--strategy indomain,crossdomain` is one study: same id and default folder,
     the same indomain cell ids; a setting only crossdomain reads changes crossdomain's cells only."""
     from study.data.subsets import make_subset
-    from study.driver import cell_id
+    from study.orchestration.driver import cell_id
     from study.strategies import STRATEGIES
 
     def cfg(*argv: str):
@@ -73,9 +73,8 @@ def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_p
     assert cell_id(one, "indomain", subset, legacy=True) != cell_id(both, "indomain", subset, legacy=True)
     assert one.legacy_study_id.rsplit("-", 1)[-1] in cell_id(one, "indomain", subset, legacy=True)
     # study.json keeps each strategy's own settings across such runs (the report's backbone banner reads them)
-    from study.driver import previous_study, strategy_settings
-    from study.results import write_study_file
-    from study.storage import resolve
+    from study.orchestration import previous_study, strategy_settings
+    from study.store import resolve, write_study_file
 
     store = resolve(tmp_path)
     assert strategy_settings(previous_study(store), one) == {"indomain": {}}
@@ -87,7 +86,7 @@ def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_p
 def test_local_ray_dashboard_is_off_by_default_and_bound_to_localhost(monkeypatch) -> None:
     import ray
 
-    from study.ray_setup import init_ray
+    from study.orchestration import init_ray
 
     seen: dict = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)

@@ -33,7 +33,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from study.results import read_store
+from study.store import read_store
 from study.strategies import get_strategy
 
 pytestmark = pytest.mark.cluster
@@ -77,8 +77,8 @@ class StudyRun:
 
 @pytest.fixture(scope="module")
 def cluster_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from study.data.generator import GeneratorConfig, generate_dataset
     from study.data.specs import get_spec
+    from study.data.synthetic.generator import GeneratorConfig, generate_dataset
 
     return generate_dataset(get_spec("hyko2"), tmp_path_factory.mktemp("cluster_hyko2"), GeneratorConfig(**DATA))
 

@@ -11,7 +11,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from study.errors import CorruptPartError
-from study.results import QUARANTINE, part_files, part_paths, quarantine_corrupt_parts, read_table, write_rows
+from study.store import QUARANTINE, part_files, part_paths, quarantine_corrupt_parts, read_table, write_rows
 
 ROW = dict(study_id="s", row_kind="trial", phase="tune", dataset="hyko2", strategy="indomain", train_fraction=0.5,
            n_train_images=3, subset_hash="abc", subset_seed=0, cell_id="c", trial_id="t")
@@ -73,7 +73,7 @@ def test_study_run_repair_quarantines_before_the_run(tmp_path: Path, capsys) -> 
 
 
 def test_study_run_without_repair_names_the_part(tmp_path: Path, capsys) -> None:
-    from study.driver import finished_cells
+    from study.orchestration import finished_cells
 
     parts = _store(tmp_path)
     _truncate(Path(parts[0]))
@@ -117,7 +117,7 @@ def s3_root() -> Iterator[str]:
 
 
 def test_quarantine_on_an_object_store(s3_root: str) -> None:
-    from study.storage import resolve
+    from study.store import resolve
 
     _store(s3_root)
     loc = resolve(s3_root)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import polars as pl
 
-import study.features as features_mod
+import study.features.export as features_mod
 from study.models.checkpoints import checkpoint_hash
-from study.results import read_store
 from study.run import main
+from study.store import read_store
 
 
 def test_study_with_n_trials_exports_each_split_once(ray_session, tiny_root, tiny_backbone, tmp_path, monkeypatch,
@@ -53,7 +53,7 @@ def test_max_freeze_depth_caps_the_searched_range_and_presets_freeze() -> None:
     from optuna.distributions import IntDistribution
 
     from study.config import build_config
-    from study.driver import search_space
+    from study.orchestration.driver import search_space
     from study.strategies import get_strategy
 
     for name in ("crossdomain", "crossdomain-fc", "crossmodality"):

@@ -19,8 +19,8 @@ from study.models.freezing import param_groups, set_trainable_depth
 from study.models.rgb_bridge import HS3BENCH_RGB, LearnedProjection, PseudoRGB, build_bridge, choose_bands
 from study.models.vit import build_vit
 from study.models.vit_seg import ViTSegmenter, build_head
-from study.results import read_store
 from study.run import main
+from study.store import read_store
 from trainables.crossmodality import train_crossmodality
 
 CONFIG = dict(head_lr=3e-3, backbone_lr=1e-5, weight_decay=1e-4, freeze_depth=1, bridge="learned", head="decoder",
@@ -174,11 +174,11 @@ def test_cli_stops_before_ray_without_weights_and_with_wrong_weights(tiny_root, 
     err = capsys.readouterr().err
     assert "missing: cls_token" in err and "1 unexpected: foo.weight" in err and "Traceback" not in err
 
-    from study.inputs import prepare
+    from study.orchestration import check_inputs
     from study.run import build_parser, config_from_args
 
     cfg = config_from_args(build_parser().parse_args(_argv(tiny_root, tmp_path, "--allow-random-init", "--smoke")))
-    rgb = prepare(cfg, echo=lambda _: None)["hyko2"].backbones["rgb-vit"]
+    rgb = check_inputs(cfg, echo=lambda _: None)["hyko2"].backbones["rgb-vit"]
     assert rgb.path is None and rgb.sha is None  # accepted: a random init, CPU-sized under --smoke
     assert rgb.trial_config["vit_size"] == "tiny" and rgb.trial_config["allow_random_init"] is True
 
@@ -186,9 +186,7 @@ def test_cli_stops_before_ray_without_weights_and_with_wrong_weights(tiny_root, 
 def test_rows_carry_the_hyperparameters_and_pretrained_flag_and_old_parts_still_read(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
-    from study.records import trial_rows
-    from study.results import RESULT_SCHEMA, read_table, rows_to_table, write_study_file
-    from study.tuning import TrialLog
+    from study.store import RESULT_SCHEMA, TrialLog, read_table, rows_to_table, trial_rows, write_study_file
 
     metrics = {"epoch": 1, "val_miou": 0.5, "best_epoch": 1, "is_last": True, "backbone_pretrained": True,
                "backbone_hash": "abc", "model_name": "dinov2-vit-small"}

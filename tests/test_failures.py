@@ -9,8 +9,8 @@ import polars as pl
 from optuna.distributions import FloatDistribution
 
 import search_spaces.indomain as indomain_space
-from study.results import SCHEMA_VERSION, read_store
 from study.run import main
+from study.store import SCHEMA_VERSION, read_store
 
 ARGS = ["--strategy", "indomain", "--dataset", "hyko2", "--width", "tiny", "--fractions", "0.5,1.0",
         "--trials", "2", "--epochs", "2", "--grace-period", "1", "--seeds", "1", "--max-failures", "1"]

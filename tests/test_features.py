@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from study import features as feat
 from study.data.specs import get_spec
+from study.features import cli as features_cli
+from study.features import export as feat
 from study.models.checkpoints import checkpoint_hash, save_checkpoint
 from study.models.hypersl import build_hypersl
 
@@ -138,7 +139,7 @@ def test_cli_exports_and_reports_bad_input(tiny_root: Path, tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     ckpt = save_checkpoint(build_hypersl("tiny"), tmp_path / "bb.pt")
     out = tmp_path / "feats"
-    rc = feat.main(["--backbone", str(ckpt), "--data", str(tiny_root), "--dataset", "hyko2", "--out", str(out),
+    rc = features_cli.main(["--backbone", str(ckpt), "--data", str(tiny_root), "--dataset", "hyko2", "--out", str(out),
                     "--splits", "test", "--dtype", "float32", "--chunk-size", "500", "--quiet"])
     assert rc == 0 and (out / "hyko2_test.h5").is_file() and not (out / "hyko2_train.h5").exists()
     with h5py.File(out / "hyko2_test.h5") as fh:
@@ -146,10 +147,10 @@ def test_cli_exports_and_reports_bad_input(tiny_root: Path, tmp_path: Path,
     capsys.readouterr()
     for bad in (["--dataset", "nope"], ["--dataset", "hyko2", "--splits", "train,bogus"],
                 ["--dataset", "hyko2", "--chunk-size", "0"]):
-        rc = feat.main(["--backbone", str(ckpt), "--data", str(tiny_root), "--out", str(out), *bad, "--quiet"])
+        rc = features_cli.main(["--backbone", str(ckpt), "--data", str(tiny_root), "--out", str(out), *bad, "--quiet"])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and err.startswith("error: ") and "\n" not in err
-    assert feat.main(["--backbone", str(tmp_path / "none.pt"), "--data", str(tiny_root), "--dataset", "hyko2",
+    assert features_cli.main(["--backbone", str(tmp_path / "none.pt"), "--data", str(tiny_root), "--dataset", "hyko2",
                       "--out", str(out), "--quiet"]) == 2
 
 
@@ -167,7 +168,7 @@ def _same_files(a: Path, b: Path) -> None:
 
 def test_sharded_export_equals_one_piece_and_resumes(tiny_root: Path, tiny_backbone: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from study import feature_shards as fs
+    from study.features import shards as fs
 
     assert fs.shard_ranges(6, 4) == [(0, 1), (1, 3), (3, 4), (4, 6)] and fs.shard_ranges(2, 5) == [(0, 1), (1, 2)]
     one = feat.ensure_features(tmp_path / "a", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,

@@ -8,11 +8,11 @@ import h5py
 import numpy as np
 import pytest
 
-from study.data import generator as gen
-from study.data import sensor
 from study.data import spectra as sp
-from study.data.render import material_under_sun_and_shadow
 from study.data.specs import SPECS, DatasetSpec
+from study.data.synthetic import generator as gen
+from study.data.synthetic import sensor
+from study.data.synthetic.render import material_under_sun_and_shadow
 from study.errors import ConfigError, HsiStudyError
 
 SMALL = gen.GeneratorConfig(height=32, width=48, n_train=6, n_val=2, n_test=3, seed=0)

@@ -20,11 +20,9 @@ from study.strategies import STRATEGIES, Strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 #: modules that must stay strategy-agnostic (the registry, the trainables and search spaces may name them)
-AGNOSTIC = ["study/driver.py", "study/cell.py", "study/run.py", "study/ray_setup.py", "study/report.py",
-            "study/plots.py", "study/config.py", "study/inputs.py", "study/analysis.py", "study/summary.py",
-            "study/tuning.py", "study/records.py",
-            "study/results.py", "study/replay.py", "study/progress.py", "study/config_file.py", "study/trackers.py",
-            "study/report_tables.py", "study/accounting.py", "study/compare.py", "study/api.py"]
+AGNOSTIC = sorted(
+    [str(p.relative_to(ROOT)) for pkg in ("orchestration", "search", "store", "report", "config", "features")
+     for p in (ROOT / "study" / pkg).glob("*.py")] + ["study/run.py", "study/api.py", "study/progress.py"])
 
 
 @pytest.fixture
@@ -48,8 +46,8 @@ def probe_fc(monkeypatch: pytest.MonkeyPatch) -> Strategy:
 def test_a_strategy_registered_in_one_place_runs_a_study_and_the_report(
         probe_fc: Strategy, ray_session, tiny_root: Path, tmp_path: Path, capsys) -> None:
     from study.report import write_report
-    from study.results import read_store
     from study.run import build_parser, main
+    from study.store import read_store
 
     assert "probe-fc" in build_parser().format_help()  # the CLI lists it without knowing it
     results = tmp_path / "res"
@@ -69,7 +67,7 @@ def test_a_strategy_registered_in_one_place_runs_a_study_and_the_report(
 def test_only_its_own_settings_key_a_strategys_cells(probe_fc: Strategy) -> None:
     from study.config import build_config
     from study.data.subsets import make_subset
-    from study.driver import cell_id
+    from study.orchestration.driver import cell_id
 
     subset = make_subset("hyko2", [f"s{i}" for i in range(4)], [frozenset({1})] * 4, 1.0, 0)
     a = build_config("smoke", strategies=("probe-fc", "indomain"), dataset="hyko2", results="r")

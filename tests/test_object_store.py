@@ -21,11 +21,23 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from study import storage
-from study.driver import results_lock
 from study.errors import ConfigError, HsiStudyError
-from study.results import SCHEMA_VERSION, part_paths, read_store, read_table, write_rows, write_study_file
-from study.storage import LEASE, WorkingCopy, join, open_results, resolve
+from study.report import cli as report_cli
+from study.store import (
+    LEASE,
+    SCHEMA_VERSION,
+    WorkingCopy,
+    join,
+    open_results,
+    part_paths,
+    read_store,
+    read_table,
+    resolve,
+    results_lock,
+    write_rows,
+    write_study_file,
+)
+from study.store import location as storage
 
 pytest.importorskip("moto.server", reason="the object-store tests need moto[server] (pip install -e '.[dev]')")
 
@@ -107,7 +119,7 @@ def test_journal_working_copy_is_downloaded_and_uploaded(s3_uri) -> None:
 
 
 def test_lease_refuses_a_fresh_lease_and_takes_over_stale_ones(s3_uri, monkeypatch) -> None:
-    monkeypatch.setattr("study.storage_lease.LEASE_SETTLE_S", 0.01)
+    monkeypatch.setattr("study.store.lease.LEASE_SETTLE_S", 0.01)
     uri = s3_uri()
     loc = resolve(uri)
     with results_lock(uri):
@@ -133,7 +145,7 @@ def test_two_runs_claiming_at_the_same_moment_leave_one_winner(s3_uri, monkeypat
     loc = resolve(s3_uri())
     rival = {"owner": "pid 9 on rival", "host": "rival", "pid": 9, "token": "rival"}
     reads = []
-    real_read = storage._read_lease
+    real_read = storage.read_lease
 
     def read_with_a_rival(where: storage.Location) -> dict | None:
         reads.append(1)
@@ -141,15 +153,14 @@ def test_two_runs_claiming_at_the_same_moment_leave_one_winner(s3_uri, monkeypat
             where.write_text(LEASE, json.dumps({**rival, "renewed": time.time()}))
         return real_read(where)
 
-    monkeypatch.setattr("study.storage_lease.LEASE_SETTLE_S", 0.0)
-    monkeypatch.setattr("study.storage_lease._read_lease", read_with_a_rival)
+    monkeypatch.setattr("study.store.lease.LEASE_SETTLE_S", 0.0)
+    monkeypatch.setattr("study.store.lease.read_lease", read_with_a_rival)
     with pytest.raises(HsiStudyError, match="claimed by another study.run at the same moment"), storage.lease(loc):
         pass
     assert json.loads(loc.read_text(LEASE))["token"] == "rival"  # the winner's lease is left alone
 
 
 def test_bad_locations_fail_in_one_line_before_anything_runs(endpoint: str, capsys) -> None:
-    from study import report
     from study.run import main
 
     cases = {
@@ -161,7 +172,7 @@ def test_bad_locations_fail_in_one_line_before_anything_runs(endpoint: str, caps
         assert main(["--smoke", "--results", uri]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
-    assert report.main([f"s3://no-such-bucket/x?{endpoint}"]) == 2
+    assert report_cli.main([f"s3://no-such-bucket/x?{endpoint}"]) == 2
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="lost a slash"):
         open_results(Path("s3://bucket/x"))  # pathlib collapses the '//'
@@ -171,10 +182,9 @@ def test_smoke_study_on_s3_resumes_without_new_rows_and_reports(ray_session, tin
                                                                 tmp_path: Path, capsys, monkeypatch) -> None:
     import optuna
 
-    from study import report
     from study.run import main
 
-    monkeypatch.setattr("study.storage_lease.LEASE_SETTLE_S", 0.01)  # one process, no rival: no need to wait a second
+    monkeypatch.setattr("study.store.lease.LEASE_SETTLE_S", 0.01)  # one process, no rival: no need to wait a second
     uri = s3_uri("study")
     argv = ["--strategy", "indomain", "--dataset", "hyko2", "--width", "tiny", "--fractions", "1.0", "--trials", "2",
             "--epochs", "2", "--grace-period", "1", "--seeds", "1", "--max-concurrent", "1",
@@ -199,9 +209,9 @@ def test_smoke_study_on_s3_resumes_without_new_rows_and_reports(ray_session, tin
     assert "already finished, skipped" in capsys.readouterr().out
     assert read_store(uri).height == df.height
 
-    assert report.main([uri, "--out", str(tmp_path / "r.html"), "--csv", str(tmp_path / "s.csv")]) == 0
+    assert report_cli.main([uri, "--out", str(tmp_path / "r.html"), "--csv", str(tmp_path / "s.csv")]) == 0
     assert (tmp_path / "r.html").stat().st_size > 100_000 and (tmp_path / "s.csv").read_text().count("\n") == 2
-    assert report.main([uri]) == 0  # default: next to the rows, in the bucket
+    assert report_cli.main([uri]) == 0  # default: next to the rows, in the bucket
     assert loc.exists("report.html")
 
 
@@ -210,26 +220,26 @@ def test_a_failed_trial_resumes_from_its_checkpoint_in_the_bucket(ray_session, s
     """The trial checkpoint code of study/train/loop.py, with Ray uploading to and downloading from S3."""
     from ray.tune import Tuner
 
-    from study.tuning import Budget, _run_config
+    from study.search.tuning import Budget, run_config
 
     def trainable(config: dict) -> None:  # defined here: pickled by value into the Ray workers
         from ray import tune
 
-        from study.train.loop import _load_checkpoint, _save_checkpoint
+        from study.train.loop import load_trial_checkpoint, save_trial_checkpoint
 
-        state = _load_checkpoint(tune.get_checkpoint) or {"epoch": 0}
+        state = load_trial_checkpoint(tune.get_checkpoint) or {"epoch": 0}
         start = int(state["epoch"])
         for epoch in range(start + 1, 4):
             marker = Path(config["marker"])
             if epoch == 3 and not marker.exists():
                 marker.write_text("failed once")
                 raise RuntimeError("injected failure after the checkpoint of epoch 2")
-            _save_checkpoint(tune.report, {"epoch": epoch, "resumed_from": start}, {"epoch": epoch})
+            save_trial_checkpoint(tune.report, {"epoch": epoch, "resumed_from": start}, {"epoch": epoch})
 
     loc = resolve(s3_uri()).child("tune")
     budget = Budget(trials=1, epochs=3, grace_period=1, reduction_factor=2, seeds=1, max_failures=1)
     grid = Tuner(trainable, param_space={"marker": str(tmp_path / "failed")},
-                 run_config=_run_config(loc, "ckpt", budget, [])).fit()
+                 run_config=run_config(loc, "ckpt", budget, [])).fit()
     assert grid.errors == [] and (tmp_path / "failed").exists()
     assert grid[0].metrics["epoch"] == 3 and grid[0].metrics["resumed_from"] == 2  # not from scratch
     assert grid[0].checkpoint.filesystem.type_name == "s3"
@@ -238,7 +248,7 @@ def test_a_failed_trial_resumes_from_its_checkpoint_in_the_bucket(ray_session, s
 
 def test_a_run_that_loses_its_lease_says_so(s3_uri, monkeypatch, capsys) -> None:
     """A stalled run whose lease another run took over must not end as if it had been the only writer."""
-    monkeypatch.setattr("study.storage_lease.LEASE_SETTLE_S", 0.0)
+    monkeypatch.setattr("study.store.lease.LEASE_SETTLE_S", 0.0)
     loc = resolve(s3_uri())
     rival = {"owner": "pid 11 on rival", "host": "rival", "pid": 11, "token": "rival", "renewed": time.time()}
     with pytest.raises(HsiStudyError, match="lost its lease to pid 11 on rival"), storage.lease(loc, renew_s=0.05):

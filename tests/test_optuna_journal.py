@@ -7,8 +7,8 @@ from pathlib import Path
 import optuna
 import polars as pl
 
-from study.results import read_store
 from study.run import main
+from study.store import read_store
 
 
 def test_every_reported_epoch_is_an_intermediate_value(ray_session, tiny_root: Path, tmp_path: Path, capsys) -> None:
@@ -41,7 +41,7 @@ def test_a_pruned_trial_keeps_its_learning_curve(tmp_path: Path) -> None:
     """ASHA's stop is told as PRUNED, after every epoch it reported became an intermediate value."""
     from optuna.distributions import FloatDistribution
 
-    from study.tuning import METRIC, ASHAAwareOptunaSearch
+    from study.search import METRIC, ASHAAwareOptunaSearch
 
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(tmp_path / "j")))
     search = ASHAAwareOptunaSearch(space={"lr": FloatDistribution(1e-4, 1e-2, log=True)}, metric=METRIC, mode="max",

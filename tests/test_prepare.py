@@ -13,7 +13,7 @@ from test_prepare_support import build_hcv2, build_hsidrive, build_hyko2, opencv
 from study.data.h5reader import close_all, validate_dataset
 from study.data.specs import get_spec
 from study.prepare import PrepareError, prepare
-from study.prepare.__main__ import main
+from study.prepare.cli import main
 from study.prepare.hsd import decode_hsd, encode_hsd, read_header
 from study.prepare.resize import opencv_dst_size, opencv_nn_indices, resize_nearest
 from study.prepare.splits import load_lists

@@ -17,7 +17,7 @@ from study.data.h5reader import close_all, validate_dataset
 from study.data.specs import get_spec
 from study.errors import DataValidationError
 from study.prepare import PrepareError, prepare
-from study.prepare.__main__ import main
+from study.prepare.cli import main
 
 
 @pytest.fixture(autouse=True)
@@ -249,7 +249,7 @@ def test_feature_files_as_data_root_are_refused_for_strategies_that_export_featu
     err = capsys.readouterr().err
     assert "holds 256-d HyperSL features, not raw spectra" in err and "crossdomain-fc" in err
     assert "(--strategy indomain / " in err and err.count("\n") == 1 and "Traceback" not in err
-    from study.inputs import prepare
+    from study.orchestration import check_inputs
 
     cfg = config_from_args(build_parser().parse_args([*argv, "--strategy", "indomain"]))
-    assert prepare(cfg, echo=lambda _: None)["hyko2"].splits["train"].feature_dim == 256
+    assert check_inputs(cfg, echo=lambda _: None)["hyko2"].splits["train"].feature_dim == 256

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from study import pretrain as pt
 from study.data import pretrain_data as pdata
 from study.data.specs import get_spec
 from study.errors import HsiStudyError
 from study.models.checkpoints import checkpoint_hash, load_hypersl
-from study.pretraining import cache as pt_cache
+from study.pretrain import cache as pt_cache
+from study.pretrain import cli as pt
 
 
 def test_indian_pines_wavelengths_match_tensorly_source() -> None:
@@ -258,19 +258,18 @@ def test_cli_time_limit_exits_3_and_the_same_command_continues(tmp_path: Path,
 
 def test_the_packaged_default_backbone_matches_todays_recipe() -> None:
     """A recipe change without re-made package data fails here: run python scripts/make_default_backbone.py."""
-    from study.pretraining.cache import backbone_path, packaged_checkpoint
-    from study.pretraining.config import default_config
+    from study.pretrain import backbone_path, default_config, packaged_checkpoint
 
     name = backbone_path("/unused", default_config("cpu")).name
     assert packaged_checkpoint(name) is not None, (
-        f"study/pretraining/packaged/ has no checkpoint {name} whose sha256 matches its card; the default "
+        f"study/pretrain/packaged/ has no checkpoint {name} whose sha256 matches its card; the default "
         "pretraining recipe changed: re-make it with python scripts/make_default_backbone.py")
 
 
 def test_a_first_study_copies_the_packaged_backbone_instead_of_pretraining(tmp_path, monkeypatch) -> None:
-    import study.pretraining.cache as cache
+    import study.pretrain.cache as cache
     from study.models.checkpoints import load_hypersl
-    from study.pretraining.config import default_config
+    from study.pretrain import default_config
 
     monkeypatch.setattr(cache, "pretrain", lambda *a, **k: pytest.fail("pretrained although a packaged copy exists"))
     path = cache.ensure_default_backbone(cache_dir=tmp_path, config=default_config("cpu"), progress=False)

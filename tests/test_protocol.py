@@ -11,8 +11,8 @@ import torch
 
 from study.config import build_config
 from study.errors import ConfigError
-from study.results import read_store
 from study.run import build_parser, config_from_args, main
+from study.store import read_store
 
 PAPER_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 1.0)
 
@@ -91,7 +91,7 @@ def test_paper_study_trains_the_recipe_on_the_benchmark_subsets(ray_session, tin
 
 def test_tuned_cells_try_the_recipe_first_and_the_report_shows_what_tuning_added(
         ray_session, tiny_root: Path, tmp_path: Path, capsys) -> None:
-    from study.analysis import cell_summary
+    from study.report import cell_summary
 
     results = tmp_path / "tuned"
     rc = main(["--strategy", "indomain", "--dataset", "hyko2", "--data-root", str(tiny_root), "--results",
@@ -113,11 +113,11 @@ def test_tuned_cells_try_the_recipe_first_and_the_report_shows_what_tuning_added
 def test_a_paper_study_writes_the_benchmarks_manifests_at_every_fraction(tiny_root: Path, tmp_path: Path) -> None:
     from study.data.h5reader import validate_dataset
     from study.data.specs import get_spec
-    from study.inputs import prepare
+    from study.orchestration import check_inputs
 
     cfg = build_config("full", "paper", strategies=("indomain",), dataset="hyko2", data_root=tiny_root,
                        fractions=PAPER_FRACTIONS, results=tmp_path / "r")
-    prep = prepare(cfg, echo=lambda _: None)["hyko2"]
+    prep = check_inputs(cfg, echo=lambda _: None)["hyko2"]
     names = list(validate_dataset(tiny_root, get_spec("hyko2"))["train"].names)
     written = {json.loads(p.read_text())["fraction"]: json.loads(p.read_text())["names"]
                for p in (tmp_path / "r" / "manifests").glob("*.json")}
@@ -130,11 +130,11 @@ def test_the_hcv2_split_a_file_follows_reaches_every_rows_data_source(tiny_root:
 
     import h5py
 
-    from study.inputs import _split_variant
+    from study.orchestration import split_variant
 
     copy = tmp_path / "hyko2_train.h5"
     shutil.copy(tiny_root / "hyko2_train.h5", copy)
-    assert _split_variant(copy) == ""
+    assert split_variant(copy) == ""
     with h5py.File(copy, "r+") as fh:
         fh.attrs["hcv2_split"] = "old"
-    assert _split_variant(copy) == " (hcv2 split old)"
+    assert split_variant(copy) == " (hcv2 split old)"

@@ -9,9 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from study.data import generator as gen
 from study.data.h5reader import H5Split, open_split, split_path, validate_dataset
 from study.data.specs import get_spec
+from study.data.synthetic import generator as gen
 from study.errors import DataValidationError
 
 HYKO2 = get_spec("hyko2")

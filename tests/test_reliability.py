@@ -14,8 +14,8 @@ import h5py
 import numpy as np
 import pytest
 
-from study.results import read_store
 from study.run import main
+from study.store import read_store
 
 SMOKE = ["--strategy", "indomain", "--smoke"]
 

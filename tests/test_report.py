@@ -13,9 +13,10 @@ import polars as pl
 import pytest
 from store_builder import build_store
 
-from study import analysis, report
-from study.plots import BAND_META, CURVE_META, curves_figure
-from study.results import SCHEMA_VERSION, read_store
+from study.report import BAND_META, CURVE_META, analysis, curves_figure
+from study.report import cli as report_cli
+from study.report import html as report
+from study.store import SCHEMA_VERSION, read_store
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def store_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_main_writes_one_self_contained_file_and_the_csv(store_dir: Path, tmp_path: Path, capsys) -> None:
     out, csv = tmp_path / "r" / "report.html", tmp_path / "s.csv"
-    assert report.main([str(store_dir), "--out", str(out), "--csv", str(csv)]) == 0
+    assert report_cli.main([str(store_dir), "--out", str(out), "--csv", str(csv)]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]  # no temp file or asset folder left
     page = out.read_text(encoding="utf-8")
     assert page.count(plotly.offline.get_plotlyjs()) == 1  # the bundle, embedded exactly once
@@ -45,7 +46,7 @@ def test_main_writes_one_self_contained_file_and_the_csv(store_dir: Path, tmp_pa
 
 
 def test_csv_matches_the_summary_frame(store_dir: Path, tmp_path: Path) -> None:
-    assert report.main([str(store_dir), "--out", str(tmp_path / "r.html"), "--csv", str(tmp_path / "s.csv")]) == 0
+    assert report_cli.main([str(store_dir), "--out", str(tmp_path / "r.html"), "--csv", str(tmp_path / "s.csv")]) == 0
     written = pl.read_csv(tmp_path / "s.csv")
     expected = analysis.cell_summary(read_store(store_dir))
     assert written.columns == expected.columns and len(written) == 6
@@ -58,7 +59,7 @@ def test_csv_matches_the_summary_frame(store_dir: Path, tmp_path: Path) -> None:
 
 def test_default_paths_are_inside_the_results_dir(tmp_path: Path) -> None:
     store = build_store(tmp_path / "store", strategies=("indomain",), seeds=(0, 1))
-    assert report.main([str(store), "--csv"]) == 0
+    assert report_cli.main([str(store), "--csv"]) == 0
     assert (store / "report.html").is_file() and (store / "summary.csv").is_file()
 
 
@@ -88,7 +89,7 @@ def test_errors_exit_2_with_one_line(case: str, tmp_path: Path, capsys) -> None:
     elif case == "version":
         build_store(target, strategies=("indomain",), seeds=(0,))
         (target / "study.json").write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1}))
-    assert report.main([str(target)]) == 2
+    assert report_cli.main([str(target)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert str(target) in err
@@ -99,7 +100,7 @@ def test_cli_error_in_a_subprocess_and_debug_traceback(tmp_path: Path) -> None:
     assert res.returncode == 2 and res.stdout == ""
     assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1
     with pytest.raises(report.HsiStudyError):
-        report.main([str(tmp_path / "nowhere"), "--debug"])
+        report_cli.main([str(tmp_path / "nowhere"), "--debug"])
 
 
 def test_store_without_finished_cells_still_reports(tmp_path: Path) -> None:
@@ -111,22 +112,22 @@ def test_store_without_finished_cells_still_reports(tmp_path: Path) -> None:
 
 def test_backbone_banners_name_the_backbones_that_were_not_the_real_ones() -> None:
     """A random-init crossmodality ViT and the locally pretrained HyperSL are called out; real weights are not."""
-    from study.report import _backbone_banners
+    from study.report import backbone_banners
 
     df = pl.DataFrame({"strategy": ["indomain", "crossmodality", "crossdomain", "crossdomain-fc"],
                        "backbone_pretrained": [None, False, None, None],
                        "backbone_hash": [None, None, "abc123", "abc123"]})
-    text = _backbone_banners(df, {"settings": {"backbone": None}})
+    text = backbone_banners(df, {"settings": {"backbone": None}})
     assert "Random-init backbone" in text and "Locally pretrained HyperSL" in text and "abc123" in text
-    given = _backbone_banners(df.with_columns(backbone_pretrained=pl.lit(True)),
+    given = backbone_banners(df.with_columns(backbone_pretrained=pl.lit(True)),
                               {"settings": {"backbone": "/weights/hypersl.pt"}})
     assert given == ""
-    assert _backbone_banners(df.filter(pl.col("strategy") == "indomain"), {"settings": {"backbone": None}}) == ""
-    assert "Locally" not in _backbone_banners(df, {})  # no study.json: nothing is claimed
+    assert backbone_banners(df.filter(pl.col("strategy") == "indomain"), {"settings": {"backbone": None}}) == ""
+    assert "Locally" not in backbone_banners(df, {})  # no study.json: nothing is claimed
     # strategies run one at a time: crossdomain with released weights, crossdomain-fc later without
     per = {"settings": {"backbone": None}, "strategy_settings": {"crossdomain": {"backbone": "/w/hypersl.pt"},
                                                                  "crossdomain-fc": {"backbone": None}}}
-    text = _backbone_banners(df, per)
+    text = backbone_banners(df, per)
     assert "crossdomain-fc used" in text and "crossdomain, " not in text and "Indian Pines" in text
 
 
@@ -153,7 +154,7 @@ def test_several_datasets_get_the_cross_dataset_table(tmp_path: Path) -> None:
 
 
 def test_integer_axes_for_epochs_and_integer_knobs(store_dir: Path) -> None:
-    from study import plots
+    from study.report import plots
 
     df = read_store(store_dir)
     traces = plots.tuning_traces_figure(analysis.tuning_traces(df), "hyko2")
@@ -169,7 +170,7 @@ def test_several_studies_in_one_page(tmp_path: Path) -> None:
     a = build_store(tmp_path / "backbone-a")
     b = build_store(tmp_path / "backbone-b", strategies=("crossdomain",))
     out = tmp_path / "cmp.html"
-    assert report.main([str(a), str(b), "--out", str(out)]) == 0
+    assert report_cli.main([str(a), str(b), "--out", str(out)]) == 0
     page = out.read_text(encoding="utf-8")
     for name in ("indomain [backbone-a]", "crossdomain [backbone-a]", "crossdomain [backbone-b]"):
         assert name in page

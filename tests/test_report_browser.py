@@ -230,7 +230,7 @@ def test_screenshot_from_the_command_line_shows_the_plots(chromium: str, tmp_pat
     colours = img.getcolors(maxcolors=1 << 20) or []
     assert len(colours) > 200, "the page looks blank"  # text, lines, bands and markers give many colours
     # the strategy colours of the two curves are drawn somewhere on the first screen
-    from study.plots import strategy_color
+    from study.report import strategy_color
 
     drawn = {c for _, c in colours}
     for strategy in ("indomain", "crossdomain"):

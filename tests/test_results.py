@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from study.errors import HsiStudyError
-from study.results import (
+from study.store import (
     RESULT_SCHEMA,
     SCHEMA_VERSION,
     part_files,

@@ -14,10 +14,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from study.driver import results_lock
 from study.errors import HsiStudyError
-from study.results import TIMING_COLUMNS, part_files, read_store
 from study.run import main
+from study.store import TIMING_COLUMNS, part_files, read_store, results_lock
 
 ARGS = ["--strategy", "indomain", "--dataset", "hyko2", "--width", "tiny", "--fractions", "0.5,1.0",
         "--trials", "3", "--epochs", "3", "--grace-period", "1", "--seeds", "2", "--max-concurrent", "1"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from study.data import materials as mat
 from study.data import spectra as sp
+from study.data.synthetic import materials as mat
 from study.errors import HsiStudyError
 
 

@@ -121,8 +121,8 @@ def test_full_disk_and_missing_source_are_one_line_errors(sources: dict[str, str
 
 def test_a_study_with_stage_data_trains_on_node_local_copies(ray_session, tiny_root: Path, tmp_path: Path,
                                                              capsys) -> None:
-    from study.results import read_store
     from study.run import main
+    from study.store import read_store
 
     stage_dir = tmp_path / "local-disk"
     rc = main(["--strategy", "indomain", "--smoke", "--fractions", "1.0", "--data-root", str(tiny_root),

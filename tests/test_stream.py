@@ -192,15 +192,16 @@ def test_gpu_trial_streams_pinned_batches_under_bf16(bundle) -> None:
 
 
 def test_loader_memory_flag_reaches_the_trials_and_is_checked(tiny_root: Path, tmp_path: Path, capsys) -> None:
-    from study.cell import _constants
     from study.data.specs import get_spec
+    from study.orchestration import trial_constants
     from study.run import build_parser, config_from_args, main
 
     argv = ["--smoke", "--dataset", "hyko2", "--data-root", str(tiny_root), "--results", str(tmp_path / "r")]
     spec = get_spec("hyko2")
     cfg = config_from_args(build_parser().parse_args([*argv, "--loader-memory-gib", "0.5"]))
-    assert _constants(cfg, 4, spec, "c", 2)["loader_memory_gib"] == 0.5
-    assert "loader_memory_gib" not in _constants(config_from_args(build_parser().parse_args(argv)), 4, spec, "c", 2)
+    assert trial_constants(cfg, 4, spec, "c", 2)["loader_memory_gib"] == 0.5
+    plain = config_from_args(build_parser().parse_args(argv))
+    assert "loader_memory_gib" not in trial_constants(plain, 4, spec, "c", 2)
     assert main([*argv, "--loader-memory-gib", "0"]) == 2
     err = capsys.readouterr().err
     assert "--loader-memory-gib must be > 0 GiB" in err and err.count("\n") == 1

@@ -8,8 +8,8 @@ import optuna
 import polars as pl
 import pyarrow.parquet as pq
 
-from study.results import RESULT_SCHEMA, part_files, read_store
 from study.run import main
+from study.store import RESULT_SCHEMA, part_files, read_store
 
 ARGS = ["--strategy", "indomain", "--dataset", "hyko2", "--width", "tiny", "--fractions", "0.5,1.0",
         "--trials", "3", "--epochs", "3", "--grace-period", "1", "--seeds", "2", "--max-concurrent", "2"]

@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from study import progress
-from study.results import read_store
 from study.run import main
+from study.store import read_store
 
 TAGS = ("study_id", "cell_id", "dataset", "strategy", "fraction", "phase", "trial_id")
 
@@ -37,7 +37,7 @@ def test_mlflow_and_tensorboard_get_every_trial_and_epoch(ray_session, tiny_root
                                                           capsys, monkeypatch) -> None:
     from mlflow import MlflowClient
 
-    from study.trackers import experiment_name, mlflow_uri
+    from study.orchestration import experiment_name, mlflow_uri
 
     monkeypatch.setattr(progress, "LIVE_EVERY_S", 0.0)  # every epoch gets its live line
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

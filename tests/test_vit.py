@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from study.errors import ConfigError, HsiStudyError
-from study.models.checkpoints import _st_encode, checkpoint_hash, save_checkpoint
+from study.models.checkpoints import checkpoint_hash, save_checkpoint, st_encode
 from study.models.hypersl import build_hypersl
 from study.models.vit import SIZES, build_vit, resample_pos_embed
 from study.models.vit_weights import cached_weights, inspect_weights, load_vit, resolve_rgb_backbone
@@ -87,9 +87,9 @@ def test_weights_round_trip_in_every_layout(layout: str, tiny, tmp_path: Path) -
     state = {k: v.clone() for k, v in tiny.state_dict().items()}
     path = tmp_path / ("w.safetensors" if layout.endswith("safetensors") else "w.pth")
     if layout == "timm-safetensors":
-        path.write_bytes(_st_encode(state, {"format": "pt"}))
+        path.write_bytes(st_encode(state, {"format": "pt"}))
     elif layout == "hf-safetensors":
-        path.write_bytes(_st_encode(_to_hf(state), {"format": "pt"}))
+        path.write_bytes(st_encode(_to_hf(state), {"format": "pt"}))
     else:
         obj = {**state, "mask_token": torch.zeros(1, 64)} if layout == "dinov2-pth" else state
         obj = {"teacher": {f"backbone.{k}": v for k, v in obj.items()}} if layout == "wrapped-pth" else obj
@@ -139,7 +139,7 @@ def test_released_weights_are_found_in_the_hub_cache_and_never_downloaded(tmp_pa
 
     snap = tmp_path / "hf" / "hub" / "models--timm--vit_small_patch14_dinov2.lvd142m" / "snapshots" / "abc123"
     snap.mkdir(parents=True)
-    (snap / "model.safetensors").write_bytes(_st_encode(build_vit("tiny").state_dict(), {}))
+    (snap / "model.safetensors").write_bytes(st_encode(build_vit("tiny").state_dict(), {}))
     assert cached_weights("small") == snap / "model.safetensors"
     found = resolve_rgb_backbone(None, None, allow_random_init=False, default_size="tiny")
     assert found.pretrained and found.sha == checkpoint_hash(snap / "model.safetensors")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from study import storage
 from study.errors import HsiStudyError, ResultsWriteError
-from study.results import part_files, read_table, write_rows
+from study.store import location as storage
+from study.store import part_files, read_table, write_rows
 
 ROW = dict(study_id="s", row_kind="trial", phase="tune", dataset="hyko2", strategy="indomain", train_fraction=0.5,
            n_train_images=3, subset_hash="abc", subset_seed=0, cell_id="c", trial_id="t")
@@ -87,7 +87,7 @@ def test_read_only_and_full_disk_as_root_by_failing_the_os_call(tmp_path: Path, 
 
     def failing(code: int):
         def fake(path, *a, **kw):  # noqa: ANN001, ANN002, ANN003
-            if storage._PROBE in str(path):
+            if storage.PROBE_PREFIX in str(path):
                 raise OSError(code, os.strerror(code), str(path))
             return real_open(path, *a, **kw)
         return fake
@@ -196,7 +196,7 @@ def test_pretrain_out_a_folder_fails_before_training(tmp_path: Path, capsys) -> 
 
 
 def test_features_bad_flags_fail_before_any_pretraining(tmp_path: Path, capsys, monkeypatch) -> None:
-    import study.pretrain as pretrain
+    import study.pretrain.cli as pretrain
 
     def no_pretraining(*a, **kw):  # noqa: ANN002, ANN003
         raise AssertionError("pretraining started before the flags were checked")

@@ -27,7 +27,7 @@ from typing import Any
 from study.data.bundle import DataBundle, pixel_sample
 from study.errors import HsiStudyError
 from study.models.freezing import set_trainable_depth
-from study.models.rgb_bridge import _MAX_FIT_PIXELS as FIT_PIXELS
+from study.models.rgb_bridge import MAX_FIT_PIXELS as FIT_PIXELS
 from study.models.rgb_bridge import build_bridge
 from study.models.vit import VisionTransformer, build_vit
 from study.models.vit_seg import ViTSegmenter, build_head

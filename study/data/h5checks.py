@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
@@ -18,25 +18,22 @@ import numpy as np
 from study.data.specs import DatasetSpec
 from study.errors import DataValidationError
 
-if TYPE_CHECKING:
-    from study.data.h5reader import H5Split
-
 WAVELENGTH_RANGE_NM = (300.0, 2600.0)
-_LAYOUT = "the HS3-Bench layout, see README.md, section 'Real HS3-Bench data'"
-#: marker file of a finished synthetic-data cache entry (study.data.generator writes it; not imported: heavy)
+SPLIT_LAYOUT = "the HS3-Bench layout, see README.md, section 'Real HS3-Bench data'"
+#: marker file of a finished synthetic-data cache entry (study.data.synthetic.generator writes it; not imported: heavy)
 _CACHE_MARKER = "COMPLETE.json"
 
 
-def _expected_files(spec: DatasetSpec) -> str:
+def expected_files(spec: DatasetSpec) -> str:
     return ", ".join(spec.file_name(s) for s in spec.splits)
 
 
-def _missing_file_error(path: Path, spec: DatasetSpec) -> DataValidationError:
+def missing_file_error(path: Path, spec: DatasetSpec) -> DataValidationError:
     folder = path.parent
     if path.is_dir():  # not "file not found ... it holds <this name>": say what is there
         return DataValidationError(
-            f"{path}: is a folder, not an HDF5 file. The data folder {folder} must hold {_expected_files(spec)} "
-            f"as files ({_LAYOUT}). Fix: move the real file to {path} (is it inside that folder, e.g. after "
+            f"{path}: is a folder, not an HDF5 file. The data folder {folder} must hold {expected_files(spec)} "
+            f"as files ({SPLIT_LAYOUT}). Fix: move the real file to {path} (is it inside that folder, e.g. after "
             "unpacking?) or point --data-root at the folder that holds the files."
         )
     if path.is_symlink():
@@ -47,12 +44,12 @@ def _missing_file_error(path: Path, spec: DatasetSpec) -> DataValidationError:
     present = ", ".join(sorted(p.name for p in folder.glob("*.h5"))[:8]) if folder.is_dir() else ""
     holds = f"it holds {present or 'no .h5 files'}" if folder.is_dir() else "the folder does not exist"
     return DataValidationError(
-        f"{path}: file not found. The data folder {folder} must hold {_expected_files(spec)} ({_LAYOUT}); "
+        f"{path}: file not found. The data folder {folder} must hold {expected_files(spec)} ({SPLIT_LAYOUT}); "
         f"{holds}. Fix: point --data-root at the folder with these files (or omit it for synthetic data)."
     )
 
 
-def _resolve_wavelengths(fh: h5py.File, path: Path, spec: DatasetSpec) -> tuple[np.ndarray, str]:
+def resolve_wavelengths(fh: h5py.File, path: Path, spec: DatasetSpec) -> tuple[np.ndarray, str]:
     """Band centres (C,) float32 and where they came from: root attribute > wave_<name>.csv > spec."""
     csv = path.parent / f"wave_{spec.name}.csv"
     if "wavelengths" in fh.attrs:
@@ -108,24 +105,3 @@ def unreadable_error(path: Path, name: str | None, exc: BaseException) -> DataVa
         f"{where}: cannot be read as HDF5 ({exc}); the file is not HDF5, truncated or corrupt "
         f"(e.g. an interrupted copy or download). Fix: {fix}."
     )
-
-
-def check_splits_agree(splits: dict[str, H5Split], first: H5Split) -> None:
-    """All splits of a dataset share ``first``'s band set, and no sample is in two of them."""
-    for sp in splits.values():
-        wl, wl0 = sp.wavelengths, first.wavelengths
-        if wl.shape != wl0.shape or not np.allclose(wl, wl0):
-            raise DataValidationError(
-                f"{sp.path}: its {sp.wavelengths.size} wavelengths ({sp.wavelength_source}) differ from "
-                f"{first.path}'s {first.wavelengths.size} ({first.wavelength_source}); all splits of a "
-                "dataset must share one band set"
-            )
-    seen: dict[str, H5Split] = {}
-    for sp in splits.values():  # a sample in two splits leaks test data into training or selection
-        for name in sp.names:
-            other = seen.setdefault(name, sp)
-            if other is not sp:
-                raise DataValidationError(
-                    f"{sp.path}: sample {name!r} is also in {other.path}; train, val and test must be disjoint "
-                    "(fix the split lists the files were made from)"
-                )

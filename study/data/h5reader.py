@@ -31,14 +31,12 @@ import h5py
 import numpy as np
 
 from study.data.h5checks import (
-    _LAYOUT,
-    _expected_files,
-    _missing_file_error,
-    _resolve_wavelengths,
-    check_splits_agree,
+    SPLIT_LAYOUT,
+    expected_files,
+    missing_file_error,
+    resolve_wavelengths,
     unreadable_error,
 )
-from study.data.h5checks import WAVELENGTH_RANGE_NM as WAVELENGTH_RANGE_NM  # re-exported: the old home
 from study.data.specs import DatasetSpec
 from study.errors import DataValidationError
 
@@ -91,7 +89,7 @@ class H5Split:
         """The open handle; (re)opened lazily when missing or inherited through fork."""
         if self._fh is None or self._pid != os.getpid():
             if not self.path.is_file():
-                raise _missing_file_error(self.path, self.spec)
+                raise missing_file_error(self.path, self.spec)
             with self._reading(None):
                 self._fh = h5py.File(self.path, "r")
             self._pid = os.getpid()
@@ -138,7 +136,7 @@ class H5Split:
                 self.wavelength_source = f"attribute 'source_wavelengths' of feature file {self.path.name}"
                 self.n_channels = self.feature_dim
             else:
-                self.wavelengths, self.wavelength_source = _resolve_wavelengths(fh, self.path, self.spec)
+                self.wavelengths, self.wavelength_source = resolve_wavelengths(fh, self.path, self.spec)
                 self.n_channels = self.wavelengths.size
             names = sorted(k for k in fh if k != METADATA_KEY)
             if "wavelengths" not in fh.attrs and self.feature_dim is None:
@@ -146,7 +144,7 @@ class H5Split:
         if not names:
             raise DataValidationError(
                 f"{self.path}: no samples; the file must hold one top-level group per image "
-                f"(besides an optional '{METADATA_KEY}') with 'image' and 'labels' ({_LAYOUT})"
+                f"(besides an optional '{METADATA_KEY}') with 'image' and 'labels' ({SPLIT_LAYOUT})"
             )
         self.names = names
         self.shapes = [self._check_sample(fh, n) for n in names]
@@ -187,7 +185,7 @@ class H5Split:
             if not isinstance(grp, h5py.Group):
                 raise DataValidationError(
                     f"{where}: is a {type(grp).__name__}, not a group; every top-level entry except "
-                    f"'{METADATA_KEY}' must be a sample group holding 'image' and 'labels' ({_LAYOUT})"
+                    f"'{METADATA_KEY}' must be a sample group holding 'image' and 'labels' ({SPLIT_LAYOUT})"
                 )
             missing = [k for k in ("image", "labels") if not isinstance(grp.get(k), h5py.Dataset)]
             if missing:
@@ -374,8 +372,29 @@ def validate_dataset(root: str | Path, spec: DatasetSpec) -> dict[str, H5Split]:
     if not root.is_dir():
         raise DataValidationError(
             f"data folder {root} does not exist or is not a folder; "
-            f"it must hold {_expected_files(spec)} ({_LAYOUT})"
+            f"it must hold {expected_files(spec)} ({SPLIT_LAYOUT})"
         )
     splits = {s: open_split(root, spec, s, check_values=True) for s in spec.splits}
     check_splits_agree(splits, splits[spec.splits[0]])
     return splits
+
+
+def check_splits_agree(splits: dict[str, H5Split], first: H5Split) -> None:
+    """All splits of a dataset share ``first``'s band set, and no sample is in two of them."""
+    for sp in splits.values():
+        wl, wl0 = sp.wavelengths, first.wavelengths
+        if wl.shape != wl0.shape or not np.allclose(wl, wl0):
+            raise DataValidationError(
+                f"{sp.path}: its {sp.wavelengths.size} wavelengths ({sp.wavelength_source}) differ from "
+                f"{first.path}'s {first.wavelengths.size} ({first.wavelength_source}); all splits of a "
+                "dataset must share one band set"
+            )
+    seen: dict[str, H5Split] = {}
+    for sp in splits.values():  # a sample in two splits leaks test data into training or selection
+        for name in sp.names:
+            other = seen.setdefault(name, sp)
+            if other is not sp:
+                raise DataValidationError(
+                    f"{sp.path}: sample {name!r} is also in {other.path}; train, val and test must be disjoint "
+                    "(fix the split lists the files were made from)"
+                )

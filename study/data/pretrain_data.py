@@ -33,7 +33,7 @@ from functools import lru_cache
 import numpy as np
 
 from study.data.specs import get_spec
-from study.data.spectra import GRID_NM, _data_file, bundle, earthlib_library, package_dir, resample
+from study.data.spectra import GRID_NM, bundle, earthlib_library, package_dir, resample, spectra_data_file
 from study.errors import HsiStudyError
 
 #: Indian Pines band centres in nm, copied from ``tensorly/datasets/data_imports.py``
@@ -85,8 +85,8 @@ def indian_pines() -> tuple[np.ndarray, np.ndarray]:
     if (b := bundle()) is not None:  # the package's arrays, bundled unchanged
         cube, labels = b["ip_cube"].copy(), b["ip_labels"].copy()
     else:
-        cube = np.load(_data_file("tensorly", "datasets", "data", "Indian_pines_corrected.npy"))
-        labels = np.load(_data_file("tensorly", "datasets", "data", "Indian_pines_gt.npy"))
+        cube = np.load(spectra_data_file("tensorly", "datasets", "data", "Indian_pines_corrected.npy"))
+        labels = np.load(spectra_data_file("tensorly", "datasets", "data", "Indian_pines_gt.npy"))
     if cube.shape[-1] != len(INDIAN_PINES_WAVELENGTHS) or cube.shape[:2] != labels.shape:
         raise HsiStudyError(f"Indian Pines files have unexpected shapes {cube.shape}, {labels.shape}")
     cube.setflags(write=False)

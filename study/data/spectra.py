@@ -93,11 +93,11 @@ def source_hashes() -> dict[str, str]:
     import hashlib
 
     files = {"tensorly": ("datasets", "data", "Indian_pines_corrected.npy"), "earthlib": ("data", "spectra.sli")}
-    return {"/".join((pkg, *parts)): hashlib.sha256(_data_file(pkg, *parts).read_bytes()).hexdigest()[:16]
+    return {"/".join((pkg, *parts)): hashlib.sha256(spectra_data_file(pkg, *parts).read_bytes()).hexdigest()[:16]
             for pkg, parts in files.items()}
 
 
-def _data_file(package: str, *parts: str) -> Path:
+def spectra_data_file(package: str, *parts: str) -> Path:
     path = package_dir(package).joinpath(*parts)
     if not path.is_file():
         raise HsiStudyError(f"{path} is missing from the installed {package!r} package. Fix: {_INSTALL_FIX}")
@@ -129,9 +129,9 @@ def earthlib_library() -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[s
         wl = b["earthlib_wavelengths_nm"]
         spectra = np.clip(resample(wl[wl <= EARTHLIB_MAX_NM], b["earthlib_spectra"]), 0.0, 1.1)
         return spectra, wl, tuple(b["earthlib_level2"].tolist()), tuple(b["earthlib_level3"].tolist())
-    sli = _data_file("earthlib", "data", "spectra.sli")
-    hdr = _data_file("earthlib", "data", "spectra.sli.hdr").read_text()
-    meta = _data_file("earthlib", "data", "spectra.csv")
+    sli = spectra_data_file("earthlib", "data", "spectra.sli")
+    hdr = spectra_data_file("earthlib", "data", "spectra.sli.hdr").read_text()
+    meta = spectra_data_file("earthlib", "data", "spectra.csv")
     match = re.search(r"wavelength = \{(.*?)\}", hdr, re.S)
     lines = re.search(r"lines\s*=\s*(\d+)", hdr)
     samples = re.search(r"samples\s*=\s*(\d+)", hdr)
@@ -169,7 +169,7 @@ def astm_g173() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     b = bundle()
     table = b["astm_g173"] if b is not None else np.genfromtxt(
-        _data_file("pvlib", "data", "ASTMG173.csv"), delimiter=",", skip_header=2)
+        spectra_data_file("pvlib", "data", "ASTMG173.csv"), delimiter=",", skip_header=2)
     ext, glob, direct = (resample(table[:, 0], table[:, k]) for k in (1, 2, 3))
     for arr in (ext, glob, direct):
         arr.setflags(write=False)
@@ -183,7 +183,7 @@ def prospect_d_coefficients() -> np.ndarray:
     Columns: wavelength, refractive index n, specific absorption of Cab, Car,
     Anth, Cbrown, Cw, Cm (the column order of prosail's ``prospect_d_spectra.txt``).
     """
-    path = _data_file("prosail", "prospect_d_spectra.txt")
+    path = spectra_data_file("prosail", "prospect_d_spectra.txt")
     table = np.loadtxt(path, comments="#")
     if table.shape[1] != 8:
         raise HsiStudyError(f"{path}: expected 8 columns, found {table.shape[1]}. Fix: {_INSTALL_FIX}")

@@ -164,7 +164,7 @@ class SubsetManifest:
 
     def write(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename) so a crash never leaves half a manifest."""
-        from study.storage import atomic_write_text
+        from study.store import atomic_write_text
 
         return atomic_write_text(Path(path), self.to_json())
 

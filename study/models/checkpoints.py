@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from study.errors import HsiStudyError
 from study.hashing import file_digest
 from study.models.hypersl import SIZES, HyperSL, HyperSLConfig, build_hypersl
-from study.results import atomic_write_bytes
+from study.store import atomic_write_bytes
 
 PREFIX = "module."
 _SHOW = 5  # how many offending keys an error message lists
@@ -48,7 +48,7 @@ def checkpoint_hash(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------- safetensors codec
-def _st_encode(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
+def st_encode(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
     """Safetensors bytes: u64 header length, JSON header (8-byte aligned), raw little-endian data."""
     header: dict[str, Any] = {"__metadata__": metadata}
     blobs, offset = [], 0
@@ -160,7 +160,7 @@ def infer_config(state: dict[str, Tensor], heads: int | None = None) -> tuple[st
     return None, HyperSLConfig(dim=dim, heads=heads, encoder_depth=enc, decoder_depth=dec)
 
 
-def _mismatch_report(model: nn.Module, state: dict[str, Tensor]) -> str:
+def mismatch_report(model: nn.Module, state: dict[str, Tensor]) -> str:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -176,7 +176,7 @@ def _mismatch_report(model: nn.Module, state: dict[str, Tensor]) -> str:
 
 def load_state_strict(model: nn.Module, state: dict[str, Tensor], source: str = "checkpoint") -> None:
     """``load_state_dict(strict=True)``, but a mismatch is one HsiStudyError listing the first offenders."""
-    report = _mismatch_report(model, state)
+    report = mismatch_report(model, state)
     if report:
         raise HsiStudyError(f"{source} does not fit {type(model).__name__}: {report}. Is it for another "
                             "architecture or size?")
@@ -226,7 +226,7 @@ def save_checkpoint(model: HyperSL, path: str | Path, epoch: int = 0, optimizer:
     if path.suffix == ".safetensors":
         ckpt = checkpoint_dict(model, epoch)
         meta = {"epoch": str(int(epoch)), "config": json.dumps(ckpt["config"]), "format": "hypersl"}
-        return atomic_write_bytes(path, _st_encode(ckpt["model"], meta))
+        return atomic_write_bytes(path, st_encode(ckpt["model"], meta))
     buf = io.BytesIO()
     torch.save(checkpoint_dict(model, epoch, optimizer, scheduler), buf)
     return atomic_write_bytes(path, buf.getvalue())

@@ -35,7 +35,7 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 BAND_CHOICES = ("wavelength", "hs3bench")
 BRIDGES = ("pseudo-rgb", "learned")
-_MAX_FIT_PIXELS = 1_000_000  # per band: percentiles of a regular pixel subsample are stable and fast
+MAX_FIT_PIXELS = 1_000_000  # per band: percentiles of a regular pixel subsample are stable and fast
 
 
 def choose_bands(spec: DatasetSpec, method: str = "wavelength",
@@ -59,7 +59,7 @@ def fit_scaling(images: np.ndarray, bands: tuple[int, ...], lo_q: float = 1.0,
     A constant band (high == low) gets high = low + 1 so scaling never divides by zero.
     """
     flat = images.reshape(-1, images.shape[-1])
-    step = max(1, flat.shape[0] // _MAX_FIT_PIXELS)
+    step = max(1, flat.shape[0] // MAX_FIT_PIXELS)
     sample = np.asarray(flat[::step][:, list(bands)], dtype=np.float64)
     lo, hi = np.percentile(sample, lo_q, axis=0), np.percentile(sample, hi_q, axis=0)
     hi = np.where(hi - lo > 1e-12, hi, lo + 1.0)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from study.errors import ConfigError, HsiStudyError
-from study.models.checkpoints import _mismatch_report, checkpoint_hash, load_state_strict, read_checkpoint
+from study.models.checkpoints import checkpoint_hash, load_state_strict, mismatch_report, read_checkpoint
 from study.models.vit import SIZES, TIMM_NAMES, VisionTransformer, ViTConfig
 
 _HUB_LETTER = {"small": "s", "base": "b", "large": "l"}
@@ -148,7 +148,7 @@ def _checked_state(path: Path, size: str | None) -> tuple[dict[str, Tensor], str
         with torch.device("meta"):  # shapes only: no memory, no init cost
             ref = VisionTransformer(SIZES[size or "small"])
         raise HsiStudyError(
-            f"{path} is not DINOv2 ViT weights of a known size ({', '.join(SIZES)}): {_mismatch_report(ref, state)}. "
+            f"{path} is not DINOv2 ViT weights of a known size ({', '.join(SIZES)}): {mismatch_report(ref, state)}. "
             "Expected a timm vit_*_patch14_dinov2, a DINOv2 hub or a Hugging Face Dinov2Model file "
             "(giant and register variants are not supported)"
         )
@@ -165,7 +165,7 @@ def inspect_weights(path: str | Path, size: str | None = None) -> WeightsInfo:
     state, layout, name, cfg = _checked_state(path, size)
     with torch.device("meta"):
         ref = VisionTransformer(cfg)
-    report = _mismatch_report(ref, state)
+    report = mismatch_report(ref, state)
     if report:
         raise HsiStudyError(f"{path} does not fit the {name} DINOv2 ViT: {report}. Is it for another architecture?")
     return WeightsInfo(path, name, layout, checkpoint_hash(path))

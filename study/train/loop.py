@@ -239,7 +239,7 @@ def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {f"{prefix}_{k}": metrics[k] for k in keys}
 
 
-def _save_checkpoint(report: Report, metrics: dict, state: dict) -> None:
+def save_trial_checkpoint(report: Report, metrics: dict, state: dict) -> None:
     """Report with a Tune checkpoint (the state dict saved as ``state.pt`` in a temp dir)."""
     from ray import tune  # local: trainables are also called as plain functions in tests
 
@@ -268,7 +268,7 @@ def load_mutable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> N
                            f"unexpected {sorted(unexpected)[:8]}")
 
 
-def _load_checkpoint(get_checkpoint: Callable[[], Any] | None) -> dict | None:
+def load_trial_checkpoint(get_checkpoint: Callable[[], Any] | None) -> dict | None:
     ckpt = get_checkpoint() if get_checkpoint else None
     if ckpt is None:
         return None
@@ -319,7 +319,7 @@ def fit(
     start_epoch, best, best_epoch, best_state = 1, -1.0, 0, None
     wall0, device_s = time.perf_counter(), 0.0
 
-    state = _load_checkpoint(get_checkpoint)
+    state = load_trial_checkpoint(get_checkpoint)
     if state is not None:  # resume a trial that Ray restarted (node loss, failure retry, restore)
         load_mutable_state(model, state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -383,7 +383,7 @@ def fit(
                     "np_rng": gen.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),
                 }
-                _save_checkpoint(report, metrics, state)
+                save_trial_checkpoint(report, metrics, state)
             else:
                 report(metrics)
             last = metrics

@@ -1,0 +1,19 @@
+"""Study settings: the StudyConfig dataclasses (what keys a study and its cells) and the TOML study
+file (``--config`` / ``--print-config``).
+
+The public names of the package are exported here, and only here; its modules import each other
+directly."""
+
+from study.config.file import SPACE_TABLE, load, parser_defaults, to_toml
+from study.config.settings import PRESETS, Budget, StudyConfig, build_config
+
+__all__ = [
+    "Budget",
+    "PRESETS",
+    "SPACE_TABLE",
+    "StudyConfig",
+    "build_config",
+    "load",
+    "parser_defaults",
+    "to_toml",
+]

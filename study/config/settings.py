@@ -1,0 +1,371 @@
+"""StudyConfig: every setting of a study, in four groups, validated once at the boundary.
+
+- :class:`DataSettings`: which data set, which images, which labelled fractions;
+- :class:`Budget`: what every cell gets (trials, epochs, seeds, ASHA, patience), so arms are compared fairly;
+- :class:`ModelOptions`: model sizes and the settings only some strategies read (backbones, export);
+- :class:`Runtime`: where and how a study runs (results location, cluster, GPUs): never part of an id.
+
+Presets (``--smoke``, ``--demo``) fill in whatever the user did not say; explicit
+flags always win. Validation runs before Ray starts, so a bad budget costs
+milliseconds, not a cluster spin-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from study.data.specs import SPECS
+from study.data.synthetic.generator import GeneratorConfig
+from study.errors import ConfigError
+from study.hashing import json_digest
+from study.store import check_results_text
+from study.strategies import STRATEGIES, get_strategy, strategy_settings
+
+DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+VIT_SIZES = ("tiny", "small", "base", "large")  # study.models.vit.SIZES (not imported: no torch here)
+RUNET_WIDTHS = ("full", "small", "tiny")  # study.models.runet's named widths (not imported: no torch here)
+#: Settings added after studies were already being run: left out of ids while at their default, so
+#: re-running an older command still finds its results folder and finished cells.
+_ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
+                                 "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned"}
+PROTOCOLS = ("tuned", "paper")
+#: ``--protocol paper``: the published recipe verbatim (benchmark.md §2.2, §4): up to 500 epochs with patience 30,
+#: frozen backbone, float32 features exported with chunk-mode BatchNorm, the benchmark's seed-42 subsets.
+#: These are forced; a flag that contradicts one is refused rather than silently overridden.
+PAPER_FIXED: dict[str, Any] = {"patience": 30, "max_freeze_depth": 0, "feature_dtype": "float32", "bn_mode": "chunk"}
+PAPER_EPOCHS = 500
+
+#: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out (flat setting names).
+PRESETS: dict[str, dict[str, Any]] = {
+    "full": dict(fractions=DEFAULT_FRACTIONS, trials=16, epochs=100, seeds=3, grace_period=10, width=None),
+    "demo": dict(
+        fractions=(0.1, 0.25, 1.0), trials=4, epochs=30, seeds=2, grace_period=5, width="small", batch_size=4,
+        # 48 x 96 px (was 64 x 128): 0.56x the pixels per epoch, so a first `make demo` fits in ten minutes on
+        # 2 cores (measured in the closing note of the change and in README); the same scenes, classes and counts
+        synthetic=GeneratorConfig(height=48, width=96, n_train=40, n_val=12, n_test=16),
+        # a per-pixel transformer in every training step (k > 0) costs minutes per epoch on a laptop CPU
+        max_freeze_depth=0,
+        # one cell at a time: on 2 cores a cell's own trials fill the machine, and ASHA's decisions then do not
+        # depend on how other cells' trials interleave, so the demo's table is the same on every run
+        max_concurrent_cells=1,
+    ),
+    "smoke": dict(
+        fractions=(0.5, 1.0), trials=2, epochs=2, seeds=1, grace_period=1, width="tiny",
+        synthetic=GeneratorConfig(height=32, width=48, n_train=6, n_val=3, n_test=3), max_freeze_depth=0,
+        allow_random_init=True,  # plumbing, not transfer: an RGB ViT arm runs without released weights
+    ),
+}
+
+
+def _at_least(name: str, value: int | None, low: int) -> None:
+    if value is not None and value < low:
+        raise ConfigError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Which data a study measures on: the data set, its files (or the synthetic default), the subsets."""
+
+    datasets: tuple[str, ...] = ("hyko2",)  # one study may cover several: one store, one report
+    data_root: Path | None = None  # real HS3-Bench files of every dataset; None: the embedded synthetic default
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    subset_seed: int = 0
+    synthetic: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def validate(self) -> None:
+        if not self.datasets:
+            raise ConfigError(f"--dataset is empty; give one or more of {', '.join(SPECS)}, or all")
+        for name in self.datasets:
+            if name not in SPECS:
+                raise ConfigError(f"unknown dataset {name!r}; valid datasets: all, {', '.join(sorted(SPECS))}")
+        if not self.fractions:
+            raise ConfigError("--fractions is empty; give e.g. 0.1,0.5,1.0")
+        for f in self.fractions:
+            if not 0.0 < f <= 1.0:
+                raise ConfigError(f"every fraction must satisfy 0 < f <= 1, got {f}")
+        if self.subset_seed < 0:
+            raise ConfigError(f"--subset-seed must be >= 0, got {self.subset_seed}")
+        if self.data_root is not None and not Path(self.data_root).is_dir():
+            raise ConfigError(f"--data-root {self.data_root} is not a directory (expected <dataset>_<split>.h5 files)")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The budget every cell gets, so strategies are compared fairly (tuning, final seeds, stopping)."""
+
+    trials: int = 16
+    epochs: int = 100  # max epochs per trial, ASHA's max_t
+    seeds: int = 3  # final re-training seeds of the chosen configuration
+    grace_period: int = 10
+    reduction_factor: int = 2
+    patience: int | None = 30
+    batch_size: int | None = None  # None: the dataset's HS3-Bench batch size, capped at the subset size
+    max_concurrent: int | None = None
+    max_failures: int = 3
+    tune_seed: int = 0  # the searcher's seed
+
+    def validate(self) -> None:
+        for name in ("trials", "epochs", "seeds", "grace_period"):
+            _at_least(name, getattr(self, name), 1)
+        if self.grace_period > self.epochs:
+            raise ConfigError(
+                f"grace_period <= epochs must hold, got (grace_period={self.grace_period}, epochs={self.epochs}); "
+                "lower --grace-period or raise --epochs")
+        _at_least("reduction_factor", self.reduction_factor, 2)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("max_concurrent", self.max_concurrent, 1)
+        _at_least("max_failures", self.max_failures, 0)
+        _at_least("patience", self.patience, 1)
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Model sizes and the settings only some strategies read (their registry entries list which)."""
+
+    width: str | int | None = None  # RU-Net width name or int; None: "full" on real data, "small" on synthetic
+    #: HyperSL checkpoint for the feature strategies; None: the locally pretrained default (cached)
+    backbone: Path | None = None
+    bn_mode: str = "chunk"  # "chunk" (paper: train-mode BN statistics per pixel chunk) or "running"
+    feature_dtype: str = "float16"
+    #: DINOv2 weights file (timm / DINOv2 hub / Hugging Face layout); None: look in the HF hub cache
+    rgb_weights: Path | None = None
+    allow_random_init: bool = False  # an RGB ViT without pretrained weights (otherwise the study refuses)
+    #: RGB ViT size; None: the weights' size, else tiny under --smoke/--demo and small otherwise
+    vit_size: str | None = None
+    #: cap on the searched freeze depth k (trainable backbone groups/blocks); None: each search space's own range
+    max_freeze_depth: int | None = None
+
+    def validate(self) -> None:
+        if isinstance(self.width, bool) or (isinstance(self.width, int) and self.width < 1) or (
+                isinstance(self.width, str) and self.width not in RUNET_WIDTHS):
+            raise ConfigError(f"--width must be one of {', '.join(RUNET_WIDTHS)} or an integer >= 1 (base channels), "
+                              f"got {self.width!r}")
+        if self.bn_mode not in ("chunk", "running"):
+            raise ConfigError(f"--bn-mode must be chunk or running, got {self.bn_mode!r}")
+        if self.feature_dtype not in ("float16", "float32"):
+            raise ConfigError(f"--feature-dtype must be float16 or float32, got {self.feature_dtype!r}")
+        if self.backbone is not None and not Path(self.backbone).is_file():
+            raise ConfigError(f"--backbone {self.backbone} is not a file (expected a HyperSL checkpoint .pt/.pth "
+                              "or .safetensors)")
+        if self.rgb_weights is not None and not Path(self.rgb_weights).is_file():
+            raise ConfigError(f"--rgb-weights {self.rgb_weights} is not a file (expected DINOv2 ViT weights, "
+                              ".safetensors or .pth)")
+        if self.max_freeze_depth is not None and self.max_freeze_depth < 0:
+            raise ConfigError(f"--max-freeze-depth must be >= 0 (0 = frozen backbones), got {self.max_freeze_depth}")
+        if self.vit_size is not None and self.vit_size not in VIT_SIZES:
+            raise ConfigError(f"--vit-size must be one of {', '.join(VIT_SIZES)}, got {self.vit_size!r}")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a study runs, not what it measures (results, cache, cluster: not part of any id)."""
+
+    results: Path | str = Path("results")  # a folder, or an object-store URI as text (see study/store/location.py)
+    cache_dir: Path | None = None
+    address: str | None = None
+    num_cpus: int | None = None
+    #: GPU requests per trial: "auto" (if the cluster has GPUs when the study starts), "on" (always: on an
+    #: autoscaling cluster this makes Ray start GPU workers), "off" (CPU only)
+    gpus: str = "auto"
+    dashboard: bool = False  # a local Ray's dashboard, bound to dashboard_host (localhost unless told otherwise)
+    dashboard_host: str = "127.0.0.1"
+    #: cells in flight at once (each its own Tuner in a driver thread); None: every pending cell
+    max_concurrent_cells: int | None = None
+    #: copy a study's input files once per node to this fast local folder before its first trial there
+    stage_data: Path | None = None
+    compile: bool = False  # torch.compile the model in every trial (opt-in: it pays only for long GPU runs)
+    #: host memory of prefetched batches per trial's loader (None: ``study.data.stream.LOADER_MEMORY``)
+    loader_memory_gib: float | None = None
+    #: experiment trackers fed by Ray Tune's logger callbacks (``--log-to``: mlflow, tensorboard, wandb)
+    log_to: tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        from study.config.file import check_trackers, parse_log_to
+
+        check_trackers(parse_log_to(self.log_to))  # a missing package: one line naming its extra, before Ray
+        _at_least("max_concurrent_cells", self.max_concurrent_cells, 1)
+        _at_least("num_cpus", self.num_cpus, 1)
+        if self.loader_memory_gib is not None and not self.loader_memory_gib > 0:
+            raise ConfigError(f"--loader-memory-gib must be > 0 GiB, got {self.loader_memory_gib}")
+        check_results_text(self.results)  # URI syntax only; reaching the store is checked before training
+        if self.gpus not in ("auto", "on", "off"):
+            raise ConfigError(f"--gpus must be auto, on or off, got {self.gpus!r}")
+
+
+_GROUPS = {"data": DataSettings, "budget": Budget, "options": ModelOptions, "runtime": Runtime}
+#: Runtime settings left out of ids. gpus and the dashboard settings stay in them, as they always were, so that
+#: ids (and finished cells) of existing stores stay valid.
+_PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus", "max_concurrent_cells", "stage_data",
+                        "compile", "log_to", "loader_memory_gib"})
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A whole study: which strategies, on which data, with what budget, where it runs."""
+
+    strategies: tuple[str, ...]
+    data: DataSettings = field(default_factory=DataSettings)
+    budget: Budget = field(default_factory=Budget)
+    options: ModelOptions = field(default_factory=ModelOptions)
+    runtime: Runtime = field(default_factory=Runtime)
+    preset: str = "full"
+    #: "tuned": Optuna + ASHA per cell, starting from the published recipe; "paper": the recipe only, verbatim
+    protocol: str = "tuned"
+    #: ``--config`` search-space overrides: strategy -> hyperparameter -> spec (study/config/file.py). Not in
+    #: ``settings()``: a changed space keys its strategy's cells (driver.cell_id), never the study id
+    search_spaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.strategies:
+            raise ConfigError("no strategy given; valid: all, " + ", ".join(STRATEGIES))
+        for s in self.strategies:
+            try:
+                get_strategy(s)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.protocol == "paper":
+            missing = [s for s in self.strategies if get_strategy(s).recipe is None]
+            if missing:
+                raise ConfigError(f"--protocol paper: {', '.join(missing)} has no published recipe to reproduce; "
+                                  "run it with the tuned protocol (the default) or leave it out of --strategy")
+            if any(self.search_spaces.get(s) for s in self.strategies):
+                raise ConfigError("--protocol paper searches nothing, so [search_space.*] overrides in --config "
+                                  "cannot apply; drop them or use the tuned protocol")
+        for group in (self.data, self.budget, self.options, self.runtime):
+            group.validate()
+
+    @property
+    def subset_method(self) -> str:
+        """How training subsets are drawn: the benchmark's seed-42 prefix under the paper protocol."""
+        return "paper" if self.protocol == "paper" else "cover"
+
+    @property
+    def needs_features(self) -> bool:
+        """Whether any chosen strategy trains on frozen HyperSL features."""
+        return any(get_strategy(s).inputs == "features" for s in self.strategies)
+
+    def backbone_kinds(self) -> list[str]:
+        """The pretrained backbones the chosen strategies load (registry ``backbone`` fields), in order."""
+        return list(dict.fromkeys(k for s in self.strategies if (k := get_strategy(s).backbone)))
+
+    @property
+    def rgb_default_size(self) -> str:
+        """RGB ViT size when neither --vit-size nor a weights file says: tiny on CPU presets."""
+        return self.options.vit_size or ("tiny" if self.preset in ("smoke", "demo") else "small")
+
+    @property
+    def vit_label(self) -> str:
+        return self.options.vit_size or f"size from the weights, else {self.rgb_default_size}"
+
+    @property
+    def model_width(self) -> str | int:
+        if self.options.width is not None:
+            return self.options.width
+        return "full" if self.data.data_root is not None else "small"
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting as one flat JSON-able dict (written to study.json, and hashed into the ids)."""
+        d: dict[str, Any] = {"strategies": list(self.strategies), "preset": self.preset, "protocol": self.protocol}
+        for name in _GROUPS:
+            d.update(asdict(getattr(self, name)))
+        for k in ("results", "data_root", "cache_dir", "backbone", "rgb_weights", "stage_data"):
+            d[k] = str(d[k]) if d[k] else None
+        d["fractions"] = list(self.data.fractions)
+        # one dataset is written as a name, as it always was (so ids of one-dataset studies stay as they were)
+        datasets = d.pop("datasets")
+        d["dataset"] = datasets[0] if len(datasets) == 1 else list(datasets)
+        d["model_width"] = self.model_width
+        return d
+
+    def _id_settings(self, dataset: str | None = None) -> dict[str, Any]:
+        """Settings that identify results; ``dataset``: as a one-dataset study of that dataset would have them
+        (a cell of a several-dataset study has the id of the same cell run alone)."""
+        settings = self.settings()
+        if dataset is not None:
+            settings["dataset"] = dataset
+        return {k: v for k, v in settings.items()
+                if k not in _PLACEMENT and not (k in _ADDED_LATER and v == _ADDED_LATER[k])}
+
+    @property
+    def datasets_label(self) -> str:
+        return "+".join(self.data.datasets)
+
+    @property
+    def study_id(self) -> str:
+        """Stable id of the protocol every strategy shares (data, fractions, budget, ...): not of the strategy
+        list, the strategy-specific settings (registry ``settings``) or the runtime placement."""
+        not_shared = strategy_settings() | {"strategies"}
+        shared = {k: v for k, v in self._id_settings().items() if k not in not_shared}
+        return f"{self.datasets_label}-{json_digest(shared, 10)}"
+
+    def strategy_key(self, strategy: str, dataset: str | None = None) -> str:
+        """10 hex digits over the shared protocol plus the settings ``strategy`` reads: the tail of its cell ids
+        (on ``dataset``: the key a one-dataset study of it would give)."""
+        mine, not_shared = set(get_strategy(strategy).settings), strategy_settings() | {"strategies"}
+        settings = self._id_settings(dataset or self.data.datasets[0])
+        return json_digest({k: v for k, v in settings.items() if k not in not_shared or k in mine}, 10)
+
+    @property
+    def legacy_study_id(self) -> str:
+        """The study id of earlier versions (every setting, the strategy list included): only to recognise
+        cells that stores written by them already finished."""
+        return f"{self.datasets_label}-{json_digest(self._id_settings(), 10)}"
+
+
+def _paper_settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``--protocol paper`` fixes; ConfigError for an explicit flag that contradicts one."""
+    for key, value in PAPER_FIXED.items():
+        if given.get(key) is not None and given[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise ConfigError(f"--protocol paper trains the published recipe verbatim ({key} = {value}); "
+                              f"{flag} {given[key]} contradicts it: drop {flag} or use the tuned protocol")
+    if given.get("trials") not in (None, 1):
+        raise ConfigError("--protocol paper searches nothing (each cell trains the published configuration); "
+                          "drop --trials, or use the tuned protocol")
+    fixed = {**PAPER_FIXED, "trials": 1}
+    if preset == "full" and given.get("epochs") is None:
+        fixed["epochs"] = PAPER_EPOCHS
+    return fixed
+
+
+def build_config(preset: str, protocol: str = "tuned", **given: Any) -> StudyConfig:
+    """A preset plus the settings the user gave explicitly (flat names; None = not given) -> StudyConfig.
+
+    ``protocol="paper"`` fixes what the published recipe fixes (:data:`PAPER_FIXED`); under the tuned protocol
+    a full study on real data (``data_root``) defaults to the paper's 500 epochs, with ASHA stopping weak trials.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    given = {k: v for k, v in given.items() if v is not None}
+    values = {**PRESETS[preset], **given}
+    if protocol == "paper":
+        values.update(_paper_settings(preset, given))
+        values.setdefault("grace_period", 1)
+        values["grace_period"] = min(values["grace_period"], values["epochs"])
+    elif preset == "full" and given.get("data_root") is not None and "epochs" not in given:
+        values["epochs"] = PAPER_EPOCHS
+    strategies = values.pop("strategies", None)
+    spaces = values.pop("search_spaces", None) or {}
+    if "log_to" in values:
+        from study.config.file import parse_log_to
+
+        values["log_to"] = parse_log_to(values["log_to"])
+    groups: dict[str, dict[str, Any]] = {name: {} for name in _GROUPS}
+    owner = {f.name: name for name, cls in _GROUPS.items() for f in fields(cls)}
+    if isinstance(values.get("dataset"), str):  # the flat name users and presets know
+        values["datasets"] = (values.pop("dataset"),)
+    elif "dataset" in values:
+        values["datasets"] = tuple(values.pop("dataset"))
+    for key, value in values.items():
+        if key not in owner:
+            raise ConfigError(f"unknown study setting {key!r}; valid: {', '.join(sorted(owner))}")
+        groups[owner[key]][key] = value
+    if strategies is None:
+        raise ConfigError("no strategy given; valid: all, " + ", ".join(STRATEGIES))
+    built = {name: cls(**groups[name]) for name, cls in _GROUPS.items()}
+    return StudyConfig(strategies=tuple(strategies), preset=preset, protocol=protocol, search_spaces=spaces,
+                       **built)

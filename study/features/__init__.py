@@ -1,0 +1,22 @@
+"""Frozen-backbone features: the chunk-BN export of per-pixel HyperSL features, the per-study cache
+and its sharded export over a Ray cluster (``python -m study.features``).
+
+The public names of the package are exported here, and only here; its modules import each other
+directly."""
+
+from study.features.cache import ensure_features, feature_cache_path, is_current, source_id
+from study.features.cli import main
+from study.features.export import bn_context, default_chunk, export_image, feature_attrs, temp_path
+
+__all__ = [
+    "bn_context",
+    "default_chunk",
+    "ensure_features",
+    "export_image",
+    "feature_attrs",
+    "feature_cache_path",
+    "is_current",
+    "main",
+    "source_id",
+    "temp_path",
+]

@@ -1,0 +1,251 @@
+"""One cell of a study: its id, its data, its Tuner (search, then K final seeds), its rows.
+
+The driver (:mod:`study.orchestration.driver`) runs many cells at once, each in its own
+thread; everything here concerns one cell and reads what it needs from the
+cell's strategy entry, never its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+
+from study import progress
+from study.config import StudyConfig
+from study.data.bundle import DataBundle, make_bundle
+from study.data.specs import DatasetSpec
+from study.data.subsets import SubsetManifest
+from study.errors import HsiStudyError, ResultsWriteError
+from study.hashing import json_digest
+from study.orchestration.inputs import PreparedDataset
+from study.orchestration.trackers import tracker_callbacks
+from study.progress import echo
+from study.provenance import code_version
+from study.search import changed_space, recipe_point, search_space
+from study.search.replay import replay_or_train, trial_key
+from study.search.tuning import TUNE_NEXT, final_runs, pick_best, serialized_start, tune_cell
+from study.store import Location, TrialLog, WorkingCopy, read_table, replay_from_rows, resolve, trial_rows, write_rows
+from study.strategies import Strategy, get_strategy
+
+
+def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest, legacy: bool = False,
+            dataset: str | None = None) -> str:
+    """Stable id of a cell: strategy + subset + the settings that strategy's results depend on (so a re-run,
+    or a later run with more strategies or datasets, finds its rows). ``legacy``: the id stores written
+    before the strategy list left the study id used (recognised as finished, never written)."""
+    key = cfg.legacy_study_id.rsplit("-", 1)[-1] if legacy else cfg.strategy_key(strategy, dataset)
+    if (space := changed_space(search_space(cfg, get_strategy(strategy)),
+                               search_space(cfg, get_strategy(strategy), builtin=True))) is not None:
+        key = json_digest({"key": key, "search_space": space}, 10)  # a changed --config space: cells of its own
+    return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{key}"
+
+
+def cell_bundle(prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest, space: dict[str, Any]) -> DataBundle:
+    """A cell's data as its strategy's registry entry asks: raw cubes, or cached features (plus, when the
+    search can unfreeze the backbone, the raw spectra of the same samples for k > 0 trials)."""
+    if strategy.inputs != "features":
+        return make_bundle(prep.spec, prep.splits, subset, prep.source)
+    assert prep.feature_splits is not None, "prepare() exports features when a strategy needs them"
+    backbone = prep.backbones.get(strategy.backbone or "")
+    bundle = make_bundle(prep.spec, prep.feature_splits, subset, prep.source, backbone.sha if backbone else None)
+    if getattr(space.get("freeze_depth"), "high", 0) > 0:  # capped at k = 0: no trial reads raw spectra
+        bundle = replace(bundle, raw=make_bundle(prep.spec, prep.splits, subset, prep.source))
+    return bundle
+
+
+def trial_constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, cid: str, cpus: float) -> dict[str, Any]:
+    """Per-trial settings that are not searched (identical across the cell's trials).
+
+    ``cell_id`` and ``phase`` are part of every config so that a trial's content
+    hash (``replay.trial_key``) identifies it across re-runs.
+    """
+    batch = cfg.budget.batch_size or spec.batch_size
+    return {
+        "cell_id": cid,
+        "phase": "tune",
+        "max_epochs": cfg.budget.epochs,
+        "batch_size": min(batch, n_train),
+        "width": cfg.model_width,
+        "patience": cfg.budget.patience,
+        "seed": 0,
+        "final": False,
+        "num_threads": max(1, int(cpus)),
+        # runtime options enter a config only when set, so that trial keys (resume) stay as they were
+        **({"compile": True} if cfg.runtime.compile else {}),
+        **({"stage_dir": str(cfg.runtime.stage_data)} if cfg.runtime.stage_data else {}),
+        **({"loader_memory_gib": cfg.runtime.loader_memory_gib} if cfg.runtime.loader_memory_gib else {}),
+    }
+
+
+def _fresh_experiment(results: Location, name: str, journal: Any) -> None:
+    """Drop what an interrupted attempt left of this experiment (its finished trials are in the store)."""
+    import optuna
+
+    results.delete_dir("tune", name)
+    with contextlib.suppress(KeyError):  # KeyError: no such study yet
+        optuna.delete_study(study_name=name, storage=journal)
+
+
+class CellInterrupted(HsiStudyError):
+    """The study was asked to stop while this cell ran: what finished is stored, the cell is not finished."""
+
+
+def cell_label(cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest) -> str:
+    prefix = f"{prep.spec.name} " if len(cfg.data.datasets) > 1 else ""
+    return f"{prefix}{strategy.name} {subset.fraction:g}"
+
+
+def run_cell(
+    cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest, cid: str,
+    have_gpu: bool, echo: Callable[[str], None] = echo, journal: Any = None, journal_file: WorkingCopy | None = None,
+    control_key: str | None = None, rank: int = 0, stored: list[dict[str, Any]] | None = None,
+) -> None:
+    """Tune one cell, re-train the winner with K seeds; every finished trial is stored at once.
+
+    ``rank``: the cell's place in the study's start order (0 = expected longest): Tuner starts are
+    serialised, and a cell's finals, then longer cells, start first.
+
+    ``stored``: this cell's rows already in the store (the driver reads the store once for all cells);
+    None: read them here.
+
+    The cell is finished only when its whole tuning budget and all K final seeds are in the store: a
+    search that ends short (the study was stopped, trials lost) raises before any final run starts.
+    """
+    from ray import tune
+
+    results = resolve(cfg.runtime.results)
+    if journal is None or journal_file is None:  # one cell on its own (benchmarks, tests): its own journal
+        with optuna_journal(results) as (journal_file, journal):
+            return run_cell(cfg, prep, strategy, subset, cid, have_gpu, echo, journal, journal_file, control_key,
+                            rank, stored)
+    label = cell_label(cfg, prep, strategy, subset)
+    if stored is None:
+        table = read_table(results)
+        stored = table.filter(pc.equal(table["cell_id"], cid)).to_pylist() if table.num_rows else []
+    replay = replay_from_rows(stored)
+    if replay:
+        echo(f"  [{label}] resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
+    space = search_space(cfg, strategy)
+    bundle = cell_bundle(prep, strategy, subset, space)
+    res = strategy.resources(have_gpu)
+    with serialized_start((TUNE_NEXT, rank)):  # with_parameters registers in Tune's (not thread-safe) registry
+        trainable = tune.with_resources(
+            tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
+        )
+    # Tune registers a trainable under its name, process-wide: cells running at once must not share one, or
+    # the last registered cell's data would reach every cell's trials
+    trainable._name = f"cell_{json_digest(cid, 12)}"
+    budget = cfg.budget
+    constants = trial_constants(cfg, len(subset.names), prep.spec, cid, res["cpu"])
+    backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
+    if backbone is not None:
+        constants.update(backbone.trial_config)
+    if cfg.runtime.stage_data is not None:  # trials copy their inputs to node-local disk first (replay_or_train)
+        constants["stage_hashes"] = dict(prep.stage_hashes)
+    recipe = strategy.load_recipe(prep.spec.name) or {}
+    if cfg.protocol == "paper":  # the published configuration verbatim, batch sizes included
+        constants.update(recipe)
+        if "batch_size" in recipe:
+            constants["batch_size"] = min(int(recipe["batch_size"]), len(subset.names))
+    # the tuned protocol tries the recipe first: its searched hyperparameters, the cell's constants
+    first = recipe_point(space, recipe)
+    trackers = functools.partial(tracker_callbacks, cfg, {"study_id": cfg.study_id, "cell_id": cid,
+                                 "dataset": prep.spec.name, "strategy": strategy.name, "fraction": subset.fraction})
+    common = {
+        "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
+        "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
+        "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": code_version(),
+        "backbone_hash": backbone.sha if backbone is not None else None,
+    }
+
+    write_failed: list[ResultsWriteError] = []  # the first failed write of this cell (read-only rows/, full disk)
+
+    def store(log: TrialLog) -> None:
+        # once the study is asked to stop, only runs that ended on their own are results: a trial ended by
+        # the stop (or killed by the same Ctrl+C) is not "stopped early" or "failed", it trains again on resume
+        if write_failed or (progress.stopped(control_key) and log.status != "completed"):
+            return
+        try:
+            if trial_key(log.config) not in replay:
+                protocol = _protocol_of(cfg, log, first)
+                write_rows(results, trial_rows(log, {**common, "protocol": protocol}),
+                           f"{cid}-{log.config.get('phase', 'tune')}")
+            if log.config.get("phase", "tune") == "tune":
+                journal_file.push()
+        except ResultsWriteError as exc:  # raised in Tune's callback it would loop; stop the study, raise it once
+            write_failed.append(exc)
+            if (control := progress.control(control_key)) is not None:
+                control.stop.set()
+
+    if cfg.protocol == "paper":  # nothing to search: the K seeds of the published configuration
+        chosen = {**constants, "phase": "final"}
+        echo(f"  [{label}] paper recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
+    else:
+        _fresh_experiment(results, f"{cid}-tune", journal)
+        logs = tune_cell(trainable, space, constants, budget, results.child("tune"), f"{cid}-tune", journal, label,
+                         echo, on_finish=store, control_key=control_key, first=first, trackers=trackers("tune"),
+                         rank=rank)
+        if write_failed:
+            raise write_failed[0]
+        journal_file.push()
+        _check_complete(logs, budget.trials, "tuning trials", control_key)
+        best = pick_best(logs)
+        chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
+        echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                                      for k, v in chosen.items() if k in space))
+    results.delete_dir("tune", f"{cid}-final")
+    finals = final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo,
+                        on_finish=store, control_key=control_key, trackers=trackers("final"), rank=rank)
+    if write_failed:
+        raise write_failed[0]
+    _check_complete(finals, budget.seeds, "final seeds", control_key)
+    failed = [f for f in finals if f.status == "error"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {budget.seeds} final seed(s) failed ({failed[0].error})")
+
+
+def _protocol_of(cfg: StudyConfig, log: TrialLog, first: dict[str, Any] | None) -> str:
+    """The ``protocol`` column of a run: paper, recipe (a tuned cell's enqueued recipe trial) or tuned."""
+    if cfg.protocol == "paper":
+        return "paper"
+    is_recipe = (first is not None and log.config.get("phase", "tune") == "tune"
+                 and all(log.config.get(k) == v for k, v in first.items()))
+    return "recipe" if is_recipe else "tuned"
+
+
+def _check_complete(logs: list[TrialLog], budget: int, what: str, control_key: str | None) -> None:
+    """Raise unless every run of the budget ended on its own (Tune returns short when it was stopped)."""
+    if progress.stopped(control_key):
+        raise CellInterrupted(f"stopped with {sum(log.status == 'completed' for log in logs)} of {budget} {what} "
+                              "completed")
+    if len(logs) < budget:
+        raise RuntimeError(f"only {len(logs)} of {budget} {what} ran (Tune ended early); re-run to complete")
+
+
+@contextlib.contextmanager
+def optuna_journal(results: Location) -> Iterator[tuple[WorkingCopy, Any]]:
+    """The study's Optuna journal: one storage object for all cells (its own lock serialises their appends).
+
+    Optuna's journal needs a local file: on an object store a working copy, pushed after every trial and
+    once more however the study ends.
+    """
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    journal_file = WorkingCopy(results, "optuna.journal")
+    try:
+        path = journal_file.pull().path.resolve()
+        # this run holds the results lock, so an Optuna lock file left by a killed run is stale: without this,
+        # every resume after a SIGKILL would wait out Optuna's 30-s grace period before it "forcibly releases" it
+        Path(f"{path}.lock").unlink(missing_ok=True)
+        yield journal_file, JournalStorage(JournalFileBackend(str(path)))
+    finally:
+        try:
+            journal_file.push()
+        finally:
+            journal_file.close()

@@ -1,0 +1,233 @@
+"""What a study needs before its first trial: validated data, subsets, backbone weights, features.
+
+Everything that can be wrong with the input (files, fractions, weights) is
+found here, before Ray starts. What is prepared follows the chosen strategies'
+registry entries (``Strategy.inputs`` and ``Strategy.backbone``), never their
+names: a backbone kind is resolved and hashed **once per study** by its
+provider below, and its trials get a path and a hash in their config (the
+same way for every kind), never tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from study.config import StudyConfig
+from study.data.h5reader import H5Split, validate_dataset
+from study.data.specs import DatasetSpec, get_spec
+from study.data.subsets import SubsetManifest, make_subset
+from study.data.synthetic.generator import default_cache_dir, ensure_default_dataset
+from study.errors import DataValidationError
+from study.progress import echo as default_echo
+from study.store import resolve
+from study.strategies import STRATEGIES, get_strategy
+
+
+@dataclass(frozen=True)
+class ResolvedBackbone:
+    """One pretrained backbone of a study: where its weights are and what every trial using it is told."""
+
+    kind: str
+    path: Path | None  # None: a random init (only where the user allowed it)
+    sha: str | None
+    trial_config: dict[str, Any]  # constants for the trials: paths and hashes, never tensors
+    #: constants that depend on the dataset (e.g. the export's chunk size), added by :meth:`for_dataset`
+    per_dataset: Callable[[DatasetSpec], dict[str, Any]] | None = None
+
+    def for_dataset(self, spec: DatasetSpec) -> ResolvedBackbone:
+        """This backbone with its trial constants for ``spec``'s cells."""
+        if self.per_dataset is None:
+            return self
+        return replace(self, trial_config={**self.trial_config, **self.per_dataset(spec)}, per_dataset=None)
+
+
+@dataclass(frozen=True)
+class PreparedDataset:
+    """Validated inputs of a study: the spec, open splits, one subset manifest per fraction, backbones."""
+
+    spec: DatasetSpec
+    data_root: Path
+    source: str
+    splits: dict[str, H5Split]
+    subsets: dict[float, SubsetManifest]
+    feature_splits: dict[str, H5Split] | None = None  # frozen-backbone features, same samples as ``splits``
+    backbones: dict[str, ResolvedBackbone] = field(default_factory=dict)  # by backbone kind
+    #: ``--stage-data``: sha256 of every input file of this dataset's trials (computed once, checked per node)
+    stage_hashes: dict[str, str] = field(default_factory=dict)
+
+
+def check_inputs(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> dict[str, PreparedDataset]:
+    """Every dataset of the study, prepared (:func:`dataset_inputs`), by name. No Ray, no training.
+
+    All datasets are validated before any feature export starts, so a broken file of the last dataset
+    stops the study before minutes of work on the first.
+    """
+    from study.store import check_store_version
+
+    check_store_version(resolve(cfg.runtime.results))  # before anything is written into an incompatible store
+    data = {name: _validated_data(cfg, get_spec(name), echo) for name in cfg.data.datasets}
+    kinds = cfg.backbone_kinds()
+    backbones = {k: PROVIDERS[k](cfg, echo) for k in PROVIDERS if k in kinds}  # once per study, cheap kinds first
+    return {name: dataset_inputs(cfg, get_spec(name), *data[name], echo, backbones)
+            for name in cfg.data.datasets}
+
+
+def _validated_data(cfg: StudyConfig, spec: DatasetSpec,
+                    echo: Callable[[str], None]) -> tuple[Path, str, dict[str, H5Split]]:
+    if cfg.data.data_root is not None:
+        root, source = Path(cfg.data.data_root), str(Path(cfg.data.data_root).resolve())
+    else:
+        t0 = time.perf_counter()
+        root = ensure_default_dataset(spec, cfg.runtime.cache_dir, cfg.data.synthetic, progress=True)
+        source = f"synthetic:{root.name}"
+        echo(f"embedded default data: synthetic {spec.title}-like cubes in {root} ({time.perf_counter() - t0:.1f} s)")
+    splits = validate_dataset(root, spec)
+    if cfg.needs_features:  # before the backbone is resolved (a default pretraining takes minutes)
+        check_raw_spectra(cfg, splits)
+    return root, source + split_variant(splits["train"].path), splits
+
+
+def split_variant(path: Path) -> str:
+    """`` (hcv2 split old)`` when study.prepare recorded which official split list a file follows, so every row's
+    ``data_source`` says which HCV2 split its numbers are on; empty for files without the attribute."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            variant = fh.attrs.get("hcv2_split")
+    except OSError:
+        return ""
+    if variant is None:
+        return ""
+    return f" (hcv2 split {variant.decode() if isinstance(variant, bytes) else variant})"
+
+
+def dataset_inputs(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str, splits: dict[str, H5Split],
+                    echo: Callable[[str], None], backbones: dict[str, ResolvedBackbone]) -> PreparedDataset:
+    """One dataset's subsets (manifests written), backbones (resolved once per study) and features."""
+    results = resolve(cfg.runtime.results)
+    check_trainable(spec, splits)
+    train = splits["train"]
+    subsets = {f: make_subset(spec.name, train.names, train.classes_present(), f, cfg.data.subset_seed,
+                              method=cfg.subset_method) for f in cfg.data.fractions}
+    for f, m in subsets.items():
+        if not m.classes_covered:
+            raise DataValidationError(
+                f"{splits['train'].path}: the {f:g} training subset ({len(m.names)} image(s): "
+                f"{', '.join(m.names[:3])}{' ...' if len(m.names) > 3 else ''}) has no labelled pixel (all are the "
+                f"ignore id {spec.ignore_index}); training on it would measure nothing. Raise that fraction or "
+                "drop it from --fractions")
+        results.write_text(f"manifests/{spec.name}-f{f:g}-s{m.subset_seed}-{m.content_hash}.json", m.to_json())
+    backbones = {k: b.for_dataset(spec) for k, b in backbones.items()}
+    feature_splits = None
+    if cfg.needs_features:
+        feature_splits = export_features(cfg, spec, root, backbones["hypersl"], echo)
+    stage_hashes: dict[str, str] = {}
+    if cfg.runtime.stage_data is not None:
+        from study.data.staging import hash_files
+
+        files = [str(sp.path) for sp in splits.values()] + [str(sp.path) for sp in (feature_splits or {}).values()]
+        files += [str(b.path) for b in backbones.values() if b.path is not None]
+        t0 = time.perf_counter()
+        stage_hashes = hash_files({f: f for f in files})
+        echo(f"--stage-data: {len(stage_hashes)} input file(s) of {spec.name} hashed for the per-node copies "
+             f"({time.perf_counter() - t0:.1f} s)")
+    return PreparedDataset(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes)
+
+
+def check_raw_spectra(cfg: StudyConfig, splits: dict[str, H5Split]) -> None:
+    """Strategies on HyperSL features export them from raw spectra (and k > 0 trials run HyperSL on the raw
+    spectra): a data root of feature files would give them features of features. Found before any export."""
+    for split in splits.values():
+        if split.feature_dim is not None:
+            names = ", ".join(s for s in cfg.strategies if get_strategy(s).inputs == "features")
+            raw = " / ".join(s for s in STRATEGIES if get_strategy(s).inputs == "raw")
+            raise DataValidationError(
+                f"{split.path}: holds {split.feature_dim}-d HyperSL features, not raw spectra; the strategies "
+                f"{names} export HyperSL features from raw cubes themselves. Point --data-root at the raw HS3-Bench "
+                f"files, or train on these features with a strategy that reads files as they are (--strategy {raw})")
+
+
+def check_trainable(spec: DatasetSpec, splits: dict[str, H5Split]) -> None:
+    """Every split has labelled pixels, and every sample of a split has the same H x W (whole images are
+    batched). Found here, before Ray starts, not in the middle of a cell."""
+    for name, split in splits.items():
+        if not any(split.classes_present()):
+            raise DataValidationError(f"{split.path}: no labelled pixel in the {name} split (every pixel is the "
+                                      f"ignore id {spec.ignore_index}); it can be neither trained on nor evaluated")
+        sizes = dict(zip(split.shapes, split.names, strict=True))
+        if len(sizes) > 1:
+            (a, na), (b, nb) = list(sizes.items())[:2]
+            raise DataValidationError(f"{split.path}: samples differ in size ({na}: {a[0]}x{a[1]}, {nb}: "
+                                      f"{b[0]}x{b[1]}); every image of a split must have one H x W (resize the "
+                                      "odd ones when converting, e.g. with python -m study.prepare)")
+
+
+def resolve_rgb_vit(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBackbone:
+    """Find and check the RGB ViT weights now, so a missing or wrong file stops before Ray starts."""
+    from study.models.vit_weights import resolve_rgb_backbone
+
+    opts = cfg.options
+    rgb = resolve_rgb_backbone(opts.rgb_weights, opts.vit_size, opts.allow_random_init, cfg.rgb_default_size)
+    echo(f"RGB backbone: {rgb.describe()}")
+    return ResolvedBackbone("rgb-vit", rgb.weights, rgb.sha, dict(rgb.trial_config()))
+
+
+def resolve_hypersl(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBackbone:
+    """The HyperSL checkpoint (``--backbone`` or the locally pretrained default, made on first use), read and
+    hashed once; trials with freeze depth k > 0 load it from the path, k = 0 trials read cached features."""
+    from study.features import default_chunk
+    from study.models.checkpoints import checkpoint_hash, load_hypersl
+    from study.pretrain import default_config, ensure_default_backbone
+
+    if cfg.options.backbone is not None:
+        path = Path(cfg.options.backbone)
+        load_hypersl(path)  # not a HyperSL checkpoint: one line, before Ray (providers run once per study)
+    else:
+        t0 = time.perf_counter()
+        smoke = cfg.preset == "smoke"  # --smoke: a seconds-long pretraining (plumbing, not quality)
+        cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else default_cache_dir()
+        path = ensure_default_backbone(cache_dir=cache, config=default_config("cpu", smoke=smoke), progress=True)
+        echo(f"backbone: locally pretrained HyperSL ({path}, {time.perf_counter() - t0:.0f} s); a small-scale "
+             "sanity pretraining, not the released weights")
+    path = path.resolve()
+    sha = checkpoint_hash(path)  # cached per file version (study.hashing.file_digest)
+    constants = {"backbone_path": str(path), "backbone_hash": sha, "bn_mode": cfg.options.bn_mode}
+    return ResolvedBackbone("hypersl", path, sha, constants,
+                            per_dataset=lambda spec: {"chunk_size": default_chunk(spec.name)})
+
+
+#: backbone kind (``Strategy.backbone``) -> its provider, cheapest first (a missing file fails before an export)
+PROVIDERS: dict[str, Callable[[StudyConfig, Callable[[str], None]], ResolvedBackbone]] = {
+    "rgb-vit": resolve_rgb_vit,
+    "hypersl": resolve_hypersl,
+}
+
+
+def export_features(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: ResolvedBackbone,
+                    echo: Callable[[str], None]) -> dict[str, H5Split]:
+    """Per-pixel HyperSL features of every split, computed at most once per (backbone, data, settings).
+
+    The frozen backbone's features are the expensive part of the feature
+    strategies: the cache makes every trial of every cell reuse them.
+    """
+    import torch
+
+    from study.features import ensure_features
+
+    assert backbone.path is not None, "a HyperSL backbone always has weights"
+    cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else default_cache_dir()
+    t0 = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # on a cluster the export is spread over it (one Ray task per image shard, each on a GPU where there is one)
+    cluster = bool(cfg.runtime.address or os.environ.get("RAY_ADDRESS"))
+    folder = ensure_features(cache, backbone.path, root, spec.name, bn_mode=cfg.options.bn_mode,
+                             dtype=cfg.options.feature_dtype, device=device, progress=True, cluster=cluster)
+    echo(f"features: {folder} (bn mode {cfg.options.bn_mode}, {cfg.options.feature_dtype}; "
+         f"{time.perf_counter() - t0:.1f} s)")
+    return validate_dataset(folder, spec)

@@ -1,0 +1,62 @@
+"""Ray for a study: a quiet console, the trial workers' environment, and connecting or starting Ray.
+
+Split from ``study.run`` (the CLI): benchmarks and tests start Ray the same way without the parser.
+"""
+
+from __future__ import annotations
+
+import os
+
+from study.config import StudyConfig
+
+
+def quiet_ray_tune() -> None:
+    """Keep the console to our own progress lines: no Tune tables, automatic TensorBoard files or Optuna chatter.
+
+    Tune's JSON/CSV trial logs are still written (see ``tuning.run_config``), and the trackers of
+    ``--log-to`` are added as explicit callbacks (``study.orchestration.trackers``); the Parquet store
+    is the record of the study.
+    """
+    import logging
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ray otherwise swaps builtins.print after it prints a node/worker error, and callbacks holding the
+    # original print can no longer be pickled into the next Tuner's state (crashes the study).
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its store's "creating tables" lines
+
+
+def trial_env() -> dict[str, str]:
+    """Environment of the local Ray's worker processes: glibc's malloc confined to one arena.
+
+    Tune runs a function trainable in a thread of its actor, and glibc gives every thread its own malloc
+    arena of 64-MB heaps that do not give memory back the way the main one does: a HyperSL k = 1 trial
+    (tensors of tens of MB, a new shape every chunk) grew to 4.4 GB in Ray against 1.16 GB in a main
+    thread, at 0.06 GiB of data. One arena: 1.14 GB in Ray, at the same speed (performance.md §7; the
+    RU-Net k = 1 trial still grows in Ray, an open problem there). A value the user set is kept; on a
+    cluster the Docker image sets it (Dockerfile ``ENV``).
+    """
+    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1")}
+
+
+def init_ray(cfg: StudyConfig) -> None:
+    """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray without a dashboard."""
+    import ray
+
+    quiet_ray_tune()
+    if ray.is_initialized():  # e.g. a test session or a notebook that started Ray already
+        return
+    rt = cfg.runtime
+    address = rt.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local Ray on this machine only
+        # the dashboard exposes job control: off by default, and bound to localhost unless the user says otherwise
+        ray.init(address="local", num_cpus=rt.num_cpus, include_dashboard=rt.dashboard,
+                 dashboard_host=rt.dashboard_host, log_to_driver=False, configure_logging=False,
+                 runtime_env={"env_vars": trial_env()})
