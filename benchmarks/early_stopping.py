@@ -82,8 +82,7 @@ def _setup(size: tuple, results: Path) -> tuple[Any, Any, dict[str, Any], Any]:
     from study.config import build_config
     from study.data.bundle import make_bundle
     from study.data.synthetic.generator import GeneratorConfig
-    from study.orchestration import check_inputs, trial_constants
-    from study.orchestration.driver import cell_id
+    from study.orchestration import cell_id, check_inputs, trial_constants
     from study.search import replay_or_train
     from study.strategies import get_strategy
 

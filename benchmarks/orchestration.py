@@ -95,8 +95,8 @@ def run_tune_side(cfg: Any) -> dict[str, Any]:
     """Prepare (not timed: the direct side needs it too), start Ray (timed apart), run the cell (timed)."""
     import ray
 
-    from study.orchestration import check_inputs, init_ray
-    from study.orchestration.driver import cell_id, run_cell
+    from study.orchestration import cell_id, check_inputs, init_ray
+    from study.orchestration.driver import run_cell
     from study.store import read_table
     from study.strategies import get_strategy
 

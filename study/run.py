@@ -277,8 +277,7 @@ def effective_config(cfg: StudyConfig, fmt: str = "toml") -> str:
     import json
 
     from study.config import to_toml
-    from study.orchestration.driver import search_space
-    from study.search import space_specs
+    from study.search import search_space, space_specs
 
     s = cfg.settings()
     syn = cfg.data.synthetic

@@ -54,7 +54,7 @@ def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_p
     """`--strategy indomain` then `--strategy indomain,crossdomain` is one study: same id and default folder,
     the same indomain cell ids; a setting only crossdomain reads changes crossdomain's cells only."""
     from study.data.subsets import make_subset
-    from study.orchestration.driver import cell_id
+    from study.orchestration import cell_id
     from study.strategies import STRATEGIES
 
     def cfg(*argv: str):
@@ -73,13 +73,13 @@ def test_strategies_run_one_at_a_time_share_the_study_and_keep_their_cells(tmp_p
     assert cell_id(one, "indomain", subset, legacy=True) != cell_id(both, "indomain", subset, legacy=True)
     assert one.legacy_study_id.rsplit("-", 1)[-1] in cell_id(one, "indomain", subset, legacy=True)
     # study.json keeps each strategy's own settings across such runs (the report's backbone banner reads them)
-    from study.orchestration import previous_study, strategy_settings
-    from study.store import resolve, write_study_file
+    from study.orchestration import merged_strategy_settings
+    from study.store import read_study_file, resolve, write_study_file
 
     store = resolve(tmp_path)
-    assert strategy_settings(previous_study(store), one) == {"indomain": {}}
-    write_study_file(tmp_path, {"strategy_settings": strategy_settings(previous_study(store), f32)})
-    merged = strategy_settings(previous_study(store), one)
+    assert merged_strategy_settings(read_study_file(store), one) == {"indomain": {}}
+    write_study_file(tmp_path, {"strategy_settings": merged_strategy_settings(read_study_file(store), f32)})
+    merged = merged_strategy_settings(read_study_file(store), one)
     assert merged["crossdomain"]["feature_dtype"] == "float32" and merged["indomain"] == {}
 
 

@@ -71,7 +71,7 @@ def test_print_config_is_a_study_file_that_gives_the_same_config(tmp_path: Path,
 
 def test_only_a_changed_space_changes_cell_ids(tmp_path: Path) -> None:
     from study.data.subsets import make_subset
-    from study.orchestration.driver import cell_id
+    from study.orchestration import cell_id
     from study.strategies import get_strategy
 
     subset = make_subset("hyko2", [f"s{i}" for i in range(4)], [frozenset({1})] * 4, 1.0, 0)

@@ -53,7 +53,7 @@ def test_max_freeze_depth_caps_the_searched_range_and_presets_freeze() -> None:
     from optuna.distributions import IntDistribution
 
     from study.config import build_config
-    from study.orchestration.driver import search_space
+    from study.search import search_space
     from study.strategies import get_strategy
 
     for name in ("crossdomain", "crossdomain-fc", "crossmodality"):

@@ -67,7 +67,7 @@ def test_a_strategy_registered_in_one_place_runs_a_study_and_the_report(
 def test_only_its_own_settings_key_a_strategys_cells(probe_fc: Strategy) -> None:
     from study.config import build_config
     from study.data.subsets import make_subset
-    from study.orchestration.driver import cell_id
+    from study.orchestration import cell_id
 
     subset = make_subset("hyko2", [f"s{i}" for i in range(4)], [frozenset({1})] * 4, 1.0, 0)
     a = build_config("smoke", strategies=("probe-fc", "indomain"), dataset="hyko2", results="r")

@@ -24,26 +24,15 @@ from study.data.subsets import SubsetManifest
 from study.errors import HsiStudyError, ResultsWriteError
 from study.hashing import json_digest
 from study.orchestration.inputs import PreparedDataset
+from study.orchestration.plan import cell_label
 from study.orchestration.trackers import tracker_callbacks
 from study.progress import echo
 from study.provenance import code_version
-from study.search import changed_space, recipe_point, search_space
+from study.search import recipe_point, search_space
 from study.search.replay import replay_or_train, trial_key
 from study.search.tuning import TUNE_NEXT, final_runs, pick_best, serialized_start, tune_cell
 from study.store import Location, TrialLog, WorkingCopy, read_table, replay_from_rows, resolve, trial_rows, write_rows
-from study.strategies import Strategy, get_strategy
-
-
-def cell_id(cfg: StudyConfig, strategy: str, subset: SubsetManifest, legacy: bool = False,
-            dataset: str | None = None) -> str:
-    """Stable id of a cell: strategy + subset + the settings that strategy's results depend on (so a re-run,
-    or a later run with more strategies or datasets, finds its rows). ``legacy``: the id stores written
-    before the strategy list left the study id used (recognised as finished, never written)."""
-    key = cfg.legacy_study_id.rsplit("-", 1)[-1] if legacy else cfg.strategy_key(strategy, dataset)
-    if (space := changed_space(search_space(cfg, get_strategy(strategy)),
-                               search_space(cfg, get_strategy(strategy), builtin=True))) is not None:
-        key = json_digest({"key": key, "search_space": space}, 10)  # a changed --config space: cells of its own
-    return f"{strategy}-f{subset.fraction:g}-{subset.content_hash[:8]}-{key}"
+from study.strategies import Strategy
 
 
 def cell_bundle(prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest, space: dict[str, Any]) -> DataBundle:
@@ -94,11 +83,6 @@ def _fresh_experiment(results: Location, name: str, journal: Any) -> None:
 
 class CellInterrupted(HsiStudyError):
     """The study was asked to stop while this cell ran: what finished is stored, the cell is not finished."""
-
-
-def cell_label(cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest) -> str:
-    prefix = f"{prep.spec.name} " if len(cfg.data.datasets) > 1 else ""
-    return f"{prefix}{strategy.name} {subset.fraction:g}"
 
 
 def run_cell(

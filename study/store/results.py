@@ -326,3 +326,12 @@ def write_study_file(results_dir: Results, settings: Mapping[str, Any]) -> str:
     """Record study settings and the schema version (written whole)."""
     payload = {"schema_version": SCHEMA_VERSION, **settings}
     return resolve(results_dir).write_text(STUDY_FILE, json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def read_study_file(results: Location) -> dict[str, Any]:
+    """The folder's study.json as the last run left it ({} when there is none or it is unreadable)."""
+    try:
+        previous = json.loads(results.read_text(STUDY_FILE))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
