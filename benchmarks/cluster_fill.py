@@ -3,7 +3,7 @@
 A simulated cluster (``ray.cluster_utils.Cluster``: a 0-CPU head and 4 worker
 nodes, each declaring 4 CPUs and 4 GPU slots; the GPUs are Ray's accounting only)
 runs a study of 3 datasets x 3 strategies x 3 fractions through the real driver
-(``study.orchestration.driver.run_study``: OptunaSearch + ASHA per cell, the real store).
+(``study.orchestration.driver.run_pending_cells``: OptunaSearch + ASHA per cell, the real store).
 The strategies are registered by this benchmark only: their trainables sleep
 per epoch for a duration proportional to the cell's training pixels and the
 strategy's cost, so cells differ in length as real ones do (each dataset's
@@ -23,7 +23,7 @@ than real ones); ``--time-scale 1`` shows the overhead-bound case.
 Printed for the concurrent driver (every cell in flight) and, in the same
 run, for cells one at a time (``--max-concurrent-cells 1``):
 
-- makespan: wall time of ``run_study``;
+- makespan: wall time of ``run_pending_cells``;
 - GPU-slot busy fraction: sum over runs of (ended_at - started_at) x GPU share / (slots x makespan);
 - ratio to the ideal lower bound max(total run-seconds x share / slots, the longest cell's critical path),
   a cell's critical path being its longest tuning run plus its longest final run (they cannot overlap).
@@ -187,7 +187,7 @@ def run_mode(label: str, max_cells: int | None, cache: Path, out: Path, nodes: i
     import polars as pl
 
     from study.config import build_config
-    from study.orchestration import check_inputs, run_study
+    from study.orchestration import check_inputs, run_pending_cells
     from study.store import read_store
 
     strategies = register_sim_strategies()
@@ -198,7 +198,7 @@ def run_mode(label: str, max_cells: int | None, cache: Path, out: Path, nodes: i
     preps = check_inputs(cfg, echo=lambda _: None)
     lines: list[str] = []
     t0, start = time.perf_counter(), datetime.now(UTC)
-    failures = run_study(cfg, preps, echo=lines.append)
+    failures = run_pending_cells(cfg, preps, echo=lines.append)
     makespan = time.perf_counter() - t0
     rows = read_store(results).filter(pl.col("row_kind").is_in(["trial", "final"]))
     figures = measure(rows, makespan, nodes * GPUS)

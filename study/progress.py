@@ -1,7 +1,7 @@
 """Study-wide state shared by the cells that run at once: the stop switch and the progress line.
 
 Every pending cell of a study runs its own Tuner in its own driver thread
-(:func:`study.orchestration.driver.run_study`), so one Ctrl+C must reach all of them and one
+(:func:`study.orchestration.driver.run_pending_cells`), so one Ctrl+C must reach all of them and one
 line must summarise them. Tune pickles its callbacks and stoppers into each
 experiment's state, and locks and events do not pickle; so those objects hold
 only the study's key, and the live :class:`StudyControl` sits in a module-level

@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from study.orchestration import check_inputs, run_study
+    from study.orchestration import check_inputs, run_pending_cells
     from study.report import print_summary
     from study.store import results_lock
 
@@ -349,7 +349,7 @@ def _main(args: argparse.Namespace) -> int:
             init_ray(cfg)  # a running cluster: connecting is cheap, and the feature export runs on it
         preps = check_inputs(cfg)
         init_ray(cfg)
-        failures = run_study(cfg, preps)
+        failures = run_pending_cells(cfg, preps)
         print_summary(cfg.runtime.results)
     loc = resolve(cfg.runtime.results)
     print(f"\nresults: {loc.name_of(loc.path('rows', '*.parquet'))}  ({time.perf_counter() - t0:.0f} s in all)")

@@ -5,7 +5,7 @@ The public names of the package are exported here, and only here; its modules im
 directly."""
 
 from study.orchestration.cell import trial_constants
-from study.orchestration.driver import run_study
+from study.orchestration.driver import run_pending_cells
 from study.orchestration.inputs import check_inputs, split_variant
 from study.orchestration.plan import cell_id, expected_cost, finished_cells, merged_strategy_settings, pending_cells
 from study.orchestration.ray_setup import init_ray, quiet_ray_tune, trial_env
@@ -22,7 +22,7 @@ __all__ = [
     "mlflow_uri",
     "pending_cells",
     "quiet_ray_tune",
-    "run_study",
+    "run_pending_cells",
     "split_variant",
     "tracking_dir",
     "trial_constants",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,88 @@ class CellInterrupted(HsiStudyError):
     """The study was asked to stop while this cell ran: what finished is stored, the cell is not finished."""
 
 
+def cell_trainable(strategy: Strategy, bundle: DataBundle, replay: dict[str, Any], res: dict[str, float],
+                   rank: int, cid: str) -> Any:
+    """The cell's Tune trainable: the strategy's trainable wrapped to replay finished trials, with its data and
+    per-trial resources, registered under a name of its own."""
+    from ray import tune
+
+    with serialized_start((TUNE_NEXT, rank)):  # with_parameters registers in Tune's (not thread-safe) registry
+        trainable = tune.with_resources(
+            tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
+        )
+    # Tune registers a trainable under its name, process-wide: cells running at once must not share one, or
+    # the last registered cell's data would reach every cell's trials
+    trainable._name = f"cell_{json_digest(cid, 12)}"
+    return trainable
+
+
+def cell_constants(cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest, cid: str,
+                   cpus: float, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Everything a trial of this cell gets besides its searched hyperparameters (under ``--protocol paper``
+    the published recipe verbatim, batch sizes included)."""
+    constants = trial_constants(cfg, len(subset.names), prep.spec, cid, cpus)
+    backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
+    if backbone is not None:
+        constants.update(backbone.trial_config)
+    if cfg.runtime.stage_data is not None:  # trials copy their inputs to node-local disk first (replay_or_train)
+        constants["stage_hashes"] = dict(prep.stage_hashes)
+    if cfg.protocol == "paper":
+        constants.update(recipe)
+        if "batch_size" in recipe:
+            constants["batch_size"] = min(int(recipe["batch_size"]), len(subset.names))
+    return constants
+
+
+def row_identity(cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest,
+                 cid: str) -> dict[str, Any]:
+    """The columns every row of this cell carries besides the run's own (identity and provenance)."""
+    backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
+    return {
+        "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
+        "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
+        "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": code_version(),
+        "backbone_hash": backbone.sha if backbone is not None else None,
+    }
+
+
+@dataclass
+class RowWriter:
+    """Stores every finished trial of a cell the moment it ends (Tune's on-finish callback)."""
+
+    cfg: StudyConfig
+    results: Location
+    cid: str
+    common: dict[str, Any]
+    replay: dict[str, Any]
+    journal_file: WorkingCopy
+    control_key: str | None
+    recipe_trial: dict[str, Any] | None
+    failed: list[ResultsWriteError] = field(default_factory=list)  # the first failed write (read-only, full disk)
+
+    def __call__(self, log: TrialLog) -> None:
+        # once the study is asked to stop, only runs that ended on their own are results: a trial ended by
+        # the stop (or killed by the same Ctrl+C) is not "stopped early" or "failed", it trains again on resume
+        if self.failed or (progress.stopped(self.control_key) and log.status != "completed"):
+            return
+        try:
+            if trial_key(log.config) not in self.replay:
+                protocol = _protocol_of(self.cfg, log, self.recipe_trial)
+                write_rows(self.results, trial_rows(log, {**self.common, "protocol": protocol}),
+                           f"{self.cid}-{log.config.get('phase', 'tune')}")
+            if log.config.get("phase", "tune") == "tune":
+                self.journal_file.push()
+        except ResultsWriteError as exc:  # raised in Tune's callback it would loop; stop the study, raise it once
+            self.failed.append(exc)
+            if (control := progress.control(self.control_key)) is not None:
+                control.stop.set()
+
+    def raise_failure(self) -> None:
+        """Raise the first failed write once Tune has returned."""
+        if self.failed:
+            raise self.failed[0]
+
+
 def run_cell(
     cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest, cid: str,
     have_gpu: bool, echo: Callable[[str], None] = echo, journal: Any = None, journal_file: WorkingCopy | None = None,
@@ -101,8 +183,6 @@ def run_cell(
     The cell is finished only when its whole tuning budget and all K final seeds are in the store: a
     search that ends short (the study was stopped, trials lost) raises before any final run starts.
     """
-    from ray import tune
-
     results = resolve(cfg.runtime.results)
     if journal is None or journal_file is None:  # one cell on its own (benchmarks, tests): its own journal
         with optuna_journal(results) as (journal_file, journal):
@@ -116,90 +196,46 @@ def run_cell(
     if replay:
         echo(f"  [{label}] resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
     space = search_space(cfg, strategy)
-    bundle = cell_bundle(prep, strategy, subset, space)
     res = strategy.resources(have_gpu)
-    with serialized_start((TUNE_NEXT, rank)):  # with_parameters registers in Tune's (not thread-safe) registry
-        trainable = tune.with_resources(
-            tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
-        )
-    # Tune registers a trainable under its name, process-wide: cells running at once must not share one, or
-    # the last registered cell's data would reach every cell's trials
-    trainable._name = f"cell_{json_digest(cid, 12)}"
+    trainable = cell_trainable(strategy, cell_bundle(prep, strategy, subset, space), replay, res, rank, cid)
     budget = cfg.budget
-    constants = trial_constants(cfg, len(subset.names), prep.spec, cid, res["cpu"])
-    backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
-    if backbone is not None:
-        constants.update(backbone.trial_config)
-    if cfg.runtime.stage_data is not None:  # trials copy their inputs to node-local disk first (replay_or_train)
-        constants["stage_hashes"] = dict(prep.stage_hashes)
     recipe = strategy.load_recipe(prep.spec.name) or {}
-    if cfg.protocol == "paper":  # the published configuration verbatim, batch sizes included
-        constants.update(recipe)
-        if "batch_size" in recipe:
-            constants["batch_size"] = min(int(recipe["batch_size"]), len(subset.names))
-    # the tuned protocol tries the recipe first: its searched hyperparameters, the cell's constants
-    first = recipe_point(space, recipe)
+    constants = cell_constants(cfg, prep, strategy, subset, cid, res["cpu"], recipe)
+    recipe_trial = recipe_point(space, recipe)  # the tuned protocol tries the recipe first
     trackers = functools.partial(tracker_callbacks, cfg, {"study_id": cfg.study_id, "cell_id": cid,
                                  "dataset": prep.spec.name, "strategy": strategy.name, "fraction": subset.fraction})
-    common = {
-        "study_id": cfg.study_id, "dataset": prep.spec.name, "strategy": strategy.name,
-        "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
-        "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": code_version(),
-        "backbone_hash": backbone.sha if backbone is not None else None,
-    }
-
-    write_failed: list[ResultsWriteError] = []  # the first failed write of this cell (read-only rows/, full disk)
-
-    def store(log: TrialLog) -> None:
-        # once the study is asked to stop, only runs that ended on their own are results: a trial ended by
-        # the stop (or killed by the same Ctrl+C) is not "stopped early" or "failed", it trains again on resume
-        if write_failed or (progress.stopped(control_key) and log.status != "completed"):
-            return
-        try:
-            if trial_key(log.config) not in replay:
-                protocol = _protocol_of(cfg, log, first)
-                write_rows(results, trial_rows(log, {**common, "protocol": protocol}),
-                           f"{cid}-{log.config.get('phase', 'tune')}")
-            if log.config.get("phase", "tune") == "tune":
-                journal_file.push()
-        except ResultsWriteError as exc:  # raised in Tune's callback it would loop; stop the study, raise it once
-            write_failed.append(exc)
-            if (control := progress.control(control_key)) is not None:
-                control.stop.set()
-
+    store = RowWriter(cfg, results, cid, row_identity(cfg, prep, strategy, subset, cid), replay, journal_file,
+                      control_key, recipe_trial)
     if cfg.protocol == "paper":  # nothing to search: the K seeds of the published configuration
         chosen = {**constants, "phase": "final"}
         echo(f"  [{label}] paper recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
     else:
         _fresh_experiment(results, f"{cid}-tune", journal)
         logs = tune_cell(trainable, space, constants, budget, results.child("tune"), f"{cid}-tune", journal, label,
-                         echo, on_finish=store, control_key=control_key, first=first, trackers=trackers("tune"),
-                         rank=rank)
-        if write_failed:
-            raise write_failed[0]
+                         echo, on_finish=store, control_key=control_key, first=recipe_trial,
+                         trackers=trackers("tune"), rank=rank)
+        store.raise_failure()
         journal_file.push()
         _check_complete(logs, budget.trials, "tuning trials", control_key)
-        best = pick_best(logs)
-        chosen = {k: v for k, v in best.config.items() if k not in ("seed", "final", "phase")}
+        chosen = {k: v for k, v in pick_best(logs).config.items() if k not in ("seed", "final", "phase")}
         echo(f"  [{label}] best config: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                       for k, v in chosen.items() if k in space))
     results.delete_dir("tune", f"{cid}-final")
     finals = final_runs(trainable, chosen, budget, results.child("tune"), f"{cid}-final", label, echo,
                         on_finish=store, control_key=control_key, trackers=trackers("final"), rank=rank)
-    if write_failed:
-        raise write_failed[0]
+    store.raise_failure()
     _check_complete(finals, budget.seeds, "final seeds", control_key)
     failed = [f for f in finals if f.status == "error"]
     if failed:
         raise RuntimeError(f"{len(failed)} of {budget.seeds} final seed(s) failed ({failed[0].error})")
 
 
-def _protocol_of(cfg: StudyConfig, log: TrialLog, first: dict[str, Any] | None) -> str:
+def _protocol_of(cfg: StudyConfig, log: TrialLog, recipe_trial: dict[str, Any] | None) -> str:
     """The ``protocol`` column of a run: paper, recipe (a tuned cell's enqueued recipe trial) or tuned."""
     if cfg.protocol == "paper":
         return "paper"
-    is_recipe = (first is not None and log.config.get("phase", "tune") == "tune"
-                 and all(log.config.get(k) == v for k, v in first.items()))
+    is_recipe = (recipe_trial is not None and log.config.get("phase", "tune") == "tune"
+                 and all(log.config.get(k) == v for k, v in recipe_trial.items()))
     return "recipe" if is_recipe else "tuned"
 
 

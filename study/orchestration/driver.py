@@ -87,7 +87,7 @@ def run_one_cell(run: StudyRun, rank: int, cell: Cell) -> None:
         control.update(force=True, cells_running=-1, cells_done=+1)
 
 
-def run_cells(run: StudyRun, cells: list[Cell]) -> None:
+def run_cell_threads(run: StudyRun, cells: list[Cell]) -> None:
     """All cells in a thread pool (longest first), with the stall watchdog; on Ctrl+C, SIGTERM or a write
     error every running cell is told to stop and waited for before the exception goes on."""
     workers = run.cfg.runtime.max_concurrent_cells or len(cells)
@@ -109,7 +109,8 @@ def run_cells(run: StudyRun, cells: list[Cell]) -> None:
             raise
 
 
-def run_study(cfg: StudyConfig, preps: dict[str, PreparedDataset], echo: Callable[[str], None] = echo) -> list[str]:
+def run_pending_cells(cfg: StudyConfig, preps: dict[str, PreparedDataset],
+                      echo: Callable[[str], None] = echo) -> list[str]:
     """Run every pending cell, all at once (each its own Tuner in a driver thread); returns failure messages.
 
     Raises :class:`CellInterrupted` after a Ctrl+C / SIGTERM once every cell has stopped: what finished is
@@ -132,7 +133,7 @@ def run_study(cfg: StudyConfig, preps: dict[str, PreparedDataset], echo: Callabl
     try:
         journal_file, journal = stack.enter_context(optuna_journal(results))
         run = StudyRun(cfg, stored, have_gpu, control, journal, journal_file, echo)
-        run_cells(run, cells)
+        run_cell_threads(run, cells)
     finally:
         control.stop.set()  # ends the stall watchdog
         progress.unregister(key)
