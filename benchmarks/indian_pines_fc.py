@@ -4,7 +4,7 @@
 answers issue 3's check ("HyperSL-FC with our pretrained backbone beats the same
 head on a randomly initialised backbone") reproducibly. Protocol:
 
-Split (``study.data.pretrain_data.indian_pines_split``, data.md §5.2)
+Split (``study.data.pretrain_data.indian_pines_split``, docs/reference.md §R25)
     A checkerboard of 20 x 20 px cells over the 145 x 145 scene: even cells
     (row + column cell index even) are training blocks, odd cells test blocks;
     2 px at every cell border belong to neither, so a training pixel and a test
@@ -29,7 +29,7 @@ Pretraining variants (``--variants``)
     included) is removed from the Indian Pines source
     (``ip_holdout="checker20:test"``). ``transductive``: exactly the study's
     default backbone data (all 21,025 pixels, unlabelled), to be reported as
-    "transductive SSL" (data.md §5.2). Seed s pretrains with seed s.
+    "transductive SSL" (docs/reference.md §R25). Seed s pretrains with seed s.
 
 Arms (same head, same seeds)
     ``pretrained`` / ``pretrained_transductive``: our HyperSL. ``random``: the
@@ -42,12 +42,12 @@ Inputs and features
     25 bands 535-975 nm, HyKo-like 15 bands 468-643 nm; optional HCV2-like 128
     bands) and min-max scaled per band over the whole scene: the transform the
     pretraining applies (``pretrain_data.to_sensor``) and HyperSL's own downstream
-    protocol (benchmark.md §3.7), not the cross-domain export's raw values (§4.2).
+    protocol (docs/reference.md §R15), not the cross-domain export's raw values (§R17).
     Features: ``study.features.export.export_image``, mask ratio 0, raster-order chunks of
     5,000 px, ``--bn-mode chunk`` (the paper's per-chunk BatchNorm statistics;
     default) or ``running``.
 
-Head (HyperSL-FC, benchmark.md §4.1)
+Head (HyperSL-FC, docs/reference.md §R16)
     BatchNorm1d(D) -> Linear(D, 13) on the frozen features, AdamW lr 1e-4,
     wd 1e-4, eps 1e-8, plain cross-entropy, one step per sub-batch of 8,192
     shuffled training pixels (here: full batch). ``--head es`` (default) follows
@@ -55,7 +55,7 @@ Head (HyperSL-FC, benchmark.md §4.1)
     early stopping on the ``val`` quarters' mIoU (checked every 500 steps, our
     "epoch"; patience 30; best-val weights restored; <= 300,000 steps), scored
     on the test cells; the label budget subsamples ``fit`` only, validation stays
-    complete (§4.4). Each arm stops on its own; arms of equal feature width train
+    complete (§R19). Each arm stops on its own; arms of equal feature width train
     in one batched pass (:class:`BatchedFC`, numerically the separate heads).
     ``--head fixed`` is the earlier protocol: a fixed ``--epochs`` (10,000) on
     all training cells, no early stopping; with one full-batch step per epoch

@@ -1,7 +1,7 @@
 """Search space of the ``crossdomain`` strategy (HyperSL-RU-Net: RU-Net on per-pixel HyperSL features).
 
 The paper trains this arm with the RU-Net recipe unchanged: AdamW lr 1e-3, wd 0,
-dropout 0.25 (``shared/reference/benchmark.md`` §4.1 item 2), only the input
+dropout 0.25 (``docs/reference.md`` §R16 item 2), only the input
 differs (256-d features instead of raw bands). ``lr``, ``weight_decay`` and
 ``dropout`` therefore equal the ``indomain`` strategy's ranges, so both arms get
 the same tuning effort; ``lr`` is the RU-Net's.
@@ -13,12 +13,12 @@ sampled but ignored (a dead dimension for TPE, which costs it nothing; rows stil
 record it). K_MAX = 2 because every unfrozen group replaces a cache read by a
 per-pixel transformer pass over every trained pixel in every epoch (forward of
 the whole backbone + backward of k groups: ≈0.2-1.8 GFLOP per pixel for the
-``small`` backbone, benchmark.md §5), so deeper unfreezing multiplies the
+``small`` backbone, docs/reference.md §R21), so deeper unfreezing multiplies the
 study's cost; the last layers are also the most task-specific ones. K_MAX = 2
 keeps the stem frozen for every backbone with >= 2 encoder layers (even ``tiny``),
 so the chunk-mode BatchNorm semantics of the export never change in a search.
 ``backbone_lr`` spans 1e-6..1e-3: pretrained layers are fine-tuned at or below
-the head's lr (HyperSL's own downstream recipe trains all layers at 1e-4, §3.7).
+the head's lr (HyperSL's own downstream recipe trains all layers at 1e-4, §R15).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ SPACE: dict[str, BaseDistribution] = {
     "backbone_lr": FloatDistribution(1e-6, 1e-3, log=True),
 }
 
-#: the paper's HyperSL-RU-Net: the RU-Net recipe unchanged on frozen features (batch 16 / 16 / 4; §4.1, §4.3).
+#: the paper's HyperSL-RU-Net: the RU-Net recipe unchanged on frozen features (batch 16 / 16 / 4; §R16, §R18).
 #: ``backbone_lr`` is unused at k = 0; it is given so the recipe is a point of the search space.
 PAPER: dict[str, object] = {"lr": 1e-3, "weight_decay": 0.0, "dropout": 0.25, "freeze_depth": 0,
                             "backbone_lr": 1e-5, "batch_size": {"hyko2": 16, "hsidrive": 16, "hcv2": 4}}

@@ -1,7 +1,7 @@
 """Search space of the ``crossdomain-fc`` strategy (HyperSL-FC: BN1d + Linear on per-pixel features).
 
 Plain Optuna distributions, nothing Ray-specific. The paper trains this head
-with AdamW lr 1e-4, wd 1e-4 (``shared/reference/benchmark.md`` §4.1 item 3):
+with AdamW lr 1e-4, wd 1e-4 (``docs/reference.md`` §R16 item 3):
 lr spans 1e-5..1e-2, a decade below and two above, because a linear head after
 BatchNorm often tolerates much larger steps and with few labelled images the
 paper's small lr may not converge within the epoch budget; weight decay spans
@@ -28,6 +28,6 @@ SPACE: dict[str, BaseDistribution] = {
 }
 
 #: the paper's HyperSL-FC: AdamW lr 1e-4, wd 1e-4, 8,192-pixel steps from loaded batches of 8 / 32 / 4 images
-#: (§4.1 item 3); ``backbone_lr`` is unused at k = 0 (given so the recipe is a point of the search space)
+#: (§R16 item 3); ``backbone_lr`` is unused at k = 0 (given so the recipe is a point of the search space)
 PAPER: dict[str, object] = {"lr": 1e-4, "weight_decay": 1e-4, "freeze_depth": 0, "backbone_lr": 1e-5,
                             "sub_batch": 8192, "images_per_batch": {"hyko2": 8, "hsidrive": 32, "hcv2": 4}}

@@ -1,7 +1,7 @@
 """Search space of the ``crossmodality`` strategy (DINOv2 ViT on a bridged cube + light segmentation head).
 
 Plain Optuna distributions, nothing Ray-specific. There is no reference recipe
-for this arm (``shared/reference/benchmark.md`` §4.6), so the ranges follow the
+for this arm (``docs/reference.md`` §R20), so the ranges follow the
 usual fine-tuning practice for DINOv2 segmentation probes:
 
 - ``head_lr`` 1e-4..1e-2: a freshly initialised head (and learned bridge) after

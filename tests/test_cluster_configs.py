@@ -108,7 +108,7 @@ def test_cluster_configs_install_the_pinned_versions(name: str) -> None:
     assert re.search(r"pip install .*--no-deps -r \S*requirements-data\.txt", setup)
     assert "--index-url" not in setup and "--extra-index-url" not in setup
     assert "." in cfg["file_mounts"].values(), "the repository itself is copied to every node"
-    # `ray down` runs a bare `ray stop` in a login shell: ray must be on that PATH (ecosystem.md §7)
+    # `ray down` runs a bare `ray stop` in a login shell: ray must be on that PATH (docs/reference.md §R33)
     assert re.search(r"export PATH=\S*hsistudy-venv/bin", setup) and "~/.bashrc" in setup
 
 

@@ -26,7 +26,7 @@ _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def released_keys(enc: int, dec: int) -> set[str]:
-    """The key names of the released checkpoint after stripping ``module.`` (benchmark.md §3.6)."""
+    """The key names of the released checkpoint after stripping ``module.`` (docs/reference.md §R14)."""
     keys = {"global_token", "mask_token", "div_term", "pe", "norm1.weight", "norm1.bias", "norm2.weight",
             "norm2.bias", "decoder_layer.0.weight", "decoder_layer.0.bias", "corss_attn.qkv.weight",
             "corss_attn.qkv.bias", "corss_attn.proj.weight", "corss_attn.proj.bias"}

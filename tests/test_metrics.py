@@ -1,4 +1,4 @@
-"""Confusion-matrix metrics against hand-computed cases (benchmark.md §2.4 semantics)."""
+"""Confusion-matrix metrics against hand-computed cases (docs/reference.md §R10 semantics)."""
 
 from __future__ import annotations
 

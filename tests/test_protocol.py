@@ -39,7 +39,7 @@ def test_paper_subsets_are_the_benchmarks_seed_42_prefixes(tmp_path: Path) -> No
         assert previous <= set(m.names)  # nested: prefixes of one permutation
         previous = set(m.names)
     assert [len(make_subset("hyko2", names, classes, f, 0, method="paper").names)
-            for f in PAPER_FRACTIONS] == [1, 4, 8, 20, 81]  # benchmark.md §4.4's image counts
+            for f in PAPER_FRACTIONS] == [1, 4, 8, 20, 81]  # docs/reference.md §R19's image counts
 
 
 def test_paper_protocol_fixes_the_recipe_and_refuses_contradictions() -> None:

@@ -1,4 +1,4 @@
-"""RU-Net (benchmark.md §2.1): parameter count, odd sizes, gradients, dropout placement."""
+"""RU-Net (docs/reference.md §R7): parameter count, odd sizes, gradients, dropout placement."""
 
 from __future__ import annotations
 

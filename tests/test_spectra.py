@@ -1,4 +1,4 @@
-"""Real spectra from the registry packages: loading, shapes, physics sanity (data.md §3–§6)."""
+"""Real spectra from the registry packages: loading, shapes, physics sanity (docs/reference.md §R22–§R29)."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ def fake_split(n: int, n_classes: int = 10, seed: int = 0) -> tuple[list[str], l
 @pytest.mark.parametrize(("fraction", "k"), [(0.01, 1), (0.02, 2), (0.05, 4), (0.1, 8), (0.2, 16),
                                              (0.25, 20), (0.5, 40), (1.0, 81)])
 def test_subset_size_hyko2_table(fraction: float, k: int) -> None:
-    assert subset_size(fraction, 81) == k  # benchmark.md §4.4
+    assert subset_size(fraction, 81) == k  # docs/reference.md §R19
 
 
 @pytest.mark.parametrize(("n", "fractions", "ks"), [(451, (0.01, 0.05, 0.25, 0.5), (5, 23, 113, 226)),

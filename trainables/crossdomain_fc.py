@@ -1,6 +1,6 @@
 """Ray Tune function trainable of the ``crossdomain-fc`` strategy: HyperSL-FC on per-pixel features.
 
-HyperSL-FC (``shared/reference/benchmark.md`` §4.1 item 3): BatchNorm1d(D) ->
+HyperSL-FC (``docs/reference.md`` §R16 item 3): BatchNorm1d(D) ->
 Linear(D, K) on HyperSL features, AdamW, one step per 8,192-pixel sub-batch.
 Freeze depth k (``config["freeze_depth"]``, default 0; the number of HyperSL's
 last layer groups that train, :mod:`study.models.freezing`) picks the body:

@@ -4,7 +4,7 @@ The in-domain counterpart of HyperSL-FC, so spectral classification is compared
 fairly: the same head, loop, sub-batches, optimizer groups and selection, only
 the input differs (the C raw bands instead of HyperSL features). The paper's own
 in-domain ``fc`` baseline is Linear(C, K) without BatchNorm at lr 1e-3 with
-4,096-pixel sub-batches (``shared/reference/benchmark.md`` §4.1 item 3); we keep
+4,096-pixel sub-batches (``docs/reference.md`` §R16 item 3); we keep
 BatchNorm1d by default (``config["batchnorm"]``) because it is part of the
 HyperSL-FC head and because it standardises the raw values, which the paper
 feeds unscaled. ``batchnorm=False`` and ``sub_batch=4096`` give the paper's

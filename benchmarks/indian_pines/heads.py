@@ -1,4 +1,4 @@
-"""HyperSL-FC heads on frozen features (benchmark.md §4.1) and the scores they are judged by.
+"""HyperSL-FC heads on frozen features (docs/reference.md §R16) and the scores they are judged by.
 
 :func:`train_head` is the fixed-epochs protocol; :func:`train_heads_es` the paper's
 early-stopped one, with the arms' heads stacked in one :class:`BatchedFC`.

@@ -31,8 +31,8 @@ RUNET_WIDTHS = ("full", "small", "tiny")  # study.models.runet's named widths (n
 _ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
                                  "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned"}
 PROTOCOLS = ("tuned", "paper")
-#: ``--protocol paper``: the published recipe verbatim (benchmark.md §2.2, §4): up to 500 epochs with patience 30,
-#: frozen backbone, float32 features exported with chunk-mode BatchNorm, the benchmark's seed-42 subsets.
+#: ``--protocol paper``: the published recipe verbatim (docs/reference.md §R8, §R16–§R19): up to 500 epochs with
+#: patience 30, frozen backbone, float32 features exported with chunk-mode BatchNorm, the benchmark's seed-42 subsets.
 #: These are forced; a flag that contradicts one is refused rather than silently overridden.
 PAPER_FIXED: dict[str, Any] = {"patience": 30, "max_freeze_depth": 0, "feature_dtype": "float32", "bn_mode": "chunk"}
 PAPER_EPOCHS = 500

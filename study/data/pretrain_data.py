@@ -1,27 +1,27 @@
 """Real remote-sensing spectra for HyperSL's masked spectral modelling, at the target sensors' bands.
 
 Two sources ship in registry packages and are read by file path with numpy
-(``shared/reference/data.md`` §3.1, §3.2, §4, §5.1), never imported:
+(``docs/reference.md`` §R22–§R25), never imported:
 
 - **Indian Pines** (tensorly): the one real airborne cube available, AVIRIS
   at-sensor DN, 145 x 145 x 200; all pixels, unlabelled;
 - **earthlib's pervious spectra** (soil, sand/gravel/dirt, bark/litter/wood/npv,
   char and 2,000 PROSAIL canopies): reflectance. The impervious (urban)
-  spectra are kept out: they are the proximal evaluation set (§5.2).
+  spectra are kept out: they are the proximal evaluation set (§R25).
 
 Why resample to the target sensors: the wavelength positional encoding must
 see the band centres HyKo2, HSI-Drive and HCV2 use (450–1000 nm), not AVIRIS'.
 Each source is put on the 1 nm grid of :mod:`study.data.spectra`, integrated
 over Gaussian spectral response functions centred on the sensor's bands, then
 min–max scaled per band over the whole source ("scene"), as HyperSL's own
-pretraining scales each scene (benchmark.md §3.4). Training batches take a
+pretraining scales each scene (docs/reference.md §R12). Training batches take a
 random band subset of one sensor layout (a contiguous window with a few bands
 dropped), so band counts and spacings vary as across real sensors.
 
 The spatially disjoint Indian Pines split used to evaluate the backbone
 (``benchmarks/indian_pines_fc.py``) lives here too, because the strict variant
 of that evaluation must keep the split's test blocks out of pretraining
-(``ip_holdout``, data.md §5.2).
+(``ip_holdout``, docs/reference.md §R25).
 """
 
 from __future__ import annotations
@@ -59,12 +59,12 @@ INDIAN_PINES_WAVELENGTHS: tuple[float, ...] = (
     2479.25, 2489.11, 2498.96,
 )
 
-#: Gaussian SRF widths (FWHM, nm) per target sensor, the values data.md §5.4's baselines used.
+#: Gaussian SRF widths (FWHM, nm) per target sensor, the values docs/reference.md §R25's baselines used.
 SENSOR_FWHM: dict[str, float] = {"hyko2": 12.0, "hsidrive": 15.0, "hcv2": 8.0}
 SENSORS: tuple[str, ...] = ("hyko2", "hsidrive", "hcv2")
 #: earthlib LEVEL_2 groups that make up the pervious (non-urban) spectra.
 PERVIOUS_LEVEL2: tuple[str, ...] = ("bare", "vegetation", "npv", "burned")
-#: earthlib LEVEL_3 classes that are simulated rather than measured (all canopies are PROSAIL, data.md §3.2).
+#: earthlib LEVEL_3 classes that are simulated rather than measured (all canopies are PROSAIL, docs/reference.md §R23).
 SIMULATED_LEVEL3: tuple[str, ...] = ("canopy",)
 
 
@@ -137,7 +137,7 @@ def pretraining_sources(include_simulated: bool = True, ip_columns: tuple[int, i
     ``ip_columns`` keeps only Indian Pines columns [a, b) and ``ip_holdout``
     (:func:`indian_pines_holdout`) drops whole blocks of the checkerboard split:
     the strict variant of an Indian Pines evaluation keeps its test blocks out
-    of pretraining (data.md §5.2).
+    of pretraining (docs/reference.md §R25).
     """
     cube, _ = indian_pines()
     a, b = ip_columns
@@ -188,7 +188,7 @@ def to_sensor(grid_spectra: np.ndarray, sensor: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- spatially disjoint Indian Pines split
-#: Checkerboard split of the 145 x 145 scene (data.md §5.2): square cells of ``IP_CELL`` px, even cells
+#: Checkerboard split of the 145 x 145 scene (docs/reference.md §R25): square cells of ``IP_CELL`` px, even cells
 #: (row + column cell index even) train, odd cells test; ``IP_GUARD`` px at every cell border are left
 #: out of both, so a training pixel and a test pixel are always >= 2 * IP_GUARD + 1 px apart.
 IP_CELL = 20

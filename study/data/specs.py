@@ -1,7 +1,7 @@
 """Dataset specs for the three HS3-Bench datasets: the one registry of their facts.
 
 Band centres, class names, ignore ids and split names are the ones the
-cross-domain paper's code uses (``shared/reference/benchmark.md`` §1). Every
+cross-domain paper's code uses (``docs/reference.md`` §R1–§R6). Every
 other module (reader, generator, models, metrics, report) asks this registry
 instead of hard-coding a number, so a new sensor is one entry here.
 """
@@ -25,7 +25,7 @@ class DatasetSpec:
 
     ``class_names`` has ``n_classes`` entries *including* the ignore slot: the
     networks always have ``n_classes`` outputs and the loss/metrics drop
-    ``ignore_index`` (benchmark.md §1.2).
+    ``ignore_index`` (docs/reference.md §R2).
     """
 
     name: str

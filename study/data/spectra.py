@@ -1,7 +1,7 @@
 """Real spectra from registry packages, read by file path with numpy only.
 
 The synthetic generator must draw its materials from *measured* spectra
-(``shared/reference/data.md`` §3–§4, §6), not invented curves, so that band
+(``docs/reference.md`` §R22–§R24, §R26–§R29), not invented curves, so that band
 ratios, the red edge and the absorption features are realistic.
 
 Where the data comes from: earthlib's library, pvlib's ASTM G173 table and
@@ -42,7 +42,7 @@ BUNDLE_PATH = Path(__file__).resolve().parent / "spectra_bundle.npz"
 #: earthlib bands above this are never used (the grid stops at 1000 nm), so the bundle leaves them out.
 EARTHLIB_MAX_NM = float(GRID_NM[-1]) + 10.0
 
-#: Pool name -> earthlib LEVEL_3 classes it is made of (data.md §3.2 counts).
+#: Pool name -> earthlib LEVEL_3 classes it is made of (docs/reference.md §R23 counts).
 POOL_GROUPS: dict[str, tuple[str, ...]] = {
     "road": ("road", "asphalt", "parking_lot", "driveway"),
     "asphalt": ("asphalt",),
@@ -165,7 +165,7 @@ def astm_g173() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ASTM G173-03 (extraterrestrial, global tilt, direct+circumsolar) on :data:`GRID_NM`, W m⁻² nm⁻¹.
 
     The O₂-A (760 nm) and water (940 nm) bands in these curves are what makes
-    radiance-domain cubes realistic (data.md §6.2).
+    radiance-domain cubes realistic (docs/reference.md §R27).
     """
     b = bundle()
     table = b["astm_g173"] if b is not None else np.genfromtxt(
@@ -278,7 +278,7 @@ def prospect_d(
 
 
 def random_leaves(rng: np.random.Generator, k: int) -> np.ndarray:
-    """Reflectance (k, 601) of k random green leaves, parameter ranges of data.md §6.4."""
+    """Reflectance (k, 601) of k random green leaves, parameter ranges of docs/reference.md §R29."""
     r, _ = prospect_d(
         n=rng.uniform(1.2, 2.5, k), cab=rng.uniform(20.0, 80.0, k), car=rng.uniform(5.0, 20.0, k),
         anth=rng.uniform(0.0, 5.0, k), cbrown=rng.uniform(0.0, 0.5, k) * (rng.random(k) < 0.3),
@@ -292,7 +292,7 @@ def solar_direct_diffuse() -> tuple[np.ndarray, np.ndarray]:
 
     The two columns refer to different planes, so the difference is only an
     approximation of skylight — but it has the right blue weighting, which is
-    what makes shadows bluer (data.md §6.2).
+    what makes shadows bluer (docs/reference.md §R27).
     """
     _, glob, direct = astm_g173()
     return direct, np.maximum(glob - direct, 0.02 * glob)

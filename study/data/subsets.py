@@ -13,10 +13,10 @@ The rule, for one ``subset_seed`` (val and test always stay complete):
    permutation order.
 4. The subset for fraction ``f`` is the first ``k`` images of that ordering, with
    ``k = max(1, round(f * N))`` - Python's ``round`` (half to even), as the
-   paper's ``train_x_percent`` code does (benchmark.md §4.4).
+   paper's ``train_x_percent`` code does (docs/reference.md §R19).
 
 ``method="paper"`` (``--protocol paper``) instead draws exactly as HS3-Bench does
-(benchmark.md §4.4): the first ``k`` of ``torch.randperm(N, generator=
+(docs/reference.md §R19): the first ``k`` of ``torch.randperm(N, generator=
 torch.Generator().manual_seed(42))`` over the sorted names (:func:`paper_order`),
 prefixes of one permutation, so nested too, with no class-cover guarantee.
 

@@ -1,6 +1,6 @@
 """Per-pixel HyperSL feature export and the feature cache every cross-domain trial reads.
 
-Mirrors the cross-domain paper's export (``shared/reference/benchmark.md`` §4.2)
+Mirrors the cross-domain paper's export (``docs/reference.md`` §R17)
 exactly: each image is flattened to H·W spectra in raster order, fed **raw** (no
 normalisation) in consecutive chunks of 5,000 (HSI-Drive, HCV2) or 50,000
 (HyKo2) pixels, mask ratio 0, fp32 compute; the output replaces ``image`` with

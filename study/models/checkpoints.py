@@ -1,6 +1,6 @@
 """HyperSL checkpoints in the released layout, loaded without executing pickled code.
 
-Released layout (``shared/reference/benchmark.md`` §3.6): ``torch.save`` of
+Released layout (``docs/reference.md`` §R14): ``torch.save`` of
 ``{"epoch", "model", "optimizer", "scheduler"}`` where ``model`` is the full
 encoder + decoder state dict saved under DataParallel, so every key starts with
 ``module.``. Ours are written the same way (plus a ``config`` entry of plain

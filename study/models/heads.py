@@ -2,7 +2,7 @@
 
 :class:`PixelFC` is the head of the cross-domain paper's spectral classification
 arm, "HyperSL-FC" (``cross-domain-hsi`` ``model=hypersl-fc``,
-``MLPClassificationHead``; ``shared/reference/benchmark.md`` §4.1 item 3):
+``MLPClassificationHead``; ``docs/reference.md`` §R16 item 3):
 BatchNorm1d(D) -> Linear(D, n_classes) on 256-d HyperSL features, softmax folded
 into the cross-entropy loss. The paper's no-op 1×1 average pool is left out.
 

@@ -1,7 +1,7 @@
 """HyperSL: the spectral foundation model behind the cross-domain strategies.
 
-A faithful re-implementation of ``SpectralSharedEncoder`` (``shared/reference/
-benchmark.md`` §3): one token per band from a multi-scale Conv1d stem, the
+A faithful re-implementation of ``SpectralSharedEncoder`` (``docs/reference.md``
+§R11–§R14): one token per band from a multi-scale Conv1d stem, the
 wavelength positional encoding on (λ−400)/10 with base 100, a learned global
 token, ``encoder_depth − 1`` pre-LN ViT blocks and one final layer whose
 attention sub-layer *drops the residual* (x = y + y) and also returns K, V for
@@ -10,7 +10,7 @@ the decoder. The per-pixel feature is global token + mean of the band tokens.
 Why re-implement rather than import: the reference needs timm, which is not
 installed; and the released weights only reproduce the published features if
 every quirk is copied. Sub-module names equal the released checkpoint's keys
-after stripping ``module.`` (§3.6), so it loads strictly.
+after stripping ``module.`` (§R14), so it loads strictly.
 
 Deliberate differences from the reference, none of which changes a weight:
 - with mask ratio 0 (feature extraction) the tokens are not randomly permuted:
@@ -52,7 +52,7 @@ class HyperSLConfig:
         return asdict(self)
 
 
-#: Named sizes. small/base/large/huge are the paper's (§3.5; only small has released weights);
+#: Named sizes. small/base/large/huge are the paper's (docs/reference.md §R13; only small has released weights);
 #: ``cpu`` is the reduced default for the embedded study on 2 CPU cores (design.md §6: the
 #: small encoder exports only ~150 px/s there); ``tiny`` is for tests and --smoke.
 SIZES: dict[str, HyperSLConfig] = {
@@ -136,7 +136,7 @@ class CrossAttention(nn.Module):
     """Decoder "cross-attention" (``corss_attn``): the feature z queries the band tokens' K, V.
 
     Unlike ordinary attention the softmax weights *scale* each V token instead
-    of being summed over, giving one output per visible band (§3.4); hence a
+    of being summed over, giving one output per visible band (§R12); hence a
     hand-written product, not ``scaled_dot_product_attention``.
     """
 
@@ -235,7 +235,7 @@ class HyperSL(nn.Module):
         return x.to(self.div_term.dtype), wl.to(self.div_term.dtype)
 
     def positional_encoding(self, wavelengths: Tensor) -> Tensor:
-        """(L,) or (N, L) nm -> (1 or N, L, D): sin/cos of (λ−400)/10 with base 100 (§3.2)."""
+        """(L,) or (N, L) nm -> (1 or N, L, D): sin/cos of (λ−400)/10 with base 100 (§R11)."""
         pos = ((wavelengths - 400.0) / 10.0).reshape(-1, wavelengths.shape[-1], 1)
         pe = torch.empty(pos.shape[0], pos.shape[1], self.dim, dtype=pos.dtype, device=pos.device)
         pe[..., 0::2] = torch.sin(self.div_term * pos)
@@ -341,7 +341,7 @@ def build_hypersl(size: str | HyperSLConfig = "cpu") -> HyperSL:
 
 
 def masked_modelling_loss(recon: Tensor, target: Tensor) -> Tensor:
-    """HyperSL's pretraining loss over all bands: MSE + (1 − cosine similarity), weights 1 (§3.4)."""
+    """HyperSL's pretraining loss over all bands: MSE + (1 − cosine similarity), weights 1 (§R12)."""
     return F.mse_loss(recon, target) + (1.0 - F.cosine_similarity(recon, target, dim=-1)).mean()
 
 

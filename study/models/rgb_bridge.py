@@ -14,7 +14,7 @@ Band choice (``config["rgb_bands"]``): ``wavelength`` (default) takes the band
 whose centre is nearest to 650 / 550 / 450 nm, the usual round centres of an RGB
 camera's red, green and blue; ``hs3bench`` takes HS3-Bench's own pseudo-RGB
 indices from ``hyperseg: scripts/dataset_conversion/conv2rgb.py``
-(``shared/reference/benchmark.md`` §1.5). For HyKo2 (468-643 nm) both give
+(``docs/reference.md`` §R6). For HyKo2 (468-643 nm) both give
 [14, 7, 0]; HSI-Drive starts at 535 nm, so its "blue" is the bluest band it has.
 """
 
@@ -28,7 +28,7 @@ from study.data.specs import DatasetSpec
 
 #: Target centre wavelengths (nm) of the red, green and blue channels.
 RGB_NM: tuple[float, float, float] = (650.0, 550.0, 450.0)
-#: HS3-Bench's pseudo-RGB band indices (R, G, B) per dataset (benchmark.md §1.5).
+#: HS3-Bench's pseudo-RGB band indices (R, G, B) per dataset (docs/reference.md §R6).
 HS3BENCH_RGB: dict[str, tuple[int, int, int]] = {"hyko2": (14, 7, 0), "hsidrive": (5, 2, 0), "hcv2": (62, 18, 0)}
 #: ImageNet statistics DINOv2 normalises with (timm ``IMAGENET_DEFAULT_MEAN`` / ``_STD``).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)

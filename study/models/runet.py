@@ -3,7 +3,7 @@
 A 4-level U-Net with bilinear upsampling (the Pytorch-UNet layout) plus the
 "regularised" parts of HS3-Bench: BatchNorm after every 3×3 conv (so the convs
 have no bias) and element-wise dropout on the 1/16-resolution map of the last
-Down block (``shared/reference/benchmark.md`` §2.1). The same network runs on
+Down block (``docs/reference.md`` §R7). The same network runs on
 raw cubes (``C_in`` = bands) and on per-pixel HyperSL features (``C_in`` = 256).
 
 Sub-module names follow the reference code (``inc.double_conv.0.weight``,

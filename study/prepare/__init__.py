@@ -1,7 +1,7 @@
 """``python -m study.prepare``: raw HyKo2 / HSI-Drive v2 / HCV2 releases -> HS3-Bench HDF5 split files.
 
 Writes ``<out>/<dataset>_{train,val,test}.h5`` in the layout ``study.data.h5reader``
-reads (benchmark.md §1.4): one group per sample (sorted names), ``image`` (H, W, C)
+reads (docs/reference.md §R4): one group per sample (sorted names), ``image`` (H, W, C)
 float32 and ``labels`` (H, W) with the raw ids (the dataset spec remaps them),
 root attributes ``wavelengths`` (the spec's band centres), ``dataset``, ``split``,
 ``split_lists``, ``split_digest`` and for HCV2 ``hcv2_split`` (new | old).

@@ -1,4 +1,4 @@
-"""Decoder for Hyperspectral City V2 ``.hsd`` files (PCA-compressed cubes, benchmark.md §1.4).
+"""Decoder for Hyperspectral City V2 ``.hsd`` files (PCA-compressed cubes, docs/reference.md §R5).
 
 Layout (little-endian, as the release's own MATLAB reader ``readHSD.m`` and the
 cross-domain ``prep_hcv2.py`` read it): int32 height, width, bands, D; int32

@@ -2,7 +2,7 @@
 
 The HCV2 conversion of HS3-Bench and of the cross-domain code halves image and
 labels with ``cv2.resize(x, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_NEAREST)``
-(benchmark.md §1.4). Reproducing its output size and sample positions bit for
+(docs/reference.md §R5). Reproducing its output size and sample positions bit for
 bit keeps our files interchangeable with theirs without an OpenCV dependency.
 
 What OpenCV does (``modules/imgproc/src/resize.cpp``, ``core/fast_math.hpp``):

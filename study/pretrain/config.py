@@ -1,6 +1,6 @@
 """The settings of a pretraining: every field changes the produced weights, so all of them key the cache.
 
-Every default is HyperSL's published recipe (§3.4); the opt-in deviations and why
+Every default is HyperSL's published recipe (docs/reference.md §R12); the opt-in deviations and why
 they stay off are in docs/pretraining.md.
 """
 

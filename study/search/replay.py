@@ -11,8 +11,8 @@ an uninterrupted one row for row.
 
 Why not ``Tuner.restore`` alone: after a SIGKILL the driver's experiment
 snapshot can be up to ~10 s old, so restore re-runs trials that had finished and
-orphans ones that started after the snapshot (``shared/reference/ecosystem.md``
-§5) — exactly the duplicated and lost work this module prevents.
+orphans ones that started after the snapshot (``docs/reference.md``
+§R32) — exactly the duplicated and lost work this module prevents.
 """
 
 from __future__ import annotations

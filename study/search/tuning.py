@@ -92,7 +92,7 @@ class ASHAAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that records trials ASHA stopped as PRUNED, not COMPLETE, and keeps a faithful journal.
 
     Ray's OptunaSearch tells Optuna a stopped trial's last low-rung value as if
-    it were final (ecosystem.md §2), which biases TPE towards configurations that
+    it were final (docs/reference.md §R31), which biases TPE towards configurations that
     look good early. A trial that did not reach its own last epoch is pruned.
 
     The journal is what optuna-dashboard shows: the objective is named ``val_miou``, every reported

@@ -1,7 +1,7 @@
 """The shared epoch loop every segmentation trainable uses.
 
 One loop, so that every strategy is trained, selected and evaluated the same
-way (benchmark.md §2.2–2.3): AdamW with one weight-decay rule
+way (docs/reference.md §R8–§R9): AdamW with one weight-decay rule
 (:mod:`study.models.freezing`), cross-entropy with ``ignore_index`` (mean over
 valid pixels), random horizontal flip with p = 0.1 per sample, validation mIoU
 every epoch (ASHA needs a report every epoch to be able to stop a trial),

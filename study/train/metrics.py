@@ -1,7 +1,7 @@
 """Segmentation metrics from one confusion matrix per split (numpy + torch, no torchmetrics).
 
 The study reports what the cross-domain paper's code reports (torchmetrics,
-``task="multiclass"``, ``shared/reference/benchmark.md`` §2.4): statistics are
+``task="multiclass"``, ``docs/reference.md`` §R10): statistics are
 accumulated over the whole split and reduced once, never averaged per image.
 Keeping the (K, K) int64 matrix instead of running means makes batches, images
 and workers add up exactly, and lets per-class IoU be stored with every result.

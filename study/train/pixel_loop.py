@@ -1,7 +1,7 @@
 """The per-pixel epoch and evaluation (HyperSL-FC, in-domain FC) that ``loop.fit`` runs for per-pixel trials.
 
 The cross-domain paper trains its spectral classifiers by manual optimisation
-over sub-batches of pixels (``shared/reference/benchmark.md`` §4.1 item 3):
+over sub-batches of pixels (``docs/reference.md`` §R16 item 3):
 
 - an epoch walks the shuffled training images in *loaded batches* (HyKo2 8,
   HSI-Drive 32, HCV2 4 images), concatenates each batch's pixels in raster order
@@ -39,7 +39,7 @@ from study.data.stream import SplitStream, to_device
 from study.train.loop import EpochFn, TrainSettings, forward
 from study.train.metrics import ConfusionAccumulator
 
-#: Images per loaded batch of the paper's per-pixel arm (benchmark.md §4.1 item 3).
+#: Images per loaded batch of the paper's per-pixel arm (docs/reference.md §R16 item 3).
 PIXEL_IMAGES_PER_BATCH: dict[str, int] = {"hyko2": 8, "hsidrive": 32, "hcv2": 4}
 #: The paper's HyperSL-FC sub-batch (pixels per optimizer step).
 SUB_BATCH = 8192

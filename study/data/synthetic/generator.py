@@ -13,12 +13,12 @@ Determinism: every image draws from ``numpy.random.default_rng((seed, split,
 index))``, so the same config gives byte-identical arrays in any process and
 any order, and a sub-range of images does not depend on the others.
 
-Files (benchmark.md §1.4): ``<dataset>_<split>.h5``, one top-level group per
+Files (docs/reference.md §R4): ``<dataset>_<split>.h5``, one top-level group per
 sample named like the real stems, each with ``image`` (H, W, C) float32 and
 ``labels`` (H, W) uint8 holding the *raw* label ids; root attributes
 ``wavelengths`` (float32, nm), ``generator_version``, ``synthetic``, ``seed``.
 
-Stored values are raw sensor-like, never normalised (benchmark.md §1.5), and
+Stored values are raw sensor-like, never normalised (docs/reference.md §R6), and
 differ per dataset like the real ones (details in :mod:`study.data.synthetic.sensor`):
 HyKo2 DN/1023 in [0, 1] (sky and glints clip at 1); HSI-Drive white-referenced
 reflectance in [0, 4] (median ≈ 0.1); HCV2 radiance in µW cm⁻² sr⁻¹ nm⁻¹

@@ -1,6 +1,6 @@
 """Scene roles -> each dataset's raw label ids, plus the annotation gaps real labels have.
 
-The three benchmarks cut the same street differently (benchmark.md §1.2):
+The three benchmarks cut the same street differently (docs/reference.md §R2):
 HyKo2 lumps every vehicle together and has a *grass* class, HSI-Drive labels
 by *material* (painted vs unpainted metal, glass, concrete) and folds water
 into ignore, HCV2 uses the 19 Cityscapes classes. Keeping that logic here, as
@@ -52,7 +52,7 @@ KIND_CLASSES: dict[str, dict[tuple[str, str], str | None]] = {
     "hsidrive": {("pole", "painted"): "painted_metal"},
 }
 
-#: HSI-Drive's raw id for water, which its loader folds into ignore (benchmark.md §1.2).
+#: HSI-Drive's raw id for water, which its loader folds into ignore (docs/reference.md §R2).
 _HSIDRIVE_WATER_RAW = 8
 
 

@@ -3,10 +3,10 @@
 Measured pools (earthlib, PROSPECT-D) come from :mod:`study.data.spectra`;
 the materials no package covers (road markings, car paint, unpainted metal,
 windows, clothing, lamps, sky) follow the physics rules of thumb in
-``shared/reference/data.md`` §6.1–§6.2. Every function returns spectra on the
+``docs/reference.md`` §R26–§R27. Every function returns spectra on the
 1 nm grid :data:`~study.data.spectra.GRID_NM` (601 samples, 400–1000 nm).
 
-Per-instance variation follows data.md §6.4: a brightness factor ×U(0.7, 1.3)
+Per-instance variation follows docs/reference.md §R29: a brightness factor ×U(0.7, 1.3)
 and a smooth low-order (Legendre) perturbation of ±3–5 %, so two cars of the
 "same" paint never share a spectrum.
 """
@@ -58,7 +58,7 @@ def marking(rng: np.random.Generator) -> np.ndarray:
 
 
 def pigment(rng: np.random.Generator, colour: str | None = None) -> np.ndarray:
-    """Paint / plastic colour: the shapes of data.md §6.1 (red edge at ~600 nm, white flat,
+    """Paint / plastic colour: the shapes of docs/reference.md §R26 (red edge at ~600 nm, white flat,
     black with an optional NIR-transparent rise, blue/green with high NIR, grey metallic)."""
     colours = ("white", "black", "grey", "red", "blue", "green", "yellow", "silver")
     c = colour or colours[rng.choice(len(colours), p=(0.22, 0.2, 0.16, 0.1, 0.1, 0.05, 0.04, 0.13))]
@@ -102,7 +102,7 @@ def car_window(rng: np.random.Generator) -> tuple[np.ndarray, float]:
 
 
 def clothing(rng: np.random.Generator) -> np.ndarray:
-    """Textiles: a dye colour; cotton/wool are bright in the NIR, dark synthetics stay dark (§6.1)."""
+    """Textiles: a dye colour; cotton/wool are bright in the NIR, dark synthetics stay dark (§R26)."""
     dye = pigment(rng)
     cotton = rng.random() < 0.55
     nir = rng.uniform(0.4, 0.7) if cotton else rng.uniform(0.05, 0.25)
@@ -150,7 +150,7 @@ def led(colour: str) -> np.ndarray:
 
 
 def sky_radiance(e_diffuse: np.ndarray, alpha: float, level: float) -> np.ndarray:
-    """Sky is emissive: L ∝ E_diff·(λ/550)^-α, scaled so that π·L/E_diff(550 nm) = ``level`` (§6.2)."""
+    """Sky is emissive: L ∝ E_diff·(λ/550)^-α, scaled so that π·L/E_diff(550 nm) = ``level`` (§R27)."""
     shape = e_diffuse * (_G / 550.0) ** (-alpha)
     return level * shape / shape[150] * e_diffuse[150] / np.pi
 

@@ -1,4 +1,4 @@
-"""Scene radiance in camera bands: reflectance × (sun + sky) + sky glare + lamps (data.md §6.4 step 3).
+"""Scene radiance in camera bands: reflectance × (sun + sky) + sky glare + lamps (docs/reference.md §R29 step 3).
 
     L = ρ·(s·g·E_dir + f·E_diff)/π + ρ_spec·L_sky + L_emit
 

@@ -1,6 +1,6 @@
 """The camera: band responses, radiometry and artefacts of the three HS3-Bench sensors.
 
-data.md §6.3 lists what separates a driving-scene hyperspectral camera from
+docs/reference.md §R28 lists what separates a driving-scene hyperspectral camera from
 an airborne spectrometer; each item is modelled here so that networks face the
 same nuisances as on real cubes:
 
@@ -14,7 +14,7 @@ same nuisances as on real cubes:
   clipping (saturated sky, glints, lamps);
 * HCV2's PCA compression (mean + 15 components per cube: low-rank spectra).
 
-Output units (no normalisation, like HS3-Bench, benchmark.md §1.5):
+Output units (no normalisation, like HS3-Bench, docs/reference.md §R6):
 ``hyko2`` raw DN scaled to [0, 1] (10 bit); ``hsidrive`` reflectance-like
 (DN divided by a simulated white reference at the same exposure, clipped to
 [0, 4]); ``hcv2`` calibrated radiance in µW cm⁻² sr⁻¹ nm⁻¹ (≈ 0–60).
@@ -32,7 +32,7 @@ from study.data import spectra as sp
 from study.data.specs import DatasetSpec
 
 _G = sp.GRID_NM
-#: Silicon QE × optics transmission (data.md §6.3: peak 550–650 nm, ~0.25 at 900 nm, <0.15 at 1000 nm).
+#: Silicon QE × optics transmission (docs/reference.md §R28: peak 550–650 nm, ~0.25 at 900 nm, <0.15 at 1000 nm).
 _QE_KNOTS = ((400, 0.42), (450, 0.58), (500, 0.68), (550, 0.74), (600, 0.75), (650, 0.72), (700, 0.64),
              (750, 0.54), (800, 0.44), (850, 0.35), (900, 0.26), (950, 0.17), (1000, 0.11))
 QE: np.ndarray = np.interp(_G, *zip(*_QE_KNOTS, strict=True))
@@ -178,7 +178,7 @@ def capture(spec: DatasetSpec, signal: np.ndarray, white: np.ndarray, rng: np.ra
 
 def pca_reconstruct(cube: np.ndarray, n_components: int) -> np.ndarray:
     """Rebuild a cube (H, W, C) from its mean and top ``n_components`` principal components,
-    as HCV2's ``.hsd`` files store it (benchmark.md §1.4)."""
+    as HCV2's ``.hsd`` files store it (docs/reference.md §R5)."""
     h, w, c = cube.shape
     x = cube.reshape(-1, c)
     mean = x.mean(axis=0, dtype=np.float64)
