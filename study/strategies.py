@@ -1,8 +1,9 @@
 """STRATEGIES: the one registry of transfer strategies (name -> Strategy).
 
 The name is spelt the same everywhere: CLI flag, module names, Parquet column.
-Trainables and search spaces are referenced by import path and loaded lazily,
-so the analysis/report side can list strategies without importing torch or Ray.
+Trainables, search spaces and a backbone kind's provider and feature exporter
+(BACKBONES) are referenced by import path and loaded lazily, so the
+analysis/report side can list strategies without importing torch or Ray.
 """
 
 from __future__ import annotations
@@ -15,25 +16,49 @@ from typing import Any
 
 @dataclass(frozen=True)
 class BackboneKind:
-    """A kind of pretrained backbone the driver resolves once per study for every strategy that uses it."""
+    """A kind of pretrained backbone the driver resolves once per study for every strategy that uses it.
+
+    A new kind is this entry alone: its provider (and, for a kind whose strategies read ``inputs="features"``,
+    its exporter) are referenced by import path and loaded lazily, like a strategy's trainable.
+    """
 
     name: str
     #: the StudyConfig setting naming its weights file (None there = the kind's default weights)
     weights_setting: str
+    #: "module:function" ``(cfg, echo) -> ResolvedBackbone`` (study.orchestration.inputs): finds, checks and
+    #: hashes the weights once per study, before Ray starts, and names the constants its trials get
+    provider: str
+    #: "module:function" ``(cfg, spec, data_root, backbone, echo) -> Path``: the folder of per-pixel feature
+    #: files of one dataset (HS3-Bench layout, ``<dataset>_<split>.h5`` per split), made at most once and
+    #: cached, which the kind's ``inputs="features"`` strategies train on. None: no strategy reads its features
+    exporter: str | None = None
     #: the report's banner when strategies ran on the default weights; ``{strategies}`` and ``{hashes}`` are
     #: filled in. None: the default needs no warning (e.g. released weights found in a hub cache).
     default_note: str | None = None
 
+    def load_provider(self) -> Callable[..., Any]:
+        return _load(self.provider)
 
+    def load_exporter(self) -> Callable[..., Any]:
+        """The kind's feature exporter (a ValueError where the kind has none)."""
+        if self.exporter is None:
+            raise ValueError(f"backbone kind {self.name!r} exports no features (BACKBONES entry without exporter)")
+        return _load(self.exporter)
+
+
+#: backbone kind (``Strategy.backbone``) -> its entry, cheapest first: providers run in this order, so a
+#: missing weights file of a cheap kind stops the study before an expensive kind's default pretraining
 BACKBONES: dict[str, BackboneKind] = {
+    "rgb-vit": BackboneKind("rgb-vit", "rgb_weights", provider="study.orchestration.inputs:resolve_rgb_vit"),
     "hypersl": BackboneKind(
         "hypersl", "backbone",
+        provider="study.orchestration.inputs:resolve_hypersl",
+        exporter="study.orchestration.inputs:export_hypersl_features",
         default_note="<b>Locally pretrained HyperSL.</b> {strategies} used the small sanity backbone pretrained "
                      "on this machine (hash {hashes}; <code>python -m study.pretrain</code>), not the released "
                      "HyperSL weights. On Indian Pines it does not beat a random initialisation "
                      "(<code>python -m benchmarks.indian_pines_fc</code>), so these curves are no evidence of "
                      "transfer: pass <code>--backbone PATH</code> for results that speak for HyperSL itself."),
-    "rgb-vit": BackboneKind("rgb-vit", "rgb_weights"),
 }
 
 
@@ -54,8 +79,8 @@ class Strategy:
     #: "module:ATTRIBUTE": the published recipe (a dict; ``{dataset: value}`` entries depend on the dataset).
     #: ``--protocol paper`` trains it verbatim; tuned cells try it first. None: no published recipe.
     recipe: str | None = None
-    #: what its trials read: "raw" cubes, or "features" of the frozen HyperSL backbone, exported once per
-    #: study and split (study.features) and shared by every trial
+    #: what its trials read: "raw" cubes, or "features" of its frozen ``backbone``, exported once per study and
+    #: split by that kind's ``BackboneKind.exporter`` (HyperSL: study.features) and shared by every trial
     inputs: str = "raw"
     #: pretrained weights its trials load (a :data:`BACKBONES` key), resolved and hashed once per study
     backbone: str | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-import study.features.export as features_mod
+import study.features.cache as features_mod  # where ensure_features looks export_split up
 from study.models.checkpoints import checkpoint_hash
 from study.run import main
 from study.store import read_store

@@ -245,7 +245,7 @@ class StudyConfig:
 
     @property
     def needs_features(self) -> bool:
-        """Whether any chosen strategy trains on frozen HyperSL features."""
+        """Whether any chosen strategy trains on a frozen backbone's exported features (``inputs="features"``)."""
         return any(get_strategy(s).inputs == "features" for s in self.strategies)
 
     def backbone_kinds(self) -> list[str]:

@@ -3,9 +3,11 @@
 Everything that can be wrong with the input (files, fractions, weights) is
 found here, before Ray starts. What is prepared follows the chosen strategies'
 registry entries (``Strategy.inputs`` and ``Strategy.backbone``), never their
-names: a backbone kind is resolved and hashed **once per study** by its
-provider below, and its trials get a path and a hash in their config (the
-same way for every kind), never tensors.
+names: a backbone kind is resolved and hashed **once per study** by the
+provider its ``BACKBONES`` entry names, and its trials get a path and a hash in
+their config (the same way for every kind), never tensors; strategies with
+``inputs="features"`` read the features their kind's exporter made once per
+dataset.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from study.data.h5reader import H5Split, validate_dataset
 from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.data.synthetic.generator import default_cache_dir, ensure_default_dataset
-from study.errors import DataValidationError
+from study.errors import ConfigError, DataValidationError
 from study.progress import echo as default_echo
 from study.store import resolve
-from study.strategies import STRATEGIES, get_strategy
+from study.strategies import BACKBONES, STRATEGIES, get_strategy
 
 
 @dataclass(frozen=True)
@@ -55,10 +57,14 @@ class PreparedDataset:
     source: str
     splits: dict[str, H5Split]
     subsets: dict[float, SubsetManifest]
-    feature_splits: dict[str, H5Split] | None = None  # frozen-backbone features, same samples as ``splits``
+    #: frozen-backbone features, same samples as ``splits``: those of the study's feature kind (a study has at
+    #: most one, :func:`feature_kinds`; ``features`` holds them by kind)
+    feature_splits: dict[str, H5Split] | None = None
     backbones: dict[str, ResolvedBackbone] = field(default_factory=dict)  # by backbone kind
     #: ``--stage-data``: sha256 of every input file of this dataset's trials (computed once, checked per node)
     stage_hashes: dict[str, str] = field(default_factory=dict)
+    #: the exported features of every backbone kind that ``inputs="features"`` strategies read, by kind
+    features: dict[str, dict[str, H5Split]] = field(default_factory=dict)
 
 
 def check_inputs(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> dict[str, PreparedDataset]:
@@ -70,9 +76,11 @@ def check_inputs(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -
     from study.store import check_store_version
 
     check_store_version(resolve(cfg.runtime.results))  # before anything is written into an incompatible store
+    feature_kinds(cfg)  # a registry slip stops the study before any data is made
     data = {name: _validated_data(cfg, get_spec(name), echo) for name in cfg.data.datasets}
     kinds = cfg.backbone_kinds()
-    backbones = {k: PROVIDERS[k](cfg, echo) for k in PROVIDERS if k in kinds}  # once per study, cheap kinds first
+    # once per study, cheap kinds first (the registry's order)
+    backbones = {k: BACKBONES[k].load_provider()(cfg, echo) for k in BACKBONES if k in kinds}
     return {name: dataset_inputs(cfg, get_spec(name), *data[name], echo, backbones)
             for name in cfg.data.datasets}
 
@@ -124,20 +132,41 @@ def dataset_inputs(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str,
                 "drop it from --fractions")
         results.write_text(f"manifests/{spec.name}-f{f:g}-s{m.subset_seed}-{m.content_hash}.json", m.to_json())
     backbones = {k: b.for_dataset(spec) for k, b in backbones.items()}
-    feature_splits = None
-    if cfg.needs_features:
-        feature_splits = export_features(cfg, spec, root, backbones["hypersl"], echo)
+    features = {k: export_features(cfg, spec, root, backbones[k], echo) for k in feature_kinds(cfg)}
+    feature_splits = next(iter(features.values()), None)
     stage_hashes: dict[str, str] = {}
     if cfg.runtime.stage_data is not None:
         from study.data.staging import hash_files
 
-        files = [str(sp.path) for sp in splits.values()] + [str(sp.path) for sp in (feature_splits or {}).values()]
+        files = [str(sp.path) for sp in splits.values()]
+        files += [str(sp.path) for fs in features.values() for sp in fs.values()]
         files += [str(b.path) for b in backbones.values() if b.path is not None]
         t0 = time.perf_counter()
         stage_hashes = hash_files({f: f for f in files})
         echo(f"--stage-data: {len(stage_hashes)} input file(s) of {spec.name} hashed for the per-node copies "
              f"({time.perf_counter() - t0:.1f} s)")
-    return PreparedDataset(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes)
+    return PreparedDataset(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes, features)
+
+
+def feature_kinds(cfg: StudyConfig) -> list[str]:
+    """The backbone kinds whose features the chosen strategies read (``inputs="features"``), in order: each
+    needs a ``BACKBONES`` entry with an exporter. At most one per study: a cell reads the study's one feature
+    set (``PreparedDataset.feature_splits``)."""
+    users: dict[str, list[str]] = {}
+    for name in cfg.strategies:
+        strategy = get_strategy(name)
+        if strategy.inputs != "features":
+            continue
+        kind = BACKBONES.get(strategy.backbone or "")
+        if kind is None or kind.exporter is None:
+            raise ConfigError(f"strategy {name!r} reads features, but its backbone kind {strategy.backbone!r} "
+                              "has no BACKBONES entry with an exporter (study/strategies.py)")
+        users.setdefault(kind.name, []).append(name)
+    if len(users) > 1:
+        raise ConfigError("the chosen strategies read the features of different backbone kinds ("
+                          + "; ".join(f"{k}: {', '.join(v)}" for k, v in users.items())
+                          + "); run them as separate studies (--strategy), one feature kind each")
+    return list(users)
 
 
 def check_raw_spectra(cfg: StudyConfig, splits: dict[str, H5Split]) -> None:
@@ -202,20 +231,22 @@ def resolve_hypersl(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBa
                             per_dataset=lambda spec: {"chunk_size": default_chunk(spec.name)})
 
 
-#: backbone kind (``Strategy.backbone``) -> its provider, cheapest first (a missing file fails before an export)
-PROVIDERS: dict[str, Callable[[StudyConfig, Callable[[str], None]], ResolvedBackbone]] = {
-    "rgb-vit": resolve_rgb_vit,
-    "hypersl": resolve_hypersl,
-}
-
-
 def export_features(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: ResolvedBackbone,
                     echo: Callable[[str], None]) -> dict[str, H5Split]:
-    """Per-pixel HyperSL features of every split, computed at most once per (backbone, data, settings).
+    """Per-pixel features of every split of ``spec`` by ``backbone``'s kind (its ``BACKBONES`` exporter),
+    validated like any data root: the folder the exporter returns is an HS3-Bench data root of feature files.
 
-    The frozen backbone's features are the expensive part of the feature
-    strategies: the cache makes every trial of every cell reuse them.
+    The frozen backbone's features are the expensive part of the feature strategies: the exporter's cache
+    makes every trial of every cell reuse them.
     """
+    folder = BACKBONES[backbone.kind].load_exporter()(cfg, spec, root, backbone, echo)
+    return validate_dataset(Path(folder), spec)
+
+
+def export_hypersl_features(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: ResolvedBackbone,
+                            echo: Callable[[str], None]) -> Path:
+    """The ``hypersl`` kind's exporter: per-pixel HyperSL features of every split, computed at most once per
+    (backbone, data, settings) by :func:`study.features.ensure_features`."""
     import torch
 
     from study.features import ensure_features
@@ -230,4 +261,4 @@ def export_features(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: R
                              dtype=cfg.options.feature_dtype, device=device, progress=True, cluster=cluster)
     echo(f"features: {folder} (bn mode {cfg.options.bn_mode}, {cfg.options.feature_dtype}; "
          f"{time.perf_counter() - t0:.1f} s)")
-    return validate_dataset(folder, spec)
+    return folder
