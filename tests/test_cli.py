@@ -93,9 +93,11 @@ def test_local_ray_dashboard_is_off_by_default_and_bound_to_localhost(monkeypatc
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.delenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", raising=False)
     init_ray(config_from_args(build_parser().parse_args(["--smoke"])))
     assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
-    assert seen["runtime_env"] == {"env_vars": {"MALLOC_ARENA_MAX": "1"}}  # trial workers: one malloc arena
+    # trial workers: one malloc arena, and no GPU visible to a zero-GPU worker
+    assert seen["runtime_env"] == {"env_vars": {"MALLOC_ARENA_MAX": "1", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "1"}}
     init_ray(config_from_args(build_parser().parse_args(["--smoke", "--dashboard"])))
     assert seen["include_dashboard"] is True and seen["dashboard_host"] == "127.0.0.1"
 

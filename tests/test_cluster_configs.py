@@ -87,7 +87,7 @@ def test_dockerfile_installs_the_pins_and_the_package_with_its_data() -> None:
 
 def test_aws_cluster_and_kuberay_run_the_dockerfile_image() -> None:
     cfg = _load("cluster.yaml")
-    assert cfg["docker"]["image"] == IMAGE and "--gpus all" in cfg["docker"]["run_options"]
+    assert cfg["docker"]["image"] == IMAGE
     assert any("/mnt/efs:/mnt/efs" in o for o in cfg["docker"]["run_options"])
     assert any("mount -t nfs4" in c for c in cfg["initialization_commands"])  # on the host, not in the container
     assert not any("pip install" in c and "torch" in c for c in cfg["setup_commands"])  # the image has it
@@ -95,6 +95,61 @@ def test_aws_cluster_and_kuberay_run_the_dockerfile_image() -> None:
         images = re.findall(r"image:\s*(\S+)", f.read_text())
         assert images and set(images) == {IMAGE}, f.name
         assert "Dockerfile" in f.read_text(), f"{f.name} should say where its image comes from"
+
+
+def _docker_run_options(cfg: dict[str, Any], node_type: str) -> list[str]:
+    """The ``docker run`` options the launcher gives a node type's container (Ray 2.60: the head gets the global
+    ``docker`` section's ``run_options + head_run_options``; a worker that section updated with its node type's
+    ``docker`` section, then ``run_options + worker_run_options``)."""
+    docker = copy.deepcopy(cfg["docker"])
+    if node_type == cfg["head_node_type"]:
+        return docker.get("run_options", []) + docker.get("head_run_options", [])
+    docker.update(cfg["available_node_types"][node_type].get("docker", {}))
+    return docker.get("run_options", []) + docker.get("worker_run_options", [])
+
+
+def test_aws_head_container_gets_no_gpus_and_every_gpu_worker_does() -> None:
+    """``--gpus all`` on the CPU head fails its container start (nvidia-container-cli finds no GPU there)."""
+    cfg = _validate(_load("cluster.yaml"))
+    types = cfg["available_node_types"]
+    head = _docker_run_options(cfg, cfg["head_node_type"])
+    assert not any(o.startswith("--gpus") for o in head), head
+    assert any("/mnt/efs:/mnt/efs" in o for o in head)  # the head's driver writes results too
+    gpu_types = [t for t, v in types.items() if v.get("resources", {}).get("GPU", 0) > 0]
+    assert gpu_types
+    for t in gpu_types:
+        opts = _docker_run_options(cfg, t)
+        assert "--gpus all" in opts and any("/mnt/efs:/mnt/efs" in o for o in opts), (t, opts)
+
+
+def test_kuberay_head_requests_no_gpu() -> None:
+    for spec in _cluster_specs():
+        for container in spec["headGroupSpec"]["template"]["spec"]["containers"]:
+            assert "nvidia.com/gpu" not in {**container["resources"].get("requests", {}),
+                                            **container["resources"].get("limits", {})}
+
+
+def _logical_lines(dockerfile: str) -> str:
+    """The Dockerfile with its backslash continuations joined: one instruction per line."""
+    return re.sub(r"\\\n", " ", dockerfile)
+
+
+def test_dockerfile_installs_a_c_compiler_for_compile() -> None:
+    """``--compile``: Triton builds its launchers with a host C compiler at run time; python:3.11-slim has none."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.M)  # the base that needs it
+    installs = " ".join(re.findall(r"apt-get install ([^&]*)", _logical_lines(text)))
+    assert "build-essential" in installs or ("gcc" in installs.split() and "libc6-dev" in installs.split()), installs
+    assert "#include <Python.h>" in text and re.search(r"\bgcc -I", text)  # the build proves it compiles
+
+
+def test_image_and_clusters_hide_gpus_from_zero_gpu_workers() -> None:
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for a worker that requests no GPU unless this is set."""
+    env = " ".join(re.findall(r"^ENV (.*)$", _logical_lines((ROOT / "Dockerfile").read_text()), re.M))
+    assert "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1" in env.split()
+    onprem = _load("cluster-onprem.yaml")
+    assert all("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1" in " ".join(onprem[k])
+               for k in ("head_start_ray_commands", "worker_start_ray_commands"))
 
 
 @pytest.mark.parametrize("name", ["cluster-onprem.yaml"])

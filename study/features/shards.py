@@ -77,12 +77,13 @@ def export_part(backbone: str | Path, data_root: str | Path, dataset: str, split
                 model: torch.nn.Module | None = None) -> dict[str, Any]:
     """Export the samples ``names`` of one split into the part file ``part`` (temp file + rename).
 
-    Runs inside a Ray task (``device`` None: CUDA when this node has it) or in the
+    Runs inside a Ray task (``device`` None: CUDA when Ray gave the task a GPU) or in the
     driver with an already loaded ``model``. Returns what it did, for the progress line.
     """
     from study.data.h5reader import open_split
     from study.data.specs import get_spec
     from study.models.checkpoints import load_hypersl
+    from study.train.loop import pick_device
 
     t0 = time.perf_counter()
     root, part = Path(data_root), Path(part)
@@ -91,7 +92,7 @@ def export_part(backbone: str | Path, data_root: str | Path, dataset: str, split
         raise HsiStudyError(f"{missing} does not exist on node {socket.gethostname()}: a cluster feature export "
                             "needs the data root and the feature cache on storage every node mounts at the same path")
     part.parent.mkdir(exist_ok=True)
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = device or pick_device().type  # in a Ray task: CUDA only with a GPU of its own (num_gpus=0 -> CPU)
     if model is None:
         model = load_hypersl(backbone).to(dev)
     src = open_split(root, get_spec(dataset), split)

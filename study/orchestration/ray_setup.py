@@ -31,16 +31,22 @@ def quiet_ray_tune() -> None:
 
 
 def trial_env() -> dict[str, str]:
-    """Environment of the local Ray's worker processes: glibc's malloc confined to one arena.
+    """Environment of the local Ray's worker processes: one malloc arena, and no GPU for zero-GPU workers.
 
     Tune runs a function trainable in a thread of its actor, and glibc gives every thread its own malloc
     arena of 64-MB heaps that do not give memory back the way the main one does: a HyperSL k = 1 trial
     (tensors of tens of MB, a new shape every chunk) grew to 4.4 GB in Ray against 1.16 GB in a main
     thread, at 0.06 GiB of data. One arena: 1.14 GB in Ray, at the same speed (performance.md §7; the
-    RU-Net k = 1 trial still grows in Ray, an open problem there). A value the user set is kept; on a
-    cluster the Docker image sets it (Dockerfile ``ENV``).
+    RU-Net k = 1 trial still grows in Ray, an open problem there).
+
+    ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1``: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for a worker
+    that requests no GPU, so a ``--gpus off`` trial would see (and use) GPU 0; with it Ray hides the GPUs
+    from such a worker, as it did before 2.60 (the second guard: ``loop.pick_device`` asks Ray itself).
+
+    A value the user set is kept; on a cluster the Docker image sets both (Dockerfile ``ENV``).
     """
-    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1")}
+    return {"MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", "1"),
+            "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")}
 
 
 def init_ray(cfg: StudyConfig) -> None:

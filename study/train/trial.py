@@ -16,7 +16,8 @@ from torch import nn
 
 from study.data.bundle import DataBundle
 from study.data.specs import DatasetSpec, get_spec
-from study.train.loop import Report, TrainSettings, fit, seed_everything, tune_hooks
+from study.train.devices import limit_gpu_memory
+from study.train.loop import Report, TrainSettings, fit, pick_device, seed_everything, tune_hooks
 from study.train.threads import configure_threads
 
 
@@ -44,10 +45,13 @@ def trial_setup(config: Mapping[str, Any], data: DataBundle, report: Report | No
     ``overrides`` replace config values for the settings only (a per-pixel trial's
     loaded batch, crossmodality's ``head_lr`` as the loop's ``lr``); the config is
     read key by key, never copied (tests record which keys a trainable reads).
-    Seeds torch before the caller builds its model, so initial weights follow the seed.
+    Seeds torch before the caller builds its model, so initial weights follow the seed. A trial with a
+    fractional GPU share (Ray's reservation, the strategy's ``gpus_per_trial``) has its CUDA memory capped
+    at that share (:func:`study.train.devices.limit_gpu_memory`): Ray only accounts for shares.
     """
     report, get_checkpoint = tune_hooks(report, get_checkpoint)
     configure_threads(config)
+    limit_gpu_memory(pick_device())
     spec = get_spec(data.dataset)
     settings = TrainSettings.from_config(ChainMap(dict(overrides), config) if overrides else config)
     seed_everything(settings.seed)

@@ -1,0 +1,71 @@
+"""What Ray gave this process: its GPU ids and its GPU share, and the memory cap that makes a share real.
+
+Ray 2.60 no longer clears ``CUDA_VISIBLE_DEVICES`` for a task or actor that requests no GPU
+(``ray._private.utils.set_visible_accelerator_ids`` skips it unless ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1``):
+torch in a CPU-only trial on a GPU node sees every GPU of the node. Inside a Ray worker the device is
+therefore Ray's assignment, not ``torch.cuda.is_available()``; outside Ray (a driver, a script, a test)
+it stays the user's (``CUDA_VISIBLE_DEVICES``). A fractional share (0.25, 0.5) is accounting only in Ray:
+:func:`limit_gpu_memory` caps the trial's caching allocator at its share of the device.
+
+Nothing here imports Ray: a process that has not imported it is not a Ray worker.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+
+#: device memory a CUDA process holds outside its caching allocator (context, kernels, cuBLAS/cuDNN handles),
+#: left out of a fractional share's cap so that the trials sharing a GPU fit on it together (an estimate, not
+#: measured on a GPU yet)
+CUDA_CONTEXT_BYTES = 1024**3
+
+
+def ray_worker_context() -> Any | None:
+    """Ray's runtime context when this process is a Ray worker (a trial actor, a task), else None.
+
+    A driver (``SCRIPT_MODE``) is not a worker: its device stays the user's choice."""
+    ray = sys.modules.get("ray")  # a Ray worker has imported ray; checking costs nothing and starts nothing
+    if ray is None or not ray.is_initialized():
+        return None
+    ctx = ray.get_runtime_context()
+    return ctx if ctx.worker.mode == ray.WORKER_MODE else None
+
+
+def ray_gpu_ids() -> list[str] | None:
+    """The GPU ids Ray assigned to this worker ([] for a zero-GPU task or trial); None outside a Ray worker."""
+    if ray_worker_context() is None:
+        return None
+    import ray
+
+    return [str(i) for i in ray.get_gpu_ids()]
+
+
+def ray_gpu_share() -> float | None:
+    """The GPU share Ray reserved for this worker (0.25, 1.0, 0.0 without GPU); None outside a Ray worker."""
+    ctx = ray_worker_context()
+    if ctx is None:
+        return None
+    return float(ctx.get_assigned_resources().get("GPU", 0.0))
+
+
+def limit_gpu_memory(device: torch.device, share: float | None = None) -> float | None:
+    """Cap this process's CUDA caching allocator at its fractional GPU share; returns the fraction set, or None.
+
+    ``share`` defaults to Ray's reservation (:func:`ray_gpu_share`). Only a share below one GPU on a CUDA
+    device is capped, at ``share`` of the device less :data:`CUDA_CONTEXT_BYTES` (never below half the
+    share): four 0.25 trials then fit on one GPU together, and a trial that outgrows its share fails
+    itself with an out-of-memory error instead of its neighbours."""
+    if device.type != "cuda":
+        return None
+    if share is None:
+        share = ray_gpu_share()
+    if share is None or not 0 < share < 1:
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = float(max(share / 2, share - CUDA_CONTEXT_BYTES / total))
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return fraction
