@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from study.data.specs import get_spec
+from study.errors import HsiStudyError
+from study.features import cache as feature_cache
 from study.features import cli as features_cli
 from study.features import export as feat
 from study.models.checkpoints import checkpoint_hash, save_checkpoint
@@ -74,24 +76,24 @@ def test_chunk_size_matters_only_in_chunk_mode(model: torch.nn.Module, image: np
 
 def test_bad_settings_are_rejected(model: torch.nn.Module, image: np.ndarray) -> None:
     for kwargs in ({"bn_mode": "eval"}, {"chunk_size": 0}, {"dtype": "bfloat16"}, {"autocast": "fp8"}):
-        with pytest.raises(feat.HsiStudyError):
+        with pytest.raises(HsiStudyError):
             feat.export_image(model, image, WL, **kwargs)
-    with pytest.raises(feat.HsiStudyError, match="does not match"):
+    with pytest.raises(HsiStudyError, match="does not match"):
         feat.export_image(model, image[..., :10], WL)
 
 
 def test_cache_path_keys_every_setting(tmp_path: Path) -> None:
     base = dict(cache_dir=tmp_path, ckpt_hash="ab" * 8, dataset="hyko2", split="train", bn_mode="chunk",
                 chunk=50000, dtype="float16")
-    path = feat.feature_cache_path(**base)
+    path = feature_cache.feature_cache_path(**base)
     assert path.name == "hyko2_train.h5" and "ab" * 8 in path.parts
     variants = [dict(ckpt_hash="cd" * 8), dict(split="val"), dict(bn_mode="running"), dict(chunk=5000),
                 dict(dtype="float32"), dict(source="0123456789")]
-    assert len({path, *(feat.feature_cache_path(**{**base, **v}) for v in variants)}) == 1 + len(variants)
+    assert len({path, *(feature_cache.feature_cache_path(**{**base, **v}) for v in variants)}) == 1 + len(variants)
     # fp32-computed features keep the key existing caches were written under; bf16 autocast gets its own
     assert path == tmp_path / "features" / ("ab" * 8) / "hyko2-chunk-c50000-float16" / "hyko2_train.h5"
-    assert feat.feature_cache_path(**base, autocast="off") == path
-    bf16 = feat.feature_cache_path(**base, autocast="bf16")
+    assert feature_cache.feature_cache_path(**base, autocast="off") == path
+    bf16 = feature_cache.feature_cache_path(**base, autocast="bf16")
     assert bf16 != path and bf16.parent.name == "hyko2-chunk-c50000-float16-bf16"
 
 
@@ -115,12 +117,12 @@ def test_ensure_features_exports_each_split_once(tiny_root: Path, tmp_path: Path
 
     monkeypatch.setattr(feat, "export_image", counting)
     cache = tmp_path / "cache"
-    folder = feat.ensure_features(cache, ckpt, tiny_root, "hyko2", chunk_size=300, progress=False)
+    folder = feature_cache.ensure_features(cache, ckpt, tiny_root, "hyko2", chunk_size=300, progress=False)
     n_images = 6 + 3 + 3
     assert len(calls) == n_images
-    again = feat.ensure_features(cache, ckpt, tiny_root, "hyko2", chunk_size=300, progress=False)
+    again = feature_cache.ensure_features(cache, ckpt, tiny_root, "hyko2", chunk_size=300, progress=False)
     assert again == folder and len(calls) == n_images  # second call: nothing recomputed
-    feat.ensure_features(cache, ckpt, tiny_root, "hyko2", ["val"], chunk_size=300, bn_mode="running", progress=False)
+    feature_cache.ensure_features(cache, ckpt, tiny_root, "hyko2", ["val"], chunk_size=300, bn_mode="running", progress=False)
     assert len(calls) == n_images + 3  # another setting is another cache entry
     with h5py.File(folder / "hyko2_train.h5") as out, h5py.File(tiny_root / "hyko2_train.h5") as src:
         names = sorted(k for k in src if k != "metadata")
@@ -171,11 +173,11 @@ def test_sharded_export_equals_one_piece_and_resumes(tiny_root: Path, tiny_backb
     from study.features import shards as fs
 
     assert fs.shard_ranges(6, 4) == [(0, 1), (1, 3), (3, 4), (4, 6)] and fs.shard_ranges(2, 5) == [(0, 1), (1, 2)]
-    one = feat.ensure_features(tmp_path / "a", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,
+    one = feature_cache.ensure_features(tmp_path / "a", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,
                                progress=False)
     # an interrupted sharded export: shard 1 of 3 finished, then the process died
-    out = feat.feature_cache_path(tmp_path / "b", checkpoint_hash(tiny_backbone), "hyko2", "train", "chunk", 300,
-                                  "float16", feat.source_id(tiny_root))
+    out = feature_cache.feature_cache_path(tmp_path / "b", checkpoint_hash(tiny_backbone), "hyko2", "train", "chunk", 300,
+                                  "float16", feature_cache.source_id(tiny_root))
     out.parent.mkdir(parents=True)
     names = sorted(k for k in h5py.File(tiny_root / "hyko2_train.h5") if k != "metadata")
     settings = dict(ckpt_hash=checkpoint_hash(tiny_backbone), bn_mode="chunk", chunk_size=300, dtype="float16",
@@ -184,7 +186,7 @@ def test_sharded_export_equals_one_piece_and_resumes(tiny_root: Path, tiny_backb
     calls: list[int] = []
     real = feat.export_image
     monkeypatch.setattr(feat, "export_image", lambda *a, **k: calls.append(1) or real(*a, **k))
-    two = feat.ensure_features(tmp_path / "b", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,
+    two = feature_cache.ensure_features(tmp_path / "b", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,
                                shards=3, progress=False)
     assert len(calls) == 4  # shards 0 and 2 only
     _same_files(one / "hyko2_train.h5", two / "hyko2_train.h5")
@@ -193,8 +195,8 @@ def test_sharded_export_equals_one_piece_and_resumes(tiny_root: Path, tiny_backb
 
 def test_cluster_export_runs_one_ray_task_per_shard(ray_session, tiny_root: Path, tiny_backbone: Path,
                                                     tmp_path: Path) -> None:
-    one = feat.ensure_features(tmp_path / "a", tiny_backbone, tiny_root, "hyko2", ["val"], chunk_size=300,
+    one = feature_cache.ensure_features(tmp_path / "a", tiny_backbone, tiny_root, "hyko2", ["val"], chunk_size=300,
                                progress=False)
-    two = feat.ensure_features(tmp_path / "b", tiny_backbone, tiny_root, "hyko2", ["val"], chunk_size=300,
+    two = feature_cache.ensure_features(tmp_path / "b", tiny_backbone, tiny_root, "hyko2", ["val"], chunk_size=300,
                                shards=2, cluster=True, progress=False)
     _same_files(one / "hyko2_val.h5", two / "hyko2_val.h5")
