@@ -73,16 +73,17 @@ class Strategy:
     relative_cost: float | None = None
 
     def load_trainable(self) -> Callable[..., Any]:
-        return _load(self.trainable)
+        """The trainable function this strategy's trials run (imported here, not when the registry is)."""
+        return load_object(self.trainable)
 
     def load_search_space(self) -> dict[str, Any]:
-        return dict(_load(self.search_space))
+        return dict(load_object(self.search_space))
 
     def load_recipe(self, dataset: str) -> dict[str, Any] | None:
         """The published recipe for ``dataset`` (per-dataset entries resolved), or None."""
         if self.recipe is None:
             return None
-        return {k: (v[dataset] if isinstance(v, dict) else v) for k, v in _load(self.recipe).items()}
+        return {k: (v[dataset] if isinstance(v, dict) else v) for k, v in load_object(self.recipe).items()}
 
     def resources(self, have_gpus: bool) -> dict[str, float]:
         """Per-trial resource request for Ray (GPU share only when the cluster has GPUs)."""
@@ -96,7 +97,9 @@ class Strategy:
         return self.header.format(cfg=cfg) if self.header else ""
 
 
-def _load(path: str) -> Any:
+def load_object(path: str) -> Any:
+    """What a ``"module:attr"`` import path names, imported on first use: how the registry (and a trial
+    replaying or running ``Strategy.trainable``) loads trainables, search spaces and recipes."""
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 
