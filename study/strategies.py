@@ -37,13 +37,13 @@ class BackboneKind:
     default_note: str | None = None
 
     def load_provider(self) -> Callable[..., Any]:
-        return _load(self.provider)
+        return load_object(self.provider)
 
     def load_exporter(self) -> Callable[..., Any]:
         """The kind's feature exporter (a ValueError where the kind has none)."""
         if self.exporter is None:
             raise ValueError(f"backbone kind {self.name!r} exports no features (BACKBONES entry without exporter)")
-        return _load(self.exporter)
+        return load_object(self.exporter)
 
 
 #: backbone kind (``Strategy.backbone``) -> its entry, cheapest first: providers run in this order, so a
@@ -98,16 +98,17 @@ class Strategy:
     relative_cost: float | None = None
 
     def load_trainable(self) -> Callable[..., Any]:
-        return _load(self.trainable)
+        """The trainable function this strategy's trials run (imported here, not when the registry is)."""
+        return load_object(self.trainable)
 
     def load_search_space(self) -> dict[str, Any]:
-        return dict(_load(self.search_space))
+        return dict(load_object(self.search_space))
 
     def load_recipe(self, dataset: str) -> dict[str, Any] | None:
         """The published recipe for ``dataset`` (per-dataset entries resolved), or None."""
         if self.recipe is None:
             return None
-        return {k: (v[dataset] if isinstance(v, dict) else v) for k, v in _load(self.recipe).items()}
+        return {k: (v[dataset] if isinstance(v, dict) else v) for k, v in load_object(self.recipe).items()}
 
     def resources(self, have_gpus: bool) -> dict[str, float]:
         """Per-trial resource request for Ray (GPU share only when the cluster has GPUs)."""
@@ -121,7 +122,9 @@ class Strategy:
         return self.header.format(cfg=cfg) if self.header else ""
 
 
-def _load(path: str) -> Any:
+def load_object(path: str) -> Any:
+    """What a ``"module:attr"`` import path names, imported on first use: how the registry (and a trial
+    replaying or running ``Strategy.trainable``) loads trainables, search spaces and recipes."""
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-import study.features.cache as features_mod  # where ensure_features looks export_split up
+import study.features.cache as features_cache
 from study.models.checkpoints import checkpoint_hash
 from study.run import main
 from study.store import read_store
@@ -13,13 +13,13 @@ from study.store import read_store
 def test_study_with_n_trials_exports_each_split_once(ray_session, tiny_root, tiny_backbone, tmp_path, monkeypatch,
                                                      capsys) -> None:
     calls: list[str] = []
-    real = features_mod.export_split
+    real = features_cache.export_split
 
     def counting(model, data_root, dataset, split, *args, **kwargs):
         calls.append(split)
         return real(model, data_root, dataset, split, *args, **kwargs)
 
-    monkeypatch.setattr(features_mod, "export_split", counting)
+    monkeypatch.setattr(features_cache, "export_split", counting)  # the name the feature cache calls
     argv = ["--strategy", "crossdomain,crossdomain-fc", "--dataset", "hyko2", "--data-root", str(tiny_root),
             "--backbone", str(tiny_backbone), "--width", "tiny", "--fractions", "1.0", "--trials", "3",
             "--epochs", "2", "--grace-period", "1", "--seeds", "1", "--cache-dir", str(tmp_path / "cache"),

@@ -222,7 +222,7 @@ def test_epoch_checkpoints_leave_out_frozen_parameters() -> None:
     """A frozen backbone is rebuilt from its weights file on resume, so checkpoints carry only what can change."""
     import torch
 
-    from study.train.loop import load_mutable_state, mutable_state
+    from study.train.trial_state import load_mutable_state, mutable_state
 
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     model[0].requires_grad_(False)

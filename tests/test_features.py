@@ -122,7 +122,8 @@ def test_ensure_features_exports_each_split_once(tiny_root: Path, tmp_path: Path
     assert len(calls) == n_images
     again = feature_cache.ensure_features(cache, ckpt, tiny_root, "hyko2", chunk_size=300, progress=False)
     assert again == folder and len(calls) == n_images  # second call: nothing recomputed
-    feature_cache.ensure_features(cache, ckpt, tiny_root, "hyko2", ["val"], chunk_size=300, bn_mode="running", progress=False)
+    feature_cache.ensure_features(cache, ckpt, tiny_root, "hyko2", ["val"], chunk_size=300, bn_mode="running",
+                                  progress=False)
     assert len(calls) == n_images + 3  # another setting is another cache entry
     with h5py.File(folder / "hyko2_train.h5") as out, h5py.File(tiny_root / "hyko2_train.h5") as src:
         names = sorted(k for k in src if k != "metadata")
@@ -176,8 +177,8 @@ def test_sharded_export_equals_one_piece_and_resumes(tiny_root: Path, tiny_backb
     one = feature_cache.ensure_features(tmp_path / "a", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,
                                progress=False)
     # an interrupted sharded export: shard 1 of 3 finished, then the process died
-    out = feature_cache.feature_cache_path(tmp_path / "b", checkpoint_hash(tiny_backbone), "hyko2", "train", "chunk", 300,
-                                  "float16", feature_cache.source_id(tiny_root))
+    out = feature_cache.feature_cache_path(tmp_path / "b", checkpoint_hash(tiny_backbone), "hyko2", "train", "chunk",
+                                           300, "float16", feature_cache.source_id(tiny_root))
     out.parent.mkdir(parents=True)
     names = sorted(k for k in h5py.File(tiny_root / "hyko2_train.h5") if k != "metadata")
     settings = dict(ckpt_hash=checkpoint_hash(tiny_backbone), bn_mode="chunk", chunk_size=300, dtype="float16",

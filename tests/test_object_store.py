@@ -37,6 +37,7 @@ from study.store import (
     write_rows,
     write_study_file,
 )
+from study.store import lease as leases
 from study.store import location as storage
 
 pytest.importorskip("moto.server", reason="the object-store tests need moto[server] (pip install -e '.[dev]')")
@@ -145,7 +146,7 @@ def test_two_runs_claiming_at_the_same_moment_leave_one_winner(s3_uri, monkeypat
     loc = resolve(s3_uri())
     rival = {"owner": "pid 9 on rival", "host": "rival", "pid": 9, "token": "rival"}
     reads = []
-    real_read = storage.read_lease
+    real_read = leases.read_lease
 
     def read_with_a_rival(where: storage.Location) -> dict | None:
         reads.append(1)
@@ -155,7 +156,7 @@ def test_two_runs_claiming_at_the_same_moment_leave_one_winner(s3_uri, monkeypat
 
     monkeypatch.setattr("study.store.lease.LEASE_SETTLE_S", 0.0)
     monkeypatch.setattr("study.store.lease.read_lease", read_with_a_rival)
-    with pytest.raises(HsiStudyError, match="claimed by another study.run at the same moment"), storage.lease(loc):
+    with pytest.raises(HsiStudyError, match="claimed by another study.run at the same moment"), leases.lease(loc):
         pass
     assert json.loads(loc.read_text(LEASE))["token"] == "rival"  # the winner's lease is left alone
 
@@ -225,7 +226,7 @@ def test_a_failed_trial_resumes_from_its_checkpoint_in_the_bucket(ray_session, s
     def trainable(config: dict) -> None:  # defined here: pickled by value into the Ray workers
         from ray import tune
 
-        from study.train.loop import load_trial_checkpoint, save_trial_checkpoint
+        from study.train.trial_state import load_trial_checkpoint, save_trial_checkpoint
 
         state = load_trial_checkpoint(tune.get_checkpoint) or {"epoch": 0}
         start = int(state["epoch"])
@@ -251,7 +252,7 @@ def test_a_run_that_loses_its_lease_says_so(s3_uri, monkeypatch, capsys) -> None
     monkeypatch.setattr("study.store.lease.LEASE_SETTLE_S", 0.0)
     loc = resolve(s3_uri())
     rival = {"owner": "pid 11 on rival", "host": "rival", "pid": 11, "token": "rival", "renewed": time.time()}
-    with pytest.raises(HsiStudyError, match="lost its lease to pid 11 on rival"), storage.lease(loc, renew_s=0.05):
+    with pytest.raises(HsiStudyError, match="lost its lease to pid 11 on rival"), leases.lease(loc, renew_s=0.05):
         loc.write_text(LEASE, json.dumps(rival))  # the other run took over while this one stalled
         time.sleep(0.5)
     assert "lost its one-writer lease" in capsys.readouterr().err

@@ -2,8 +2,8 @@
 
 HyperSL-FC (``docs/reference.md`` §R16 item 3): BatchNorm1d(D) ->
 Linear(D, K) on HyperSL features, AdamW, one step per 8,192-pixel sub-batch.
-Freeze depth k (``config["freeze_depth"]``, default 0; the number of HyperSL's
-last layer groups that train, :mod:`study.models.freezing`) picks the body:
+Freeze depth k (``config["freeze_depth"]``, default 0) picks the body as for every
+HyperSL strategy (:mod:`study.train.freeze_depth`):
 
 - k = 0: the bundle's images already *are* the cached features (N, H, W, D); the
   trainable never sees HyperSL, so the same code trains on any cached feature set
@@ -14,7 +14,7 @@ last layer groups that train, :mod:`study.models.freezing`) picks the body:
   the backbone first (:mod:`study.train.raw_spectra`, ``docs/freeze_depth.md``).
 
 Every report carries ``backbone_hash``, so each result row names its backbone.
-Reads top to bottom: config -> (k) -> data -> model -> freeze -> epochs -> report.
+Reads top to bottom: config -> head -> (k: study.train.freeze_depth) -> data -> freeze -> epochs -> report.
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torch import nn
+
 from study.data.bundle import DataBundle
 from study.models.heads import PixelFC
 from study.models.hypersl_partial import BackbonePixelFC
+from study.train.freeze_depth import train_on_hypersl
 from study.train.pixel_loop import evaluate_pixels, pixel_epoch, pixel_overrides
-from study.train.raw_spectra import build_backbone, with_fresh_stats
-from study.train.trial import trial_setup
 
 MODEL_NAME = "hypersl-fc"
 
@@ -39,30 +40,10 @@ def train_crossdomain_fc(
     get_checkpoint: Callable[[], Any] | None = None,
 ) -> dict:
     """Train one HyperSL-FC configuration; reports val metrics every epoch (test only when final)."""
-    if int(config.get("freeze_depth", 0)) == 0:
-        return _train_on_cached_features(config, data, report, get_checkpoint)
-    return _train_with_backbone(config, data, report, get_checkpoint)
 
+    def head(channels: int, n_classes: int) -> nn.Module:
+        return PixelFC(channels, n_classes, batchnorm=bool(config.get("batchnorm", True)))
 
-def _train_on_cached_features(config: dict[str, Any], data: DataBundle, report: Callable[..., Any] | None,
-                              get_checkpoint: Callable[[], Any] | None) -> dict:
-    """k = 0: the head alone on the cached features."""
-    trial = trial_setup(config, data, report, get_checkpoint, overrides=pixel_overrides(config))
-    model = PixelFC(data.n_bands, trial.spec.n_classes, batchnorm=bool(config.get("batchnorm", True)))
-    extra = {"model_name": MODEL_NAME, "backbone_hash": trial.backbone_hash}
-    return trial.fit(model, data, extra=extra, epoch_fn=pixel_epoch(config, trial.spec), eval_fn=evaluate_pixels,
-                     loader_images=1)
-
-
-def _train_with_backbone(config: dict[str, Any], data: DataBundle, report: Callable[..., Any] | None,
-                         get_checkpoint: Callable[[], Any] | None) -> dict:
-    """k > 0: raw spectra -> HyperSL (last k groups trainable) -> head, one step per sub-batch of pixels."""
-    trial = trial_setup(config, data, report, get_checkpoint, overrides=pixel_overrides(config))
-    backbone, raw = build_backbone(config, data)  # loads the checkpoint, freezes all but the last k groups
-    head = PixelFC(backbone.dim, trial.spec.n_classes, batchnorm=bool(config.get("batchnorm", True)))
-    model = BackbonePixelFC(backbone, head)
-    epoch_fn = with_fresh_stats(pixel_epoch(config, trial.spec), backbone)
-    eval_fn = with_fresh_stats(evaluate_pixels, backbone)
-    extra = {"model_name": MODEL_NAME, "backbone_hash": trial.backbone_hash}
-    return trial.fit(model, raw, backbone=backbone, backbone_lr=float(config.get("backbone_lr", trial.settings.lr)),
-                     extra=extra, epoch_fn=epoch_fn, eval_fn=eval_fn, loader_images=1)
+    return train_on_hypersl(config, data, report, get_checkpoint, model_name=MODEL_NAME, head=head,
+                            join=BackbonePixelFC, epoch_fn=lambda trial: pixel_epoch(config, trial.spec),
+                            eval_fn=evaluate_pixels, overrides=pixel_overrides(config), loader_images=1)

@@ -192,15 +192,6 @@ class DataBundle:
         return int(self.train.n_channels)
 
 
-def load_split(split: H5Split, names: tuple[str, ...] | None = None) -> SplitArrays:
-    """Read (a subset of) one split into memory, checking every sample it returns (tests, benchmarks)."""
-    chosen = tuple(names) if names is not None else tuple(split.names)
-    if not chosen:
-        raise DataValidationError(f"{split.path}: no samples selected; a split needs at least one image")
-    images, labels = split.load(chosen)
-    return SplitArrays(images=images, labels=labels, names=chosen)
-
-
 def make_bundle(
     spec: DatasetSpec,
     splits: dict[str, H5Split],

@@ -45,7 +45,6 @@ h1{margin-bottom:4px} h2{border-bottom:2px solid #e3e8ef;padding-bottom:4px;marg
 table.kv td{padding:2px 12px 2px 0;vertical-align:top} pre{background:#f5f7fa;padding:10px;overflow-x:auto}
 """ + report_tables.CSS
 
-_FRACTION = pl.col("train_fraction").map_elements(analysis.fmt_fraction, return_dtype=pl.String).alias("fraction")
 _NONE = "<p class='note'>No finished cells yet.</p>"
 _TITLES = (("headlines", "Headlines"), ("curves", "Data-efficiency curves"), ("paired", "Paired differences"),
            ("perclass", "Per-class IoU"), ("traces", "Tuning traces"), ("params", "Hyperparameters"),
@@ -88,23 +87,6 @@ def _div(fig: go.Figure, div_id: str) -> str:
 
 def _slug(*parts: object) -> str:
     return "-".join("".join(ch if ch.isalnum() else "_" for ch in str(p)) for p in parts)
-
-
-def _accounting_display(acc: pl.DataFrame) -> pl.DataFrame:
-    return acc.select(
-        "dataset", "strategy", _FRACTION, "trials",
-        pl.col("stopped_early").alias("stopped early"), "failed", pl.col("trial_epochs").alias("trial-epochs run"),
-        pl.col("epoch_budget").alias("budget (trials × max epochs)"), (100 * pl.col("saved_fraction")).alias("saved %"),
-        pl.col("final_runs").alias("final runs"), pl.col("device_s").alias("device-s"),
-        pl.col("wall_s").alias("wall-s"), pl.col("gpu_hours").alias("GPU-hours"))
-
-
-def _paired_display(paired: pl.DataFrame) -> pl.DataFrame:
-    pts = [(100 * pl.col(c)).alias(n) for c, n in (("mean_diff", "Δ mIoU (points)"), ("ci_low", "CI low"),
-                                                   ("ci_high", "CI high"))]
-    return paired.select("dataset", "strategy", _FRACTION,
-                         pl.col("n_pairs").alias("pairs"), *pts, pl.col("p_value").alias("p (sign-flip)"),
-                         pl.col("p_holm").alias("p (Holm)"))
 
 
 def backbone_banners(df: pl.DataFrame, settings: dict | None) -> str:
@@ -209,6 +191,16 @@ def build_html(df: pl.DataFrame, results: Results | list[Results],
     trials = analysis.trial_table(df)
     sentences = analysis.headlines(df, baseline, cells=cells, paired=paired, savings=savings, accounting=acc)
     datasets = df["dataset"].unique(maintain_order=True).sort().to_list()
+    sections = _figure_sections(df, datasets, cells, paired, traces, trials, baseline)
+    _add_tables(sections, df, cells, paired, acc, baseline)
+    banner, provenance = _provenance(df, results)
+    sections["provenance"] = [provenance]
+    return _page(df, datasets, baseline, sentences, banner, sections), cells
+
+
+def _figure_sections(df: pl.DataFrame, datasets: list[str], cells: pl.DataFrame, paired: pl.DataFrame,
+                     traces: pl.DataFrame, trials: pl.DataFrame, baseline: str) -> dict[str, list[str]]:
+    """The figures of every dataset, per section, in dataset order (div ids name section and dataset)."""
     sec: dict[str, list[str]] = {k: [] for k in ("curves", "paired", "perclass", "traces", "params")}
     for d in datasets:
         sec["curves"].append(_div(plots.curves_figure(cells, d), f"curves-{_slug(d)}"))
@@ -224,20 +216,25 @@ def build_html(df: pl.DataFrame, results: Results | list[Results],
         for s in trials.filter(pl.col("dataset") == d)["strategy"].unique().sort().to_list():
             fig = plots.parallel_figure(trials, d, s, analysis.HYPERPARAMETERS)
             sec["params"].append(_div(fig, f"params-{_slug(d, s)}"))
-    summary = report_tables.summary_table(cells) if len(cells) else _NONE
-    crossdata = report_tables.cross_dataset_table(cells) if len(cells) else _NONE
-    compute = (report_tables.time_use_note(df) + report_tables.compute_table(acc)) if len(acc) else _NONE
+    return sec
+
+
+def _add_tables(sec: dict[str, list[str]], df: pl.DataFrame, cells: pl.DataFrame, paired: pl.DataFrame,
+                acc: pl.DataFrame, baseline: str) -> None:
+    """The table sections (a note instead where there is nothing to tabulate), and the paired table after
+    the paired figures."""
+    sec["summary"] = [report_tables.summary_table(cells) if len(cells) else _NONE]
+    sec["crossdata"] = [report_tables.cross_dataset_table(cells) if len(cells) else _NONE]
+    sec["compute"] = [(report_tables.time_use_note(df) + report_tables.compute_table(acc)) if len(acc) else _NONE]
     if len(paired):
         sec["paired"].append(report_tables.paired_table(paired, baseline))
     if not sec["params"]:
         sec["params"].append("<p class='note'>No finished tuning trials in the store.</p>")
-    banner, provenance = _provenance(df, results)
-    study_ids = ", ".join(df["study_id"].unique().sort().to_list())
-    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
-    # the cross-dataset table only says something new when the store holds several datasets
-    titles = [(k, t) for k, t in _TITLES if k != "crossdata" or len(datasets) > 1]
-    nav = "".join(f'<a href="#{k}">{t}</a>' for k, t in titles)
-    notes = {
+
+
+def _notes(baseline: str) -> dict[str, str]:
+    """The note under each section's title: how to read its figure or table."""
+    return {
         "curves": "Mean test mIoU over training seeds; the band is the 95 % percentile bootstrap CI of the mean "
                   "(10,000 resamples). Hover a point for images, subset hash and seeds.",
         "paired": f"Each strategy minus {baseline} on the same training subset and seed. p: exact sign-flip "
@@ -252,6 +249,17 @@ def build_html(df: pl.DataFrame, results: Results | list[Results],
                      "dataset (blank: the cell was not run on that dataset).",
         "compute": report_tables.COMPUTE_NOTE,
     }
+
+
+def _page(df: pl.DataFrame, datasets: list[str], baseline: str, sentences: list[str], banner: str,
+          sections: dict[str, list[str]]) -> str:
+    """The whole document: title, navigation, banners, headlines, then each section under its title and note."""
+    study_ids = ", ".join(df["study_id"].unique().sort().to_list())
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in sentences)
+    # the cross-dataset table only says something new when the store holds several datasets
+    titles = [(k, t) for k, t in _TITLES if k != "crossdata" or len(datasets) > 1]
+    nav = "".join(f'<a href="#{k}">{t}</a>' for k, t in titles)
+    notes = _notes(baseline)
     body = [f"<h1>hsistudy report: {html.escape(study_ids)}</h1>",
             f'<p class="sub">datasets: {html.escape(", ".join(datasets))} · baseline: {html.escape(baseline)}</p>',
             f"<nav>{nav}</nav>", banner, f'<h2 id="headlines">Headlines</h2><ul class="headlines">{items}</ul>']
@@ -259,13 +267,11 @@ def build_html(df: pl.DataFrame, results: Results | list[Results],
         body.append(f'<h2 id="{key}">{title}</h2>')
         if key in notes:
             body.append(f'<p class="note">{html.escape(notes[key])}</p>')
-        body += {"summary": [summary], "crossdata": [crossdata], "compute": [compute],
-                 "provenance": [provenance]}.get(key, sec.get(key, []))
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        body += sections.get(key, [])
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>hsistudy report: {html.escape(study_ids)}</title><style>{_CSS}</style>"
             f"<script type=\"text/javascript\">{plotly.offline.get_plotlyjs()}</script></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")
-    return page, cells
 
 
 def load_studies(results: list[Results], baseline: str = analysis.BASELINE) -> tuple[pl.DataFrame, str]:

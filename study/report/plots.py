@@ -246,21 +246,3 @@ def parallel_figure(trials: pl.DataFrame, dataset: str, strategy: str,
     fig.update_layout(title=f"{dataset} / {strategy}: hyperparameters vs best val mIoU ({len(part)} trials)",
                       template="plotly_white", height=460, margin=dict(l=70, r=60, t=130, b=40))
     return fig
-
-
-def table_figure(frame: pl.DataFrame, title: str, formats: dict[str, str] | None = None) -> go.Figure:
-    """A plain table; ``formats`` maps a column to a Python format spec ('.1%', ',.0f'); nulls show as '–'."""
-    formats = formats or {}
-
-    def cell(col: str, v: object) -> str:
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "–"
-        return format(v, formats[col]) if col in formats else str(v)
-
-    columns = [[cell(c, v) for v in frame[c].to_list()] for c in frame.columns]
-    fig = go.Figure(go.Table(
-        header=dict(values=[f"<b>{c}</b>" for c in frame.columns], fill_color="#e8edf3", align="left"),
-        cells=dict(values=columns, align="left", fill_color="white", height=24)))
-    fig.update_layout(title=title, height=min(900, 90 + 26 * (1 + max(1, len(frame)))),
-                      margin=dict(l=10, r=10, t=50, b=10))
-    return fig

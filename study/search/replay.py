@@ -17,11 +17,11 @@ orphans ones that started after the snapshot (``docs/reference.md``
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from study.store import trial_key
+from study.strategies import load_object
 
 
 class ReplayedFailure(RuntimeError):
@@ -41,9 +41,8 @@ def replay_or_train(
         from study.data.staging import stage_trial_inputs
 
         data, config = stage_trial_inputs(data, config)
-    if known is None:
-        module, _, attr = trainable_path.partition(":")
-        return getattr(importlib.import_module(module), attr)(config, data)
+    if known is None:  # ``trainable_path`` is a Strategy.trainable: loaded as Strategy.load_trainable loads it
+        return load_object(trainable_path)(config, data)
     if report is None:
         from ray import tune
 

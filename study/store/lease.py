@@ -72,6 +72,24 @@ def lease(loc: Location, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENE
     s3://bucket/prefix/.lock.json``). Renewal compares the writer's clock with the reader's, so hosts
     must agree on the time to well within ``ttl_s`` (NTP does).
     """
+    _refuse_if_held(loc, ttl_s)
+    me = _claim(loc)
+    renewal = _Renewal(loc, me, renew_s)
+    renewal.thread.start()
+    try:
+        yield
+    finally:
+        renewal.release()
+    if renewal.lost is not None:  # reached only when the study itself ended normally: say so rather than exit 0
+        raise HsiStudyError(
+            f"{loc.show()}: this run lost its lease to {renewal.lost} while it ran (it stalled for longer than "
+            f"{ttl_s:.0f} s, or the lease was deleted), so two runs may have written there; the rows are "
+            "whole files either way: re-run the same command once the other run has finished to check "
+            "that every cell is complete")
+
+
+def _refuse_if_held(loc: Location, ttl_s: float) -> None:
+    """Stop, as the local lock does, while another live run holds a fresh lease on ``loc``."""
     held = read_lease(loc)
     if held is not None and time.time() - float(held.get("renewed", 0)) < ttl_s and _owner_alive(held):
         age = time.time() - float(held.get("renewed", 0))
@@ -79,54 +97,59 @@ def lease(loc: Location, ttl_s: float = LEASE_TTL_S, renew_s: float = LEASE_RENE
             f"{loc.show()} is in use by another study.run ({held.get('owner', 'unknown')}, lease renewed "
             f"{age:.0f} s ago); wait for it to finish or use another --results. If that run is dead, delete "
             f"{loc.show(LEASE)} (a lease not renewed for {ttl_s:.0f} s expires by itself)")
+
+
+def _write_lease(loc: Location, me: dict) -> None:
+    """(Re)write our lease with the time of this renewal."""
+    loc.write_text(LEASE, json.dumps({**me, "renewed": time.time()}))
+
+
+def _claim(loc: Location) -> dict:
+    """Write our lease and read it back after ``LEASE_SETTLE_S``: of two runs that claimed at once, one backs off."""
     token = uuid.uuid4().hex
     me = {"owner": f"pid {os.getpid()} on {socket.gethostname()}", "host": socket.gethostname(),
           "pid": os.getpid(), "token": token, "created": time.time()}
-
-    def write() -> None:
-        loc.write_text(LEASE, json.dumps({**me, "renewed": time.time()}))
-
-    write()
+    _write_lease(loc, me)
     time.sleep(LEASE_SETTLE_S)
     if (read_lease(loc) or {}).get("token") != token:
         raise HsiStudyError(f"{loc.show()} was claimed by another study.run at the same moment; "
                             "use another --results or retry when it has finished")
-    stop = threading.Event()
-    # renewal and release never overlap: a slow renewal PUT that finished after the release's delete
-    # would leave a fresh-looking lease of a finished run behind for ttl_s
-    guard = threading.Lock()
+    return me
 
-    lost: dict[str, str] = {}  # set once another run's lease replaced ours (we stalled past ttl_s)
 
-    def renew() -> None:
-        while not stop.wait(renew_s):
-            with guard, contextlib.suppress(OSError):  # a missed renewal is retried; ttl_s covers several
-                if stop.is_set():
+class _Renewal:
+    """Renews our lease every ``renew_s`` on a daemon thread, so it stays fresh while the study runs."""
+
+    def __init__(self, loc: Location, me: dict, renew_s: float) -> None:
+        self.loc, self.me, self.renew_s = loc, me, renew_s
+        self.stop = threading.Event()
+        # renewal and release never overlap: a slow renewal PUT that finished after the release's delete
+        # would leave a fresh-looking lease of a finished run behind for ttl_s
+        self.guard = threading.Lock()
+        self.lost: str | None = None  # set once another run's lease replaced ours (we stalled past ttl_s)
+        self.thread = threading.Thread(target=self._renew, name="hsistudy-lease", daemon=True)
+
+    def _renew(self) -> None:
+        """Rewrite the lease while it is still ours; warn once when another run's lease replaced it."""
+        while not self.stop.wait(self.renew_s):
+            with self.guard, contextlib.suppress(OSError):  # a missed renewal is retried; ttl_s covers several
+                if self.stop.is_set():
                     return
-                current = read_lease(loc) or {}
-                if current.get("token") == token:
-                    write()
-                elif not lost:
-                    lost["owner"] = str(current.get("owner", "no one (the lease was deleted)"))
-                    print(f"warning: {loc.show(LEASE)} is now held by {lost['owner']}: this run lost its "
+                current = read_lease(self.loc) or {}
+                if current.get("token") == self.me["token"]:
+                    _write_lease(self.loc, self.me)
+                elif self.lost is None:
+                    self.lost = str(current.get("owner", "no one (the lease was deleted)"))
+                    print(f"warning: {self.loc.show(LEASE)} is now held by {self.lost}: this run lost its "
                           "one-writer lease and will stop with an error when it ends", file=sys.stderr)
 
-    thread = threading.Thread(target=renew, name="hsistudy-lease", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        with guard, contextlib.suppress(OSError):
-            if (read_lease(loc) or {}).get("token") == token:
-                loc.delete_file(LEASE)
-        thread.join(timeout=5)
-    if lost:  # reached only when the study itself ended normally: say so rather than exit 0
-        raise HsiStudyError(
-            f"{loc.show()}: this run lost its lease to {lost['owner']} while it ran (it stalled for longer than "
-            f"{ttl_s:.0f} s, or the lease was deleted), so two runs may have written there; the rows are "
-            "whole files either way: re-run the same command once the other run has finished to check "
-            "that every cell is complete")
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still ours (never another run's)."""
+        self.stop.set()
+        with self.guard, contextlib.suppress(OSError):
+            if (read_lease(self.loc) or {}).get("token") == self.me["token"]:
+                self.loc.delete_file(LEASE)
+        self.thread.join(timeout=5)
 
 
 @contextlib.contextmanager

@@ -19,10 +19,7 @@ in the config wraps the model in ``torch.compile``. CPU stays fp32.
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +35,13 @@ from study.data.stream import Key, LoaderSettings, SplitStream, Streams, autocas
 from study.models.freezing import param_groups
 from study.train.devices import ray_gpu_ids
 from study.train.metrics import confusion_matrix, metrics_from_confusion
+from study.train.trial_state import (
+    Progress,
+    checkpoint_state,
+    load_mutable_state,
+    resume,
+    save_trial_checkpoint,
+)
 
 Report = Callable[..., Any]
 #: (model, optimizer, loss_fn, train stream, numpy Generator, device) -> mean training loss of the epoch
@@ -45,7 +49,6 @@ EpochFn = Callable[[nn.Module, torch.optim.Optimizer, nn.Module, SplitStream, np
                    float]
 #: (model, split stream, spec, device, settings) -> metrics of one confusion matrix over the split
 EvalFn = Callable[[nn.Module, SplitStream, DatasetSpec, torch.device, "TrainSettings"], dict]
-CKPT_FILE = "state.pt"
 #: Pixels per RU-Net evaluation batch at most (8 HSI-Drive or HyKo2 images; 3 of HCV2 at 711 x 944).
 EVAL_BATCH_PIXELS = 2**21
 
@@ -251,43 +254,6 @@ def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
     return {f"{prefix}_{k}": metrics[k] for k in keys}
 
 
-def save_trial_checkpoint(report: Report, metrics: dict, state: dict) -> None:
-    """Report with a Tune checkpoint (the state dict saved as ``state.pt`` in a temp dir)."""
-    from ray import tune  # local: trainables are also called as plain functions in tests
-
-    with tempfile.TemporaryDirectory() as d:
-        torch.save(state, os.path.join(d, CKPT_FILE))
-        report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-
-def mutable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state a trial can change: trainable parameters and all buffers (CPU copies).
-
-    Frozen parameters are left out: the trainable rebuilds them identically from
-    its weights file or cached backbone before it restores a checkpoint, and a
-    frozen ViT-S is ~88 MB per copy (checkpoint + best state, every epoch).
-    """
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k not in frozen}
-
-
-def load_mutable_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Inverse of :func:`mutable_state`: strict about everything except the frozen parameters it left out."""
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    missing, unexpected = model.load_state_dict(dict(state), strict=False)
-    if unexpected or set(missing) - frozen:
-        raise RuntimeError(f"checkpoint does not match the model: missing {sorted(set(missing) - frozen)[:8]}, "
-                           f"unexpected {sorted(unexpected)[:8]}")
-
-
-def load_trial_checkpoint(get_checkpoint: Callable[[], Any] | None) -> dict | None:
-    ckpt = get_checkpoint() if get_checkpoint else None
-    if ckpt is None:
-        return None
-    with ckpt.as_directory() as d, open(os.path.join(d, CKPT_FILE), "rb") as fh:
-        return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
-
-
 def fit(
     model: nn.Module,
     data: DataBundle,
@@ -315,90 +281,105 @@ def fit(
     last reported metrics.
     """
     if epoch_fn is None:
-        def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - EpochFn
-            return train_epoch(model, opt, loss_fn, split, settings, gen, device)
-
-    device = pick_device()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed image sizes: pick the fastest kernels once
+        epoch_fn = image_epoch(settings)
+    device = _training_device()
     gen = np.random.default_rng(settings.seed)
     model.to(device)
     net = torch.compile(model) if settings.compile else model  # forward passes; state stays ``model``'s
-    groups = param_groups(model, settings.lr, settings.weight_decay, backbone=backbone, backbone_lr=backbone_lr)
-    opt = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, eps=1e-8)
+    opt = _optimizer(model, settings, backbone, backbone_lr)
     loss_fn = nn.CrossEntropyLoss(ignore_index=spec.ignore_index)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    start_epoch, best, best_epoch, best_state = 1, -1.0, 0, None
-    wall0, device_s = time.perf_counter(), 0.0
-
-    state = load_trial_checkpoint(get_checkpoint)
-    if state is not None:  # resume a trial that Ray restarted (node loss, failure retry, restore)
-        load_mutable_state(model, state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best_miou"], state["best_epoch"]
-        best_state, device_s = state["best_state"], state["device_s"]
-        gen.bit_generator.state = state["np_rng"]
-        torch.set_rng_state(state["torch_rng"])
+    wall0 = time.perf_counter()
+    progress = resume(get_checkpoint, model, opt, gen)
 
     eval_batch = loader_images or eval_images([*data.val.shapes, *data.test.shapes], settings.eval_batch_size)
     with Streams(data.train, data.val, data.test, settings.loader(device),
                  train_batch=loader_images or settings.batch_size, eval_batch=eval_batch) as streams:
         last: dict = {}
-        node_id = ray_node_id()
-        for epoch in range(start_epoch, settings.max_epochs + 1):
-            _sync(device)
-            t0 = time.perf_counter()
-            train_loss = epoch_fn(net, opt, loss_fn, streams.train, gen, device)
-            if not math.isfinite(train_loss):  # no step was taken: training on nothing is a failure, not a result
-                raise FloatingPointError(f"epoch {epoch} took no training step (training loss {train_loss}): the "
-                                         "training subset has no labelled pixel; trial failed")
-            val = eval_fn(net, streams.val, spec, device, settings)
-            _sync(device)
-            device_s += time.perf_counter() - t0
-            if val["miou"] > best:  # nan never wins: a trial with no valid val pixels keeps best = -1
-                best, best_epoch = val["miou"], epoch
-                best_state = mutable_state(model)
-            stop_early = settings.patience is not None and epoch - best_epoch >= settings.patience
+        about = {"device": str(device), "node_id": ray_node_id(), "n_params": n_params,
+                 "max_epochs": settings.max_epochs}
+        for epoch in range(progress.start_epoch, settings.max_epochs + 1):
+            train_loss, val = _timed_epoch(epoch, lambda: epoch_fn(net, opt, loss_fn, streams.train, gen, device),
+                                           lambda: eval_fn(net, streams.val, spec, device, settings), device, progress)
+            progress.record(epoch, val["miou"], model)
+            stop_early = settings.patience is not None and epoch - progress.best_epoch >= settings.patience
             last_epoch = epoch == settings.max_epochs or stop_early
-            metrics = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                **_prefixed("val", val),
-                "best_val_miou": best,
-                "best_epoch": best_epoch,
-                "wall_s": time.perf_counter() - wall0,
-                "device_s": device_s,
-                "device": str(device),
-                "node_id": node_id,
-                "n_params": n_params,
-                "max_epochs": settings.max_epochs,
-                "is_last": last_epoch,
-                **(extra or {}),
-            }
+            metrics = _epoch_metrics(epoch, train_loss, val, progress, time.perf_counter() - wall0, about,
+                                     last_epoch, extra)
             if last_epoch and settings.final:
-                if best_state is not None:
-                    load_mutable_state(model, best_state)
-                test = streams.test()
-                try:
-                    metrics.update(_prefixed("test", eval_fn(net, test, spec, device, settings)))
-                finally:
-                    test.close()
+                metrics.update(_test_once(model, net, progress.best_state, streams, spec, device, settings, eval_fn))
             if last_epoch or epoch % settings.checkpoint_every == 0:
-                state = {
-                    "epoch": epoch,
-                    "model": mutable_state(model),
-                    "optimizer": opt.state_dict(),
-                    "best_state": best_state,
-                    "best_miou": best,
-                    "best_epoch": best_epoch,
-                    "device_s": device_s,
-                    "np_rng": gen.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                }
-                save_trial_checkpoint(report, metrics, state)
+                save_trial_checkpoint(report, metrics, checkpoint_state(epoch, model, opt, progress, gen))
             else:
                 report(metrics)
             last = metrics
             if last_epoch:
                 break
         return last
+
+
+def image_epoch(settings: TrainSettings) -> EpochFn:
+    """fit's default epoch: :func:`train_epoch` over whole images, bound to the run's settings."""
+    def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - EpochFn
+        return train_epoch(model, opt, loss_fn, split, settings, gen, device)
+
+    return epoch_fn
+
+
+def _training_device() -> torch.device:
+    """The run's device, with cuDNN autotuning on CUDA (fixed image sizes: the fastest kernels are picked once)."""
+    device = pick_device()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed image sizes: pick the fastest kernels once
+    return device
+
+
+def _optimizer(model: nn.Module, settings: TrainSettings, backbone: nn.Module | None,
+               backbone_lr: float | None) -> torch.optim.Optimizer:
+    """AdamW over :func:`study.models.freezing.param_groups`, the one weight-decay rule of every arm."""
+    groups = param_groups(model, settings.lr, settings.weight_decay, backbone=backbone, backbone_lr=backbone_lr)
+    return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, eps=1e-8)
+
+
+def _timed_epoch(epoch: int, train: Callable[[], float], validate: Callable[[], dict], device: torch.device,
+                 progress: Progress) -> tuple[float, dict]:
+    """Train one epoch and validate, adding their device time to ``progress`` (a step-less epoch is a failure)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    train_loss = train()
+    if not math.isfinite(train_loss):  # no step was taken: training on nothing is a failure, not a result
+        raise FloatingPointError(f"epoch {epoch} took no training step (training loss {train_loss}): the "
+                                 "training subset has no labelled pixel; trial failed")
+    val = validate()
+    _sync(device)
+    progress.device_s += time.perf_counter() - t0
+    return train_loss, val
+
+
+def _epoch_metrics(epoch: int, train_loss: float, val: Mapping[str, Any], progress: Progress, wall_s: float,
+                   about: Mapping[str, Any], last_epoch: bool, extra: Mapping[str, Any] | None) -> dict:
+    """One epoch's report: the row every strategy writes, keys in one order (``extra`` last)."""
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        **_prefixed("val", val),
+        "best_val_miou": progress.best,
+        "best_epoch": progress.best_epoch,
+        "wall_s": wall_s,
+        "device_s": progress.device_s,
+        **about,
+        "is_last": last_epoch,
+        **(extra or {}),
+    }
+
+
+def _test_once(model: nn.Module, net: nn.Module, best_state: dict | None, streams: Streams, spec: DatasetSpec,
+               device: torch.device, settings: TrainSettings, eval_fn: EvalFn) -> dict:
+    """The final phase's one test evaluation, with the best-validation weights loaded into ``model``."""
+    if best_state is not None:
+        load_mutable_state(model, best_state)
+    test = streams.test()
+    try:
+        return _prefixed("test", eval_fn(net, test, spec, device, settings))
+    finally:
+        test.close()

@@ -19,7 +19,7 @@ import numpy as np
 
 from study.data.bundle import DataBundle, LazyImages, Split
 from study.models.hypersl_partial import PartialHyperSL, chunks_per_image
-from study.train.loop import pick_device
+from study.train.loop import EpochFn, TrainSettings, pick_device, train_epoch
 
 #: Default side of the random training crop of a k > 0 HyperSL-RU-Net trial (pixels).
 CROP = 128
@@ -134,3 +134,17 @@ def crop_windows(split: Split, crop: int, gen: np.random.Generator) -> list[tupl
         return None
     rows, cols = gen.integers(0, h - ch + 1, size=n), gen.integers(0, w - cw + 1, size=n)
     return [(int(r), int(c), ch, cw) for r, c in zip(rows, cols, strict=True)]
+
+
+def crop_epoch(config: Mapping[str, Any], settings: TrainSettings) -> EpochFn:
+    """The k > 0 image epoch: :func:`~study.train.loop.train_epoch` on one random ``crop_size``² crop per
+    training image (the crop bounds per-step compute, ``docs/freeze_depth.md``)."""
+    crop = int(config.get("crop_size", CROP))
+    if crop < 1:
+        raise ValueError(f"crop_size must be >= 1 pixel, got {crop}")
+
+    def epoch_fn(model, opt, loss_fn, split, gen, device):  # noqa: ANN001, ANN202 - loop.EpochFn
+        windows = crop_windows(split, crop, gen)  # drawn before the epoch's order, as the in-memory crops were
+        return train_epoch(model, opt, loss_fn, split, settings, gen, device, windows=windows)
+
+    return epoch_fn
