@@ -95,7 +95,7 @@ def _setup(size: tuple, results: Path) -> tuple[Any, Any, dict[str, Any], Any]:
     bundle = make_bundle(prep.spec, prep.splits, subset, prep.source)
     res = strategy.resources(False)
     trainable = tune.with_resources(
-        tune.with_parameters(replay_or_train, data=bundle, replay={}, trainable_path=strategy.trainable), res)
+        tune.with_parameters(replay_or_train, data=bundle, replay={}, strategy=strategy), res)
     # the driver's own per-trial constants, so trials are configured exactly as in a study
     constants = trial_constants(cfg, len(subset.names), prep.spec, cell_id(cfg, "indomain", subset), res["cpu"])
     return cfg, trainable, constants, strategy.load_search_space()

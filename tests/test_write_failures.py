@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from study.errors import HsiStudyError, ResultsWriteError
+from study.store import checks as store_checks
 from study.store import location as storage
 from study.store import part_files, read_table, write_rows
 
@@ -61,16 +62,16 @@ def test_results_that_is_a_file_or_under_a_file_is_refused_naming_it(tmp_path: P
     afile = tmp_path / "afile"
     afile.write_text("x")
     with pytest.raises(ResultsWriteError, match=r"afile: is a file, not a folder; move .*afile away"):
-        storage.check_writable(afile)
+        store_checks.check_writable(afile)
     with pytest.raises(ResultsWriteError, match=r"lies under .*afile, which is a file"):
-        storage.check_writable(afile / "sub" / "res")
+        store_checks.check_writable(afile / "sub" / "res")
 
 
 def test_check_writable_leaves_nothing_behind(tmp_path: Path) -> None:
-    storage.check_writable(tmp_path / "new" / "res")
+    store_checks.check_writable(tmp_path / "new" / "res")
     assert not (tmp_path / "new").exists()
     (tmp_path / "old" / "rows").mkdir(parents=True)
-    storage.check_writable(tmp_path / "old")
+    store_checks.check_writable(tmp_path / "old")
     assert sorted(p.name for p in (tmp_path / "old").rglob("*")) == ["rows"]
 
 
@@ -79,7 +80,7 @@ def test_read_only_results_is_refused(tmp_path: Path, read_only) -> None:
     res.mkdir()
     read_only(res)
     with pytest.raises(ResultsWriteError, match=r"--results .*res: cannot write files in .*res.*make .* writable"):
-        storage.check_writable(res)
+        store_checks.check_writable(res)
 
 
 def test_read_only_and_full_disk_as_root_by_failing_the_os_call(tmp_path: Path, monkeypatch) -> None:
@@ -87,17 +88,17 @@ def test_read_only_and_full_disk_as_root_by_failing_the_os_call(tmp_path: Path, 
 
     def failing(code: int):
         def fake(path, *a, **kw):  # noqa: ANN001, ANN002, ANN003
-            if storage.PROBE_PREFIX in str(path):
+            if store_checks.PROBE_PREFIX in str(path):
                 raise OSError(code, os.strerror(code), str(path))
             return real_open(path, *a, **kw)
         return fake
 
     monkeypatch.setattr(os, "open", failing(errno.EACCES))
     with pytest.raises(ResultsWriteError, match=r"permission denied; make .*res.* writable"):
-        storage.check_writable(tmp_path / "res")
+        store_checks.check_writable(tmp_path / "res")
     monkeypatch.setattr(os, "open", failing(errno.ENOSPC))
     with pytest.raises(ResultsWriteError, match=r"no space left on the device.*free space") as info:
-        storage.check_writable(tmp_path / "res")
+        store_checks.check_writable(tmp_path / "res")
     assert info.value.errno == errno.ENOSPC
     assert isinstance(info.value, OSError) and isinstance(info.value, HsiStudyError)
 

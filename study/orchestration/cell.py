@@ -93,7 +93,7 @@ def cell_trainable(strategy: Strategy, bundle: DataBundle, replay: dict[str, Any
 
     with serialized_start((TUNE_NEXT, rank)):  # with_parameters registers in Tune's (not thread-safe) registry
         trainable = tune.with_resources(
-            tune.with_parameters(replay_or_train, data=bundle, replay=replay, trainable_path=strategy.trainable), res
+            tune.with_parameters(replay_or_train, data=bundle, replay=replay, strategy=strategy), res
         )
     # Tune registers a trainable under its name, process-wide: cells running at once must not share one, or
     # the last registered cell's data would reach every cell's trials

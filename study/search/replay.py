@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from study.store import trial_key
-from study.strategies import load_object
+from study.strategies import Strategy
 
 
 class ReplayedFailure(RuntimeError):
@@ -32,7 +32,7 @@ def replay_or_train(
     config: dict[str, Any],
     data: Any,
     replay: Mapping[str, dict[str, Any]],
-    trainable_path: str,
+    strategy: Strategy,
     report: Callable[..., Any] | None = None,
 ) -> Any:
     """Tune function trainable: replay a finished trial from the store, else run the real trainable."""
@@ -41,8 +41,8 @@ def replay_or_train(
         from study.data.staging import stage_trial_inputs
 
         data, config = stage_trial_inputs(data, config)
-    if known is None:  # ``trainable_path`` is a Strategy.trainable: loaded as Strategy.load_trainable loads it
-        return load_object(trainable_path)(config, data)
+    if known is None:  # the registry entry travels with the trainable: strategies registered at run time too
+        return strategy.load_trainable()(config, data)
     if report is None:
         from ray import tune
 
