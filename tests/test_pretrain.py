@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+import study.pretrain as pt
 from study.data import pretrain_data as pdata
 from study.data.specs import get_spec
 from study.errors import HsiStudyError
 from study.models.checkpoints import checkpoint_hash, load_hypersl
 from study.pretrain import cache as pt_cache
-from study.pretrain import cli as pt
 
 
 def test_indian_pines_wavelengths_match_tensorly_source() -> None:

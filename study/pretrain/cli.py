@@ -4,8 +4,8 @@ The released HyperSL weights cannot be downloaded on our machines, so the
 embedded default backbone is pretrained here with the paper's recipe on ≈27 k
 real spectra (a small-scale sanity pretraining, not a reproduction; every
 checkpoint's card says so). This module is the command line; the settings, loop,
-cards and cache live in :mod:`study.pretrain`, and their public names are
-re-exported here for callers. The recipe, the opt-in deviations and what they
+cards and cache live in the other modules of :mod:`study.pretrain`, whose face
+exports their public names. The recipe, the opt-in deviations and what they
 measured: docs/pretraining.md.
 """
 
@@ -21,33 +21,17 @@ from typing import Any
 import torch
 
 from study.errors import HsiStudyError
-from study.pretrain.cache import backbone_path, ensure_default_backbone
-from study.pretrain.cards import card_markdown, write_cards
+from study.pretrain.cache import ensure_default_backbone
 from study.pretrain.config import (
-    DEFAULT_STEPS,
-    PRETRAIN_VERSION,
-    STATEMENT,
-    PretrainConfig,
     default_config,
-    effective_mask_ratio,
-    settings_hash,
 )
 from study.pretrain.loop import (
     PretrainStopped,
-    default_save_every,
     pretrain,
     resolve_device,
     resume_path,
-    z_only_reconstruction,
 )
 from study.store import check_output_file
-
-__all__ = [
-    "DEFAULT_STEPS", "PRETRAIN_VERSION", "STATEMENT", "PretrainConfig", "PretrainStopped", "backbone_path",
-    "build_parser", "card_markdown", "default_config", "default_save_every", "effective_mask_ratio",
-    "ensure_default_backbone", "main", "pretrain", "resolve_device", "resume_path", "settings_hash",
-    "write_cards", "z_only_reconstruction",
-]
 
 EXAMPLES = """\
 examples:
