@@ -36,6 +36,15 @@ def test_subcommand_help_is_the_module_help() -> None:
     assert res.returncode == 0 and "--smoke" in res.stdout and "examples:" in res.stdout
 
 
+@pytest.mark.parametrize("module", ["study.run", "study.report", "study.prepare", "study.features",
+                                    "study.pretrain"])
+def test_every_python_m_entry_point_answers_help(module: str) -> None:
+    """The commands users type stay as they are after the move into role packages (``python -m``)."""
+    res = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0 and f"python -m {module}" in res.stdout and "examples:" in res.stdout, res.stderr
+
+
 def test_unknown_command_is_one_line(capsys) -> None:
     assert cli.main(["fly"]) == 2
     err = capsys.readouterr().err
