@@ -49,9 +49,15 @@ MUTANTS = (
            '"batch_size": {"hyko2": 16, "hsidrive": 32, "hcv2": 4}',
            '"batch_size": {"hyko2": 16, "hsidrive": 16, "hcv2": 4}',
            ("tests/test_recipes.py",)),
+    # the header's first two fields read as (width, height); renaming the HEADER dtype's fields instead is an
+    # equivalent mutant (HsdHeader is built from the values by position)
     Mutant("hsd-height-width-swapped", "study/prepare/hsd.py",
-           'HEADER = np.dtype([("height", "<i4"), ("width", "<i4"),',
-           'HEADER = np.dtype([("width", "<i4"), ("height", "<i4"),',
+           "    height: int\n    width: int\n",
+           "    width: int\n    height: int\n",
+           ("tests/test_hsd_reference.py",)),
+    Mutant("hsd-scores-shape-swapped", "study/prepare/hsd.py",
+           "shape=(h.height, h.width, h.d)",
+           "shape=(h.width, h.height, h.d)",
            ("tests/test_hsd_reference.py",)),
 )
 
