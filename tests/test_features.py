@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+import study.features as feat
 from study.data.specs import get_spec
+from study.errors import HsiStudyError
 from study.features import cli as features_cli
-from study.features import export as feat
+from study.features import export as feat_export  # monkeypatch target: export_images looks export_image up here
 from study.models.checkpoints import checkpoint_hash, save_checkpoint
 from study.models.hypersl import build_hypersl
 
@@ -74,9 +76,9 @@ def test_chunk_size_matters_only_in_chunk_mode(model: torch.nn.Module, image: np
 
 def test_bad_settings_are_rejected(model: torch.nn.Module, image: np.ndarray) -> None:
     for kwargs in ({"bn_mode": "eval"}, {"chunk_size": 0}, {"dtype": "bfloat16"}, {"autocast": "fp8"}):
-        with pytest.raises(feat.HsiStudyError):
+        with pytest.raises(HsiStudyError):
             feat.export_image(model, image, WL, **kwargs)
-    with pytest.raises(feat.HsiStudyError, match="does not match"):
+    with pytest.raises(HsiStudyError, match="does not match"):
         feat.export_image(model, image[..., :10], WL)
 
 
@@ -107,13 +109,13 @@ def test_ensure_features_exports_each_split_once(tiny_root: Path, tmp_path: Path
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     ckpt = save_checkpoint(build_hypersl("tiny"), tmp_path / "bb.pt")
     calls: list[int] = []
-    real = feat.export_image
+    real = feat_export.export_image
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(feat, "export_image", counting)
+    monkeypatch.setattr(feat_export, "export_image", counting)
     cache = tmp_path / "cache"
     folder = feat.ensure_features(cache, ckpt, tiny_root, "hyko2", chunk_size=300, progress=False)
     n_images = 6 + 3 + 3
@@ -182,8 +184,8 @@ def test_sharded_export_equals_one_piece_and_resumes(tiny_root: Path, tiny_backb
                     autocast="off")
     fs.export_part(tiny_backbone, tiny_root, "hyko2", "train", names[2:4], fs.part_path(out, 1, 3), settings, "cpu")
     calls: list[int] = []
-    real = feat.export_image
-    monkeypatch.setattr(feat, "export_image", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = feat_export.export_image
+    monkeypatch.setattr(feat_export, "export_image", lambda *a, **k: calls.append(1) or real(*a, **k))
     two = feat.ensure_features(tmp_path / "b", tiny_backbone, tiny_root, "hyko2", ["train"], chunk_size=300,
                                shards=3, progress=False)
     assert len(calls) == 4  # shards 0 and 2 only
