@@ -12,7 +12,7 @@ DEMO_STRATEGIES ?= indomain,crossdomain,crossdomain-fc
 export RAY_USAGE_STATS_ENABLED := 0
 export RAY_AUTH_MODE := disabled
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean mutation mutants
 
 install: $(STAMP)
 
@@ -34,6 +34,17 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q -m "not cluster and not gpu"
+
+# Mutation testing of the scientific core (docs/testing.md; slow, not in CI). MODULES: mutmut name globs,
+# e.g. make mutation MODULES="study.train.metrics*"; default: every module in [tool.mutmut] source_paths.
+MODULES ?=
+mutation: install
+	$(VENV)/bin/mutmut run --max-children 2 $(MODULES)
+	$(VENV)/bin/mutmut results
+
+# the issue-29 mutants (paper order, early stopping, best-state restore, chunks, a recipe batch, .hsd header)
+mutants: install
+	$(PY) scripts/check_mutants.py
 
 bench: install
 	$(PY) -m benchmarks

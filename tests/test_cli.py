@@ -23,8 +23,8 @@ def test_help_documents_every_flag_with_examples() -> None:
     [
         (["--strategy", "nope"], "unknown strategy 'nope'; valid strategies"),
         (["--dataset", "indianpines"], "unknown dataset 'indianpines'; valid datasets: all, hcv2, hsidrive, hyko2"),
-        (["--fractions", "0.5,1.5"], "1.5"),
-        (["--fractions", "0,0.5"], "0"),
+        (["--fractions", "0.5,1.5"], "--fractions: '1.5' is outside the rule 0 < f <= 1 (did you mean 1.5%?)"),
+        (["--fractions", "0,0.5"], "--fractions: '0' is outside the rule 0 < f <= 1"),
         (["--epochs", "2", "--grace-period", "5"], "grace_period <= epochs"),
         (["--trials", "0"], "--trials must be >= 1"),
     ],
