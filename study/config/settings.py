@@ -214,7 +214,7 @@ class StudyConfig:
     #: "tuned": Optuna + ASHA per cell, starting from the published recipe; "paper": the recipe only, verbatim
     protocol: str = "tuned"
     #: ``--config`` search-space overrides: strategy -> hyperparameter -> spec (study/config/file.py). Not in
-    #: ``settings()``: a changed space keys its strategy's cells (driver.cell_id), never the study id
+    #: ``settings()``: a changed space keys its strategy's cells (orchestration.plan.cell_id), never the study id
     search_spaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
