@@ -64,7 +64,11 @@ def parse_hub_ref(text: str, flag: str = "--backbone") -> HubRef:
 def check_hub_ref(text: str, flag: str) -> None:
     """Syntax and the optional package, before anything starts (nothing is looked up or downloaded here)."""
     parse_hub_ref(text, flag)
-    if importlib.util.find_spec("huggingface_hub") is None:
+    try:
+        found = importlib.util.find_spec("huggingface_hub") is not None
+    except ValueError:  # a module object without a spec (e.g. blocked in sys.modules): not usable
+        found = False
+    if not found:
         raise ConfigError(f"{flag} {text} needs the huggingface_hub package: {EXTRA}")
 
 

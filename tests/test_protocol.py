@@ -85,6 +85,7 @@ def test_paper_study_trains_the_recipe_on_the_benchmark_subsets(ray_session, tin
     assert finals.height == 2 and set(finals["seed"]) == {0, 1}
     # a shortened recipe is never labelled the paper's: issue 26
     assert set(finals["protocol"]) == {"paper-modified"} and set(finals["deviations"]) == {"epochs=2;width=tiny"}
+    assert "protocol paper-modified" in out and "deviations epochs=2;width=tiny" in out  # the run header
     config = json.loads(finals["config_json"][0])
     assert (config["lr"], config["weight_decay"], config["dropout"]) == (1e-3, 0.0, 0.25)
     manifest = json.loads(next((results / "manifests").glob("*.json")).read_text())
