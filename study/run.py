@@ -26,6 +26,7 @@ def _examples() -> str:
     base = baseline_strategy()
     feats = ",".join(s.name for s in STRATEGIES.values() if s.inputs == "features") or base
     rgb = next((s.name for s in STRATEGIES.values() if s.backbone == "rgb-vit"), None)
+    recipes = ",".join(s.name for s in STRATEGIES.values() if s.recipe) or base
     lines = [
         (f"--strategy {base} --smoke", "a one-minute run: tiny synthetic cubes, tiny model, 2 trials x 2 epochs"),
         (f"--strategy {base} --demo --results results/demo",
@@ -38,7 +39,7 @@ def _examples() -> str:
          "the HyperSL strategies: features of a locally pretrained backbone are computed once and cached"),
         ("--strategy all --backbone 5_base_mask95_checkpoint.pt --data-root /data/hs3bench/hyko2",
          "every strategy with the released HyperSL weights on real data"),
-        ("--protocol paper --strategy indomain,crossdomain,crossdomain-fc --data-root /data/hs3bench/hyko2 "
+        (f"--protocol paper --strategy {recipes} --data-root /data/hs3bench/hyko2 "
          "--backbone hf://WeilKon/HyperSL/5_base_mask95_checkpoint.pt",
          "the paper's recipe verbatim with the released weights from the Hugging Face Hub (cached after the "
          "first download; pip install 'hsistudy[hub]')"),
