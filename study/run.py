@@ -15,6 +15,7 @@ from study.data.specs import SPECS
 from study.data.subsets import parse_fractions
 from study.data.synthetic.generator import GeneratorConfig
 from study.errors import ConfigError, HsiStudyError
+from study.hub import weights_arg
 from study.orchestration import init_ray
 from study.store import check_writable, quarantine_corrupt_parts, resolve, results_arg
 from study.strategies import STRATEGIES, baseline_strategy, get_strategy, parse_strategies
@@ -25,6 +26,7 @@ def _examples() -> str:
     base = baseline_strategy()
     feats = ",".join(s.name for s in STRATEGIES.values() if s.inputs == "features") or base
     rgb = next((s.name for s in STRATEGIES.values() if s.backbone == "rgb-vit"), None)
+    recipes = ",".join(s.name for s in STRATEGIES.values() if s.recipe) or base
     lines = [
         (f"--strategy {base} --smoke", "a one-minute run: tiny synthetic cubes, tiny model, 2 trials x 2 epochs"),
         (f"--strategy {base} --demo --results results/demo",
@@ -37,6 +39,10 @@ def _examples() -> str:
          "the HyperSL strategies: features of a locally pretrained backbone are computed once and cached"),
         ("--strategy all --backbone 5_base_mask95_checkpoint.pt --data-root /data/hs3bench/hyko2",
          "every strategy with the released HyperSL weights on real data"),
+        (f"--protocol paper --strategy {recipes} --data-root /data/hs3bench/hyko2 "
+         "--backbone hf://WeilKon/HyperSL/5_base_mask95_checkpoint.pt",
+         "the paper's recipe verbatim with the released weights from the Hugging Face Hub (cached after the "
+         "first download; pip install 'hsistudy[hub]')"),
     ]
     if rgb:
         lines += [(f"--strategy {rgb} --allow-random-init --smoke",
@@ -72,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--protocol", default="tuned", choices=["tuned", "paper"],
                    help="tuned (default): Optuna + ASHA per cell, the published recipe tried first; paper: the "
                    "published recipe verbatim, no search (<= 500 epochs, patience 30, frozen backbone, float32 "
-                   "features, the benchmark's seed-42 subsets), K seeds per cell; rows say protocol = paper")
+                   "features, the benchmark's seed-42 subsets, the released HyperSL weights via --backbone), K seeds "
+                   "per cell; rows say protocol = paper. A flag that contradicts the recipe is refused unless "
+                   "--allow-deviations")
+    g.add_argument("--allow-deviations", action="store_true",
+                   help="--protocol paper with flags that contradict the recipe (e.g. --epochs 3 --width tiny, or the "
+                   "sanity backbone): rows then say protocol = paper-modified and list them in the deviations column; "
+                   "the study gets an id (and default folder) of its own")
     g.add_argument("--results", type=results_arg, default=None,
                    help="results folder, or an object-store URI such as s3://bucket/prefix or gs://bucket/prefix "
                    "(default results/<study id>)")
@@ -119,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--width", default=None, help="RU-Net width: full (64, 17.3 M params), small (16), tiny (8), "
                    "or an integer; default full on real data, small on synthetic")
     g = p.add_argument_group("backbones (settings only some strategies read; they key those strategies' cells)")
-    g.add_argument("--backbone", type=Path, default=None,
-                   help=f"HyperSL checkpoint (released layout or ours), read by {_readers('backbone')}; default: "
-                   "the locally pretrained sanity backbone, pretrained on first use and cached")
+    g.add_argument("--backbone", type=weights_arg, default=None,
+                   help=f"HyperSL checkpoint (released layout or ours), read by {_readers('backbone')}: a path, or "
+                   "hf://OWNER/REPO/FILE[@REVISION] from the Hugging Face Hub (local cache first, works with "
+                   "HF_HUB_OFFLINE=1; pip install 'hsistudy[hub]'); default: the packaged sanity backbone (not the "
+                   "released weights)")
     g.add_argument("--bn-mode", default=None, choices=["chunk", "running"],
                    help="feature export BatchNorm: chunk = train-mode statistics per pixel chunk (paper), "
                    "running = eval mode")
@@ -130,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-freeze-depth", type=int, default=None, metavar="K",
                    help="search freeze depths 0..K only (0: frozen backbones, features cached once); default: each "
                    "strategy's own range, 0 under --smoke/--demo (k > 0 runs the backbone in every training step)")
-    g.add_argument("--rgb-weights", type=Path, default=None,
+    g.add_argument("--rgb-weights", type=weights_arg, default=None,
                    help=f"DINOv2 ViT weights (.safetensors or .pth; timm, DINOv2-hub or Hugging Face layout), read "
-                   f"by {_readers('rgb_weights')}; default: look in the Hugging Face hub cache, never download")
+                   f"by {_readers('rgb_weights')}: a path or hf://OWNER/REPO/FILE[@REVISION]; default: look in the "
+                   "Hugging Face hub cache, never download")
     g.add_argument("--allow-random-init", action="store_true",
                    help="train a randomly initialised RGB ViT when no weights are found (else the run stops before "
                    "training)")
@@ -211,6 +226,16 @@ def _model_sizes(cfg: StudyConfig) -> str:
     return "; " + ", ".join(parts) if parts else ""
 
 
+def _protocol_note(cfg: StudyConfig) -> str:
+    """The header's protocol note: the paper recipe, and every deviation from it when there are any."""
+    if cfg.protocol != "paper":
+        return ""
+    if cfg.deviations:
+        return (f"; protocol {cfg.protocol_label}: the published recipe, no search, with deviations "
+                f"{';'.join(cfg.deviations)} (--allow-deviations)")
+    return "; protocol paper: the published recipe, no search"
+
+
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     """Flags -> a validated StudyConfig (ConfigError on anything invalid)."""
     preset = "smoke" if args.smoke else "demo" if args.demo else "full"
@@ -242,9 +267,10 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         max_freeze_depth=args.max_freeze_depth, log_to=args.log_to,
         search_spaces=getattr(args, "search_spaces", None),
     )
-    cfg = build_config(preset, args.protocol, **given, results=args.results or Path("results"))
+    allow = bool(getattr(args, "allow_deviations", False))
+    cfg = build_config(preset, args.protocol, allow, **given, results=args.results or Path("results"))
     if args.results is None:  # default folder named by the study id, which the settings above determine
-        cfg = build_config(preset, args.protocol, **given, results=Path("results") / cfg.study_id)
+        cfg = build_config(preset, args.protocol, allow, **given, results=Path("results") / cfg.study_id)
     return cfg
 
 
@@ -286,6 +312,8 @@ def effective_config(cfg: StudyConfig, fmt: str = "toml") -> str:
     dests = [a.dest for a in build_parser()._actions]
     renamed = {"strategy", "protocol", "smoke", "demo", "synthetic_size", "synthetic_images"}
     out.update({d: s[d] for d in dests if d in s and d not in renamed})
+    if cfg.allow_deviations:
+        out["allow_deviations"] = True
     out["log_to"] = list(cfg.runtime.log_to)
     if cfg.data.data_root is None:
         out.update(synthetic_size=f"{syn.height}x{syn.width}", synthetic_images=[syn.n_train, syn.n_val, syn.n_test])
@@ -334,7 +362,7 @@ def _main(args: argparse.Namespace) -> int:
     print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {', '.join(cfg.data.datasets)}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.data.fractions)}; {b.trials} trials x <= {b.epochs} epochs per cell, "
           f"{b.seeds} final seed(s){_model_sizes(cfg)}"
-          + ("; protocol paper: the published recipe, no search" if cfg.protocol == "paper" else ""))
+          + _protocol_note(cfg))
     check_writable(cfg.runtime.results)  # a file, under a file, read-only, a full disk: one line, before any work
     if cfg.runtime.log_to:
         from study.orchestration import tracking_dir

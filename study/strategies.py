@@ -35,6 +35,11 @@ class BackboneKind:
     #: the report's banner when strategies ran on the default weights; ``{strategies}`` and ``{hashes}`` are
     #: filled in. None: the default needs no warning (e.g. released weights found in a hub cache).
     default_note: str | None = None
+    #: where the weights the published recipes used are released, when the kind's default weights are not them:
+    #: ``--protocol paper`` then refuses the default, naming the flag and this place (a deviation
+    #: ``<weights_setting>=<default_name>`` under ``--allow-deviations``). None: the default is no deviation
+    paper_weights: str | None = None
+    default_name: str = "default"  # what the default weights are called in that refusal and the deviation
 
     def load_provider(self) -> Callable[..., Any]:
         return load_object(self.provider)
@@ -58,7 +63,12 @@ BACKBONES: dict[str, BackboneKind] = {
                      "on this machine (hash {hashes}; <code>python -m study.pretrain</code>), not the released "
                      "HyperSL weights. On Indian Pines it does not beat a random initialisation "
                      "(<code>python -m benchmarks.indian_pines_fc</code>), so these curves are no evidence of "
-                     "transfer: pass <code>--backbone PATH</code> for results that speak for HyperSL itself."),
+                     "transfer: pass <code>--backbone PATH</code> for results that speak for HyperSL itself.",
+        paper_weights="the released HyperSL checkpoint 5_base_mask95_checkpoint.pt, from HyperSL's Hugging Face "
+                      "repository WeilKon/HyperSL (--backbone hf://WeilKon/HyperSL/5_base_mask95_checkpoint.pt) or "
+                      "the cross-domain-hsi repository's model-weights download (README, Reproduction)",
+        default_name="sanity",
+    ),
 }
 
 

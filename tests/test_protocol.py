@@ -42,8 +42,11 @@ def test_paper_subsets_are_the_benchmarks_seed_42_prefixes(tmp_path: Path) -> No
             for f in PAPER_FRACTIONS] == [1, 4, 8, 20, 81]  # docs/reference.md §R19's image counts
 
 
-def test_paper_protocol_fixes_the_recipe_and_refuses_contradictions() -> None:
-    cfg = build_config("full", "paper", strategies=("indomain", "crossdomain-fc"), dataset="hyko2", results="r")
+def test_paper_protocol_fixes_the_recipe_and_refuses_contradictions(tmp_path: Path) -> None:
+    weights = tmp_path / "5_base_mask95_checkpoint.pt"  # the released weights (only their presence is checked here)
+    weights.write_bytes(b"")
+    cfg = build_config("full", "paper", strategies=("indomain", "crossdomain-fc"), dataset="hyko2", results="r",
+                       backbone=weights)
     assert cfg.budget.epochs == 500 and cfg.budget.patience == 30 and cfg.budget.trials == 1
     assert cfg.options.feature_dtype == "float32" and cfg.options.max_freeze_depth == 0
     assert cfg.options.bn_mode == "chunk" and cfg.subset_method == "paper"
@@ -72,13 +75,17 @@ def test_paper_study_trains_the_recipe_on_the_benchmark_subsets(ray_session, tin
                                                                 capsys) -> None:
     results = tmp_path / "paper"
     rc = main(["--protocol", "paper", "--strategy", "indomain", "--dataset", "hyko2", "--data-root", str(tiny_root),
-               "--results", str(results), "--fractions", "0.5", "--epochs", "2", "--seeds", "2", "--width", "tiny"])
+               "--results", str(results), "--fractions", "0.5", "--epochs", "2", "--seeds", "2", "--width", "tiny",
+               "--allow-deviations"])
     out = capsys.readouterr().out
     assert rc == 0, out
     df = read_store(results)
     assert set(df["row_kind"]) == {"epoch", "final"}  # nothing searched
     finals = df.filter(pl.col("row_kind") == "final")
-    assert finals.height == 2 and set(finals["protocol"]) == {"paper"} and set(finals["seed"]) == {0, 1}
+    assert finals.height == 2 and set(finals["seed"]) == {0, 1}
+    # a shortened recipe is never labelled the paper's: issue 26
+    assert set(finals["protocol"]) == {"paper-modified"} and set(finals["deviations"]) == {"epochs=2;width=tiny"}
+    assert "protocol paper-modified" in out and "deviations epochs=2;width=tiny" in out  # the run header
     config = json.loads(finals["config_json"][0])
     assert (config["lr"], config["weight_decay"], config["dropout"]) == (1e-3, 0.0, 0.25)
     manifest = json.loads(next((results / "manifests").glob("*.json")).read_text())

@@ -20,8 +20,9 @@ from study.data.specs import SPECS
 from study.data.synthetic.generator import GeneratorConfig
 from study.errors import ConfigError
 from study.hashing import json_digest
+from study.hub import check_hub_ref, is_hub_ref
 from study.store import check_results_text
-from study.strategies import STRATEGIES, get_strategy, strategy_settings
+from study.strategies import BACKBONES, STRATEGIES, get_strategy, strategy_settings
 
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 VIT_SIZES = ("tiny", "small", "base", "large")  # study.models.vit.SIZES (not imported: no torch here)
@@ -29,13 +30,20 @@ RUNET_WIDTHS = ("full", "small", "tiny")  # study.models.runet's named widths (n
 #: Settings added after studies were already being run: left out of ids while at their default, so
 #: re-running an older command still finds its results folder and finished cells.
 _ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
-                                 "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned"}
+                                 "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned", "deviations": ""}
 PROTOCOLS = ("tuned", "paper")
 #: ``--protocol paper``: the published recipe verbatim (docs/reference.md §R8, §R16–§R19): up to 500 epochs with
 #: patience 30, frozen backbone, float32 features exported with chunk-mode BatchNorm, the benchmark's seed-42 subsets.
-#: These are forced; a flag that contradicts one is refused rather than silently overridden.
+#: These are the defaults under it; a flag that contradicts one is refused unless ``--allow-deviations``.
 PAPER_FIXED: dict[str, Any] = {"patience": 30, "max_freeze_depth": 0, "feature_dtype": "float32", "bn_mode": "chunk"}
 PAPER_EPOCHS = 500
+#: The recipe's values of every study setting it fixes (``StudyConfig.deviations`` compares against them): the
+#: above, the full-width RU-Net (17.3 M parameters, §R7) and the recipe's own batch sizes per dataset and arm
+#: (``batch_size`` None; the search_spaces/*.py ``PAPER`` entries hold them). Which data the recipe is applied to
+#: (the synthetic default, a user's own files, the fractions) is no deviation: every row names its data source.
+PAPER_RECIPE: dict[str, Any] = {"epochs": PAPER_EPOCHS, "width": "full", "batch_size": None, **PAPER_FIXED}
+#: the ``protocol`` of rows of a paper study with deviations (``--allow-deviations``); never plain ``paper``
+PAPER_MODIFIED = "paper-modified"
 
 #: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out (flat setting names).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -125,12 +133,14 @@ class ModelOptions:
     """Model sizes and the settings only some strategies read (their registry entries list which)."""
 
     width: str | int | None = None  # RU-Net width name or int; None: "full" on real data, "small" on synthetic
-    #: HyperSL checkpoint for the feature strategies; None: the locally pretrained default (cached)
-    backbone: Path | None = None
+    #: HyperSL checkpoint for the feature strategies (a path, or ``hf://OWNER/REPO/FILE[@REV]`` text: study.hub);
+    #: None: the locally pretrained default (cached)
+    backbone: Path | str | None = None
     bn_mode: str = "chunk"  # "chunk" (paper: train-mode BN statistics per pixel chunk) or "running"
     feature_dtype: str = "float16"
-    #: DINOv2 weights file (timm / DINOv2 hub / Hugging Face layout); None: look in the HF hub cache
-    rgb_weights: Path | None = None
+    #: DINOv2 weights file (timm / DINOv2 hub / Hugging Face layout; a path or ``hf://`` text); None: look in the
+    #: HF hub cache
+    rgb_weights: Path | str | None = None
     allow_random_init: bool = False  # an RGB ViT without pretrained weights (otherwise the study refuses)
     #: RGB ViT size; None: the weights' size, else tiny under --smoke/--demo and small otherwise
     vit_size: str | None = None
@@ -146,10 +156,13 @@ class ModelOptions:
             raise ConfigError(f"--bn-mode must be chunk or running, got {self.bn_mode!r}")
         if self.feature_dtype not in ("float16", "float32"):
             raise ConfigError(f"--feature-dtype must be float16 or float32, got {self.feature_dtype!r}")
-        if self.backbone is not None and not Path(self.backbone).is_file():
+        for flag, value in (("--backbone", self.backbone), ("--rgb-weights", self.rgb_weights)):
+            if is_hub_ref(value):  # resolved (cache, else download) once per study by the kind's provider
+                check_hub_ref(str(value), flag)
+        if self.backbone is not None and not is_hub_ref(self.backbone) and not Path(self.backbone).is_file():
             raise ConfigError(f"--backbone {self.backbone} is not a file (expected a HyperSL checkpoint .pt/.pth "
-                              "or .safetensors)")
-        if self.rgb_weights is not None and not Path(self.rgb_weights).is_file():
+                              "or .safetensors, or hf://OWNER/REPO/FILE)")
+        if self.rgb_weights is not None and not is_hub_ref(self.rgb_weights) and not Path(self.rgb_weights).is_file():
             raise ConfigError(f"--rgb-weights {self.rgb_weights} is not a file (expected DINOv2 ViT weights, "
                               ".safetensors or .pth)")
         if self.max_freeze_depth is not None and self.max_freeze_depth < 0:
@@ -216,6 +229,9 @@ class StudyConfig:
     #: ``--config`` search-space overrides: strategy -> hyperparameter -> spec (study/config/file.py). Not in
     #: ``settings()``: a changed space keys its strategy's cells (orchestration.plan.cell_id), never the study id
     search_spaces: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict, hash=False)
+    #: ``--allow-deviations``: a paper study may contradict the recipe (:attr:`deviations`); its rows then say
+    #: ``protocol = paper-modified``. Not a setting: the deviations themselves key the study
+    allow_deviations: bool = False
 
     def __post_init__(self) -> None:
         if not self.strategies:
@@ -237,6 +253,46 @@ class StudyConfig:
                                   "cannot apply; drop them or use the tuned protocol")
         for group in (self.data, self.budget, self.options, self.runtime):
             group.validate()
+        if self.deviations and not self.allow_deviations:
+            raise ConfigError(self._deviation_message())
+
+    @property
+    def deviations(self) -> tuple[str, ...]:
+        """``--protocol paper`` only: every setting that contradicts the recipe, as ``name=value``
+        (``epochs=3``, ``width=tiny``, ``backbone=sanity``), in :data:`PAPER_RECIPE`'s order; () otherwise."""
+        if self.protocol != "paper":
+            return ()
+        have = {**asdict(self.budget), **asdict(self.options), "width": self.model_width}
+        out = [f"{k}={have[k]}" for k, want in PAPER_RECIPE.items() if have[k] != want]
+        for name in self.backbone_kinds():  # a kind whose default weights are not the ones the recipe used
+            kind = BACKBONES[name]
+            if kind.paper_weights is not None and getattr(self.options, kind.weights_setting) is None:
+                out.append(f"{kind.weights_setting}={kind.default_name}")
+        return tuple(out)
+
+    @property
+    def protocol_label(self) -> str:
+        """What rows, the header and the report call this study's protocol: ``paper-modified`` for a paper study
+        with deviations, else the protocol itself."""
+        return PAPER_MODIFIED if self.deviations else self.protocol
+
+    def _deviation_message(self) -> str:
+        """The one line refusing a paper study's deviations: the default weights first (where the right ones
+        are), else every contradicting flag."""
+        for name in self.backbone_kinds():
+            kind = BACKBONES[name]
+            if f"{kind.weights_setting}={kind.default_name}" in self.deviations:
+                users = ", ".join(s for s in self.strategies if get_strategy(s).backbone == name)
+                flag = "--" + kind.weights_setting.replace("_", "-")
+                return (f"--protocol paper: {users} would run on the {kind.default_name} {name} backbone, not the "
+                        f"weights the paper used; pass {flag} with them ({kind.paper_weights}), or add "
+                        f"--allow-deviations (rows then say protocol = {PAPER_MODIFIED})")
+        flags = [f"--{d.partition('=')[0].replace('_', '-')} {d.partition('=')[2]}" for d in self.deviations]
+        recipe = ", ".join(f"{d.partition('=')[0]} = {PAPER_RECIPE[d.partition('=')[0]]}" for d in self.deviations)
+        preset = f" (the --{self.preset} preset sets its own budget)" if self.preset != "full" else ""
+        return (f"--protocol paper trains the published recipe verbatim ({recipe}); {' and '.join(flags)} "
+                f"contradict{'s' if len(flags) == 1 else ''} it{preset}: drop {'it' if len(flags) == 1 else 'them'}, "
+                f"or add --allow-deviations (rows then say protocol = {PAPER_MODIFIED}) or use the tuned protocol")
 
     @property
     def subset_method(self) -> str:
@@ -263,9 +319,11 @@ class StudyConfig:
 
     @property
     def model_width(self) -> str | int:
+        """RU-Net width: as given, else full on real data and under ``--protocol paper`` (the recipe's), small
+        on the synthetic default."""
         if self.options.width is not None:
             return self.options.width
-        return "full" if self.data.data_root is not None else "small"
+        return "full" if self.data.data_root is not None or self.protocol == "paper" else "small"
 
     def settings(self) -> dict[str, Any]:
         """Every setting as one flat JSON-able dict (written to study.json, and hashed into the ids)."""
@@ -279,6 +337,7 @@ class StudyConfig:
         datasets = d.pop("datasets")
         d["dataset"] = datasets[0] if len(datasets) == 1 else list(datasets)
         d["model_width"] = self.model_width
+        d["deviations"] = ";".join(self.deviations)  # keys the study: a modified paper study has a store of its own
         return d
 
     def _id_settings(self, dataset: str | None = None) -> dict[str, Any]:
@@ -317,26 +376,24 @@ class StudyConfig:
 
 
 def _paper_settings(preset: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The settings ``--protocol paper`` fixes; ConfigError for an explicit flag that contradicts one."""
-    for key, value in PAPER_FIXED.items():
-        if given.get(key) is not None and given[key] != value:
-            flag = "--" + key.replace("_", "-")
-            raise ConfigError(f"--protocol paper trains the published recipe verbatim ({key} = {value}); "
-                              f"{flag} {given[key]} contradicts it: drop {flag} or use the tuned protocol")
+    """The settings ``--protocol paper`` fills in where the user gave none (:data:`PAPER_FIXED`, 500 epochs on
+    the full preset); a given one that contradicts the recipe is a deviation (:attr:`StudyConfig.deviations`)."""
     if given.get("trials") not in (None, 1):
         raise ConfigError("--protocol paper searches nothing (each cell trains the published configuration); "
                           "drop --trials, or use the tuned protocol")
-    fixed = {**PAPER_FIXED, "trials": 1}
+    fixed = {k: v for k, v in PAPER_FIXED.items() if given.get(k) is None}
+    fixed["trials"] = 1
     if preset == "full" and given.get("epochs") is None:
         fixed["epochs"] = PAPER_EPOCHS
     return fixed
 
 
-def build_config(preset: str, protocol: str = "tuned", **given: Any) -> StudyConfig:
+def build_config(preset: str, protocol: str = "tuned", allow_deviations: bool = False, **given: Any) -> StudyConfig:
     """A preset plus the settings the user gave explicitly (flat names; None = not given) -> StudyConfig.
 
-    ``protocol="paper"`` fixes what the published recipe fixes (:data:`PAPER_FIXED`); under the tuned protocol
-    a full study on real data (``data_root``) defaults to the paper's 500 epochs, with ASHA stopping weak trials.
+    ``protocol="paper"`` fills in what the published recipe fixes (:data:`PAPER_FIXED`) and refuses anything that
+    contradicts it unless ``allow_deviations``; under the tuned protocol a full study on real data
+    (``data_root``) defaults to the paper's 500 epochs, with ASHA stopping weak trials.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -368,4 +425,4 @@ def build_config(preset: str, protocol: str = "tuned", **given: Any) -> StudyCon
         raise ConfigError("no strategy given; valid: all, " + ", ".join(STRATEGIES))
     built = {name: cls(**groups[name]) for name, cls in _GROUPS.items()}
     return StudyConfig(strategies=tuple(strategies), preset=preset, protocol=protocol, search_spaces=spaces,
-                       **built)
+                       allow_deviations=allow_deviations, **built)

@@ -15,9 +15,10 @@ Files are read by :func:`study.models.checkpoints.read_checkpoint`: safetensors 
 our own codec, torch files only with ``weights_only=True`` (a crafted pickle is
 refused). The size (small/base/large/tiny) is inferred from the tensor shapes;
 a file for another architecture stops with one message listing missing and
-unexpected keys and shape mismatches. Nothing is ever downloaded: besides an
-explicit path, only files already in the Hugging Face hub cache or the torch
-hub cache are looked up (:func:`cached_weights`).
+unexpected keys and shape mismatches. Without ``--rgb-weights`` nothing is downloaded:
+only files already in the Hugging Face hub cache or the torch hub cache are looked up
+(:func:`cached_weights`); ``--rgb-weights hf://OWNER/REPO/FILE`` goes through the one Hub
+resolver of every weights flag (:mod:`study.hub`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 from torch import Tensor
 
 from study.errors import ConfigError, HsiStudyError
+from study.hub import cached_file, hub_cache_dir
 from study.models.checkpoints import checkpoint_hash, load_state_strict, mismatch_report, read_checkpoint
 from study.models.vit import SIZES, TIMM_NAMES, VisionTransformer, ViTConfig
 
@@ -186,29 +188,22 @@ def load_vit(path: str | Path, size: str | None = None,
 
 
 # ---------------------------------------------------------------- finding files already on disk
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"])
-    return Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
-
-
 def cached_weights(size: str = "small") -> Path | None:
     """Released weights of ``size`` already on disk (never downloads), newest snapshot first.
 
     Looked up in order: timm's hub repo ``timm/vit_<size>_patch14_dinov2.lvd142m``,
-    Hugging Face ``facebook/dinov2-<size>``, torch hub's ``dinov2_vit<s|b|l>14_pretrain.pth``.
+    Hugging Face ``facebook/dinov2-<size>`` (by :func:`study.hub.cached_file`: the snapshot ``refs/main`` names,
+    else the newest), torch hub's ``dinov2_vit<s|b|l>14_pretrain.pth``. ``--rgb-weights hf://...`` names any other
+    Hub file (:func:`study.hub.resolve_weights`).
     """
     if size not in TIMM_NAMES:
         return None
-    hub = hub_cache_dir()
     torch_home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    repos = (f"models--timm--{TIMM_NAMES[size]}.lvd142m", f"models--facebook--dinov2-{size}")
-    for repo in repos:
+    for repo in (f"timm/{TIMM_NAMES[size]}.lvd142m", f"facebook/dinov2-{size}"):
         for fname in ("model.safetensors", "pytorch_model.bin"):
-            found = sorted((hub / repo / "snapshots").glob(f"*/{fname}"), key=lambda p: p.stat().st_mtime)
-            if found:
-                return found[-1]
+            found = cached_file(repo, fname)
+            if found is not None:
+                return found
     torch_file = torch_home / "hub" / "checkpoints" / f"dinov2_vit{_HUB_LETTER[size]}14_pretrain.pth"
     return torch_file if torch_file.is_file() else None
 

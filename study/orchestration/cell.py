@@ -115,6 +115,10 @@ def cell_constants(cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, 
         constants.update(recipe)
         if "batch_size" in recipe:
             constants["batch_size"] = min(int(recipe["batch_size"]), len(subset.names))
+        if cfg.budget.batch_size is not None:  # a deviation (--allow-deviations): the flag replaces the recipe's
+            constants["batch_size"] = min(cfg.budget.batch_size, len(subset.names))
+            if "images_per_batch" in recipe:
+                constants["images_per_batch"] = constants["batch_size"]
     return constants
 
 
@@ -127,6 +131,7 @@ def row_identity(cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, su
         "train_fraction": subset.fraction, "n_train_images": len(subset.names), "subset_hash": subset.content_hash,
         "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": code_version(),
         "backbone_hash": backbone.sha if backbone is not None else None,
+        "deviations": ";".join(cfg.deviations) or None,
     }
 
 
@@ -208,7 +213,8 @@ def run_cell(
                       control_key, recipe_trial)
     if cfg.protocol == "paper":  # nothing to search: the K seeds of the published configuration
         chosen = {**constants, "phase": "final"}
-        echo(f"  [{label}] paper recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items()))
+        echo(f"  [{label}] paper recipe: " + ", ".join(f"{k}={v}" for k, v in recipe.items())
+             + (f"; deviations {';'.join(cfg.deviations)}" if cfg.deviations else ""))
     else:
         _fresh_experiment(results, f"{cid}-tune", journal)
         logs = tune_cell(trainable, space, constants, budget, results.child("tune"), f"{cid}-tune", journal, label,
@@ -231,9 +237,10 @@ def run_cell(
 
 
 def _protocol_of(cfg: StudyConfig, log: TrialLog, recipe_trial: dict[str, Any] | None) -> str:
-    """The ``protocol`` column of a run: paper, recipe (a tuned cell's enqueued recipe trial) or tuned."""
+    """The ``protocol`` column of a run: paper (paper-modified with deviations), recipe (a tuned cell's enqueued
+    recipe trial) or tuned."""
     if cfg.protocol == "paper":
-        return "paper"
+        return cfg.protocol_label
     is_recipe = (recipe_trial is not None and log.config.get("phase", "tune") == "tune"
                  and all(log.config.get(k) == v for k, v in recipe_trial.items()))
     return "recipe" if is_recipe else "tuned"

@@ -40,6 +40,9 @@ class ResolvedBackbone:
     trial_config: dict[str, Any]  # constants for the trials: paths and hashes, never tensors
     #: constants that depend on the dataset (e.g. the export's chunk size), added by :meth:`for_dataset`
     per_dataset: Callable[[DatasetSpec], dict[str, Any]] | None = None
+    #: where the weights came from when not a local path: ``hf://OWNER/REPO/FILE@<commit>`` (study.hub), which
+    #: study.json records and the report shows; None for a local file or the default
+    origin: str | None = None
 
     def for_dataset(self, spec: DatasetSpec) -> ResolvedBackbone:
         """This backbone with its trial constants for ``spec``'s cells."""
@@ -199,24 +202,31 @@ def check_trainable(spec: DatasetSpec, splits: dict[str, H5Split]) -> None:
 
 def resolve_rgb_vit(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBackbone:
     """Find and check the RGB ViT weights now, so a missing or wrong file stops before Ray starts."""
+    from study.hub import resolve_weights
     from study.models.vit_weights import resolve_rgb_backbone
 
     opts = cfg.options
-    rgb = resolve_rgb_backbone(opts.rgb_weights, opts.vit_size, opts.allow_random_init, cfg.rgb_default_size)
-    echo(f"RGB backbone: {rgb.describe()}")
-    return ResolvedBackbone("rgb-vit", rgb.weights, rgb.sha, dict(rgb.trial_config()))
+    weights, origin = (None, None) if opts.rgb_weights is None else resolve_weights(opts.rgb_weights, "--rgb-weights")
+    rgb = resolve_rgb_backbone(weights, opts.vit_size, opts.allow_random_init, cfg.rgb_default_size)
+    echo(f"RGB backbone: {rgb.describe()}" + (f" from {origin}" if origin else ""))
+    return ResolvedBackbone("rgb-vit", rgb.weights, rgb.sha, dict(rgb.trial_config()), origin=origin)
 
 
 def resolve_hypersl(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBackbone:
-    """The HyperSL checkpoint (``--backbone`` or the locally pretrained default, made on first use), read and
-    hashed once; trials with freeze depth k > 0 load it from the path, k = 0 trials read cached features."""
+    """The HyperSL checkpoint (``--backbone``: a path or an ``hf://`` reference, resolved through the Hub cache by
+    :mod:`study.hub`; or the locally pretrained default, made on first use), read and hashed once; trials with
+    freeze depth k > 0 load it from the path, k = 0 trials read cached features."""
     from study.features import default_chunk
+    from study.hub import resolve_weights
     from study.models.checkpoints import checkpoint_hash, load_hypersl
     from study.pretrain import default_config, ensure_default_backbone
 
+    origin = None
     if cfg.options.backbone is not None:
-        path = Path(cfg.options.backbone)
+        path, origin = resolve_weights(cfg.options.backbone, "--backbone")
         load_hypersl(path)  # not a HyperSL checkpoint: one line, before Ray (providers run once per study)
+        if origin:
+            echo(f"backbone: {origin} ({path})")
     else:
         t0 = time.perf_counter()
         smoke = cfg.preset == "smoke"  # --smoke: a seconds-long pretraining (plumbing, not quality)
@@ -228,7 +238,7 @@ def resolve_hypersl(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBa
     sha = checkpoint_hash(path)  # cached per file version (study.hashing.file_digest)
     constants = {"backbone_path": str(path), "backbone_hash": sha, "bn_mode": cfg.options.bn_mode}
     return ResolvedBackbone("hypersl", path, sha, constants,
-                            per_dataset=lambda spec: {"chunk_size": default_chunk(spec.name)})
+                            per_dataset=lambda spec: {"chunk_size": default_chunk(spec.name)}, origin=origin)
 
 
 def export_features(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: ResolvedBackbone,

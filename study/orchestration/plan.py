@@ -112,8 +112,15 @@ def expected_cost(cell: Cell) -> float:
 
 def study_record(cfg: StudyConfig, preps: dict[str, PreparedDataset], previous: dict[str, Any]) -> dict[str, Any]:
     """What study.json records of this run: the study id, its settings, data roots, per-strategy settings and
-    the effective search spaces (the report reads them; the next run checks it is the same study)."""
-    return {"study_id": cfg.study_id, "settings": cfg.settings(),
-            "data_root": {n: str(p.data_root) for n, p in preps.items()},
-            "strategy_settings": merged_strategy_settings(previous, cfg),
-            "search_spaces": {s: space_specs(search_space(cfg, get_strategy(s))) for s in cfg.strategies}}
+    the effective search spaces (the report reads them; the next run checks it is the same study), and where
+    weights named by a Hub reference came from (``backbone_origins``: kind -> ``hf://OWNER/REPO/FILE@<commit>``,
+    kept across runs like the strategy settings)."""
+    resolved = {k: b.origin for p in preps.values() for k, b in p.backbones.items()}  # this run's, None: a path
+    record = {"study_id": cfg.study_id, "settings": cfg.settings(),
+              "data_root": {n: str(p.data_root) for n, p in preps.items()},
+              "strategy_settings": merged_strategy_settings(previous, cfg),
+              "search_spaces": {s: space_specs(search_space(cfg, get_strategy(s))) for s in cfg.strategies}}
+    origins = {k: v for k, v in {**(previous.get("backbone_origins") or {}), **resolved}.items() if v}
+    if origins:
+        record["backbone_origins"] = origins
+    return record

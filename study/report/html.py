@@ -127,6 +127,29 @@ def backbone_banners(df: pl.DataFrame, settings: dict | None) -> str:
     return "".join(out)
 
 
+def deviation_banner(df: pl.DataFrame) -> str:
+    """A paper study run with ``--allow-deviations``: which settings contradicted the recipe (rows'
+    ``protocol = paper-modified`` and ``deviations``), so no one quotes its numbers as the paper's."""
+    if "deviations" not in df.columns or "protocol" not in df.columns:
+        return ""
+    modified = df.filter(pl.col("protocol") == "paper-modified")
+    if modified.is_empty():
+        return ""
+    lists = sorted({str(d) for d in modified["deviations"].drop_nulls().unique().to_list()})
+    names = ", ".join(modified["strategy"].drop_nulls().unique().sort().to_list())
+    return (f'<div class="banner"><b>Paper recipe, modified.</b> {html.escape(names)} ran the published recipe '
+            f"(<code>--protocol paper</code>) with deviations (<code>--allow-deviations</code>): "
+            f"<code>{html.escape(' | '.join(lists) or 'unknown')}</code>. Its rows say "
+            "<code>protocol = paper-modified</code>; these are not the paper's numbers.</div>")
+
+
+def _backbone_origins(per_study: dict[str, dict]) -> str:
+    """Where Hub-referenced weights came from (study.json ``backbone_origins``: ``hf://OWNER/REPO/FILE@<commit>``)."""
+    found = sorted({f"{kind}: {origin}" for meta in per_study.values() if isinstance(meta, dict)
+                    for kind, origin in (meta.get("backbone_origins") or {}).items()})
+    return ", ".join(found) or "–"
+
+
 def _code_versions(df: pl.DataFrame) -> str:
     """The code versions of the rows, with what a ``+g<sha>`` / ``.dirty`` suffix means spelled out."""
     vals = [str(v) for v in df["code_version"].drop_nulls().unique().sort().to_list()]
@@ -162,11 +185,13 @@ def _provenance(df: pl.DataFrame, results: Results | list[Results]) -> tuple[str
     for label, study_settings in per_study.items():
         part = df.filter(pl.col(compare.STUDY_COLUMN) == label) if label else df
         banner += backbone_banners(part, study_settings)
+    banner += deviation_banner(df)
     settings = per_study[""] if len(many) == 1 else {k: v for k, v in per_study.items() if v}
     rows = [("study id", values("study_id")), ("data source", values("data_source") + (
         "  (SYNTHETIC: generated HS3-like scenes, not HS3-Bench)" if synthetic else "")),
         ("code version", _code_versions(df)), ("model", values("model_name")),
         ("parameters", values("n_params")), ("backbone checkpoint hash", values("backbone_hash")),
+        ("backbone origin", _backbone_origins(per_study)),
         ("devices", values("device")), ("result schema", f"v{SCHEMA_VERSION}"),
         ("rows", f"{len(df)} ({kinds})"),
         ("results directory", ", ".join((loc := resolve(r)).name_of(loc.path()) for r in many)),

@@ -117,9 +117,13 @@ _PROVENANCE = [
     # trial and final rows: when the run started and ended (UTC), so placement and concurrency show in the data
     pa.field("started_at", _UTC),
     pa.field("ended_at", _UTC),
-    # "paper": --protocol paper (the published recipe, verbatim); "recipe": a tuned cell's enqueued first trial,
-    # the published recipe; "tuned": a searched trial or the final runs of a tuned cell's best configuration
+    # "paper": --protocol paper (the published recipe, verbatim); "paper-modified": the same with the deviations
+    # --allow-deviations let through; "recipe": a tuned cell's enqueued first trial, the published recipe;
+    # "tuned": a searched trial or the final runs of a tuned cell's best configuration
     pa.field("protocol", _S),
+    # paper-modified rows: the settings that contradict the recipe, "name=value" joined by ";" (e.g.
+    # "epochs=3;width=tiny;backbone=sanity"); null otherwise
+    pa.field("deviations", _S),
 ]
 RESULT_SCHEMA = pa.schema([*_IDENTITY, *_HYPERPARAMETERS, pa.field("config_json", _S), *_EPOCH_METRICS,
                            *_TEST_METRICS, *_RUN_FACTS, *_PROVENANCE])
@@ -134,7 +138,7 @@ ROW_KINDS = ("epoch", "trial", "final")
 TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device", "node_id", "started_at", "ended_at")
 #: Nullable columns added within schema v1: parts written before them are read with nulls there,
 #: so older stores stay readable without a version bump (no column was renamed or changed meaning).
-ADDED_COLUMNS = ("backbone_pretrained", "started_at", "ended_at", "protocol")
+ADDED_COLUMNS = ("backbone_pretrained", "started_at", "ended_at", "protocol", "deviations")
 
 
 def _with_added_columns(t: pa.Table) -> pa.Table:
