@@ -219,3 +219,30 @@ def test_a_study_on_pca_files_gives_the_cube_studys_rows(ray_session, prepared, 
     for col in METRICS:  # bit-identical inputs, the same seeds: the same numbers (repr: nan equals nan)
         assert repr(cube[col].to_list()) == repr(pca[col].to_list()), col
     assert pca.filter(pl.col("row_kind") == "final")["test_miou"].is_between(0, 1).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_the_stream_decodes_pca_batches_on_the_device_within_float32_rounding(prepared, dtype) -> None:
+    """``LoaderSettings.decode_device`` (a CUDA trial's device; the CPU here): the workers read stored scores,
+    the batch is expanded on the device; equal to the reader's decode within float32 rounding."""
+    import torch
+
+    from study.data.bundle import split_ref
+    from study.data.stream import LoaderSettings, SplitStream
+
+    ref = split_ref(H5Split(prepared["pca", dtype] / "hcv2_train.h5", SPEC))
+    plan = [[3, 0], [(1, 5, 7, 20, 30), (4, 0, 0, 20, 30)], [5]]  # whole images and windows (k > 0 crops)
+    for workers in (0, 1):
+        host = SplitStream(ref, LoaderSettings(workers=workers))
+        dev = SplitStream(ref, LoaderSettings(workers=workers, decode_device="cpu"))
+        assert host.decode_device is None and dev.decode_device == "cpu"
+        worst = 0.0
+        for (xa, ya), (xb, yb) in zip(host.batches(plan), dev.batches(plan), strict=True):
+            assert xb.dtype == torch.float32 and xb.shape == xa.shape
+            torch.testing.assert_close(yb, ya, rtol=0, atol=0)
+            err = (xb - xa).abs().max().item()
+            assert err <= 4 * 2.0**-24 * xa.abs().max().item(), err  # a few float32 roundings of the largest value
+            worst = max(worst, err)
+        host.close(), dev.close()
+    cube = split_ref(H5Split(prepared["cube", "float32"] / "hcv2_train.h5", SPEC))
+    assert SplitStream(cube, LoaderSettings(decode_device="cpu")).decode_device is None  # cubes: nothing to decode

@@ -384,6 +384,20 @@ class H5Split:
         image = np.empty((h, w, self.n_channels), dtype=np.float32)
         return image, self._read_into(name, image)
 
+    def read_stored(self, item: int | str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One sample of a pca file as stored, for a decode elsewhere (the device): scores (H, W, D) in the
+        stored dtype (bfloat16: uint16 bits), coefficients (D, C) and means (C,) float32, labels as :meth:`read`.
+        Values are not checked here (the decoded image is: the streaming loader's decode checks nothing either,
+        so a study checks them on open, ``validate_dataset``)."""
+        if self.storage_format != "pca":
+            raise ValueError(f"{self.path}: read_stored is for storage_format pca files, not {self.storage_format}")
+        name = self._name_of(item)
+        with self._reading(name):
+            grp = self._file[name]
+            scores, coeffs, means = grp["scores"][()], grp["coefficients"][()], grp["means"][()]
+            labels = self._labels(name)
+        return scores, coeffs.astype(np.float32, copy=False), means.astype(np.float32, copy=False), labels
+
     def classes_present(self) -> list[frozenset[int]]:
         """Per sample (in ``names`` order): the valid classes it contains (ignore id excluded). Cached."""
         if self._classes is None:
