@@ -101,7 +101,7 @@ def test_pixel_sample_is_the_strided_subsample_of_the_whole_split(bundle) -> Non
 def test_loader_settings_follow_the_trial_cpus() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert LoaderSettings.for_trial({"num_threads": 1}, cpu) == LoaderSettings(0, 2, False)
-    assert LoaderSettings.for_trial({"num_threads": 4}, cuda) == LoaderSettings(3, 2, True)
+    assert LoaderSettings.for_trial({"num_threads": 4}, cuda) == LoaderSettings(3, 2, True, decode_device="cuda")
     assert LoaderSettings.for_trial({"num_threads": 4, "loader_workers": 1}, cpu).workers == 1
     settings = TrainSettings.from_config({"lr": 1e-3, "max_epochs": 1, "batch_size": 2, "num_threads": 3,
                                           "compile": True})

@@ -13,6 +13,7 @@ __all__ = [
     'specs',
     'spectra',
     'staging',
+    'storage',
     'stream',
     'subsets',
     'synthetic',

@@ -87,6 +87,7 @@ class SplitRef:
     names: tuple[str, ...]
     sample_shapes: tuple[tuple[int, int], ...]
     channels: int
+    storage_format: str = "cube"  # "pca": the stream may decode on the device (read_stored)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -111,6 +112,10 @@ class SplitRef:
         """Image (H, W, C) float32 and remapped labels (H, W) int64 of sample ``i`` (checked as it is read)."""
         return self.reader().read(self.names[i])
 
+    def read_stored(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Sample ``i`` of a pca file as stored: scores, coefficients, means, remapped labels (H5Split.read_stored)."""
+        return self.reader().read_stored(self.names[i])
+
 
 def split_ref(split: H5Split, names: Sequence[str] | None = None) -> SplitRef:
     """A reference to (a subset of) an opened split; every name must be in the file."""
@@ -123,7 +128,8 @@ def split_ref(split: H5Split, names: Sequence[str] | None = None) -> SplitRef:
         raise DataValidationError(f"{split.path}: no sample named {missing[0]!r} ({len(missing)} missing of "
                                   f"{len(chosen)}); fix: use a subset manifest made from this file")
     shapes = tuple(split.shapes[index[n]] for n in chosen)
-    return SplitRef(str(Path(split.path).absolute()), split.spec, chosen, shapes, int(split.n_channels))
+    return SplitRef(str(Path(split.path).absolute()), split.spec, chosen, shapes, int(split.n_channels),
+                    split.storage_format)
 
 
 def iter_images(split: Split) -> Iterator[np.ndarray]:

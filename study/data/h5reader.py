@@ -5,7 +5,11 @@ Layout (HS3-Bench's, described in README.md "Real HS3-Bench data"): one file per
 sample named by its stem, holding ``image`` (H, W, C) and ``labels`` (H, W) with
 the RAW label ids, which :meth:`DatasetSpec.remap_labels` turns into training
 ids. Samples are ordered by sorted name (h5py's default key order), which the
-seeded subsets depend on.
+seeded subsets depend on. A file may store its images another way (root attributes
+``storage_format`` / ``storage_dtype``, :mod:`study.data.storage`): HCV2's PCA scores
+(``scores``, ``coefficients``, ``means`` instead of ``image``), float16 or bfloat16
+numbers. Every read returns float32 images all the same, decoded here, and every
+check (shapes, NaN/inf, labels) applies to the decoded image.
 
 Why validate on open: a corrupt file, a wrong band count or an out-of-range
 label must stop the study *before* Ray starts, with one message that names the
@@ -38,6 +42,17 @@ from study.data.h5checks import (
     unreadable_error,
 )
 from study.data.specs import DatasetSpec
+from study.data.storage import (
+    DTYPE_ATTR,
+    DTYPES,
+    FORMAT_ATTR,
+    FORMATS,
+    SAMPLE_KEYS,
+    file_storage,
+    from_bfloat16_bits,
+    pca_decode,
+    stored_dtype,
+)
 from study.errors import DataValidationError
 
 METADATA_KEY = "metadata"
@@ -71,6 +86,8 @@ class H5Split:
         #: (HS3-Bench layout whose ``image`` holds per-pixel backbone features, see study.features)
         self.n_channels = self.wavelengths.size
         self.feature_dim: int | None = None
+        #: how images are stored (study.data.storage): cube | pca, float32 | float16 | bfloat16
+        self.storage_format, self.storage_dtype = "cube", "float32"
         self.values_checked = False
         self._index: dict[str, int] = {}
         self._classes: list[frozenset[int]] | None = None
@@ -130,6 +147,7 @@ class H5Split:
     def _validate_structure(self) -> None:
         fh = self._file
         with self._reading(None):
+            self.storage_format, self.storage_dtype = self._storage(fh)
             if self._is_feature_file(fh):  # features replace the spectrum; keep the source's band centres
                 self.feature_dim = int(fh.attrs["feature_dim"])
                 self.wavelengths = np.asarray(fh.attrs["source_wavelengths"], dtype=np.float32)
@@ -149,6 +167,17 @@ class H5Split:
         self.names = names
         self.shapes = [self._check_sample(fh, n) for n in names]
         self._index = {n: i for i, n in enumerate(names)}
+
+    def _storage(self, fh: h5py.File) -> tuple[str, str]:
+        """The file's ``storage_format`` / ``storage_dtype`` (absent: cube / float32), checked to be known."""
+        fmt, dtype = file_storage(fh.attrs)
+        for attr, value, valid in ((FORMAT_ATTR, fmt, FORMATS), (DTYPE_ATTR, dtype, DTYPES)):
+            if value not in valid:
+                raise DataValidationError(
+                    f"{self.path}: root attribute {attr!r} is {value!r}; this hsistudy reads {', '.join(valid)}. "
+                    "Fix: convert the data again with this version's python -m study.prepare"
+                )
+        return fmt, dtype
 
     def _is_feature_file(self, fh: h5py.File) -> bool:
         """A study.features file carries both ``feature_dim`` and ``source_wavelengths``, valid.
@@ -187,30 +216,43 @@ class H5Split:
                     f"{where}: is a {type(grp).__name__}, not a group; every top-level entry except "
                     f"'{METADATA_KEY}' must be a sample group holding 'image' and 'labels' ({SPLIT_LAYOUT})"
                 )
-            missing = [k for k in ("image", "labels") if not isinstance(grp.get(k), h5py.Dataset)]
+            keys = (*SAMPLE_KEYS[self.storage_format], "labels")
+            missing = [k for k in keys if not isinstance(grp.get(k), h5py.Dataset)]
             if missing:
                 hint = " ('data' is an old hyperseg export key: rename it 'image')" if "data" in grp else ""
+                need = ("'image' (H, W, C)" if self.storage_format == "cube" else
+                        "'scores' (H, W, D), 'coefficients' (D, C), 'means' (C,) (storage_format pca)")
                 raise DataValidationError(
                     f"{where}: lacks dataset(s) {', '.join(repr(m) for m in missing)}; found {sorted(grp)}"
-                    f"{hint}. Each sample needs 'image' (H, W, C) and 'labels' (H, W)"
+                    f"{hint}. Each sample needs {need} and 'labels' (H, W)"
                 )
-            image, labels = grp["image"], grp["labels"]
+            image, labels = grp[keys[0]], grp["labels"]
             ishape, lshape = tuple(image.shape), tuple(labels.shape)
             idtype, ldtype = image.dtype, labels.dtype
+            pca = None if self.storage_format == "cube" else (tuple(grp["coefficients"].shape),
+                                                               tuple(grp["means"].shape))
+        what = keys[0]
         if idtype.kind not in "fiu" or ldtype.kind not in "fiu":
             raise DataValidationError(
-                f"{where}: non-numeric dtype (image {idtype}, labels {ldtype}); image must be float or "
+                f"{where}: non-numeric dtype ({what} {idtype}, labels {ldtype}); {what} must be float or "
                 "integer and labels integer. Fix: convert the arrays when writing the file"
             )
+        if self.storage_dtype != "float32" and idtype != stored_dtype(self.storage_dtype):
+            raise DataValidationError(
+                f"{where}: {what} is {idtype}, but the root attribute {DTYPE_ATTR!r} says {self.storage_dtype} "
+                f"(stored as {stored_dtype(self.storage_dtype)}); the file is inconsistent: convert it again"
+            )
         if len(ishape) != 3:
-            raise DataValidationError(f"{where}: image must be 3-D (H, W, C) channel-last, got {ishape}")
+            raise DataValidationError(f"{where}: {what} must be 3-D (H, W, C) channel-last, got {ishape}")
         if len(lshape) != 2:
             raise DataValidationError(f"{where}: labels must be 2-D (H, W), got shape {lshape}")
         if ishape[:2] != lshape:
             raise DataValidationError(
-                f"{where}: image H x W {ishape[:2]} != labels H x W {lshape}; the label map must cover the "
+                f"{where}: {what} H x W {ishape[:2]} != labels H x W {lshape}; the label map must cover the "
                 "image pixel for pixel (was one of them resized, or is the image stored (C, H, W)?)"
             )
+        if pca is not None:
+            ishape = self._check_pca(where, ishape, *pca)
         n_wl = self.n_channels
         if ishape[2] != n_wl:
             raise DataValidationError(
@@ -220,6 +262,18 @@ class H5Split:
             )
         return int(ishape[0]), int(ishape[1])
 
+    def _check_pca(self, where: str, scores: tuple[int, ...], coeffs: tuple[int, ...],
+                   means: tuple[int, ...]) -> tuple[int, int, int]:
+        """Shapes of a pca sample agree: scores (H, W, D), coefficients (D, C), means (C,); the image's shape."""
+        d = scores[2]
+        c = coeffs[1] if len(coeffs) == 2 else -1
+        if len(coeffs) != 2 or coeffs[0] != d or means != (c,):
+            raise DataValidationError(
+                f"{where}: pca shapes disagree: scores {scores}, coefficients {coeffs}, means {means}; they must "
+                "be (H, W, D), (D, C) and (C,). Fix: convert the data again with python -m study.prepare"
+            )
+        return scores[0], scores[1], c
+
     def validate_values(self) -> None:
         """Scan every sample: images finite, labels in [0, n_classes) after remap (row blocks)."""
         if self.values_checked:
@@ -227,12 +281,15 @@ class H5Split:
         classes = []
         for name in self.names:
             with self._reading(name):
-                image = self._file[name]["image"]
-                if image.dtype.kind == "f":
-                    h, w, c = image.shape
-                    rows = max(1, CHUNK_BYTES // max(1, w * c * image.dtype.itemsize))
+                grp = self._file[name]
+                stored = grp[SAMPLE_KEYS[self.storage_format][0]]
+                decoded = self.storage_format == "pca" or self.storage_dtype == "bfloat16"
+                if stored.dtype.kind == "f" or decoded:
+                    h, w = stored.shape[:2]
+                    itemsize = 4 if decoded else stored.dtype.itemsize
+                    rows = max(1, CHUNK_BYTES // max(1, w * self.n_channels * itemsize))
                     for r0 in range(0, h, rows):
-                        self._check_finite(name, image[r0 : r0 + rows], r0)
+                        self._check_finite(name, self._decoded_rows(grp, r0, min(h, r0 + rows)), r0)
                 classes.append(self._present(self._labels(name)))
         self._classes = classes
         self.values_checked = True
@@ -289,10 +346,33 @@ class H5Split:
             raise IndexError(f"sample index {item} out of range for {self.path} ({len(self.names)} samples)")
         return self.names[int(item)]
 
+    def _decoded_rows(self, grp: h5py.Group, r0: int, r1: int) -> np.ndarray:
+        """Rows ``r0:r1`` of a sample's image (H', W, C), decoded from how it is stored (a cube: as stored)."""
+        stored = grp[SAMPLE_KEYS[self.storage_format][0]][r0:r1]
+        if self.storage_dtype == "bfloat16":
+            stored = from_bfloat16_bits(stored)
+        if self.storage_format == "pca":
+            return pca_decode(stored, grp["coefficients"][()], grp["means"][()])
+        return stored
+
     def _read_into(self, name: str, image_out: np.ndarray) -> np.ndarray:
-        """Read one sample's image into ``image_out`` (H, W, C) float32; return its labels (H, W) int64."""
+        """Read one sample's image into ``image_out`` (H, W, C) float32; return its labels (H, W) int64.
+
+        A float32 cube is read straight into ``image_out``, float16 / bfloat16 ones widened; pca scores are decoded with
+        :func:`study.data.storage.pca_decode`, the float32 product that made the cube files."""
         with self._reading(name):
-            self._file[name]["image"].read_direct(image_out)
+            grp = self._file[name]
+            if self.storage_format == "pca":
+                scores = grp["scores"][()]
+                if self.storage_dtype == "bfloat16":
+                    scores = from_bfloat16_bits(scores)
+                pca_decode(scores, grp["coefficients"][()], grp["means"][()], out=image_out)
+            elif self.storage_dtype == "bfloat16":
+                from_bfloat16_bits(grp["image"][()], out=image_out)
+            elif self.storage_dtype == "float16":  # numpy widens ~5x faster than HDF5's soft conversion
+                np.copyto(image_out, grp["image"][()])
+            else:
+                grp["image"].read_direct(image_out)
             labels = self._labels(name)
         self._check_finite(name, image_out)
         return labels
@@ -303,6 +383,20 @@ class H5Split:
         h, w = self.shapes[self._index[name]]
         image = np.empty((h, w, self.n_channels), dtype=np.float32)
         return image, self._read_into(name, image)
+
+    def read_stored(self, item: int | str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """One sample of a pca file as stored, for a decode elsewhere (the device): scores (H, W, D) in the
+        stored dtype (bfloat16: uint16 bits), coefficients (D, C) and means (C,) float32, labels as :meth:`read`.
+        Values are not checked here (the decoded image is: the streaming loader's decode checks nothing either,
+        so a study checks them on open, ``validate_dataset``)."""
+        if self.storage_format != "pca":
+            raise ValueError(f"{self.path}: read_stored is for storage_format pca files, not {self.storage_format}")
+        name = self._name_of(item)
+        with self._reading(name):
+            grp = self._file[name]
+            scores, coeffs, means = grp["scores"][()], grp["coefficients"][()], grp["means"][()]
+            labels = self._labels(name)
+        return scores, coeffs.astype(np.float32, copy=False), means.astype(np.float32, copy=False), labels
 
     def classes_present(self) -> list[frozenset[int]]:
         """Per sample (in ``names`` order): the valid classes it contains (ignore id excluded). Cached."""

@@ -16,6 +16,12 @@ of a seed do not depend on the number of workers.
 
 A key is a sample index, or ``(index, row, col, height, width)`` for a window
 (the random crops of a k > 0 trial): the worker reads the sample and cuts the window.
+
+HCV2 files kept as PCA scores (``study.prepare --format pca``) are decoded by the reader
+(exactly the cube files' values) unless ``LoaderSettings.decode_device`` is set (a CUDA
+trial sets it): then the workers read the stored scores (D of 128 channels, float16 or
+bfloat16 where stored so), those cross to the device, and :func:`decode_batch` expands them
+there; the images equal the reader's within float32 rounding, the labels stay on the host.
 """
 
 from __future__ import annotations
@@ -41,15 +47,21 @@ LOADER_MEMORY = 2 * 1024**3
 
 
 class SampleDataset(Dataset):
-    """Map-style dataset over one split: key -> (image (h, w, C) float32, labels (h, w) int64), as numpy."""
+    """Map-style dataset over one split: key -> (image (h, w, C) float32, labels (h, w) int64), as numpy;
+    ``stored``: key -> (scores (h, w, D) as stored, coefficients, means, labels) of a pca file instead."""
 
-    def __init__(self, split: Split) -> None:
-        self.split = split
+    def __init__(self, split: Split, stored: bool = False) -> None:
+        self.split, self.stored = split, stored
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: Key) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, key: Key) -> tuple[np.ndarray, ...]:
+        if self.stored:
+            i, (r, c, h, w) = (key[0], key[1:]) if isinstance(key, tuple) else (key, (0, 0, None, None))
+            scores, coeffs, means, labels = self.split.read_stored(int(i))  # type: ignore[attr-defined]
+            rows, cols = slice(r, None if h is None else r + h), slice(c, None if w is None else c + w)
+            return np.ascontiguousarray(scores[rows, cols]), coeffs, means, np.ascontiguousarray(labels[rows, cols])
         if isinstance(key, tuple):
             i, r, c, h, w = key
             image, labels = self.split.read(int(i))
@@ -78,6 +90,8 @@ class LoaderSettings:
     prefetch: int = 2
     pin_memory: bool = False
     memory_bytes: int = LOADER_MEMORY
+    #: where pca split files are decoded: None in the reader (host, exact), else this device per batch
+    decode_device: str | None = None
 
     def bounded(self, batch_bytes: int) -> tuple[int, int]:
         """(workers, prefetch per worker) holding at most ``memory_bytes`` of ``batch_bytes`` batches in flight,
@@ -98,7 +112,8 @@ class LoaderSettings:
             n = min(MAX_WORKERS, max(0, cpus - 1))
         memory = config.get("loader_memory_gib")
         return cls(workers=int(n), prefetch=int(config.get("loader_prefetch", 2)), pin_memory=device.type == "cuda",
-                   memory_bytes=LOADER_MEMORY if memory is None else int(float(memory) * 1024**3))
+                   memory_bytes=LOADER_MEMORY if memory is None else int(float(memory) * 1024**3),
+                   decode_device=str(device) if device.type == "cuda" else None)
 
 
 def batch_bytes(split: Split, batch_images: int) -> int:
@@ -115,6 +130,9 @@ class SplitStream:
         """``batch_images``: the largest batch this stream will be asked for (bounds the loader's memory)."""
         self.split, self.settings = split, settings
         self.plan = BatchPlan()
+        #: decode pca scores on this device per batch (None: the reader decodes)
+        self.decode_device = (settings.decode_device if getattr(split, "storage_format", "cube") == "pca"
+                              else None)
         workers, prefetch = settings.bounded(batch_bytes(split, batch_images))
         self.workers, self.prefetch = workers, prefetch
         extra: dict[str, Any] = {}
@@ -123,8 +141,11 @@ class SplitStream:
                      "worker_init_fn": _one_thread}
         # its own generator: an iterator draws a worker base seed, which must not advance torch's global RNG
         # (dropout masks of the trial would change with the loader; workers draw nothing random)
-        self.loader = DataLoader(SampleDataset(split), batch_sampler=self.plan, num_workers=workers,
-                                 pin_memory=settings.pin_memory, generator=torch.Generator().manual_seed(0), **extra)
+        if self.decode_device is not None:
+            extra["collate_fn"] = collate_stored
+        self.loader = DataLoader(SampleDataset(split, stored=self.decode_device is not None), batch_sampler=self.plan,
+                                 num_workers=workers, pin_memory=settings.pin_memory,
+                                 generator=torch.Generator().manual_seed(0), **extra)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -138,11 +159,15 @@ class SplitStream:
         return tuple(self.split.shapes)
 
     def batches(self, plan: Iterable[Sequence[Key]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images (B, h, w, C) float32, labels (B, h, w) int64) CPU tensors (pinned on CUDA), in plan order."""
+        """(images (B, h, w, C) float32, labels (B, h, w) int64) CPU tensors (pinned on CUDA), in plan order;
+        with a ``decode_device`` the images are decoded there (on that device), the labels stay on the host."""
         self.plan.batches = [list(b) for b in plan]
         if not self.plan.batches:
             return iter(())
-        return iter(self.loader)
+        if self.decode_device is None:
+            return iter(self.loader)
+        device = torch.device(self.decode_device)
+        return ((decode_batch(scores, coeffs, means, device), labels) for scores, coeffs, means, labels in self.loader)
 
     def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The whole split in stored order, ``batch_size`` samples per batch (evaluation)."""
@@ -155,6 +180,30 @@ class SplitStream:
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
         self.loader._iterator = None
+
+
+def collate_stored(items: list[tuple[np.ndarray, ...]]) -> tuple[torch.Tensor, ...]:
+    """A batch of stored pca samples: scores (B, h, w, D) in their stored dtype (bfloat16 bits as bfloat16),
+    coefficients (B, D, C), means (B, C), labels (B, h, w)."""
+    scores, coeffs, means, labels = (np.stack(part) for part in zip(*items, strict=True))
+    s = torch.from_numpy(scores.view(np.int16)).view(torch.bfloat16) if scores.dtype == np.uint16 else \
+        torch.from_numpy(scores)
+    return s, torch.from_numpy(coeffs), torch.from_numpy(means), torch.from_numpy(labels)
+
+
+def decode_batch(scores: torch.Tensor, coeffs: torch.Tensor, means: torch.Tensor,
+                 device: torch.device) -> torch.Tensor:
+    """``scores @ coeffs + means`` per image on ``device``, float32: (B, h, w, D), (B, D, C), (B, C) -> (B, h, w, C).
+
+    D multiply-adds in the order of the host's matrix product (term 0 first, the means last), elementwise:
+    no TF32 whatever the matmul precision setting, only the scores (D of C channels) cross to the device."""
+    s = to_device(scores, device).float()
+    c, m = to_device(coeffs, device), to_device(means, device)
+    c = c[:, None, None]  # (B, 1, 1, D, C)
+    out = s[..., 0:1] * c[..., 0, :]
+    for k in range(1, s.shape[-1]):
+        out.addcmul_(s[..., k : k + 1], c[..., k, :])
+    return out.add_(m[:, None, None, :])
 
 
 def _one_thread(_: int) -> None:

@@ -4,7 +4,10 @@ Writes ``<out>/<dataset>_{train,val,test}.h5`` in the layout ``study.data.h5read
 reads (docs/reference.md §R4): one group per sample (sorted names), ``image`` (H, W, C)
 float32 and ``labels`` (H, W) with the raw ids (the dataset spec remaps them),
 root attributes ``wavelengths`` (the spec's band centres), ``dataset``, ``split``,
-``split_lists``, ``split_digest`` and for HCV2 ``hcv2_split`` (new | old).
+``split_lists``, ``split_digest`` and for HCV2 ``hcv2_split`` (new | old). ``--format pca`` (HCV2)
+stores ``scores`` / ``coefficients`` / ``means`` instead of ``image`` and ``--storage-dtype`` float16 /
+bfloat16 smaller numbers; such files record both (``storage_format``, ``storage_dtype``, see
+:mod:`study.data.storage`).
 
 Why in hsistudy: the study must run on exactly the benchmark's images and
 splits; the original shell + script pipeline needs OpenCV, silently skips
@@ -18,22 +21,27 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from study.data.specs import get_spec
+from study.data.storage import DTYPES, FORMATS, storage_attrs
 from study.prepare.layout import check_layout
 from study.prepare.readers import PrepareError
 from study.prepare.sources import DATASETS, make_job, missing_files
 from study.prepare.splits import HCV2_SPLITS, SPLITS, SplitLists, load_lists
 from study.prepare.writer import DIGEST_ATTR, SplitResult, convert_split, worker_pool
 
-__all__ = ["DATASETS", "HCV2_SPLITS", "PrepareError", "SplitResult", "prepare"]
+__all__ = ["DATASETS", "DTYPES", "FORMATS", "HCV2_SPLITS", "PrepareError", "SplitResult", "check_storage", "prepare"]
 
 #: at most this many missing-file messages in the one-line error
 _SHOW_MISSING = 3
 
 
 def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str | Path | None = None,
-            hcv2_split: str = "new", workers: int = 1, stream: TextIO | None = None,
-            on_split: Callable[[SplitResult], None] | None = None) -> list[SplitResult]:
+            hcv2_split: str = "new", workers: int = 1, fmt: str = "cube", storage_dtype: str = "float32",
+            stream: TextIO | None = None, on_split: Callable[[SplitResult], None] | None = None) -> list[SplitResult]:
     """Convert every split of ``dataset`` from the release folder ``raw`` into ``out``; finished splits are kept.
+
+    ``fmt`` pca (HCV2 only) keeps each image as the release's PCA scores (halved like the cube), coefficients
+    and means instead of the decoded cube; ``storage_dtype`` is the dtype of the cubes or scores
+    (:mod:`study.data.storage`). Cube + float32 writes the files as before these options.
 
     Everything is checked before the first image is decoded: the lists, the
     release layout and that every listed sample's files exist. ``on_split`` is
@@ -45,6 +53,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str |
         raise PrepareError(f"--hcv2-split must be one of {', '.join(HCV2_SPLITS)}, got {hcv2_split!r}")
     if workers < 1:
         raise PrepareError(f"--workers must be >= 1, got {workers}")
+    check_storage(dataset, fmt, storage_dtype)
     spec = get_spec(dataset)
     raw, out = Path(raw).expanduser(), Path(out).expanduser()
     lists = load_lists(dataset, None if splits_dir is None else Path(splits_dir), hcv2_split)
@@ -53,7 +62,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str |
     if out.exists() and not out.is_dir():
         raise PrepareError(f"--out {out}: is a file; it must be a folder (created if missing)")
     out.mkdir(parents=True, exist_ok=True)
-    jobs = {s: [make_job(dataset, raw, s, e, hcv2_split) for e in lists.entries[s]] for s in SPLITS}
+    jobs = {s: [make_job(dataset, raw, s, e, hcv2_split, fmt) for e in lists.entries[s]] for s in SPLITS}
     pending = [s for s in SPLITS if not (out / spec.file_name(s)).exists()]
     problems = [m for s in pending for j in jobs[s] for m in missing_files(j, s)]
     if problems:
@@ -66,7 +75,8 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str |
     try:
         for split in SPLITS:
             results.append(convert_split(split, jobs[split], out / spec.file_name(split),
-                                         _attrs(dataset, split, lists, raw, hcv2_split), pool=pool,
+                                         _attrs(dataset, split, lists, raw, hcv2_split)
+                                         | storage_attrs(fmt, storage_dtype), pool=pool,
                                          window=2 * workers, stream=stream))
             if on_split is not None:
                 on_split(results[-1])
@@ -74,6 +84,17 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str |
         if pool is not None:
             pool.shutdown(cancel_futures=True)
     return results
+
+
+def check_storage(dataset: str, fmt: str, storage_dtype: str) -> None:
+    """``--format`` / ``--storage-dtype`` valid for ``dataset``, else one line saying which and why."""
+    if fmt not in FORMATS:
+        raise PrepareError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if storage_dtype not in DTYPES:
+        raise PrepareError(f"--storage-dtype must be one of {', '.join(DTYPES)}, got {storage_dtype!r}")
+    if fmt == "pca" and dataset != "hcv2":
+        raise PrepareError(f"--format pca is for hcv2 only (its .hsd release is PCA-compressed); the {dataset} "
+                           "release holds full cubes: use --format cube")
 
 
 def _attrs(dataset: str, split: str, lists: SplitLists, raw: Path, hcv2_split: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from study.errors import HsiStudyError
-from study.prepare import DATASETS, HCV2_SPLITS, prepare
+from study.prepare import DATASETS, DTYPES, FORMATS, HCV2_SPLITS, prepare
 from study.prepare.writer import SplitResult
 
 EXAMPLES = """\
@@ -20,6 +20,8 @@ examples:
       train/ + test/ (.hsd, gt/) -> hcv2_*.h5 at half resolution, new split 949/105/276
   python -m study.prepare hcv2 --raw data/raw/hcv2 --out data/hs3bench/hcv2_old --hcv2-split old
       HS3-Bench's original HCV2 split 527/105/422 (all from train/)
+  python -m study.prepare hcv2 --raw data/raw/hcv2 --out data/hs3bench/hcv2_pca --format pca
+      HCV2 kept as the release's PCA scores (D = 6 of 128 bands): ~20x smaller, decoded when read
 then: python -m study.run --dataset hyko2 --data-root data/hs3bench/hyko2 ...
 A re-run skips finished split files and continues an interrupted one.
 """
@@ -41,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hcv2-split", choices=HCV2_SPLITS, default=None,
                    help="HCV2 only: new = 949/105/276 with the official test release (cross-domain paper, "
                    "default); old = HS3-Bench's 527/105/422")
+    p.add_argument("--format", choices=FORMATS, default="cube", dest="fmt",
+                   help="cube: the decoded cubes (default, the HS3-Bench layout); pca (hcv2 only): per image the "
+                   "release's scores (halved like the cube), coefficients and means, decoded by the reader")
+    p.add_argument("--storage-dtype", choices=DTYPES, default="float32",
+                   help="dtype of the stored cubes or scores (default float32); bfloat16 is stored as uint16 "
+                   "bit patterns (HDF5 has no bfloat16), recorded in the root attribute storage_dtype")
     p.add_argument("--workers", type=int, default=1, help="processes decoding images in parallel (default 1)")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -61,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.hcv2_split is not None and args.dataset != "hcv2":
             raise HsiStudyError(f"--hcv2-split is for hcv2 only, not {args.dataset}")
         prepare(args.dataset, args.raw, args.out, splits_dir=args.splits, hcv2_split=args.hcv2_split or "new",
-                workers=args.workers, on_split=lambda r: print(_summary(args.dataset, r), flush=True))
+                workers=args.workers, fmt=args.fmt, storage_dtype=args.storage_dtype,
+                on_split=lambda r: print(_summary(args.dataset, r), flush=True))
     except HsiStudyError as exc:
         if args.debug:
             raise

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from study.data.storage import pca_decode
 from study.prepare.readers import PrepareError
 
 HEADER = np.dtype([("height", "<i4"), ("width", "<i4"), ("bands", "<i4"), ("d", "<i4"),
@@ -64,26 +65,36 @@ def read_header(path: Path) -> HsdHeader:
     return h
 
 
-def decode_hsd(path: Path, rows: np.ndarray | None = None, cols: np.ndarray | None = None,
-               ) -> tuple[np.ndarray, HsdHeader]:
-    """The cube (len(rows), len(cols), bands) float32 at the chosen pixel rows/columns (default: all)."""
+def read_pca(path: Path, rows: np.ndarray | None = None, cols: np.ndarray | None = None,
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, HsdHeader]:
+    """The release's representation at the chosen pixel rows/columns (default: all): scores
+    (len(rows), len(cols), D), coefficients (D, bands) and means (bands,), float32 as stored."""
     h = read_header(path)
     rows = np.arange(h.height) if rows is None else np.asarray(rows)
     cols = np.arange(h.width) if cols is None else np.asarray(cols)
     off = HEADER.itemsize
     try:
-        means = np.fromfile(path, dtype="<f4", count=h.bands, offset=off)
+        means = np.fromfile(path, dtype="<f4", count=h.bands, offset=off).astype(np.float32)
         coeffs = np.fromfile(path, dtype="<f4", count=h.d * h.bands, offset=off + 4 * h.bands)
-        coeffs = coeffs.reshape(h.d, h.bands)
+        coeffs = coeffs.reshape(h.d, h.bands).astype(np.float32)
         scores = np.memmap(path, dtype="<f4", mode="r", offset=off + 4 * (h.bands + h.d * h.bands),
                            shape=(h.height, h.width, h.d))
         picked = np.ascontiguousarray(scores[rows][:, cols], dtype=np.float32)
         del scores
     except (OSError, ValueError) as exc:
         raise PrepareError(f"{path}: cannot read the .hsd body ({exc})") from exc
-    flat = picked.reshape(-1, h.d) @ coeffs.astype(np.float32) + means.astype(np.float32)
-    cube = flat.reshape(len(rows), len(cols), h.bands).astype(np.float32, copy=False)
-    return cube, h
+    return picked, coeffs, means, h
+
+
+def decode_hsd(path: Path, rows: np.ndarray | None = None, cols: np.ndarray | None = None,
+               ) -> tuple[np.ndarray, HsdHeader]:
+    """The cube (len(rows), len(cols), bands) float32 at the chosen pixel rows/columns (default: all).
+
+    Each pixel is decoded on its own (a row of scores times the coefficients), so selecting score rows
+    first and decoding them equals decoding everything and then selecting: ``--format pca`` stores the
+    selected scores and the reader decodes them with the same :func:`pca_decode`."""
+    picked, coeffs, means, h = read_pca(path, rows, cols)
+    return pca_decode(picked, coeffs, means), h
 
 
 def encode_hsd(path: Path, scores: np.ndarray, coeffs: np.ndarray, means: np.ndarray,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from study.data.specs import get_spec
-from study.prepare.hsd import decode_hsd, read_header
+from study.prepare.hsd import decode_hsd, read_header, read_pca
 from study.prepare.readers import PrepareError, as_label_ids, load_mat, load_png_labels
 from study.prepare.resize import opencv_nn_indices, resize_nearest
 from study.prepare.splits import sample_key
@@ -40,6 +40,7 @@ class Job:
     group: str
     cube: Path
     labels: Path | None  # None: labels live in the cube file (HyKo2)
+    fmt: str = "cube"  # "pca": keep HCV2's scores, coefficients and means (study.data.storage)
 
 
 def _with_suffix(entry: str, suffix: str) -> str:
@@ -51,8 +52,8 @@ def hcv2_folder(split: str, hcv2_split: str) -> str:
     return "test" if (split == "test" and hcv2_split == "new") else "train"
 
 
-def make_job(dataset: str, raw: Path, split: str, entry: str, hcv2_split: str = "new") -> Job:
-    """Resolve the raw files of one list entry (no check that they exist)."""
+def make_job(dataset: str, raw: Path, split: str, entry: str, hcv2_split: str = "new", fmt: str = "cube") -> Job:
+    """Resolve the raw files of one list entry (no check that they exist); ``fmt`` pca: HCV2 only."""
     group = sample_key(dataset, entry)
     if dataset == "hyko2":
         return Job(dataset, group, raw / _with_suffix(entry, ".mat"), None)
@@ -60,7 +61,7 @@ def make_job(dataset: str, raw: Path, split: str, entry: str, hcv2_split: str = 
         return Job(dataset, group, raw / "cubes_fl32" / f"{entry}_TC.mat", raw / "labels" / f"{entry}.png")
     if dataset == "hcv2":
         folder = raw / hcv2_folder(split, hcv2_split)
-        return Job(dataset, group, folder / _with_suffix(entry, ".hsd"), folder / "gt" / f"rgb{group}_gray.png")
+        return Job(dataset, group, folder / _with_suffix(entry, ".hsd"), folder / "gt" / f"rgb{group}_gray.png", fmt)
     raise PrepareError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASETS)}")
 
 
@@ -82,8 +83,9 @@ def missing_files(job: Job, split: str) -> list[str]:
     return out
 
 
-def load_sample(job: Job) -> tuple[str, np.ndarray, np.ndarray]:
-    """(group, image (H, W, C) float32, labels (H, W) integer) of one sample, checked."""
+def load_sample(job: Job) -> tuple[str, dict[str, np.ndarray], np.ndarray]:
+    """(group, the sample's arrays, labels (H, W) integer) of one sample, checked. The arrays: ``image``
+    (H, W, C) float32, or for ``fmt`` pca ``scores`` (H, W, D), ``coefficients`` (D, C), ``means`` (C,)."""
     n_bands = get_spec(job.dataset).n_bands
     if job.dataset == "hyko2":
         mat = load_mat(job.cube, [HYKO2_IMAGE_KEY, HYKO2_LABEL_KEY])
@@ -112,13 +114,22 @@ def load_sample(job: Job) -> tuple[str, np.ndarray, np.ndarray]:
                                f"{labels_full.shape[1]}")
         rows = opencv_nn_indices(header.height, HCV2_SCALE)
         cols = opencv_nn_indices(header.width, HCV2_SCALE)
-        image, _ = decode_hsd(job.cube, rows, cols)
         labels = resize_nearest(labels_full, HCV2_SCALE)
+        if job.fmt == "pca":  # decoding is per pixel: the kept pixels' scores are the halved cube's
+            scores, coeffs, means, _ = read_pca(job.cube, rows, cols)
+            for what, arr in (("scores", scores), ("coefficients", coeffs), ("means", means)):
+                _check_finite(job.cube, arr, what)
+            return job.group, {"scores": scores, "coefficients": coeffs, "means": means}, np.ascontiguousarray(labels)
+        image, _ = decode_hsd(job.cube, rows, cols)
     image = np.ascontiguousarray(image, dtype=np.float32)
-    if not np.all(np.isfinite(image)):
-        raise PrepareError(f"{job.cube}: the cube holds {int((~np.isfinite(image)).sum())} NaN/inf values; "
+    _check_finite(job.cube, image, "cube")
+    return job.group, {"image": image}, np.ascontiguousarray(labels)
+
+
+def _check_finite(path: Path, arr: np.ndarray, what: str) -> None:
+    if not np.all(np.isfinite(arr)):
+        raise PrepareError(f"{path}: the {what} holds {int((~np.isfinite(arr)).sum())} NaN/inf values; "
                            "the file is corrupt: extract it from the release again")
-    return job.group, image, np.ascontiguousarray(labels)
 
 
 def _check(where: str, image: np.ndarray, labels: np.ndarray, n_bands: int, what: str) -> None:

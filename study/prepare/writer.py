@@ -26,6 +26,7 @@ from typing import Any, TextIO
 import h5py
 import numpy as np
 
+from study.data.storage import file_storage, to_storage
 from study.prepare.readers import PrepareError
 from study.prepare.sources import Job, load_sample
 
@@ -83,14 +84,16 @@ def worker_pool(workers: int) -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) if workers > 1 else None
 
 
-def _decoded(jobs: Sequence[Job], pool: ProcessPoolExecutor | None, window: int,
-             ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+Decoded = tuple[str, dict[str, np.ndarray], np.ndarray]
+
+
+def _decoded(jobs: Sequence[Job], pool: ProcessPoolExecutor | None, window: int) -> Iterator[Decoded]:
     """Decoded samples in ``jobs`` order; at most ``window`` of them decoded ahead when ``pool`` is given."""
     if pool is None:
         for job in jobs:
             yield load_sample(job)
         return
-    pending: deque[Future[tuple[str, np.ndarray, np.ndarray]]] = deque()
+    pending: deque[Future[Decoded]] = deque()
     try:
         for job in jobs:
             pending.append(pool.submit(load_sample, job))
@@ -103,8 +106,16 @@ def _decoded(jobs: Sequence[Job], pool: ProcessPoolExecutor | None, window: int,
             fut.cancel()
 
 
-def _open_partial(tmp: Path, digest: str) -> h5py.File:
-    """The temporary file of an interrupted run (checked to be for the same list), or a new one."""
+def _storage_clash(path: Path, found: tuple[str, str], wanted: tuple[str, str], what: str) -> PrepareError | None:
+    """An error when a file on disk was written with another --format / --storage-dtype than asked for."""
+    if found == wanted:
+        return None
+    return PrepareError(f"{path}: {what} was written with --format {found[0]} --storage-dtype {found[1]}, not "
+                        f"--format {wanted[0]} --storage-dtype {wanted[1]}; delete it or choose another --out")
+
+
+def _open_partial(tmp: Path, digest: str, storage: tuple[str, str]) -> h5py.File:
+    """The temporary file of an interrupted run (checked to be for the same list and storage), or a new one."""
     if tmp.exists():
         try:
             fh = h5py.File(tmp, "a")
@@ -117,6 +128,10 @@ def _open_partial(tmp: Path, digest: str) -> h5py.File:
                 fh.close()
                 raise PrepareError(f"{tmp}: partial file of an interrupted run with a different split list "
                                    f"(or --hcv2-split); delete it to convert this split again with the current one")
+            clash = _storage_clash(tmp, file_storage(fh.attrs), storage, "the partial file of an interrupted run")
+            if clash is not None:
+                fh.close()
+                raise clash
             return fh
     return h5py.File(tmp, "w")
 
@@ -130,19 +145,23 @@ def convert_split(split: str, jobs: Sequence[Job], final: Path, attrs: dict[str,
     """
     t0 = time.perf_counter()
     digest = str(attrs[DIGEST_ATTR])
+    storage = file_storage(attrs)
     if final.exists():
         try:
             with h5py.File(final, "r") as fh:
-                made = fh.attrs.get(DIGEST_ATTR)
+                made, found = fh.attrs.get(DIGEST_ATTR), file_storage(fh.attrs)
         except OSError as exc:
             raise PrepareError(f"{final}: exists but cannot be read as HDF5 ({exc}); delete it and run again") from exc
         if made is not None and made != digest:
             raise PrepareError(f"{final}: exists but was made from a different split list (or --hcv2-split); "
                                "delete it or choose another --out to convert with the current one")
+        clash = _storage_clash(final, found, storage, "it exists but")
+        if clash is not None:
+            raise clash
         return SplitResult(split, final, "exists", 0, 0, 0.0)
     jobs = sorted(jobs, key=lambda j: j.group)
     tmp = final.with_name(final.name + ".tmp")
-    with _open_partial(tmp, digest) as fh:
+    with _open_partial(tmp, digest, storage) as fh:
         for key, value in attrs.items():
             fh.attrs[key] = value
         todo, kept = [], 0
@@ -159,9 +178,11 @@ def convert_split(split: str, jobs: Sequence[Job], final: Path, attrs: dict[str,
             todo.append(job)
         progress = Progress(f"{attrs.get('dataset', '')} {split}", len(jobs), kept, stream)
         try:
-            for group, image, labels in _decoded(todo, pool, window):
+            for group, arrays, labels in _decoded(todo, pool, window):
+                stored = _stored(group, arrays, storage[1])
                 grp = fh.create_group(group)
-                grp.create_dataset("image", data=image)
+                for key, arr in stored.items():
+                    grp.create_dataset(key, data=arr)
                 grp.create_dataset("labels", data=labels)
                 grp.attrs[COMPLETE_ATTR] = True  # last: marks the group finished for a resumed run
                 fh.flush()
@@ -170,3 +191,17 @@ def convert_split(split: str, jobs: Sequence[Job], final: Path, attrs: dict[str,
             progress.close()
     os.replace(tmp, final)
     return SplitResult(split, final, "written", len(todo), kept, time.perf_counter() - t0)
+
+
+def _stored(group: str, arrays: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+    """The sample's arrays as written: ``image`` / ``scores`` in the storage dtype, the rest as they are."""
+    out = {}
+    for key, arr in arrays.items():
+        if key in ("image", "scores"):
+            try:
+                arr = to_storage(arr, dtype)
+            except ValueError as exc:
+                raise PrepareError(f"sample {group!r}: its {key} cannot be stored as {dtype}: {exc}; "
+                                   "use --storage-dtype float32 or bfloat16") from exc
+        out[key] = arr
+    return out
