@@ -48,6 +48,7 @@ from torch import nn
 
 from study.errors import HsiStudyError
 from study.models.hypersl import BN_MODES
+from study.models.precision import ieee_fp32
 
 #: Paper chunk sizes (pixels per BatchNorm batch) per dataset; others default to 5,000.
 DEFAULT_CHUNKS: dict[str, int] = {"hsidrive": 5000, "hcv2": 5000, "hyko2": 50000}
@@ -153,7 +154,7 @@ def export_image(model: nn.Module, image: np.ndarray, wavelengths: np.ndarray, *
     wl = torch.as_tensor(np.asarray(wavelengths, dtype=np.float32), device=device)
     step = _compute_pixels(chunk_size, device, compute_pixels)
     out: torch.Tensor | None = None
-    with torch.inference_mode(), bn_context(model, bn_mode):
+    with torch.inference_mode(), bn_context(model, bn_mode), ieee_fp32(device):  # no TF32: CPU and GPU caches agree
         for start in range(0, h * w, step):
             x = flat[start : start + step].to(device, non_blocking=True)
             z = _features(model, x, wl, chunk_size, bn_mode, autocast, device)

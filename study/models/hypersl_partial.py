@@ -8,6 +8,10 @@ BatchNorms never run in train mode here: they normalise with *given* statistics,
 the BN buffers (``bn_mode="running"``) or each pixel's export-chunk statistics
 (``"chunk"``, a table recomputed by :meth:`PartialHyperSL.refresh_stats`); each
 pixel carries its chunk id. Details and measurements: ``docs/freeze_depth.md``.
+
+Precision: the stem and the frozen prefix are what the k = 0 cache holds, an fp32 export, so they run in
+IEEE fp32 outside the trial's bf16 autocast (:func:`study.models.precision.full_precision`), and so do the
+chunk statistics; only the trainable blocks follow the trial's autocast, as the head on cached features does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from study.models.freezing import set_trainable_depth
 from study.models.hypersl import BN_MODES, HyperSL
+from study.models.precision import full_precision
 
 #: BatchNorms in the stem (three conv branches + the 1x1 fuse), in forward order.
 N_STEM_BN = 4
@@ -75,7 +80,8 @@ def embed_with_stats(model: HyperSL, x: Tensor, stats: Tensor | None = None,
 def chunk_stats(model: HyperSL, spectra: Tensor) -> Tensor:
     """(mean, var) of every stem BN input over one export chunk of spectra (n, L): (4, 2, D)."""
     collect: list[Tensor] = []
-    embed_with_stats(model, spectra.to(model.div_term.dtype), collect=collect)
+    with full_precision(spectra.device):  # the export's statistics: fp32, whatever autocast is around
+        embed_with_stats(model, spectra.to(model.div_term.dtype), collect=collect)
     return torch.stack(collect)
 
 
@@ -152,18 +158,30 @@ class PartialHyperSL(nn.Module):
         t = embed_with_stats(m, x, stats) + m.positional_encoding(wl)
         return torch.cat([m.global_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)
 
+    def _blocks(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """The transformer layers (groups 1..; group 0 is the stem), split into (frozen, trainable)."""
+        m = self.hypersl
+        blocks = [*m.encoder_blocks, m.transformer_encoder_layer]
+        n_frozen = len(blocks) - min(self.k, len(blocks))
+        return blocks[:n_frozen], blocks[n_frozen:]
+
+    def prefix(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Tokens (P, 1+L, D) after the stem and the frozen blocks: fp32 (IEEE on CUDA) under any autocast,
+        so that they are the k = 0 export's tokens (the stem keeps its gradient when it trains)."""
+        frozen, _ = self._blocks()
+        with full_precision(x.device):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.stem_trainable):
+                h = self._tokens(x.float(), ids)
+            with torch.no_grad():
+                for block in frozen:
+                    h = block(h)
+        return h
+
     def _features(self, x: Tensor, ids: Tensor) -> Tensor:
-        m, grad = self.hypersl, torch.is_grad_enabled()
-        blocks = [*m.encoder_blocks, m.transformer_encoder_layer]  # layer groups 1.. (group 0 is the stem)
-        n_frozen_blocks = len(blocks) - min(self.k, len(blocks))
-        with torch.set_grad_enabled(grad and self.stem_trainable):
-            h = self._tokens(x, ids)
-        with torch.no_grad():
-            for block in blocks[:n_frozen_blocks]:
-                h = block(h)
-        for block in blocks[n_frozen_blocks:]:
+        h = self.prefix(x, ids)
+        for block in self._blocks()[1]:  # the trainable blocks: the trial's autocast
             h = block(h)
-        return m.aggregate(h)
+        return self.hypersl.aggregate(h)
 
     def forward(self, x: Tensor, ids: Tensor) -> Tensor:
         """Spectra (P, C) and chunk ids (P,) int64 -> features (P, D)."""

@@ -1,0 +1,175 @@
+"""The first GPU node (issue 28): what changes when CUDA is present, checked on a CPU.
+
+No GPU runs here, so each CUDA branch is reached with what stands in for it: bf16 autocast on the CPU (the
+trial's forward on CUDA), forced small export passes (the device-memory sizing), mocks of ``torch.cuda``. The
+``gpu``-marked tests at the end run the same checks on a real device (deselected by default).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+import torch
+
+from study.features import export_image
+from study.models.hypersl import build_hypersl
+from study.models.hypersl_partial import PartialHyperSL
+from study.models.precision import full_precision, ieee_fp32
+from study.models.rgb_bridge import LearnedProjection
+from study.models.runet import build_runet
+from study.train.raw_spectra import chunk_id_map
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+BANDS = 15
+CHUNK = 40  # pixels per export chunk: a 6 x 10 image -> 2 chunks, the last one partial
+
+
+def _raw_images(n: int = 2, h: int = 6, w: int = 10, seed: int = 0) -> np.ndarray:
+    """Raw-count-like cubes (offset 2000, spread 1000): what bf16 rounds worst (docs/performance.md §3)."""
+    return (2000 + 1000 * np.random.default_rng(seed).random((n, h, w, BANDS))).astype(np.float32)
+
+
+def _wavelengths() -> np.ndarray:
+    return np.linspace(450, 650, BANDS, dtype=np.float32)
+
+
+def _backbone(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return build_hypersl("tiny").eval()
+
+
+def _pixels(images: np.ndarray, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pixels of ``images`` as (P, C) spectra and their export chunk ids (P,)."""
+    n, h, w, c = images.shape
+    ids = chunk_id_map(n, h, w, chunk)
+    return torch.from_numpy(images.reshape(-1, c)), torch.from_numpy(ids.reshape(-1)).long()
+
+
+def _partial(k: int | str, images: np.ndarray, seed: int = 0) -> PartialHyperSL:
+    hypersl = _backbone(seed)
+    depth = len(hypersl.layer_groups()) if k == "all" else int(k)
+    backbone = PartialHyperSL(hypersl, depth, _wavelengths(), "chunk")
+    backbone.set_sources([images], CHUNK)
+    return backbone
+
+
+def _bf16() -> torch.autocast:
+    """The trial's forward on CUDA (``autocast="auto"``), on the CPU."""
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+# ---- item 6: k > 0 trials see the features k = 0 reads, under the trial's bf16 autocast ------------------
+
+
+def test_k0_features_under_bf16_autocast_equal_the_fp32_export() -> None:
+    """The k = 0 arm reads the fp32 export; the k > 0 path with nothing trainable, run as a trial runs it (bf16
+    autocast, statistics refreshed under it too), must compute those same features."""
+    images = _raw_images()
+    exported = np.stack([export_image(_backbone(), im, _wavelengths(), chunk_size=CHUNK) for im in images])
+    backbone = _partial(0, images)
+    x, ids = _pixels(images)
+    with _bf16(), torch.no_grad():
+        backbone.refresh_stats()
+        z = backbone(x, ids)
+    assert z.dtype == torch.float32
+    np.testing.assert_allclose(z.numpy(), exported.reshape(-1, backbone.dim), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, "all"])
+def test_k_prefix_under_bf16_autocast_is_the_fp32_prefix(k: int | str) -> None:
+    """Stem + frozen blocks under autocast compute exactly the fp32 tokens (also with the stem training and
+    gradients on); only the trainable blocks follow the autocast."""
+    images = _raw_images()
+    backbone = _partial(k, images)
+    backbone.refresh_stats()
+    x, ids = _pixels(images)
+    with torch.no_grad():
+        fp32 = backbone.prefix(x, ids)
+    with _bf16():
+        mixed = backbone.prefix(x, ids)
+        z = backbone(x, ids)
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, fp32)
+    assert z.requires_grad  # the trainable blocks still train
+
+
+def test_raw_input_layers_run_in_fp32_under_bf16_autocast() -> None:
+    """RU-Net's first conv on raw cubes and the learned RGB bridge read raw values: fp32 under the autocast."""
+    cube = torch.from_numpy(_raw_images(2, 32, 32).transpose(0, 3, 1, 2).copy())
+    torch.manual_seed(0)
+    runet = build_runet(BANDS, 4, width="tiny", raw_input=True).eval()
+    first = runet.inc.double_conv[0]
+    seen: list[torch.Tensor] = []
+    first.register_forward_hook(lambda m, i, out: seen.append(out))
+    with _bf16(), torch.no_grad():
+        runet(cube)
+    assert seen[0].dtype == torch.float32 and torch.equal(seen[0], first(cube).detach())
+
+    bridge = LearnedProjection(BANDS, (14, 7, 0), torch.tensor([1e-3, 1e-3, 1e-3]), torch.tensor([-2.0, -2, -2]))
+    with _bf16():
+        out = bridge(cube)
+    assert out.dtype == torch.float32 and torch.equal(out, bridge(cube))
+    assert build_runet(BANDS, 4, width="tiny").raw_input is False  # RU-Net on features: the trial's autocast
+
+
+def test_ieee_fp32_pins_cuda_convs_and_matmuls_and_restores_them() -> None:
+    """cuDNN's fp32 convs default to TF32: an export or an fp32 island on CUDA runs them as IEEE fp32."""
+    conv, mm = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = conv.fp32_precision, mm.fp32_precision
+    conv.fp32_precision = "tf32"
+    try:
+        with ieee_fp32(torch.device("cuda")):
+            assert (conv.fp32_precision, mm.fp32_precision) == ("ieee", "ieee")
+        assert conv.fp32_precision == "tf32"
+        with ieee_fp32("cpu"):  # the CPU computes IEEE fp32 anyway: nothing is touched
+            assert conv.fp32_precision == "tf32"
+        with _bf16(), full_precision("cpu"):
+            assert not torch.is_autocast_enabled("cpu")
+    finally:
+        conv.fp32_precision, mm.fp32_precision = before
+
+
+def test_the_export_runs_in_ieee_fp32_on_its_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    import study.features.export as export
+
+    devices: list[str] = []
+
+    @contextmanager
+    def recording(device):  # noqa: ANN001, ANN202
+        devices.append(str(device))
+        yield
+
+    monkeypatch.setattr(export, "ieee_fp32", recording)
+    export_image(_backbone(), _raw_images(1)[0], _wavelengths(), chunk_size=CHUNK)
+    assert devices == ["cpu"]
+
+
+# ---- the same on a real GPU -------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_k_path_under_autocast_equals_the_gpu_and_cpu_exports() -> None:
+    """On CUDA: the k = 0 features of the k > 0 path under the trial's autocast equal the GPU export, which equals
+    the CPU export (IEEE fp32, no TF32); the k = 1 prefix under autocast is the fp32 prefix."""
+    from study.data.stream import autocast
+
+    cuda = torch.device("cuda")
+    images = _raw_images(2, 64, 80)
+    cpu = np.stack([export_image(_backbone(), im, _wavelengths(), chunk_size=CHUNK) for im in images])
+    model = _backbone().to(cuda)
+    on_gpu = np.stack([export_image(model, im, _wavelengths(), chunk_size=CHUNK, device=cuda) for im in images])
+    np.testing.assert_allclose(on_gpu, cpu, rtol=1e-4, atol=1e-4)
+    for k in (0, 1):
+        backbone = _partial(k, images).to(cuda)
+        x, ids = (t.to(cuda) for t in _pixels(images))
+        with autocast(cuda, "auto"), torch.no_grad():
+            backbone.refresh_stats()
+            z = backbone(x, ids)
+            prefix = backbone.prefix(x, ids)
+        if k == 0:
+            np.testing.assert_allclose(z.cpu().numpy(), on_gpu.reshape(-1, backbone.dim), rtol=1e-4, atol=1e-4)
+        with torch.no_grad():
+            assert prefix.dtype == torch.float32 and torch.allclose(prefix, backbone.prefix(x, ids))
+
