@@ -1,4 +1,4 @@
-"""The first GPU node (issue 28): what changes when CUDA is present, checked on a CPU.
+"""The first GPU node (issue 28, items 2, 3, 6, 7, 8, 9, 10): what changes when CUDA is present, checked on a CPU.
 
 No GPU runs here, so each CUDA branch is reached with what stands in for it: bf16 autocast on the CPU (the
 trial's forward on CUDA), forced small export passes (the device-memory sizing), mocks of ``torch.cuda``. The
@@ -146,6 +146,76 @@ def test_the_export_runs_in_ieee_fp32_on_its_device(monkeypatch: pytest.MonkeyPa
     assert devices == ["cpu"]
 
 
+# ---- item 2: the export's pass fits the device's free memory; features do not depend on the pass ---------
+
+GIB = 1024**3
+
+
+@pytest.mark.parametrize("bn_mode", ["chunk", "running"])
+def test_export_features_are_the_same_for_every_pass_size(bn_mode: str) -> None:
+    """Passes of part of a chunk (7, 13 px), one chunk, several chunks and the whole image give the features of
+    today's one-chunk-per-pass CPU export: the stem still sees whole chunks, the transformer is per pixel."""
+    image = _raw_images(1, 9, 11)[0]  # 99 px: chunks of 40, 40, 19
+    model = _backbone()
+    ref = export_image(model, image, _wavelengths(), bn_mode=bn_mode, chunk_size=CHUNK)
+    seen: list[int] = []
+    for pixels in (7, 13, CHUNK, 2 * CHUNK, 1000):
+        got = export_image(model, image, _wavelengths(), bn_mode=bn_mode, chunk_size=CHUNK, compute_pixels=pixels,
+                           on_chunk=seen.append)
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+        assert sum(seen) == 99 and max(seen) <= max(pixels // CHUNK * CHUNK, min(pixels, CHUNK))
+        seen.clear()
+
+
+def _cuda_memory(monkeypatch: pytest.MonkeyPatch, free: int, reserved: int = 0, allocated: int = 0) -> None:
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i=None: (free, 80 * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda i=None: reserved)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda i=None: allocated)
+
+
+def test_the_gpu_pass_is_sized_from_free_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HCV2 spectra (128 bands + the global token) through HyperSL-small (D = 256): 1.45 MB per pixel in fp32.
+    The pass used to be 65,000 pixels on every GPU (94 GB: OOM on an A10G and an H100)."""
+    from study.features.export import GPU_COMPUTE_PIXELS, PASS_MEMORY_SHARE, PASS_PEAK_FACTOR, pass_pixels
+
+    cuda, tokens, dim = torch.device("cuda"), 129, 256
+    per_px = {m: tokens * dim * 4 * f for m, f in PASS_PEAK_FACTOR.items()}
+    for free_gib in (20, 70, 135):
+        _cuda_memory(monkeypatch, free_gib * GIB, reserved=3 * GIB, allocated=1 * GIB)
+        for mode in ("off", "bf16"):
+            n = pass_pixels(tokens, dim, 5000, cuda, mode)
+            assert n % 5000 == 0 and n <= GPU_COMPUTE_PIXELS
+            assert n * per_px[mode] <= PASS_MEMORY_SHARE * (free_gib + 2) * GIB  # + the allocator's unused 2 GiB
+            assert (n + 5000) * per_px[mode] > PASS_MEMORY_SHARE * (free_gib + 2) * GIB or n == 65000
+    _cuda_memory(monkeypatch, 20 * GIB)
+    assert pass_pixels(tokens, dim, 5000, cuda, "off") == 5000  # an A10G: one chunk of HCV2 in fp32
+    assert pass_pixels(tokens, dim, 5000, cuda, "bf16") == 10000
+    _cuda_memory(monkeypatch, 4 * GIB)  # less than one chunk fits: part of one, its tokens counted
+    n = pass_pixels(tokens, dim, 5000, cuda)
+    assert 0 < n < 5000 and n * per_px["off"] + 5000 * tokens * dim * 4 <= PASS_MEMORY_SHARE * 4 * GIB
+    assert pass_pixels(tokens, dim, 5000, "cpu") == 5000  # a CPU: one chunk per pass, as before
+    assert pass_pixels(tokens, dim, 5000, cuda, compute_pixels=12_345) == 10_000  # forced: whole chunks
+    assert pass_pixels(tokens, dim, 5000, cuda, compute_pixels=123) == 123
+
+
+def test_the_gpu_benchmark_keeps_the_bf16_export_row_when_fp32_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One row's failure (fp32 out of memory) is that row's figure; the other row still comes back."""
+    import study.features as features
+    from benchmarks import gpu
+
+    def fake_export(model, image, wl, *, autocast="off", **kw):  # noqa: ANN001, ANN003, ANN202
+        if autocast == "off":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 94.00 GiB")
+        return np.zeros((*image.shape[:2], 256), np.float32)
+
+    monkeypatch.setattr(features, "export_image", fake_export)
+    out = gpu.measure_export(60.0, pixels=64, device="cpu")
+    rows = {r["autocast"]: r for r in out["rows"]}
+    assert rows["bf16"]["pixels_s"] > 0 and "error" not in rows["bf16"]
+    assert rows["off"]["error"].startswith("OutOfMemoryError: CUDA out of memory")
+
+
 # ---- the same on a real GPU -------------------------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -173,3 +243,29 @@ def test_gpu_k_path_under_autocast_equals_the_gpu_and_cpu_exports() -> None:
         with torch.no_grad():
             assert prefix.dtype == torch.float32 and torch.allclose(prefix, backbone.prefix(x, ids))
 
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("autocast", ["off", "bf16"])
+def test_gpu_export_of_an_hcv2_image_fits_with_the_default_pass(autocast: str) -> None:
+    """An HCV2-sized image (711 x 944 x 128) through HyperSL-small with the default pass size: no OOM, and the
+    measured peak of a pass stays within PASS_PEAK_FACTOR activations (the estimate the sizing relies on)."""
+    from study.data.specs import get_spec
+    from study.features.export import PASS_PEAK_FACTOR, pass_pixels
+
+    cuda = torch.device("cuda")
+    torch.manual_seed(0)
+    model = build_hypersl("small").to(cuda)
+    wl = get_spec("hcv2").wavelength_array()
+    image = (2000 + 1000 * np.random.default_rng(0).random((711, 944, wl.size))).astype(np.float32)
+    step = pass_pixels(wl.size + 1, 256, 5000, cuda, autocast)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    feats = export_image(model, image, wl, chunk_size=5000, device=cuda, autocast=autocast)
+    assert feats.shape == (711, 944, 256) and np.isfinite(feats).all()
+    out_bytes = 711 * 944 * 256 * 4
+    activation = step * (wl.size + 1) * 256 * 4
+    factor = (torch.cuda.max_memory_allocated() - base - out_bytes) / activation
+    print(f"measured pass peak factor ({autocast}): {factor:.2f} at {step} px per pass")
+    assert factor <= PASS_PEAK_FACTOR[autocast] * 1.1
