@@ -8,6 +8,7 @@ trial's forward on CUDA), forced small export passes (the device-memory sizing),
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,6 +217,42 @@ def test_the_gpu_benchmark_keeps_the_bf16_export_row_when_fp32_fails(monkeypatch
     assert rows["off"]["error"].startswith("OutOfMemoryError: CUDA out of memory")
 
 
+# ---- item 7: the trial checkpoint carries the CUDA generators when the trial uses CUDA --------------------
+
+
+def _checkpoint_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cuda_in_use: bool) -> tuple[dict, list]:
+    """checkpoint_state -> state.pt -> resume, with torch.cuda mocked as a trial on one GPU (or none) sees it."""
+    from ray import tune
+
+    from study.train.trial_state import CKPT_FILE, Progress, checkpoint_state, resume
+
+    states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    restored: list = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda_in_use)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [t.clone() for t in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda new: restored.append(list(new)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed where the trial sees one GPU
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    state = checkpoint_state(2, model, opt, Progress(), np.random.default_rng(0))
+    torch.save(state, tmp_path / CKPT_FILE)
+    progress = resume(lambda: tune.Checkpoint.from_directory(str(tmp_path)), model, opt, np.random.default_rng(1))
+    assert progress.start_epoch == 3
+    return state, restored
+
+
+def test_a_cuda_trial_checkpoints_and_restores_the_cuda_generators(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    state, restored = _checkpoint_roundtrip(tmp_path, monkeypatch, cuda_in_use=True)
+    assert [t.tolist() for t in state["cuda_rng"]] == [list(range(16)), list(range(16, 32))]
+    assert len(restored) == 1 and [t.tolist() for t in restored[0]] == [list(range(16))]  # the devices it has
+
+
+def test_a_cpu_trial_on_a_gpu_node_keeps_no_cuda_generators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state, restored = _checkpoint_roundtrip(tmp_path, monkeypatch, cuda_in_use=False)
+    assert state["cuda_rng"] is None and restored == []
+
+
 # ---- the same on a real GPU -------------------------------------------------------------------------------
 
 @pytest.mark.gpu
@@ -269,3 +306,28 @@ def test_gpu_export_of_an_hcv2_image_fits_with_the_default_pass(autocast: str) -
     factor = (torch.cuda.max_memory_allocated() - base - out_bytes) / activation
     print(f"measured pass peak factor ({autocast}): {factor:.2f} at {step} px per pass")
     assert factor <= PASS_PEAK_FACTOR[autocast] * 1.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_resumed_trial_equals_the_uninterrupted_one_within_the_stated_tolerance(tiny_root: Path,
+                                                                                   tmp_path: Path) -> None:
+    """RU-Net (dropout draws on the GPU) resumed from its epoch-2 checkpoint on CUDA: epoch 3 agrees with the
+    uninterrupted run within docs/design.md §7's GPU tolerance (train loss rtol 1e-3, val mIoU 0.01 absolute)."""
+    from ray import tune
+    from trainable_helpers import run, tiny_hyko2_bundle
+
+    from trainables.indomain import train_indomain
+
+    bundle = tiny_hyko2_bundle(tiny_root)
+    config = dict(lr=3e-3, weight_decay=1e-4, dropout=0.25, max_epochs=3, batch_size=2, width="tiny", seed=0,
+                  final=False, patience=None, num_threads=1)
+    full = run(train_indomain, config, bundle, keep=tmp_path)
+    assert full.metrics[-1]["device"].startswith("cuda")
+    state = torch.load(tmp_path / "epoch2" / "state.pt", map_location="cpu", weights_only=True)
+    assert state["cuda_rng"] is not None
+    resumed = run(train_indomain, config, bundle, ckpt=tune.Checkpoint.from_directory(str(tmp_path / "epoch2")))
+    a, b = full.metrics[-1], resumed.metrics[0]
+    assert b["epoch"] == 3
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+    assert abs(b["val_miou"] - a["val_miou"]) <= 0.01
