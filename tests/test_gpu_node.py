@@ -253,6 +253,47 @@ def test_a_cpu_trial_on_a_gpu_node_keeps_no_cuda_generators(tmp_path: Path, monk
     assert state["cuda_rng"] is None and restored == []
 
 
+# ---- item 10: a frozen stem's chunk statistics are computed once per study, not once per k > 0 trial -------
+
+
+def test_a_second_k_trial_reads_the_chunk_statistics_from_the_cache(tiny_root: Path, tiny_backbone: Path,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from trainable_helpers import backbone_config, tiny_hyko2_bundle
+
+    import study.models.hypersl_partial as partial
+    from study.train.raw_spectra import STATS_FOLDER, build_backbone
+
+    raw = tiny_hyko2_bundle(tiny_root)
+    # the k = 0 features' split files live in the features' cache folder: here tmp_path
+    data = replace(raw, train=replace(raw.train, path=str(tmp_path / "hyko2_train.h5")), raw=raw)
+    calls: list[int] = []
+    real = partial.chunk_stats
+    monkeypatch.setattr(partial, "chunk_stats", lambda m, x: calls.append(len(x)) or real(m, x))
+    config = {"freeze_depth": 1, **backbone_config(tiny_backbone)}
+
+    first, _ = build_backbone(config, data)
+    n_chunks = sum(-(-h * w // config["chunk_size"]) for s in (raw.train, raw.val, raw.test) for h, w in s.shapes)
+    assert len(calls) == n_chunks == len(first.stats)
+    assert len(list((tmp_path / STATS_FOLDER).glob("*.pt"))) == 3  # one file per split
+    calls.clear()
+    second, _ = build_backbone(config, data)
+    assert calls == [] and torch.equal(second.stats, first.stats)  # read, not recomputed: the same table
+
+    sub = replace(raw, train=replace(raw.train, names=raw.train.names[:2], sample_shapes=raw.train.shapes[:2]))
+    third, _ = build_backbone(config, replace(data, raw=sub))  # another training subset: only its split is new
+    per_image = -(-24 * 40 // config["chunk_size"])
+    held_out = (len(raw.val) + len(raw.test)) * per_image
+    assert len(calls) == 2 * per_image  # the two training images; val and test rows read from the cache
+    assert torch.equal(third.stats[-held_out:], second.stats[-held_out:])
+    calls.clear()
+    trainable_stem, _ = build_backbone({**config, "freeze_depth": 3}, data)
+    assert len(calls) == n_chunks  # a trainable stem's rows follow its weights: never from the cache
+    torch.testing.assert_close(trainable_stem.stats, first.stats)
+
+
 # ---- the same on a real GPU -------------------------------------------------------------------------------
 
 @pytest.mark.gpu

@@ -109,6 +109,7 @@ class PartialHyperSL(nn.Module):
         self.register_buffer("stats", torch.zeros(0, N_STEM_BN, 2, hypersl.dim), persistent=False)
         self._sources: list[np.ndarray] = []
         self._chunk_size = 0
+        self._cache: Any = None
 
     @property
     def stem_trainable(self) -> bool:
@@ -119,17 +120,24 @@ class PartialHyperSL(nn.Module):
         return self.hypersl.dim
 
     # ---- chunk statistics
-    def set_sources(self, images: list[np.ndarray], chunk_size: int) -> None:
-        """Raw images (N, H, W, C) of every split in chunk-id order (``study.train.raw_spectra.chunk_id_map``)."""
-        self._sources, self._chunk_size = list(images), int(chunk_size)
+    def set_sources(self, images: list[np.ndarray], chunk_size: int, cache: Any = None) -> None:
+        """Raw images (N, H, W, C) of every split in chunk-id order (``study.train.raw_spectra.chunk_id_map``).
+
+        ``cache`` (``study.train.raw_spectra.StatsCache``: ``load(i, shape) -> Tensor | None``, ``save(i, rows)``)
+        keeps each source's rows on disk for the next trial; used only while the stem is frozen (the rows of a
+        trainable stem follow its weights)."""
+        self._sources, self._chunk_size, self._cache = list(images), int(chunk_size), cache
 
     def _n_chunks(self) -> int:
-        return sum(chunks_per_image(h, w, self._chunk_size) for images in self._sources
-                   for h, w in _image_shapes(images))
+        return sum(self._source_chunks(images) for images in self._sources)
+
+    def _source_chunks(self, images: Any) -> int:
+        return sum(chunks_per_image(h, w, self._chunk_size) for h, w in _image_shapes(images))
 
     @torch.no_grad()
     def refresh_stats(self) -> None:
-        """Recompute the per-chunk statistics table from the sources with the current stem (chunk mode only).
+        """Recompute the per-chunk statistics table from the sources with the current stem (chunk mode only),
+        or read a frozen stem's rows of a source from the cache when an earlier trial stored them.
 
         Rows are written into one preallocated table, not kept as one small tensor each and stacked: each
         small tensor allocated between the stem's transients (tens of MB) pinned ~12 MB of glibc heap, so
@@ -137,18 +145,34 @@ class PartialHyperSL(nn.Module):
         """
         if self.bn_mode != "chunk":
             return
-        device, cs = self.wavelengths.device, self._chunk_size
+        device = self.wavelengths.device
         table = torch.empty(self._n_chunks(), N_STEM_BN, 2, self.hypersl.dim, device=device)
+        cache = None if self.stem_trainable else self._cache
         row = 0
-        for images in self._sources:
-            for image in images:
-                flat = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(-1, image.shape[-1]))
-                for s in range(0, len(flat), cs):
-                    table[row] = chunk_stats(self.hypersl, flat[s : s + cs].to(device))
-                    row += 1
-        if row != len(table):
-            raise RuntimeError(f"chunk statistics: {row} chunks read, {len(table)} expected from the shapes")
+        for i, images in enumerate(self._sources):
+            part = table[row : row + self._source_chunks(images)]
+            hit = cache.load(i, tuple(part.shape)) if cache is not None else None
+            if hit is not None:
+                part.copy_(hit)
+            else:
+                self._fill(images, part)
+                if cache is not None:
+                    cache.save(i, part)
+            row += len(part)
         self.stats = table
+
+    def _fill(self, images: Any, part: Tensor) -> None:
+        """Write the statistics of every chunk of ``images`` (one source), in order, into ``part``."""
+        cs, row = self._chunk_size, 0
+        for image in images:
+            flat = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(-1, image.shape[-1]))
+            for s in range(0, len(flat), cs):
+                if row >= len(part):
+                    raise RuntimeError("chunk statistics: more chunks read than expected from the shapes")
+                part[row] = chunk_stats(self.hypersl, flat[s : s + cs].to(part.device))
+                row += 1
+        if row != len(part):
+            raise RuntimeError(f"chunk statistics: {row} chunks read, {len(part)} expected from the shapes")
 
     # ---- forward
     def _tokens(self, x: Tensor, ids: Tensor) -> Tensor:
