@@ -294,6 +294,161 @@ def test_a_second_k_trial_reads_the_chunk_statistics_from_the_cache(tiny_root: P
     torch.testing.assert_close(trainable_stem.stats, first.stats)
 
 
+# ---- item 8: a GPU trial gets its share of the node's CPUs; losses stay on the device ---------------------
+
+
+def test_gpu_trials_get_their_share_of_the_gpu_node_s_cpus() -> None:
+    from study.strategies import get_strategy
+
+    runet, fc = get_strategy("indomain"), get_strategy("crossdomain-fc")  # 1.0 and 0.25 GPU per trial
+    assert runet.resources(True, cpus_per_gpu=12.0) == {"cpu": 12.0, "gpu": 1.0}  # g5.12xlarge: 48 CPUs, 4 GPUs
+    assert fc.resources(True, cpus_per_gpu=12.0) == {"cpu": 3.0, "gpu": 0.25}
+    assert fc.resources(True, cpus_per_gpu=2.0) == {"cpu": 1.0, "gpu": 0.25}  # never below the registry's CPUs
+    assert runet.resources(True) == {"cpu": 1.0, "gpu": 1.0}  # no GPU node up yet: the registry's CPUs
+    assert runet.resources(False, cpus_per_gpu=12.0) == {"cpu": 1.0}  # CPU trials: unchanged
+
+
+def test_cpus_per_gpu_is_the_smallest_ratio_of_the_live_gpu_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    from study.orchestration.ray_setup import cpus_per_gpu
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 4.0}},  # the CPU head
+             {"Alive": True, "Resources": {"CPU": 48.0, "GPU": 4.0}},
+             {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 1.0}},
+             {"Alive": False, "Resources": {"CPU": 2.0, "GPU": 1.0}}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    assert cpus_per_gpu() == 8.0
+    monkeypatch.setattr(ray, "nodes", lambda: nodes[:1])
+    assert cpus_per_gpu() is None
+
+
+def test_a_trial_s_loader_uses_the_cpus_ray_gave_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trial config keeps the registry's ``num_threads`` (trial keys do not follow the cluster's shape); the
+    loader's workers come from the CPUs Ray reserved, torch keeps the config's threads."""
+    from types import SimpleNamespace
+
+    import ray
+
+    from study.train.trial import trial_setup
+
+    ctx = SimpleNamespace(worker=SimpleNamespace(mode=ray.WORKER_MODE),
+                          get_assigned_resources=lambda: {"CPU": 12.0, "GPU": 1.0})
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: ctx)
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])  # the device stays the CPU here
+    config = dict(lr=1e-3, max_epochs=1, batch_size=2, num_threads=1, seed=0)
+    data = SimpleNamespace(dataset="hyko2", backbone_hash=None)
+    trial = trial_setup(config, data, report=lambda m, checkpoint=None: None, get_checkpoint=lambda: None)
+    from study.data.stream import MAX_WORKERS
+
+    assert trial.settings.num_threads == 12  # 11 loader workers (at most MAX_WORKERS), one CPU computes
+    assert trial.settings.loader(torch.device("cuda")).workers == min(MAX_WORKERS, 11)
+    assert torch.get_num_threads() == 1 and config["num_threads"] == 1
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # outside Ray: the config's CPUs
+    assert trial_setup(config, data, report=lambda m, checkpoint=None: None,
+                       get_checkpoint=lambda: None).settings.num_threads == 1
+
+
+def bundle_classes() -> int:
+    from study.data.specs import get_spec
+
+    return get_spec("hyko2").n_classes
+
+
+class _HostReads(torch.Tensor):
+    """A loss that counts how often the loop reads it (or anything computed from it) back to the host."""
+
+    reads = 0
+
+    def __bool__(self) -> bool:
+        _HostReads.reads += 1
+        return super().__bool__()
+
+    def __float__(self) -> float:
+        _HostReads.reads += 1
+        return super().__float__()
+
+    def item(self):  # noqa: ANN201 - Tensor.item
+        _HostReads.reads += 1
+        return super().item()
+
+
+class _CountingLoss(torch.nn.CrossEntropyLoss):
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits, target).as_subclass(_HostReads)
+
+
+def _reference_epoch(model, opt, loss_fn, split, settings, gen, device) -> float:  # noqa: ANN001
+    """The image epoch as it was: loss checked and read back every step (the results must not change)."""
+    from study.train.loop import epoch_plan, forward, random_hflip, to_tensors
+
+    model.train()
+    losses = []
+    for images, labels in split.batches(epoch_plan(len(split), settings.batch_size, gen)):
+        x, y = to_tensors(images, labels, device)
+        x, y = random_hflip(x, y, settings.hflip_p, gen)
+        loss = loss_fn(forward(model, x, settings.autocast), y)
+        if torch.isnan(loss) and bool((y == loss_fn.ignore_index).all()):
+            continue
+        if not torch.isfinite(loss):
+            raise FloatingPointError("non-finite")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return float(np.mean(losses))
+
+
+def test_the_image_epoch_keeps_losses_on_the_device_with_the_same_results(tiny_root: Path) -> None:
+    from trainable_helpers import tiny_hyko2_bundle
+
+    from study.data.stream import Streams
+    from study.train.loop import LOSS_CHECK_EVERY, TrainSettings, train_epoch
+
+    bundle = tiny_hyko2_bundle(tiny_root)
+    from study.data.specs import get_spec
+
+    spec_ignore = get_spec("hyko2").ignore_index
+    settings = TrainSettings(lr=1e-2, weight_decay=0.0, max_epochs=1, batch_size=1, seed=0, hflip_p=0.5)
+    cpu = torch.device("cpu")
+    runs = []
+    for epoch_fn in (_reference_epoch, None):
+        torch.manual_seed(0)
+        model = build_runet(bundle.n_bands, bundle_classes(), width="tiny")
+        opt = torch.optim.AdamW(model.parameters(), lr=settings.lr)
+        loss_fn = _CountingLoss(ignore_index=spec_ignore)
+        _HostReads.reads = 0
+        with Streams(bundle.train, bundle.val, bundle.test, settings.loader(cpu)) as streams:
+            gen = np.random.default_rng(0)
+            if epoch_fn is None:
+                mean = train_epoch(model, opt, loss_fn, streams.train, settings, gen, cpu)
+            else:
+                mean = epoch_fn(model, opt, loss_fn, streams.train, settings, gen, cpu)
+        runs.append((mean, _HostReads.reads, model.state_dict()))
+    (ref_mean, ref_reads, ref_state), (mean, reads, state) = runs
+    assert len(bundle.train) <= LOSS_CHECK_EVERY and ref_reads >= 2 * len(bundle.train)  # the old loop: per step
+    assert reads == 0  # read back once per LOSS_CHECK_EVERY steps, from the device buffer, not the loss
+    assert mean == ref_mean and all(torch.equal(state[k], ref_state[k]) for k in state)
+
+
+def test_a_non_finite_loss_still_stops_the_image_epoch(tiny_root: Path) -> None:
+    from trainable_helpers import tiny_hyko2_bundle
+
+    from study.data.stream import Streams
+    from study.train.loop import TrainSettings, train_epoch
+
+    bundle = tiny_hyko2_bundle(tiny_root)
+    settings = TrainSettings(lr=1e-2, weight_decay=0.0, max_epochs=1, batch_size=2, seed=0)
+    model = build_runet(bundle.n_bands, bundle_classes(), width="tiny")
+    with torch.no_grad():
+        model.outc.conv.bias.fill_(float("nan"))
+    with Streams(bundle.train, bundle.val, bundle.test, settings.loader(torch.device("cpu"))) as streams, \
+            pytest.raises(FloatingPointError, match="training loss became nan"):
+        train_epoch(model, torch.optim.AdamW(model.parameters()), torch.nn.CrossEntropyLoss(ignore_index=-1),
+                    streams.train, settings, np.random.default_rng(0), torch.device("cpu"))
+
+
 # ---- the same on a real GPU -------------------------------------------------------------------------------
 
 @pytest.mark.gpu

@@ -51,6 +51,14 @@ def ray_gpu_share() -> float | None:
     return float(ctx.get_assigned_resources().get("GPU", 0.0))
 
 
+def ray_cpus() -> int | None:
+    """Whole CPUs Ray reserved for this worker (a GPU trial's share of its node's CPUs); None outside a Ray worker."""
+    ctx = ray_worker_context()
+    if ctx is None:
+        return None
+    return int(ctx.get_assigned_resources().get("CPU", 0.0))
+
+
 def limit_gpu_memory(device: torch.device, share: float | None = None) -> float | None:
     """Cap this process's CUDA caching allocator at its fractional GPU share; returns the fraction set, or None.
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from study.data.bundle import DataBundle
 from study.data.specs import DatasetSpec, get_spec
-from study.train.devices import limit_gpu_memory
+from study.train.devices import limit_gpu_memory, ray_cpus
 from study.train.loop import Report, TrainSettings, fit, pick_device, seed_everything, tune_hooks
 from study.train.threads import configure_threads
 
@@ -53,6 +53,9 @@ def trial_setup(config: Mapping[str, Any], data: DataBundle, report: Report | No
     configure_threads(config)
     limit_gpu_memory(pick_device())
     spec = get_spec(data.dataset)
+    cpus = ray_cpus()  # Ray may give more CPUs than the config names (GPU trials: the node's CPUs per GPU)
+    if cpus is not None and cpus > int(float(config.get("num_threads") or 1)):
+        overrides = {**(overrides or {}), "num_threads": cpus}  # for the loader's workers; torch keeps its threads
     settings = TrainSettings.from_config(ChainMap(dict(overrides), config) if overrides else config)
     seed_everything(settings.seed)
     backbone_hash = data.backbone_hash if data.backbone_hash is not None else config.get("backbone_hash")
