@@ -449,6 +449,49 @@ def test_a_non_finite_loss_still_stops_the_image_epoch(tiny_root: Path) -> None:
                     streams.train, settings, np.random.default_rng(0), torch.device("cpu"))
 
 
+# ---- items 3 and 9: cached CUDA memory is given back after a local export and after every trial -----------
+
+
+def test_release_device_memory_empties_both_caching_allocators(monkeypatch: pytest.MonkeyPatch) -> None:
+    from study.train.devices import release_device_memory
+
+    calls: list[str] = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append("sync"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("device"))
+    monkeypatch.setattr(torch.accelerator, "empty_host_cache", lambda: calls.append("pinned host"))
+    assert release_device_memory(torch.device("cuda", 0)) and calls == ["sync", "device", "pinned host"]
+    calls.clear()
+    assert not release_device_memory("cpu") and calls == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a CPU trial on a GPU node: nothing to free
+    assert not release_device_memory("cuda") and calls == []
+
+
+def test_a_local_export_deletes_its_model_and_frees_the_device(tiny_root: Path, tiny_backbone: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --address the export runs in the driver, on GPU 0, which Ray then gives to trials."""
+    import weakref
+
+    import study.features.cache as cache
+
+    models: list[weakref.ref] = []
+    freed: list[tuple[str, bool]] = []
+    real_load = cache.load_hypersl
+
+    def load(path):  # noqa: ANN001, ANN202
+        model = real_load(path)
+        models.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(cache, "load_hypersl", load)
+    monkeypatch.setattr(cache, "release_device_memory",
+                        lambda device: freed.append((str(device), all(m() is None for m in models))))
+    cache.ensure_features(tmp_path, tiny_backbone, tiny_root, "hyko2", ["val"], chunk_size=400, progress=False)
+    assert len(models) == 1 and freed == [("cpu", True)]  # once, after the model is gone
+    cache.ensure_features(tmp_path, tiny_backbone, tiny_root, "hyko2", ["val"], chunk_size=400, progress=False)
+    assert freed == [("cpu", True)]  # a cache hit loads nothing and frees nothing
+
+
 # ---- the same on a real GPU -------------------------------------------------------------------------------
 
 @pytest.mark.gpu
