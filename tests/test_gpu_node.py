@@ -492,6 +492,25 @@ def test_a_local_export_deletes_its_model_and_frees_the_device(tiny_root: Path, 
     assert freed == [("cpu", True)]  # a cache hit loads nothing and frees nothing
 
 
+def test_every_trial_gives_its_cached_device_memory_back(tiny_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray reuses trial actors: the pinned host cache of one trial (~7 GiB for an HCV2 feature trial) would stay."""
+    from trainable_helpers import run, tiny_hyko2_bundle
+
+    import study.train.trial as trial_module
+    from trainables.indomain import train_indomain
+
+    freed: list[str] = []
+    monkeypatch.setattr(trial_module, "release_device_memory", lambda device: freed.append(str(device)))
+    config = dict(lr=3e-3, weight_decay=1e-4, dropout=0.1, max_epochs=1, batch_size=2, width="tiny", seed=0,
+                  final=False, patience=None, num_threads=1)
+    run(train_indomain, config, tiny_hyko2_bundle(tiny_root))
+    assert freed == ["cpu"]
+    config["lr"] = -1.0  # a failing trial frees too
+    with pytest.raises(ValueError, match="learning rate"):
+        run(train_indomain, config, tiny_hyko2_bundle(tiny_root))
+    assert freed == ["cpu", "cpu"]
+
+
 # ---- the same on a real GPU -------------------------------------------------------------------------------
 
 @pytest.mark.gpu
