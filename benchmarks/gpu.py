@@ -214,38 +214,63 @@ def measure_loader(budget_s: float, demand_images_s: float | None, n_images: int
     return out
 
 
-def measure_export(budget_s: float, pixels: int = 200_000) -> dict[str, Any]:
-    """HyperSL ``small`` (random init; cost equals the released weights') on HCV2 spectra, fp32 and bf16."""
+def measure_export(budget_s: float, pixels: int = 200_000, device: str = "cuda") -> dict[str, Any]:
+    """HyperSL ``small`` (random init; cost equals the released weights') on HCV2 spectra, bf16 and fp32.
+
+    Each precision is its own row and its own try: fp32 running out of memory leaves the bf16 row's figures.
+    A row also prints the pass size the export chose and, on CUDA, its measured peak per fp32 activation
+    (what ``study.features.export.PASS_PEAK_FACTOR`` estimates)."""
     import torch
 
     from benchmarks.feature_export import flops_per_pixel, peak_tflops
+    from study import features
     from study.data.specs import get_spec
-    from study.features import export_image
+    from study.features.export import pass_pixels
     from study.models.hypersl import SIZES, build_hypersl
 
-    name = torch.cuda.get_device_name(0)
+    on_gpu = torch.device(device).type == "cuda"
+    name = torch.cuda.get_device_name(0) if on_gpu else device
     peak = peak_tflops(name)
     cfg, wl = SIZES["small"], get_spec("hcv2").wavelength_array()
     fpp = flops_per_pixel(wl.size, cfg.dim, cfg.encoder_depth)
     torch.manual_seed(0)
-    model = build_hypersl("small").cuda()
+    model = build_hypersl("small").to(device)
     image = np.random.default_rng(0).random((1, pixels, wl.size), dtype=np.float32) * 1000 + 2000
     out: dict[str, Any] = {"gpu": name, "peak_bf16_tflops": peak, "gflop_per_px": round(fpp / 1e9, 3),
                            "pixels": pixels, "chunk": 5000, "rows": []}
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     t_start = time.perf_counter()
     for autocast in ("bf16", "off"):
+        row: dict[str, Any] = {"autocast": autocast}
+        out["rows"].append(row)
         if time.perf_counter() - t_start > budget_s:
-            break
-        export_image(model, image[:, :10_000], wl, chunk_size=5000, device="cuda", autocast=autocast)  # warm-up
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        export_image(model, image, wl, chunk_size=5000, device="cuda", autocast=autocast)
-        torch.cuda.synchronize()
-        px_s = pixels / (time.perf_counter() - t0)
-        pct = None if peak is None else round(100 * px_s * fpp / peak / 1e12, 1)
-        out["rows"].append({"autocast": autocast, "pixels_s": round(px_s), "tflop_s": round(px_s * fpp / 1e12, 1),
-                            "pct_of_dense_bf16_peak": pct,
-                            "s_per_hcv2_image": round(HCV2_SHAPE[0] * HCV2_SHAPE[1] / px_s, 2)})
+            row["skipped"] = f"time budget of {budget_s:.0f} s spent"
+            continue
+        try:
+            step = pass_pixels(wl.size + 1, cfg.dim, 5000, device, autocast)
+            row["pass_pixels"] = step
+            features.export_image(model, image[:, :10_000], wl, chunk_size=5000, device=device,
+                                  autocast=autocast)  # warm-up
+            sync()
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            t0 = time.perf_counter()
+            features.export_image(model, image, wl, chunk_size=5000, device=device, autocast=autocast)
+            sync()
+            px_s = pixels / (time.perf_counter() - t0)
+            pct = None if peak is None else round(100 * px_s * fpp / peak / 1e12, 1)
+            row.update(pixels_s=round(px_s), tflop_s=round(px_s * fpp / 1e12, 1), pct_of_dense_bf16_peak=pct,
+                       s_per_hcv2_image=round(HCV2_SHAPE[0] * HCV2_SHAPE[1] / px_s, 2))
+            if on_gpu:
+                activation = min(step, pixels) * (wl.size + 1) * cfg.dim * 4
+                row["pass_peak_factor"] = round(
+                    (torch.cuda.max_memory_allocated() - base - pixels * cfg.dim * 4) / activation, 2)
+        except Exception as exc:  # noqa: BLE001 - one precision's failure (e.g. OOM) is its row's figure
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        finally:
+            if on_gpu:
+                torch.cuda.empty_cache()
     return out
 
 

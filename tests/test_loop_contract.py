@@ -152,7 +152,7 @@ def test_random_flip_flips_image_and_labels_together_with_p_0_1() -> None:
     cols = torch.arange(w, dtype=torch.float32)
     x = cols.expand(b, c, h, w).clone() + 10 * torch.arange(c, dtype=torch.float32)[None, :, None, None]
     y = torch.arange(w).expand(b, h, w).clone()
-    fx, fy = random_hflip(x, y, 0.1, np.random.default_rng(0))
+    fx, fy = random_hflip(x.clone(), y.clone(), 0.1, np.random.default_rng(0))
     flipped_x = torch.all(fx == x.flip(-1), dim=(1, 2, 3))
     kept_x = torch.all(fx == x, dim=(1, 2, 3))
     flipped_y = torch.all(fy == y.flip(-1), dim=(1, 2))
@@ -164,9 +164,9 @@ def test_random_flip_flips_image_and_labels_together_with_p_0_1() -> None:
     # the draw is the generator's: p compared with one uniform per sample
     expected = torch.from_numpy(np.random.default_rng(0).random(b) < 0.1)
     assert torch.equal(flipped_x, expected)
-    fx0, fy0 = random_hflip(x, y, 0.0, np.random.default_rng(0))
+    fx0, fy0 = random_hflip(x.clone(), y.clone(), 0.0, np.random.default_rng(0))
     assert torch.equal(fx0, x) and torch.equal(fy0, y)
-    fx1, fy1 = random_hflip(x, y, 1.0, np.random.default_rng(0))
+    fx1, fy1 = random_hflip(x.clone(), y.clone(), 1.0, np.random.default_rng(0))
     assert torch.equal(fx1, x.flip(-1)) and torch.equal(fy1, y.flip(-1))
 
 

@@ -24,6 +24,7 @@ def train_indomain(
     """Train one RU-Net configuration; reports val metrics every epoch (test only when final)."""
     trial = trial_setup(config, data, report, get_checkpoint)
     width = config.get("width", "full")
-    model = build_runet(data.n_bands, trial.spec.n_classes, width=width, dropout=float(config.get("dropout", 0.25)))
+    model = build_runet(data.n_bands, trial.spec.n_classes, width=width, dropout=float(config.get("dropout", 0.25)),
+                        raw_input=True)
     extra = {"model_name": f"runet-{width}", "backbone_hash": trial.backbone_hash}
     return trial.fit(model, data, extra=extra)

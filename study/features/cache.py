@@ -26,6 +26,7 @@ from study.features.export import (
 from study.features.shards import export_split_sharded
 from study.filelock import file_lock
 from study.models.checkpoints import checkpoint_hash, load_hypersl
+from study.train.devices import release_device_memory
 
 
 def source_id(data_root: str | Path) -> str:
@@ -100,5 +101,8 @@ def ensure_features(cache_dir: str | Path, backbone: str | Path, data_root: str 
             if model is None:
                 model = load_hypersl(backbone).to(device)
             export_split(model, data_root, dataset, split, path, device=device, **settings)
+    if model is not None:  # a local export runs in the driver: GPU 0's cache would stay reserved while Ray
+        del model           # hands GPU 0 to trials, so the model goes and the cached memory is given back
+        release_device_memory(device)
     assert folder is not None
     return folder

@@ -22,8 +22,9 @@ makes concurrent Ray workers compute a split only once.
 
 At scale (design.md §8): images stream through one at a time (the next one is
 read and the last one written by a helper thread while the backbone runs), the
-transformer runs on several BatchNorm chunks at once (``compute_pixels``: the
-stem still normalises each chunk by itself, so the features are the paper's),
+transformer runs on several BatchNorm chunks at once, or on part of one, as many pixels as the device's
+free memory holds (:func:`pass_pixels`; the stem still normalises each whole chunk by itself, and the
+transformer is per pixel, so the features are the paper's for any pass size),
 ``autocast="bf16"`` is an opt-in with its own cache key (measured against fp32
 in docs/performance.md), and :mod:`study.features.shards` spreads a split over
 Ray tasks, one contiguous image shard each.
@@ -48,6 +49,7 @@ from torch import nn
 
 from study.errors import HsiStudyError
 from study.models.hypersl import BN_MODES
+from study.models.precision import ieee_fp32
 
 #: Paper chunk sizes (pixels per BatchNorm batch) per dataset; others default to 5,000.
 DEFAULT_CHUNKS: dict[str, int] = {"hsidrive": 5000, "hcv2": 5000, "hyko2": 50000}
@@ -58,8 +60,16 @@ FEATURE_VERSION = 1
 AUTOCAST_MODES: tuple[str, ...] = ("off", "bf16")
 #: The default everywhere (CLI, ensure_features): fp32. Why: docs/performance.md "Feature export".
 DEFAULT_AUTOCAST = "off"
-#: Pixels per transformer pass on a GPU (whole BN chunks, at least one): big batches keep it busy.
+#: Most pixels per transformer pass on a GPU: big passes keep it busy; what fits its free memory decides below.
 GPU_COMPUTE_PIXELS = 65536
+#: Peak device memory of one transformer pass over one fp32 activation (pixels x tokens x dim x 4 B), per
+#: compute precision: a pre-LN block in inference holds its input, the LN output and the MLP's 4 x D hidden
+#: layer twice (fc1, GELU) at its peak, ~11 activations in fp32, ~7 under bf16 autocast (the residual stays
+#: fp32). Estimated from the block's tensors; the ``gpu`` test measures it (``tests/test_gpu_node.py``).
+PASS_PEAK_FACTOR: dict[str, float] = {"off": 11.0, "bf16": 7.0}
+#: Share of the device's free memory one pass may use: the rest holds the stem of a chunk, the image's output
+#: and the caching allocator's fragmentation.
+PASS_MEMORY_SHARE = 0.6
 
 
 def default_chunk(dataset: str) -> int:
@@ -107,17 +117,50 @@ def autocast_context(device: str | torch.device, autocast: str) -> Any:
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
-def _compute_pixels(chunk_size: int, device: str | torch.device, compute_pixels: int | None) -> int:
-    """Whole BN chunks per transformer pass: one on a CPU (caches), ~64 k pixels on a GPU."""
-    want = compute_pixels if compute_pixels is not None else (
-        GPU_COMPUTE_PIXELS if torch.device(device).type == "cuda" else chunk_size)
-    return max(1, want // chunk_size) * chunk_size
+def free_device_memory(device: str | torch.device) -> int:
+    """Bytes a pass may allocate on a CUDA ``device``: the driver's free memory plus what this process's caching
+    allocator holds unused (``torch.cuda.mem_get_info`` does not count it as free)."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    free, _total = torch.cuda.mem_get_info(index)
+    return int(free + torch.cuda.memory_reserved(index) - torch.cuda.memory_allocated(index))
+
+
+def pass_pixels(n_tokens: int, dim: int, chunk_size: int, device: str | torch.device, autocast: str = "off",
+                compute_pixels: int | None = None, free_bytes: int | None = None) -> int:
+    """Pixels per transformer pass: ``compute_pixels`` if given; one BN chunk on a CPU; on a GPU as many as
+    :data:`PASS_MEMORY_SHARE` of its free memory holds at :data:`PASS_PEAK_FACTOR` x ``n_tokens x dim x 4`` bytes
+    per pixel (at most :data:`GPU_COMPUTE_PIXELS`). A pass of at least one chunk is rounded down to whole chunks;
+    a smaller one runs on part of a chunk whose tokens stay alive meanwhile (counted against the budget).
+
+    HCV2 with HyperSL-small (129 tokens, D = 256) in fp32: 1.45 MB per pixel, so 5,000 pixels on a 24 GB
+    A10G, 35,000 on an 80 GB H100 (not the 65,000 that needed ~94 GB before)."""
+    if compute_pixels is not None:
+        want = int(compute_pixels)
+    elif torch.device(device).type != "cuda":
+        want = chunk_size
+    else:
+        activation = n_tokens * dim * 4
+        budget = PASS_MEMORY_SHARE * (free_device_memory(device) if free_bytes is None else free_bytes)
+        want = int(budget // (activation * PASS_PEAK_FACTOR[autocast]))
+        if want < chunk_size:  # part of one chunk: that chunk's tokens (one activation) are held meanwhile
+            want = int(max(0.0, budget - chunk_size * activation) // (activation * PASS_PEAK_FACTOR[autocast]))
+        want = min(want, GPU_COMPUTE_PIXELS)
+    want = max(1, want)
+    return want if want < chunk_size else want // chunk_size * chunk_size
+
+
+def _tokens(model: nn.Module, x: torch.Tensor, wl: torch.Tensor, chunk_size: int, bn_mode: str) -> torch.Tensor:
+    """Stem tokens of ``x`` (whole BN chunks): per chunk in ``chunk`` mode (its BN statistics are its own)."""
+    step = chunk_size if bn_mode == "chunk" else x.shape[0]
+    return torch.cat([model.tokens(x[s : s + step], wl)[0] for s in range(0, x.shape[0], step)])
 
 
 def _features(model: nn.Module, x: torch.Tensor, wl: torch.Tensor, chunk_size: int, bn_mode: str,
-              autocast: str, device: str | torch.device) -> torch.Tensor:
-    """Features of ``x`` (one or several BN chunks): the stem per chunk (its BN statistics are the chunk's own
-    in ``chunk`` mode), the transformer on all of them at once (per pixel, so batching changes nothing).
+              autocast: str, device: str | torch.device, step: int) -> Iterator[torch.Tensor]:
+    """Features of ``x`` (one or several whole BN chunks), ``step`` pixels at a time: the stem per chunk (its BN
+    statistics are the chunk's own in ``chunk`` mode), the transformer on ``step`` pixels at once (per pixel,
+    so how the pixels are grouped changes nothing).
 
     bf16 autocast covers the transformer only: the stem stays fp32 because its BatchNorm subtracts the
     chunk mean from conv outputs of raw values, and a bf16 conv output of raw counts (e.g. 3000 +- 50)
@@ -125,11 +168,13 @@ def _features(model: nn.Module, x: torch.Tensor, wl: torch.Tensor, chunk_size: i
     """
     if not all(hasattr(model, a) for a in ("tokens", "run_blocks", "aggregate")):
         with autocast_context(device, autocast):
-            return model.features(x, wl).float()
-    step = chunk_size if bn_mode == "chunk" else x.shape[0]
-    h = torch.cat([model.tokens(x[s : s + step], wl)[0] for s in range(0, x.shape[0], step)])
-    with autocast_context(device, autocast):
-        return model.aggregate(model.run_blocks(h)[0]).float()
+            for s in range(0, x.shape[0], step):
+                yield model.features(x[s : s + step], wl).float()
+        return
+    h = _tokens(model, x, wl, chunk_size, bn_mode)
+    for s in range(0, h.shape[0], step):
+        with autocast_context(device, autocast):
+            yield model.aggregate(model.run_blocks(h[s : s + step])[0]).float()
 
 
 def export_image(model: nn.Module, image: np.ndarray, wavelengths: np.ndarray, *, bn_mode: str = "chunk",
@@ -140,7 +185,8 @@ def export_image(model: nn.Module, image: np.ndarray, wavelengths: np.ndarray, *
 
     ``model`` must expose ``features(spectra (N, C), wavelengths (C,)) -> (N, D)``
     (HyperSL) and already sit on ``device``. Features stay on the device until the
-    image is done (one copy back, no sync per chunk).
+    image is done (one copy back, no sync per chunk). ``compute_pixels`` forces the pass size
+    (:func:`pass_pixels`; tests, benchmarks); the features do not depend on it.
     """
     check_settings(bn_mode, chunk_size, dtype, autocast)
     if image.ndim != 3 or image.shape[-1] != len(wavelengths):
@@ -151,17 +197,21 @@ def export_image(model: nn.Module, image: np.ndarray, wavelengths: np.ndarray, *
     if on_gpu:
         flat = flat.pin_memory()
     wl = torch.as_tensor(np.asarray(wavelengths, dtype=np.float32), device=device)
-    step = _compute_pixels(chunk_size, device, compute_pixels)
+    dim = int(getattr(model, "dim", 0) or 1)
+    step = pass_pixels(c + 1, dim, chunk_size, device, autocast, compute_pixels)  # c band tokens + the global one
+    span = max(step, chunk_size)  # pixels moved to the device at once: whole chunks
     out: torch.Tensor | None = None
-    with torch.inference_mode(), bn_context(model, bn_mode):
-        for start in range(0, h * w, step):
-            x = flat[start : start + step].to(device, non_blocking=True)
-            z = _features(model, x, wl, chunk_size, bn_mode, autocast, device)
-            if out is None:
-                out = torch.empty((h * w, z.shape[1]), dtype=getattr(torch, dtype), device=device)
-            out[start : start + z.shape[0]] = z
-            if on_chunk is not None:
-                on_chunk(z.shape[0])
+    done = 0
+    with torch.inference_mode(), bn_context(model, bn_mode), ieee_fp32(device):  # no TF32: CPU and GPU caches agree
+        for start in range(0, h * w, span):
+            x = flat[start : start + span].to(device, non_blocking=True)
+            for z in _features(model, x, wl, chunk_size, bn_mode, autocast, device, step):
+                if out is None:
+                    out = torch.empty((h * w, z.shape[1]), dtype=getattr(torch, dtype), device=device)
+                out[done : done + z.shape[0]] = z
+                done += z.shape[0]
+                if on_chunk is not None:
+                    on_chunk(z.shape[0])
     assert out is not None
     if not bool(torch.isfinite(out).all()):
         hint = " (float16 overflow: use --dtype float32)" if dtype == "float16" else ""

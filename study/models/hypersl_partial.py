@@ -8,6 +8,10 @@ BatchNorms never run in train mode here: they normalise with *given* statistics,
 the BN buffers (``bn_mode="running"``) or each pixel's export-chunk statistics
 (``"chunk"``, a table recomputed by :meth:`PartialHyperSL.refresh_stats`); each
 pixel carries its chunk id. Details and measurements: ``docs/freeze_depth.md``.
+
+Precision: the stem and the frozen prefix are what the k = 0 cache holds, an fp32 export, so they run in
+IEEE fp32 outside the trial's bf16 autocast (:func:`study.models.precision.full_precision`), and so do the
+chunk statistics; only the trainable blocks follow the trial's autocast, as the head on cached features does.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from study.models.freezing import set_trainable_depth
 from study.models.hypersl import BN_MODES, HyperSL
+from study.models.precision import full_precision
 
 #: BatchNorms in the stem (three conv branches + the 1x1 fuse), in forward order.
 N_STEM_BN = 4
@@ -75,7 +80,8 @@ def embed_with_stats(model: HyperSL, x: Tensor, stats: Tensor | None = None,
 def chunk_stats(model: HyperSL, spectra: Tensor) -> Tensor:
     """(mean, var) of every stem BN input over one export chunk of spectra (n, L): (4, 2, D)."""
     collect: list[Tensor] = []
-    embed_with_stats(model, spectra.to(model.div_term.dtype), collect=collect)
+    with full_precision(spectra.device):  # the export's statistics: fp32, whatever autocast is around
+        embed_with_stats(model, spectra.to(model.div_term.dtype), collect=collect)
     return torch.stack(collect)
 
 
@@ -103,6 +109,7 @@ class PartialHyperSL(nn.Module):
         self.register_buffer("stats", torch.zeros(0, N_STEM_BN, 2, hypersl.dim), persistent=False)
         self._sources: list[np.ndarray] = []
         self._chunk_size = 0
+        self._cache: Any = None
 
     @property
     def stem_trainable(self) -> bool:
@@ -113,17 +120,24 @@ class PartialHyperSL(nn.Module):
         return self.hypersl.dim
 
     # ---- chunk statistics
-    def set_sources(self, images: list[np.ndarray], chunk_size: int) -> None:
-        """Raw images (N, H, W, C) of every split in chunk-id order (``study.train.raw_spectra.chunk_id_map``)."""
-        self._sources, self._chunk_size = list(images), int(chunk_size)
+    def set_sources(self, images: list[np.ndarray], chunk_size: int, cache: Any = None) -> None:
+        """Raw images (N, H, W, C) of every split in chunk-id order (``study.train.raw_spectra.chunk_id_map``).
+
+        ``cache`` (``study.train.raw_spectra.StatsCache``: ``load(i, shape) -> Tensor | None``, ``save(i, rows)``)
+        keeps each source's rows on disk for the next trial; used only while the stem is frozen (the rows of a
+        trainable stem follow its weights)."""
+        self._sources, self._chunk_size, self._cache = list(images), int(chunk_size), cache
 
     def _n_chunks(self) -> int:
-        return sum(chunks_per_image(h, w, self._chunk_size) for images in self._sources
-                   for h, w in _image_shapes(images))
+        return sum(self._source_chunks(images) for images in self._sources)
+
+    def _source_chunks(self, images: Any) -> int:
+        return sum(chunks_per_image(h, w, self._chunk_size) for h, w in _image_shapes(images))
 
     @torch.no_grad()
     def refresh_stats(self) -> None:
-        """Recompute the per-chunk statistics table from the sources with the current stem (chunk mode only).
+        """Recompute the per-chunk statistics table from the sources with the current stem (chunk mode only),
+        or read a frozen stem's rows of a source from the cache when an earlier trial stored them.
 
         Rows are written into one preallocated table, not kept as one small tensor each and stacked: each
         small tensor allocated between the stem's transients (tens of MB) pinned ~12 MB of glibc heap, so
@@ -131,18 +145,34 @@ class PartialHyperSL(nn.Module):
         """
         if self.bn_mode != "chunk":
             return
-        device, cs = self.wavelengths.device, self._chunk_size
+        device = self.wavelengths.device
         table = torch.empty(self._n_chunks(), N_STEM_BN, 2, self.hypersl.dim, device=device)
+        cache = None if self.stem_trainable else self._cache
         row = 0
-        for images in self._sources:
-            for image in images:
-                flat = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(-1, image.shape[-1]))
-                for s in range(0, len(flat), cs):
-                    table[row] = chunk_stats(self.hypersl, flat[s : s + cs].to(device))
-                    row += 1
-        if row != len(table):
-            raise RuntimeError(f"chunk statistics: {row} chunks read, {len(table)} expected from the shapes")
+        for i, images in enumerate(self._sources):
+            part = table[row : row + self._source_chunks(images)]
+            hit = cache.load(i, tuple(part.shape)) if cache is not None else None
+            if hit is not None:
+                part.copy_(hit)
+            else:
+                self._fill(images, part)
+                if cache is not None:
+                    cache.save(i, part)
+            row += len(part)
         self.stats = table
+
+    def _fill(self, images: Any, part: Tensor) -> None:
+        """Write the statistics of every chunk of ``images`` (one source), in order, into ``part``."""
+        cs, row = self._chunk_size, 0
+        for image in images:
+            flat = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32).reshape(-1, image.shape[-1]))
+            for s in range(0, len(flat), cs):
+                if row >= len(part):
+                    raise RuntimeError("chunk statistics: more chunks read than expected from the shapes")
+                part[row] = chunk_stats(self.hypersl, flat[s : s + cs].to(part.device))
+                row += 1
+        if row != len(part):
+            raise RuntimeError(f"chunk statistics: {row} chunks read, {len(part)} expected from the shapes")
 
     # ---- forward
     def _tokens(self, x: Tensor, ids: Tensor) -> Tensor:
@@ -152,18 +182,30 @@ class PartialHyperSL(nn.Module):
         t = embed_with_stats(m, x, stats) + m.positional_encoding(wl)
         return torch.cat([m.global_token.expand(t.shape[0], -1, -1).to(t.dtype), t], dim=1)
 
+    def _blocks(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """The transformer layers (groups 1..; group 0 is the stem), split into (frozen, trainable)."""
+        m = self.hypersl
+        blocks = [*m.encoder_blocks, m.transformer_encoder_layer]
+        n_frozen = len(blocks) - min(self.k, len(blocks))
+        return blocks[:n_frozen], blocks[n_frozen:]
+
+    def prefix(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Tokens (P, 1+L, D) after the stem and the frozen blocks: fp32 (IEEE on CUDA) under any autocast,
+        so that they are the k = 0 export's tokens (the stem keeps its gradient when it trains)."""
+        frozen, _ = self._blocks()
+        with full_precision(x.device):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.stem_trainable):
+                h = self._tokens(x.float(), ids)
+            with torch.no_grad():
+                for block in frozen:
+                    h = block(h)
+        return h
+
     def _features(self, x: Tensor, ids: Tensor) -> Tensor:
-        m, grad = self.hypersl, torch.is_grad_enabled()
-        blocks = [*m.encoder_blocks, m.transformer_encoder_layer]  # layer groups 1.. (group 0 is the stem)
-        n_frozen_blocks = len(blocks) - min(self.k, len(blocks))
-        with torch.set_grad_enabled(grad and self.stem_trainable):
-            h = self._tokens(x, ids)
-        with torch.no_grad():
-            for block in blocks[:n_frozen_blocks]:
-                h = block(h)
-        for block in blocks[n_frozen_blocks:]:
+        h = self.prefix(x, ids)
+        for block in self._blocks()[1]:  # the trainable blocks: the trial's autocast
             h = block(h)
-        return m.aggregate(h)
+        return self.hypersl.aggregate(h)
 
     def forward(self, x: Tensor, ids: Tensor) -> Tensor:
         """Spectra (P, C) and chunk ids (P,) int64 -> features (P, D)."""

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from study.data.specs import DatasetSpec
+from study.models.precision import full_precision
 
 #: Target centre wavelengths (nm) of the red, green and blue channels.
 RGB_NM: tuple[float, float, float] = (650.0, 550.0, 450.0)
@@ -104,7 +105,9 @@ class LearnedProjection(nn.Module):
         return {"proj.weight"}
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(x)
+        """In fp32 outside the trial's autocast: it reads raw cubes (a bf16 1x1 conv of raw counts rounds them)."""
+        with full_precision(x.device):
+            return self.proj(x.float())
 
 
 def build_bridge(kind: str, images: np.ndarray, spec: DatasetSpec, bands_method: str = "wavelength",

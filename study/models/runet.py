@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from study.models.precision import full_precision
+
 #: Named base widths. "full" is the paper's 64 (~17.3 M parameters); "tiny" is for
 #: tests and ``--smoke`` runs on CPU.
 WIDTHS: dict[str, int] = {"full": 64, "small": 16, "tiny": 8}
@@ -117,9 +119,14 @@ class RUNet(nn.Module):
     Channels at base width w: w, 2w, 4w, 8w, 8w down; 4w, 2w, w, w up.
     ``n_classes`` includes the ignore slot (the loss/metrics drop it, not the net).
     At w = 64 the parameter count is 17,261,184 + 576·C_in + 65·n_classes.
+
+    ``raw_input``: the input is a raw cube (the in-domain baseline), so the first conv runs in fp32 outside
+    the trial's bf16 autocast (:mod:`study.models.precision`; a bf16 conv of raw counts loses the small
+    differences its BatchNorm keeps). Not a weight: the state dict is the same either way.
     """
 
-    def __init__(self, in_channels: int, n_classes: int, base_width: int = 64, dropout: float = 0.25) -> None:
+    def __init__(self, in_channels: int, n_classes: int, base_width: int = 64, dropout: float = 0.25,
+                 raw_input: bool = False) -> None:
         super().__init__()
         for name, value in (
             ("in_channels", in_channels),
@@ -133,6 +140,7 @@ class RUNet(nn.Module):
         self.in_channels = in_channels
         self.n_classes = n_classes
         self.base_width = base_width
+        self.raw_input = raw_input
         w = base_width
         self.inc = DoubleConv(in_channels, w)
         self.down1 = Down(w, 2 * w)
@@ -154,7 +162,7 @@ class RUNet(nn.Module):
         pad_h, pad_w = max(0, MIN_SIZE - h), max(0, MIN_SIZE - w)
         if pad_h or pad_w:
             x = F.pad(x, [0, pad_w, 0, pad_h])
-        x1 = self.inc(x)
+        x1 = self._inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)
         x4 = self.down3(x3)
@@ -168,8 +176,20 @@ class RUNet(nn.Module):
             logits = logits[:, :, :h, :w]
         return logits
 
+    def _inc(self, x: Tensor) -> Tensor:
+        """The first DoubleConv; with ``raw_input`` its first conv in fp32 (the rest under the caller's autocast)."""
+        if not self.raw_input:
+            return self.inc(x)
+        first, *rest = self.inc.double_conv
+        with full_precision(x.device):
+            a = first(x.float())
+        for layer in rest:
+            a = layer(a)
+        return a
 
-def build_runet(in_channels: int, n_classes: int, width: str | int = "full", dropout: float = 0.25) -> RUNet:
+
+def build_runet(in_channels: int, n_classes: int, width: str | int = "full", dropout: float = 0.25,
+                raw_input: bool = False) -> RUNet:
     """RU-Net with a named (``WIDTHS``) or explicit integer base width.
 
     Named widths keep CLI flags and search spaces readable ("tiny" for --smoke).
@@ -183,7 +203,7 @@ def build_runet(in_channels: int, n_classes: int, width: str | int = "full", dro
         base = width
     else:
         raise ValueError(f"RU-Net width must be one of {sorted(WIDTHS)} or a positive integer, got {width!r}")
-    return RUNet(in_channels, n_classes, base_width=base, dropout=dropout)
+    return RUNet(in_channels, n_classes, base_width=base, dropout=dropout, raw_input=raw_input)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

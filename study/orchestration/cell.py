@@ -25,6 +25,7 @@ from study.errors import HsiStudyError, ResultsWriteError
 from study.hashing import json_digest
 from study.orchestration.inputs import PreparedDataset
 from study.orchestration.plan import cell_label
+from study.orchestration.ray_setup import cpus_per_gpu
 from study.orchestration.trackers import tracker_callbacks
 from study.progress import echo
 from study.provenance import code_version
@@ -201,11 +202,13 @@ def run_cell(
     if replay:
         echo(f"  [{label}] resuming: {len(replay)} finished trial(s) of this cell are replayed from the store")
     space = search_space(cfg, strategy)
-    res = strategy.resources(have_gpu)
+    res = strategy.resources(have_gpu, cpus_per_gpu() if have_gpu else None)  # GPU trials: the node's CPUs / GPU
     trainable = cell_trainable(strategy, cell_bundle(prep, strategy, subset, space), replay, res, rank, cid)
     budget = cfg.budget
     recipe = strategy.load_recipe(prep.spec.name) or {}
-    constants = cell_constants(cfg, prep, strategy, subset, cid, res["cpu"], recipe)
+    # the registry's CPUs, not the node's: trial configs (and so trial keys, resume) do not follow the cluster's
+    # shape; a trial reads the CPUs Ray gave it at run time (study.train.trial.trial_setup)
+    constants = cell_constants(cfg, prep, strategy, subset, cid, strategy.resources(have_gpu)["cpu"], recipe)
     recipe_trial = recipe_point(space, recipe)  # the tuned protocol tries the recipe first
     trackers = functools.partial(tracker_callbacks, cfg, {"study_id": cfg.study_id, "cell_id": cid,
                                  "dataset": prep.spec.name, "strategy": strategy.name, "fraction": subset.fraction})

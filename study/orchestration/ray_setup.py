@@ -49,6 +49,16 @@ def trial_env() -> dict[str, str]:
             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")}
 
 
+def cpus_per_gpu() -> float | None:
+    """CPUs per GPU of the cluster's live GPU nodes (the smallest ratio among them; Ray must be up), or None when
+    no GPU node is up yet (an autoscaler starts them on demand: trials then keep their registry CPUs)."""
+    import ray
+
+    ratios = [n["Resources"].get("CPU", 0.0) / n["Resources"]["GPU"] for n in ray.nodes()
+              if n.get("Alive") and n.get("Resources", {}).get("GPU", 0) > 0]
+    return min(ratios) if ratios else None
+
+
 def init_ray(cfg: StudyConfig) -> None:
     """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray without a dashboard."""
     import ray

@@ -51,6 +51,27 @@ def ray_gpu_share() -> float | None:
     return float(ctx.get_assigned_resources().get("GPU", 0.0))
 
 
+def ray_cpus() -> int | None:
+    """Whole CPUs Ray reserved for this worker (a GPU trial's share of its node's CPUs); None outside a Ray worker."""
+    ctx = ray_worker_context()
+    if ctx is None:
+        return None
+    return int(ctx.get_assigned_resources().get("CPU", 0.0))
+
+
+def release_device_memory(device: str | torch.device) -> bool:
+    """Give a CUDA process's cached memory back: the device caching allocator's unused blocks
+    (``torch.cuda.empty_cache``) and the pinned host blocks of its host caching allocator
+    (``torch.accelerator.empty_host_cache``, power-of-two blocks that are otherwise kept for the life of the
+    process: a Ray actor reused for the next trial). Returns whether anything was released (CUDA in use)."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_initialized():
+        return False
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.accelerator.empty_host_cache()
+    return True
+
+
 def limit_gpu_memory(device: torch.device, share: float | None = None) -> float | None:
     """Cap this process's CUDA caching allocator at its fractional GPU share; returns the fraction set, or None.
 

@@ -221,6 +221,50 @@ def epoch_plan(n: int, batch_size: int, gen: np.random.Generator,
     return [[(i, *windows[i]) for i in b] for b in batches]
 
 
+#: Training steps whose losses wait on the device between two host checks (one sync per this many steps).
+LOSS_CHECK_EVERY = 64
+
+
+class PendingLosses:
+    """An epoch's training losses, kept on the device and read back every :data:`LOSS_CHECK_EVERY` steps.
+
+    ``float(loss)`` or ``torch.isfinite(loss)`` per step is a host sync per step: the GPU idles while the next
+    batch is prepared. The losses wait in one preallocated device buffer instead (not a list of scalar
+    tensors: each small tensor allocated between a step's transients pins heap on a CPU, performance.md §7);
+    a non-finite loss still stops the trial (FloatingPointError) before the epoch reports."""
+
+    def __init__(self, device: torch.device, lr: float) -> None:
+        self.buffer, self.n, self.lr = torch.empty(LOSS_CHECK_EVERY, device=device), 0, lr
+        self.values: list[float] = []
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.buffer[self.n] = loss.detach()
+        self.n += 1
+        if self.n == LOSS_CHECK_EVERY:
+            self.check()
+
+    def check(self) -> None:
+        """Read the pending losses back (one host sync); FloatingPointError if one is not finite."""
+        if not self.n:
+            return
+        values = self.buffer[: self.n].cpu().numpy()
+        self.n = 0
+        if not np.isfinite(values).all():
+            bad = values[~np.isfinite(values)][0]
+            raise FloatingPointError(f"training loss became {bad} (lr={self.lr:g}); trial stopped")
+        self.values.extend(values.tolist())
+
+    def mean(self) -> float:
+        """The epoch's mean loss over the steps taken (nan if none)."""
+        self.check()
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+
+def _all_ignored(labels: np.ndarray | torch.Tensor, ignore_index: int) -> bool:
+    """Every pixel of the (host) batch is unlabelled: its loss is 0/0 and it has nothing to teach."""
+    return bool((labels == ignore_index).all())
+
+
 def train_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -231,22 +275,24 @@ def train_epoch(
     device: torch.device,
     windows: list[tuple[int, int, int, int]] | None = None,
 ) -> float:
-    """One pass over the shuffled training subset (``windows``: one crop per sample); mean loss over steps."""
+    """One pass over the shuffled training subset (``windows``: one crop per sample); mean loss over steps.
+
+    No host sync per step: an unlabelled batch is recognised on its host labels, the losses wait on the
+    device (:class:`PendingLosses`)."""
     model.train()
-    losses: list[float] = []
+    losses = PendingLosses(device, settings.lr)
     for images, labels in split.batches(epoch_plan(len(split), settings.batch_size, gen, windows)):
+        skip = _all_ignored(labels, loss_fn.ignore_index)  # host labels: read before they are copied
         x, y = to_tensors(images, labels, device)
         x, y = random_hflip(x, y, settings.hflip_p, gen)
-        loss = loss_fn(forward(model, x, settings.autocast), y)
-        if torch.isnan(loss) and bool((y == loss_fn.ignore_index).all()):
+        loss = loss_fn(forward(model, x, settings.autocast), y)  # also when skipped: BN statistics as before
+        if skip:
             continue  # every pixel of this batch is unlabelled: nothing to learn from
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss.item()} (lr={settings.lr:g}); trial stopped")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
-    return float(np.mean(losses)) if losses else float("nan")
+        losses.add(loss)
+    return losses.mean()
 
 
 def _prefixed(prefix: str, metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from torch import nn
 
 from study.data.specs import DatasetSpec
 from study.data.stream import SplitStream, to_device
-from study.train.loop import EpochFn, TrainSettings, forward
+from study.train.loop import EpochFn, PendingLosses, TrainSettings, forward
 from study.train.metrics import ConfusionAccumulator
 
 #: Images per loaded batch of the paper's per-pixel arm (docs/reference.md §R16 item 3).
@@ -45,8 +45,6 @@ PIXEL_IMAGES_PER_BATCH: dict[str, int] = {"hyko2": 8, "hsidrive": 32, "hcv2": 4}
 SUB_BATCH = 8192
 #: Pixels per forward pass in evaluation: bounds memory for HCV2-sized images without changing results.
 EVAL_PIXELS = 262_144
-#: Training steps whose losses are checked (and copied to the host) at once.
-CHECK_EVERY = 64
 
 
 def default_images_per_batch(spec: DatasetSpec) -> int:
@@ -142,16 +140,13 @@ def train_pixel_epoch(
 
     A sub-batch trains when it has >= 2 pixels (BatchNorm) and a labelled one, decided
     on the host labels, so the device never syncs to skip one. Losses are checked
-    every ``CHECK_EVERY`` steps rather than per step: HCV2 has ~78k steps
+    every ``loop.LOSS_CHECK_EVERY`` steps rather than per step: HCV2 has ~78k steps
     per epoch and a host sync per step would stall the GPU. A non-finite loss still
     stops the trial (FloatingPointError) before the epoch reports.
     """
     model.train()
     order = gen.permutation(len(split))
-    losses: list[float] = []
-    # losses wait in one preallocated device buffer (no host sync per step); not a list of scalar tensors:
-    # each small tensor allocated between a step's transients pins heap on a CPU (see refresh_stats)
-    pending, n_pending = torch.empty(CHECK_EVERY, device=device), 0
+    losses = PendingLosses(device, opt.param_groups[0]["lr"])  # on the device, no host sync per step
     for x, y, host in regroup(_grouped(split, order, images_per_batch, device), sub_batch):
         if not trains(host, loss_fn.ignore_index):
             continue
@@ -159,24 +154,8 @@ def train_pixel_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        pending[n_pending] = loss.detach()
-        n_pending += 1
-        if n_pending == CHECK_EVERY:
-            losses.extend(_checked(pending, opt))
-            n_pending = 0
-    losses.extend(_checked(pending[:n_pending], opt))
-    return float(np.mean(losses)) if losses else float("nan")
-
-
-def _checked(pending: torch.Tensor, opt: torch.optim.Optimizer) -> list[float]:
-    """The pending losses (1-d) as floats (one host sync); FloatingPointError if any is not finite."""
-    if not len(pending):
-        return []
-    values = pending.cpu().numpy()
-    if not np.isfinite(values).all():
-        bad = values[~np.isfinite(values)][0]
-        raise FloatingPointError(f"training loss became {bad} (lr={opt.param_groups[0]['lr']:g}); trial stopped")
-    return values.tolist()
+        losses.add(loss)
+    return losses.mean()
 
 
 @torch.inference_mode()

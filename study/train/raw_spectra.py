@@ -11,18 +11,28 @@ token cache, and what it costs: ``docs/freeze_depth.md``.
 
 from __future__ import annotations
 
+import os
+import sys
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from study.data.bundle import DataBundle, LazyImages, Split
+from study.hashing import json_digest
 from study.models.hypersl_partial import PartialHyperSL, chunks_per_image
 from study.train.loop import EpochFn, TrainSettings, pick_device, train_epoch
 
 #: Default side of the random training crop of a k > 0 HyperSL-RU-Net trial (pixels).
 CROP = 128
+#: Folder of the cached chunk-statistics tables, inside the features' cache folder
+STATS_FOLDER = "chunk-stats"
+#: Bump when the statistics a (backbone, source, chunk size) gives change
+STATS_VERSION = 1
 
 
 def chunk_id_map(n_images: int, height: int, width: int, chunk_size: int, offset: int = 0) -> np.ndarray:
@@ -90,6 +100,62 @@ def chunked_splits(raw: DataBundle, chunk_size: int) -> list[ChunkedSplit]:
     return splits
 
 
+@dataclass(frozen=True)
+class StatsCache:
+    """A frozen stem's chunk-statistics rows of each source split, one file each, next to the k = 0 features.
+
+    Every k > 0 trial of a study needs the same rows (they depend on the backbone's weights, the split's raw
+    images and the chunk size, not on the trial): without the cache each one read every raw image of train,
+    val and test through the stem (HCV2 val + test: ~131 GB per trial). A file's name is the digest of
+    (backbone hash, source file, its size and mtime, the split's image names, chunk size); it is written under
+    a temporary name and renamed, so concurrent trials never read a partial one. A folder that cannot be
+    written only costs the next trial the recomputation."""
+
+    folder: Path
+    keys: tuple[str, ...]
+
+    def path(self, i: int) -> Path:
+        return self.folder / f"{self.keys[i]}.pt"
+
+    def load(self, i: int, shape: tuple[int, ...]) -> torch.Tensor | None:
+        """Source ``i``'s rows, or None when not stored yet (or not of ``shape``: recomputed and replaced)."""
+        try:
+            rows = torch.load(self.path(i), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - missing or unreadable: recomputed and written again
+            return None
+        return rows if isinstance(rows, torch.Tensor) and tuple(rows.shape) == shape else None
+
+    def save(self, i: int, rows: torch.Tensor) -> None:
+        path = self.path(i)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(rows.detach().cpu().clone(), tmp)  # a copy: a view would save the whole table
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            print(f"[hsistudy] chunk statistics not cached ({exc}); the next trial recomputes them",
+                  file=sys.stderr, flush=True)
+
+
+def stats_cache(config: Mapping[str, Any], data: DataBundle, sources: list[Split]) -> StatsCache | None:
+    """The cache of ``sources`` (the raw splits, in chunk-id order) in the folder of ``data``'s k = 0 features;
+    None when the features or the raw splits are not files (in-memory bundles: tests, benchmarks)."""
+    feature_path = getattr(data.train, "path", None)
+    if feature_path is None or not config.get("backbone_hash"):
+        return None
+    keys = []
+    for split in sources:
+        path = getattr(split, "path", None)
+        if path is None:
+            return None
+        st = Path(path).stat()
+        keys.append(json_digest({"backbone": config["backbone_hash"], "source": str(path),
+                                 "source_stat": f"{st.st_size}:{st.st_mtime_ns}", "names": list(split.names),
+                                 "chunk_size": int(config["chunk_size"]), "version": STATS_VERSION}))
+    return StatsCache(Path(feature_path).parent / STATS_FOLDER, tuple(keys))
+
+
 def build_backbone(config: Mapping[str, Any], data: DataBundle) -> tuple[PartialHyperSL, DataBundle]:
     """The trial's HyperSL (last ``freeze_depth`` groups trainable, statistics ready, on the trial's device)
     and a bundle of :class:`ChunkedSplit` raw spectra with the feature bundle's identity."""
@@ -104,8 +170,11 @@ def build_backbone(config: Mapping[str, Any], data: DataBundle) -> tuple[Partial
     backbone = PartialHyperSL(load_hypersl(path), int(config["freeze_depth"]), data.raw.wavelengths,
                               str(config["bn_mode"]))
     train, val, test = chunked_splits(data.raw, chunk_size)
-    # the statistics walk every raw image, one at a time, read from its file (never held: LazyImages)
-    backbone.set_sources([LazyImages(s.base) for s in (train, val, test)], chunk_size)  # type: ignore[list-item]
+    # the statistics walk every raw image, one at a time, read from its file (never held: LazyImages), once per
+    # study while the stem is frozen: later trials read them from the cache
+    sources = [s.base for s in (train, val, test)]
+    backbone.set_sources([LazyImages(s) for s in sources], chunk_size,  # type: ignore[list-item]
+                         cache=stats_cache(config, data, sources))
     backbone.to(pick_device())
     backbone.refresh_stats()
     return backbone, replace(data, train=train, val=val, test=test)

@@ -16,7 +16,7 @@ from torch import nn
 
 from study.data.bundle import DataBundle
 from study.data.specs import DatasetSpec, get_spec
-from study.train.devices import limit_gpu_memory
+from study.train.devices import limit_gpu_memory, ray_cpus, release_device_memory
 from study.train.loop import Report, TrainSettings, fit, pick_device, seed_everything, tune_hooks
 from study.train.threads import configure_threads
 
@@ -33,8 +33,15 @@ class TrialSetup:
     backbone_hash: str | None
 
     def fit(self, model: nn.Module, data: DataBundle, **kwargs: Any) -> dict:
-        """``loop.fit`` with this trial's spec, settings and Ray hooks (``kwargs``: backbone, extra, epoch_fn...)."""
-        return fit(model, data, self.spec, self.settings, self.report, get_checkpoint=self.get_checkpoint, **kwargs)
+        """``loop.fit`` with this trial's spec, settings and Ray hooks (``kwargs``: backbone, extra, epoch_fn...).
+
+        Afterwards (also when it fails) the process's cached CUDA memory, pinned host blocks included, is given
+        back: Ray reuses the actor for the next trial, and the host caching allocator never frees on its own."""
+        try:
+            return fit(model, data, self.spec, self.settings, self.report, get_checkpoint=self.get_checkpoint,
+                       **kwargs)
+        finally:
+            release_device_memory(pick_device())
 
 
 def trial_setup(config: Mapping[str, Any], data: DataBundle, report: Report | None,
@@ -53,6 +60,9 @@ def trial_setup(config: Mapping[str, Any], data: DataBundle, report: Report | No
     configure_threads(config)
     limit_gpu_memory(pick_device())
     spec = get_spec(data.dataset)
+    cpus = ray_cpus()  # Ray may give more CPUs than the config names (GPU trials: the node's CPUs per GPU)
+    if cpus is not None and cpus > int(float(config.get("num_threads") or 1)):
+        overrides = {**(overrides or {}), "num_threads": cpus}  # for the loader's workers; torch keeps its threads
     settings = TrainSettings.from_config(ChainMap(dict(overrides), config) if overrides else config)
     seed_everything(settings.seed)
     backbone_hash = data.backbone_hash if data.backbone_hash is not None else config.get("backbone_hash")

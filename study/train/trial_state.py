@@ -2,7 +2,13 @@
 
 A Ray restart (node loss, failure retry, restore) resumes from the last checkpoint as if the trial had
 never stopped: model and optimizer state, the best-so-far and its weights, the device time spent, and
-both random generators. ``loop.fit`` writes :func:`checkpoint_state` and reads it back with :func:`resume`.
+its random generators (numpy's, torch's CPU one and, when the trial uses CUDA, every CUDA device's: RU-Net's
+dropout draws there). ``loop.fit`` writes :func:`checkpoint_state` and reads it back with :func:`resume`.
+
+On a CPU the resumed trial equals the uninterrupted one bit for bit. On a GPU it draws the same random
+numbers, but cuDNN's autotuner (``cudnn.benchmark``, on for fixed image sizes) picks kernels per process and
+some kernels accumulate with atomics (conv weight gradients, bilinear upsampling's backward), so the two
+runs agree to float noise that training can grow: the tolerance is in docs/design.md §7.
 """
 
 from __future__ import annotations
@@ -89,6 +95,9 @@ def resume(get_checkpoint: Callable[[], Any] | None, model: nn.Module, opt: torc
                         best_state=state["best_state"], device_s=state["device_s"])
     gen.bit_generator.state = state["np_rng"]
     torch.set_rng_state(state["torch_rng"])
+    cuda_rng = state.get("cuda_rng")
+    if cuda_rng is not None and torch.cuda.is_initialized():  # a CUDA trial (the model is already on its device)
+        torch.cuda.set_rng_state_all(list(cuda_rng)[: torch.cuda.device_count()])
     return progress
 
 
@@ -105,4 +114,6 @@ def checkpoint_state(epoch: int, model: nn.Module, opt: torch.optim.Optimizer, p
         "device_s": progress.device_s,
         "np_rng": gen.bit_generator.state,
         "torch_rng": torch.get_rng_state(),
+        # CUDA's generators only where this trial uses CUDA (a CPU trial on a GPU node never initialises it)
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
     }
