@@ -29,13 +29,16 @@ RUNET_WIDTHS = ("full", "small", "tiny")  # study.models.runet's named widths (n
 #: Settings added after studies were already being run: left out of ids while at their default, so
 #: re-running an older command still finds its results folder and finished cells.
 _ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
-                                 "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned"}
+                                 "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned",
+                                 "deterministic": False, "search_batch": None}
 PROTOCOLS = ("tuned", "paper")
 #: ``--protocol paper``: the published recipe verbatim (docs/reference.md §R8, §R16–§R19): up to 500 epochs with
 #: patience 30, frozen backbone, float32 features exported with chunk-mode BatchNorm, the benchmark's seed-42 subsets.
 #: These are forced; a flag that contradicts one is refused rather than silently overridden.
 PAPER_FIXED: dict[str, Any] = {"patience": 30, "max_freeze_depth": 0, "feature_dtype": "float32", "bn_mode": "chunk"}
 PAPER_EPOCHS = 500
+#: --deterministic: trials per proposal wave when neither --search-batch nor --max-concurrent says
+DEFAULT_SEARCH_BATCH = 4
 
 #: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out (flat setting names).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -46,7 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         # 2 cores (measured in the closing note of the change and in README); the same scenes, classes and counts
         synthetic=GeneratorConfig(height=48, width=96, n_train=40, n_val=12, n_test=16),
         # a per-pixel transformer in every training step (k > 0) costs minutes per epoch on a laptop CPU
-        max_freeze_depth=0,
+        max_freeze_depth=0, deterministic=True,
         # one cell at a time: on 2 cores a cell's own trials fill the machine, and ASHA's decisions then do not
         # depend on how other cells' trials interleave, so the demo's table is the same on every run
         max_concurrent_cells=1,
@@ -55,6 +58,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         fractions=(0.5, 1.0), trials=2, epochs=2, seeds=1, grace_period=1, width="tiny",
         synthetic=GeneratorConfig(height=32, width=48, n_train=6, n_val=3, n_test=3), max_freeze_depth=0,
         allow_random_init=True,  # plumbing, not transfer: an RGB ViT arm runs without released weights
+        deterministic=True,
     ),
 }
 
@@ -105,6 +109,14 @@ class Budget:
     max_concurrent: int | None = None
     max_failures: int = 3
     tune_seed: int = 0  # the searcher's seed
+    #: search and early stopping follow trial order and results only, never timing (study/search/deterministic.py)
+    deterministic: bool = False
+    search_batch: int | None = None  # --deterministic: trials proposed per wave (None: max_concurrent, else 4)
+
+    @property
+    def proposal_batch(self) -> int:
+        """Trials per proposal wave of a deterministic search: fixed by flags, never by free cluster slots."""
+        return self.search_batch or self.max_concurrent or DEFAULT_SEARCH_BATCH
 
     def validate(self) -> None:
         for name in ("trials", "epochs", "seeds", "grace_period"):
@@ -116,6 +128,9 @@ class Budget:
         _at_least("reduction_factor", self.reduction_factor, 2)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("max_concurrent", self.max_concurrent, 1)
+        _at_least("search_batch", self.search_batch, 1)
+        if self.search_batch is not None and not self.deterministic:
+            raise ConfigError("--search-batch sets the proposal waves of --deterministic; add --deterministic")
         _at_least("max_failures", self.max_failures, 0)
         _at_least("patience", self.patience, 1)
 
