@@ -54,7 +54,7 @@ def test_same_command_same_trials_on_an_idle_and_a_loaded_machine(tmp_path: Path
         hog.start()
     try:
         second = subprocess.run([*base, "--max-concurrent-cells", "1", "--results", str(tmp_path / "b")], env=env,
-                                capture_output=True, text=True, timeout=1500)
+                                capture_output=True, text=True, timeout=2400)
     finally:
         for hog in hogs:
             hog.kill()
