@@ -29,11 +29,17 @@ run, for cells one at a time (``--max-concurrent-cells 1``):
   a cell's critical path being its longest tuning run plus its longest final run (they cannot overlap).
 
 Target: concurrent <= 1.25 x the bound.
+
+``--deterministic`` also runs every cell in flight with ``--deterministic`` (proposals in waves of
+``--search-batch``, ASHA decided in trial order, a trial that overtook a lower-index one at a rung paused
+until it settles) and prints its makespan over the asynchronous mode's (target <= 1.25x). The simulated
+trainables checkpoint every epoch, as the real loop does, so a paused trial resumes where it paused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import tempfile
@@ -82,7 +88,11 @@ def _sim(strategy: str, config: dict[str, Any], data: Any) -> None:
     ceiling = 0.3 + 0.5 * math.exp(-abs(math.log10(lr) + 3.0))  # best near lr = 1e-3
     best, best_epoch, max_epochs = -1.0, 0, int(config["max_epochs"])
     t0 = time.perf_counter()
-    for epoch in range(1, max_epochs + 1):
+    start = 1
+    if (ckpt := tune.get_checkpoint()) is not None:  # resumed after a pause: go on where it stopped
+        with ckpt.as_directory() as d:
+            start, best, best_epoch = json.loads((Path(d) / "state.json").read_text())
+    for epoch in range(start, max_epochs + 1):
         time.sleep(epoch_s)
         val = ceiling * (1 - math.exp(-epoch / 3)) * (0.6 + 0.4 * min(1.0, n_images / N_TRAIN))
         if val > best:
@@ -94,7 +104,9 @@ def _sim(strategy: str, config: dict[str, Any], data: Any) -> None:
         if epoch == max_epochs and config.get("final"):
             metrics.update(test_miou=best, test_oa=best, test_macc=best, test_macro_f1=best,
                            test_iou_per_class=[best])
-        tune.report(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "state.json").write_text(json.dumps([epoch + 1, best, best_epoch]))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def train_sim_runet(config: dict[str, Any], data: Any, *_: Any) -> None:
@@ -183,7 +195,8 @@ def data_root(cache: Path) -> Path:
     return root
 
 
-def run_mode(label: str, max_cells: int | None, cache: Path, out: Path, nodes: int = NODES) -> dict[str, Any]:
+def run_mode(label: str, max_cells: int | None, cache: Path, out: Path, nodes: int = NODES,
+             deterministic: bool = False, trials: int = TRIALS, search_batch: int | None = None) -> dict[str, Any]:
     import polars as pl
 
     from study.config import build_config
@@ -192,9 +205,10 @@ def run_mode(label: str, max_cells: int | None, cache: Path, out: Path, nodes: i
 
     strategies = register_sim_strategies()
     results = out / label
-    cfg = build_config("full", strategies=strategies, dataset=DATASETS, fractions=FRACTIONS, trials=TRIALS,
+    cfg = build_config("full", strategies=strategies, dataset=DATASETS, fractions=FRACTIONS, trials=trials,
                        epochs=EPOCHS, seeds=SEEDS, grace_period=GRACE, results=results, cache_dir=cache,
-                       gpus="on", max_concurrent_cells=max_cells, width="tiny", data_root=data_root(cache))
+                       gpus="on", max_concurrent_cells=max_cells, width="tiny", data_root=data_root(cache),
+                       deterministic=deterministic or None, search_batch=search_batch)
     preps = check_inputs(cfg, echo=lambda _: None)
     lines: list[str] = []
     t0, start = time.perf_counter(), datetime.now(UTC)
@@ -218,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes", type=int, default=NODES,
                    help=f"worker nodes of {GPUS} GPU slots each (default {NODES}); fewer make the slots, not the "
                    "longest cell, the bound, so the order in which cells start matters more")
+    p.add_argument("--deterministic", action="store_true",
+                   help="also run every cell in flight with --deterministic; prints its makespan over the "
+                   "asynchronous mode's")
+    p.add_argument("--trials", type=int, default=TRIALS, help=f"tuning trials per cell (default {TRIALS})")
+    p.add_argument("--search-batch", type=int, default=None, metavar="N",
+                   help="--deterministic's proposal wave (default: the study's, 4)")
     p.add_argument("--time-scale", type=float, default=TIME_SCALE,
                    help=f"multiplies every simulated epoch (default {TIME_SCALE}); larger values make Ray's "
                    "per-trial overhead (actor start, scheduling) a smaller share, as on a real cluster")
@@ -241,9 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="cluster-fill-") as tmp:
             out, cache = Path(tmp), Path(tmp) / "cache"
-            rows.append(run_mode("concurrent", args.max_concurrent_cells, cache, out, args.nodes))
+            rows.append(run_mode("concurrent", args.max_concurrent_cells, cache, out, args.nodes,
+                                 trials=args.trials))
+            if args.deterministic:
+                rows.append(run_mode("deterministic", args.max_concurrent_cells, cache, out, args.nodes, True,
+                                     args.trials, args.search_batch))
             if not args.skip_sequential:
-                rows.append(run_mode("one cell at a time", 1, cache, out, args.nodes))
+                rows.append(run_mode("one cell at a time", 1, cache, out, args.nodes, trials=args.trials))
     finally:
         ray.shutdown()
         cluster.shutdown()
@@ -255,11 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     verdict = "meets" if conc["ratio_to_bound"] <= 1.25 else "misses"
     print(f"concurrent driver: {conc['ratio_to_bound']:.2f} x the lower bound ({verdict} the <= 1.25 target); "
           f"{args.nodes} nodes x {GPUS} GPU slots, time scale {args.time_scale:g}")
-    if len(rows) > 1:
-        print(f"speed-up over one cell at a time: {rows[1]['makespan_s'] / conc['makespan_s']:.1f} x")
+    by_mode = {r["mode"]: r for r in rows}
+    if "deterministic" in by_mode:
+        ratio = by_mode["deterministic"]["makespan_s"] / conc["makespan_s"]
+        print(f"deterministic / asynchronous makespan: {ratio:.2f} x "
+              f"({'meets' if ratio <= 1.25 else 'misses'} the <= 1.25 target)")
+    if "one cell at a time" in by_mode:
+        seq = by_mode["one cell at a time"]["makespan_s"]
+        print(f"speed-up over one cell at a time: {seq / conc['makespan_s']:.1f} x")
     if not args.no_save:
         write_result("cluster_fill", {"machine": machine_info(), "nodes": args.nodes, "gpu_slots_per_node": GPUS,
-                                      "trials": TRIALS, "epochs": EPOCHS, "seeds": SEEDS, "rows": rows})
+                                      "trials": args.trials, "search_batch": args.search_batch, "epochs": EPOCHS,
+                                      "seeds": SEEDS, "rows": rows})
     return 0
 
 

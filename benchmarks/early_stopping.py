@@ -12,10 +12,15 @@ runs propose the *same* configurations (checked: ``same_configs``). The gap is
 measured as regret: the full-budget val mIoU of the config ASHA chose (looked up
 in the FIFO run) vs the best full-budget val mIoU. Target: >= 50 % of
 trial-epochs saved with the chosen config within 1 mIoU point.
+
+``--deterministic`` runs both searches a second time with ``--deterministic``'s searcher and scheduler
+(proposals in waves of 2, ASHA decided in trial order: ``study.search.deterministic``) and prints
+saved compute, regret and wall time of both modes side by side.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import tempfile
 import time
@@ -23,11 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import (
+    add_mode_args,
+    apply_threads,
     finish,
     machine_info,
     print_table,
     quiet,
-    standard_main,
+    resolve_quick,
     target,
 )
 
@@ -102,15 +109,17 @@ def _setup(size: tuple, results: Path) -> tuple[Any, Any, dict[str, Any], Any]:
 
 
 def run_search(trainable: Any, constants: dict, space: dict, size: tuple, grace: int, storage: Path,
-               name: str) -> tuple[float, list[dict[str, Any]]]:
+               name: str, deterministic: bool = False) -> tuple[float, list[dict[str, Any]]]:
     """One search through ``tune_cell``; returns its wall seconds and summarized trials."""
+    from study.search.deterministic import ordered_search
     from study.search.tuning import Budget, tune_cell
 
     _h, _w, _n, _width, trials, epochs, _g, rf = size
     budget = Budget(trials=trials, epochs=epochs, grace_period=grace, reduction_factor=rf, seeds=1,
-                    max_concurrent=2, tune_seed=0)
+                    max_concurrent=2, tune_seed=0, deterministic=deterministic)
+    search = ordered_search(space, budget, name, None, None, {}) if deterministic else None
     t0 = time.perf_counter()
-    logs = tune_cell(trainable, space, dict(constants), budget, storage, name, None, name, quiet)
+    logs = tune_cell(trainable, space, dict(constants), budget, storage, name, None, name, quiet, search=search)
     return time.perf_counter() - t0, summarize(logs)
 
 
@@ -122,7 +131,26 @@ def _row(run: str, grace: int, rf: int, trials: list[dict[str, Any]], wall_s: fl
             "best_val_miou": round(max(scored), 4) if scored else None}
 
 
-def run(quick: bool, save: bool = True) -> dict[str, Any]:
+def _compare_runs(trainable: Any, constants: dict, space: dict, size: tuple, d: str,
+                  deterministic: bool) -> tuple[dict[str, Any], list[dict[str, Any]], list, list]:
+    """FIFO then ASHA in one mode -> (comparison, table rows, ASHA trials, FIFO trials)."""
+    tag = "det-" if deterministic else ""
+    # FIFO first: the cold-start cost of Ray's first Tuner.fit then counts against the baseline side;
+    # a warm-up fit would cost a minute of budget, so the bias is stated instead.
+    fifo_s, fifo = run_search(trainable, constants, space, size, size[5], Path(d) / "tune", f"{tag}fifo",
+                              deterministic)
+    asha_s, asha = run_search(trainable, constants, space, size, size[6], Path(d) / "tune", f"{tag}asha",
+                              deterministic)
+    cmp = compare(asha, fifo)
+    cmp.update(wall_s_asha=round(asha_s, 1), wall_s_fifo=round(fifo_s, 1),
+               wall_saved_pct=round(100.0 * (1 - asha_s / fifo_s), 1))
+    mode = "deterministic" if deterministic else "async"
+    rows = [{"mode": mode, **_row("ASHA", size[6], size[7], asha, cmp["wall_s_asha"])},
+            {"mode": mode, **_row("FIFO", size[5], size[7], fifo, cmp["wall_s_fifo"])}]
+    return cmp, rows, asha, fifo
+
+
+def run(quick: bool, save: bool = True, deterministic: bool = False) -> dict[str, Any]:
     import ray
 
     from study.orchestration import init_ray, quiet_ray_tune
@@ -130,42 +158,47 @@ def run(quick: bool, save: bool = True) -> dict[str, Any]:
     started, info = time.perf_counter(), machine_info()
     size = QUICK if quick else FULL
     quiet_ray_tune()
+    modes = (False, True) if deterministic else (False,)
     with tempfile.TemporaryDirectory(prefix="bench-es-") as d:
         cfg, trainable, constants, space = _setup(size, Path(d) / "res")
         init_ray(cfg)
         try:
-            # FIFO first: the cold-start cost of Ray's first Tuner.fit then counts against the baseline side;
-            # a warm-up fit would cost a minute of budget, so the bias is stated instead.
-            fifo_s, fifo = run_search(trainable, constants, space, size, size[5], Path(d) / "tune", "fifo")
-            asha_s, asha = run_search(trainable, constants, space, size, size[6], Path(d) / "tune", "asha")
+            runs = [_compare_runs(trainable, constants, space, size, d, det) for det in modes]
         finally:
             ray.shutdown()
-    cmp = compare(asha, fifo)
-    cmp.update(wall_s_asha=round(asha_s, 1), wall_s_fifo=round(fifo_s, 1),
-               wall_saved_pct=round(100.0 * (1 - asha_s / fifo_s), 1))
-    rows = [_row("ASHA", size[6], size[7], asha, cmp["wall_s_asha"]),
-            _row("FIFO", size[5], size[7], fifo, cmp["wall_s_fifo"])]
+    cmp, rows, asha, fifo = runs[0]
+    rows = [r for run_ in runs for r in run_[1]]
     print_table(f"early stopping: {size[4]} trials x <= {size[5]} epochs, RU-Net {size[3]} on {size[0]}x{size[1]} "
                 f"synthetic hyko2 ({size[2][0]} train images), 2 concurrent trials", rows,
-                ["run", "grace", "rf", "trials", "trial_epochs", "stopped_early", "wall_s", "best_val_miou"])
-    print(f"compute saved {cmp['saved_pct']} % of trial-epochs ({cmp['wall_saved_pct']} % of wall time); "
-          f"same configs both runs: {cmp['same_configs']}; ASHA's choice trained fully: "
-          f"{cmp['asha_choice_full_budget_miou']} vs best {cmp['best_val_miou_fifo']} "
-          f"(regret {cmp['regret_points']} mIoU points; best-vs-best gap {cmp['best_vs_best_gap_points']})")
+                ["mode", "run", "grace", "rf", "trials", "trial_epochs", "stopped_early", "wall_s", "best_val_miou"])
+    for det, (c, *_rest) in zip(modes, runs, strict=True):
+        print(f"{'deterministic' if det else 'async'}: compute saved {c['saved_pct']} % of trial-epochs "
+              f"({c['wall_saved_pct']} % of wall time); same configs both runs: {c['same_configs']}; ASHA's "
+              f"choice trained fully: {c['asha_choice_full_budget_miou']} vs best {c['best_val_miou_fifo']} "
+              f"(regret {c['regret_points']} mIoU points; best-vs-best gap {c['best_vs_best_gap_points']})")
     regret = cmp["regret_points"] if cmp["regret_points"] is not None else cmp["best_vs_best_gap_points"]
     met = cmp["saved_pct"] >= 50.0 and regret <= 1.0
     targets = [target("ASHA compute saved, best config within 1 mIoU point",
                       f"{cmp['saved_pct']} % saved, regret {regret} points", ">= 50 % and <= 1 point", met,
                       f"{len(asha)} trials; wall time saved {cmp['wall_saved_pct']} %; "
                       f"same configs {cmp['same_configs']}")]
+    extra = {"deterministic": runs[1][0]} if deterministic else {}
     return finish("early_stopping", {"quick": quick, "size": size, "result": cmp, "rows": rows,
-                                     "asha_trials": asha, "fifo_trials": fifo, "targets": targets},
+                                     "asha_trials": asha, "fifo_trials": fifo, "targets": targets, **extra},
                   save, started, info)
 
 
 def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.early_stopping", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_mode_args(p)
+    p.add_argument("--deterministic", action="store_true",
+                   help="also run both searches with --deterministic's searcher and scheduler, side by side")
+    args = p.parse_args(argv)
     # --threads applies to the driver process only: each trial sets its own threads from its config
-    return standard_main("early_stopping", __doc__, run, argv)
+    apply_threads(args.threads)
+    run(resolve_quick(args.quick), save=not args.no_save, deterministic=args.deterministic)
+    return 0
 
 
 if __name__ == "__main__":

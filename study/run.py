@@ -127,6 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grace-period", type=int, default=None, help="ASHA grace period in epochs (e.g. 10)")
     g.add_argument("--reduction-factor", type=int, default=None, help="ASHA reduction factor (default 2)")
     g.add_argument("--patience", type=int, default=None, help="early-stopping patience on val mIoU (default 30)")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="search and early stopping follow trial order and results only, never timing: the same "
+                   "command gives the same table on any machine or load (proposals in waves, ASHA decided in trial "
+                   "order; deterministic CUDA kernels). Default on for --smoke/--demo, off for full studies "
+                   "(docs/performance.md: its price)")
+    g.add_argument("--search-batch", type=int, default=None, metavar="N",
+                   help="--deterministic: trials proposed per wave, each from the earlier waves' results (default "
+                   "--max-concurrent, else 4)")
     g.add_argument("--batch-size", type=int, default=None, help="images per step (default: HS3-Bench's, e.g. 16)")
     g.add_argument("--width", default=None, help="RU-Net width: full (64, 17.3 M params), small (16), tiny (8), "
                    "or an integer; default full on real data, small on synthetic")
@@ -265,6 +273,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
         max_freeze_depth=args.max_freeze_depth, log_to=args.log_to,
+        deterministic=args.deterministic, search_batch=args.search_batch,
         search_spaces=getattr(args, "search_spaces", None),
     )
     allow = bool(getattr(args, "allow_deviations", False))
@@ -361,7 +370,9 @@ def _main(args: argparse.Namespace) -> int:
     b = cfg.budget
     print(f"study {cfg.study_id}: {', '.join(cfg.strategies)} on {', '.join(cfg.data.datasets)}, fractions "
           f"{', '.join(f'{f:g}' for f in cfg.data.fractions)}; {b.trials} trials x <= {b.epochs} epochs per cell, "
-          f"{b.seeds} final seed(s){_model_sizes(cfg)}"
+          f"{b.seeds} final seed(s){_model_sizes(cfg)}; "
+          + (f"deterministic (proposals in waves of {b.proposal_batch}, ASHA in trial order)" if b.deterministic
+             else "asynchronous search (results may vary with timing)")
           + _protocol_note(cfg))
     check_writable(cfg.runtime.results)  # a file, under a file, read-only, a full disk: one line, before any work
     if cfg.runtime.log_to:

@@ -5,10 +5,11 @@ The public names of the package are exported here, and only here; its modules im
 directly."""
 
 from study.config.file import SPACE_TABLE, load, parser_defaults, to_toml
-from study.config.settings import PRESETS, Budget, StudyConfig, build_config
+from study.config.settings import DEFAULT_SEARCH_BATCH, PRESETS, Budget, StudyConfig, build_config
 
 __all__ = [
     "Budget",
+    "DEFAULT_SEARCH_BATCH",
     "PRESETS",
     "SPACE_TABLE",
     "StudyConfig",

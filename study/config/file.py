@@ -86,7 +86,7 @@ def parser_defaults(parser: argparse.ArgumentParser, settings: Mapping[str, Any]
             raise ConfigError(f"{path}: unknown setting {key!r}{hint}; valid settings: "
                               f"{', '.join(sorted(d.replace('_', '-') for d in actions))}")
         flag = action.option_strings[-1] if action.option_strings else key
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, argparse._StoreTrueAction | argparse.BooleanOptionalAction):
             if not isinstance(value, bool):
                 raise ConfigError(f"{path}: {key} = {value!r}: {flag} is a switch; write {key} = true or false")
         elif isinstance(value, list):

@@ -30,7 +30,8 @@ RUNET_WIDTHS = ("full", "small", "tiny")  # study.models.runet's named widths (n
 #: Settings added after studies were already being run: left out of ids while at their default, so
 #: re-running an older command still finds its results folder and finished cells.
 _ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
-                                 "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned", "deviations": ""}
+                                 "max_freeze_depth": None, "tune_seed": 0, "protocol": "tuned", "deviations": "",
+                                 "deterministic": False, "search_batch": None}
 PROTOCOLS = ("tuned", "paper")
 #: ``--protocol paper``: the published recipe verbatim (docs/reference.md §R8, §R16–§R19): up to 500 epochs with
 #: patience 30, frozen backbone, float32 features exported with chunk-mode BatchNorm, the benchmark's seed-42 subsets.
@@ -44,6 +45,8 @@ PAPER_EPOCHS = 500
 PAPER_RECIPE: dict[str, Any] = {"epochs": PAPER_EPOCHS, "width": "full", "batch_size": None, **PAPER_FIXED}
 #: the ``protocol`` of rows of a paper study with deviations (``--allow-deviations``); never plain ``paper``
 PAPER_MODIFIED = "paper-modified"
+#: --deterministic: trials per proposal wave when neither --search-batch nor --max-concurrent says
+DEFAULT_SEARCH_BATCH = 4
 
 #: What ``--smoke`` / ``--demo`` / nothing fill in for settings the user left out (flat setting names).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -113,6 +116,14 @@ class Budget:
     max_concurrent: int | None = None
     max_failures: int = 3
     tune_seed: int = 0  # the searcher's seed
+    #: search and early stopping follow trial order and results only, never timing (study/search/deterministic.py)
+    deterministic: bool = False
+    search_batch: int | None = None  # --deterministic: trials proposed per wave (None: max_concurrent, else 4)
+
+    @property
+    def proposal_batch(self) -> int:
+        """Trials per proposal wave of a deterministic search: fixed by flags, never by free cluster slots."""
+        return self.search_batch or self.max_concurrent or DEFAULT_SEARCH_BATCH
 
     def validate(self) -> None:
         for name in ("trials", "epochs", "seeds", "grace_period"):
@@ -124,6 +135,9 @@ class Budget:
         _at_least("reduction_factor", self.reduction_factor, 2)
         _at_least("batch_size", self.batch_size, 1)
         _at_least("max_concurrent", self.max_concurrent, 1)
+        _at_least("search_batch", self.search_batch, 1)
+        if self.search_batch is not None and not self.deterministic:
+            raise ConfigError("--search-batch sets the proposal waves of --deterministic; add --deterministic")
         _at_least("max_failures", self.max_failures, 0)
         _at_least("patience", self.patience, 1)
 

@@ -30,6 +30,7 @@ from study.orchestration.trackers import tracker_callbacks
 from study.progress import echo
 from study.provenance import code_version
 from study.search import recipe_point, search_space
+from study.search.deterministic import ordered_search
 from study.search.replay import replay_or_train, trial_key
 from study.search.tuning import TUNE_NEXT, final_runs, pick_best, serialized_start, tune_cell
 from study.store import Location, TrialLog, WorkingCopy, read_table, replay_from_rows, resolve, trial_rows, write_rows
@@ -70,6 +71,7 @@ def trial_constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, cid: str,
         **({"compile": True} if cfg.runtime.compile else {}),
         **({"stage_dir": str(cfg.runtime.stage_data)} if cfg.runtime.stage_data else {}),
         **({"loader_memory_gib": cfg.runtime.loader_memory_gib} if cfg.runtime.loader_memory_gib else {}),
+        **({"deterministic": True} if cfg.budget.deterministic else {}),  # CUDA: deterministic kernels
     }
 
 
@@ -220,9 +222,11 @@ def run_cell(
              + (f"; deviations {';'.join(cfg.deviations)}" if cfg.deviations else ""))
     else:
         _fresh_experiment(results, f"{cid}-tune", journal)
+        search = ordered_search(space, budget, f"{cid}-tune", journal, recipe_trial,
+                                {"cell_id": cid, "phase": "tune"}) if budget.deterministic else None
         logs = tune_cell(trainable, space, constants, budget, results.child("tune"), f"{cid}-tune", journal, label,
                          echo, on_finish=store, control_key=control_key, first=recipe_trial,
-                         trackers=trackers("tune"), rank=rank)
+                         trackers=trackers("tune"), rank=rank, search=search)
         store.raise_failure()
         journal_file.push()
         _check_complete(logs, budget.trials, "tuning trials", control_key)

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 import plotly.offline
 import polars as pl
 
+from study.config import DEFAULT_SEARCH_BATCH
 from study.data.specs import SPECS
 from study.errors import HsiStudyError
 from study.provenance import code_version
@@ -77,6 +78,20 @@ def _study_settings(results: Results) -> dict:
         return json.loads(resolve(results).read_text(STUDY_FILE))
     except (OSError, ValueError):
         return {}
+
+
+def search_mode(study_file: dict) -> str:
+    """Whether a study's search was deterministic (study.json's settings; older studies: asynchronous)."""
+    s = study_file.get("settings", {})
+    if not s:
+        return "unknown (no study.json)"
+    if s.get("protocol") == "paper":
+        return "none (paper protocol)"
+    if s.get("deterministic"):
+        batch = s.get("search_batch") or s.get("max_concurrent") or DEFAULT_SEARCH_BATCH
+        return (f"deterministic: proposals in waves of {batch}, ASHA decided in trial order; the same command gives "
+                "the same table")
+    return "asynchronous (OptunaSearch + ASHA): trials and stops may differ between runs with the machine's timing"
 
 
 def _div(fig: go.Figure, div_id: str) -> str:
@@ -192,7 +207,8 @@ def _provenance(df: pl.DataFrame, results: Results | list[Results]) -> tuple[str
         ("code version", _code_versions(df)), ("model", values("model_name")),
         ("parameters", values("n_params")), ("backbone checkpoint hash", values("backbone_hash")),
         ("backbone origin", _backbone_origins(per_study)),
-        ("devices", values("device")), ("result schema", f"v{SCHEMA_VERSION}"),
+        ("devices", values("device")), ("search", "; ".join(search_mode(v) for v in per_study.values())),
+        ("result schema", f"v{SCHEMA_VERSION}"),
         ("rows", f"{len(df)} ({kinds})"),
         ("results directory", ", ".join((loc := resolve(r)).name_of(loc.path()) for r in many)),
         ("report generated", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC") + f" by hsistudy {code_version()}")]

@@ -263,8 +263,12 @@ def tune_cell(
     first: dict[str, Any] | None = None,
     trackers: list[Callback] | None = None,
     rank: int = 0,
+    search: tuple[Any, Any] | None = None,
 ) -> list[TrialLog]:
     """Search ``space`` with OptunaSearch + ASHA; returns the trial logs (errors included).
+
+    ``search``: a (searcher, scheduler) pair instead, e.g. ``--deterministic``'s
+    (:func:`study.search.deterministic.ordered_search`).
 
     ``rank``: the cell's place in the study's start order (0 = longest cell), for :func:`serialized_start`.
 
@@ -275,17 +279,20 @@ def tune_cell(
     ``control_key`` names the study's :class:`study.progress.StudyControl`: its stop switch ends the
     search early (the caller then sees fewer logs than the budget) and its progress line counts trials.
     """
-    searcher = ASHAAwareOptunaSearch(
-        space=space, metric=METRIC, mode="max", seed=budget.tune_seed, storage=optuna_storage, study_name=name,
-        points_to_evaluate=[dict(first)] if first else None,
-        user_attrs={"cell_id": constants.get("cell_id"), "phase": constants.get("phase", "tune")},
-    )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=budget.epochs,
-        grace_period=budget.grace_period,
-        reduction_factor=budget.reduction_factor,
-    )
+    if search is not None:
+        searcher, scheduler = search
+    else:
+        searcher = ASHAAwareOptunaSearch(
+            space=space, metric=METRIC, mode="max", seed=budget.tune_seed, storage=optuna_storage,
+            study_name=name, points_to_evaluate=[dict(first)] if first else None,
+            user_attrs={"cell_id": constants.get("cell_id"), "phase": constants.get("phase", "tune")},
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=budget.epochs,
+            grace_period=budget.grace_period,
+            reduction_factor=budget.reduction_factor,
+        )
     collector = RowCollector(f"{label} tune", budget.trials, echo, on_finish, control_key)
     tuner = Tuner(
         trainable,

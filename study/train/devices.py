@@ -90,3 +90,22 @@ def limit_gpu_memory(device: torch.device, share: float | None = None) -> float 
     fraction = float(max(share / 2, share - CUDA_CONTEXT_BYTES / total))
     torch.cuda.set_per_process_memory_fraction(fraction, index)
     return fraction
+
+
+def deterministic_kernels(device: torch.device) -> bool:
+    """``--deterministic`` on CUDA: deterministic kernels (cuBLAS workspace, cuDNN, ``use_deterministic_algorithms``).
+
+    On a CPU torch's kernels already give the same numbers run to run at a fixed thread count (every trial sets
+    its own), so nothing is switched there. ``warn_only``: an op without a deterministic CUDA kernel warns
+    instead of failing the trial. ``CUBLAS_WORKSPACE_CONFIG`` must be set before the process's first cuBLAS
+    call: a trial calls this before it builds its model. Returns whether anything was switched.
+    """
+    if device.type != "cuda":
+        return False
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return True

@@ -16,7 +16,7 @@ from torch import nn
 
 from study.data.bundle import DataBundle
 from study.data.specs import DatasetSpec, get_spec
-from study.train.devices import limit_gpu_memory, ray_cpus, release_device_memory
+from study.train.devices import deterministic_kernels, limit_gpu_memory, ray_cpus, release_device_memory
 from study.train.loop import Report, TrainSettings, fit, pick_device, seed_everything, tune_hooks
 from study.train.threads import configure_threads
 
@@ -59,6 +59,8 @@ def trial_setup(config: Mapping[str, Any], data: DataBundle, report: Report | No
     report, get_checkpoint = tune_hooks(report, get_checkpoint)
     configure_threads(config)
     limit_gpu_memory(pick_device())
+    if config.get("deterministic"):  # --deterministic: on CUDA, deterministic kernels too
+        deterministic_kernels(pick_device())
     spec = get_spec(data.dataset)
     cpus = ray_cpus()  # Ray may give more CPUs than the config names (GPU trials: the node's CPUs per GPU)
     if cpus is not None and cpus > int(float(config.get("num_threads") or 1)):
