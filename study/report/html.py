@@ -183,6 +183,8 @@ def build_html(df: pl.DataFrame, results: Results | list[Results],
 
     ``results`` is a list when ``df`` combines several studies (:func:`study.report.compare.combine`).
     """
+    df, variant_notes = compare.split_cell_variants(df)  # cells of two search spaces are never pooled
+    baseline = compare.variant_baseline(df, baseline)
     cells = analysis.cell_summary(df)
     paired = analysis.paired_differences(df, baseline)
     savings = analysis.label_savings(df, baseline, cells=cells)
@@ -194,6 +196,7 @@ def build_html(df: pl.DataFrame, results: Results | list[Results],
     sections = _figure_sections(df, datasets, cells, paired, traces, trials, baseline)
     _add_tables(sections, df, cells, paired, acc, baseline)
     banner, provenance = _provenance(df, results)
+    banner += "".join(f'<div class="banner"><b>Separate cells.</b> {html.escape(n)}.</div>' for n in variant_notes)
     sections["provenance"] = [provenance]
     return _page(df, datasets, baseline, sentences, banner, sections), cells
 
