@@ -160,3 +160,40 @@ def test_a_second_study_into_a_used_folder_is_refused(ray_session, tiny_root: Pa
     assert "holds study hyko2-" in err and "give this study its own --results" in err and err.count("\n") == 1
     assert read_store(results).height == before  # nothing mixed in
     assert main([*base, "--strategy", "indomain-fc"]) == 0  # a strategy added to the same study is fine
+
+
+def _with_extreme_pixel(src: Path, dst: Path, value: float = 3e38) -> tuple[Path, str]:
+    """A copy of the tiny set with one absurd but finite pixel in its first training image."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    with h5py.File(dst / "hyko2_train.h5", "r+") as fh:
+        name = sorted(k for k in fh if isinstance(fh[k], h5py.Group))[0]
+        fh[name]["image"][2, 3, 1] = value
+    return dst, name
+
+
+def test_an_absurd_finite_value_is_refused_naming_file_sample_and_value(tiny_root: Path, tmp_path: Path, capsys,
+                                                                       monkeypatch) -> None:
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda **_: pytest.fail("Ray started on data with an absurd value"))
+    root, name = _with_extreme_pixel(tiny_root, tmp_path / "data")
+    assert main([*SMOKE, "--data-root", str(root), "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "hyko2_train.h5" in err and repr(name) in err and "3e+38" in err and "--allow-extreme-values" in err
+
+
+def test_allow_extreme_values_warns_and_goes_on(tiny_root: Path, tmp_path: Path) -> None:
+    from study.config import build_config
+    from study.orchestration import check_inputs
+
+    root, name = _with_extreme_pixel(tiny_root, tmp_path / "data", -2e7)
+    cfg = build_config("smoke", "tuned", strategies=("indomain",), dataset=("hyko2",), data_root=root,
+                       results=tmp_path / "r")
+    said: list[str] = []
+    preps = check_inputs(cfg, said.append, allow_extreme_values=True)
+    assert "hyko2" in preps
+    warning = [s for s in said if s.startswith("warning:")]
+    assert len(warning) == 1 and repr(name) in warning[0] and "-2e+07" in warning[0]
