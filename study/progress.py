@@ -10,12 +10,14 @@ registry of the driver process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from study.report import pct
@@ -135,3 +137,88 @@ def echo(message: str) -> None:
     """Print one console line; on a terminal it first clears the refreshed live line
     (:meth:`StudyControl.trial_result`). Lives here, not with Ray, so that input checks print without Ray."""
     print(CLEAR + message if is_tty() else message, flush=True)
+
+
+#: what ``python -m study.run`` says when it was stopped (exit 130)
+RESUME_HINT = ("interrupted: finished trials and cells are in the store; re-run the same command to continue "
+               "(unfinished cells resume, their finished trials are replayed, not re-trained)")
+#: how often a waiting main thread wakes to act on a signal another thread received
+SIGNAL_POLL_S = 0.5
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, however they arrive: the first raises :class:`KeyboardInterrupt` in the main thread
+    (the command stops its work and keeps what finished); a second one prints ``hint``, runs ``hard_stop``
+    (kill child processes) and ends the process at once with exit 130. Every store write is a temp file
+    renamed into place, so an abrupt end leaves nothing half-written.
+
+    The main thread must not block without a timeout (:func:`wait_futures`): Python runs a signal handler
+    in the main thread only, and a process-directed signal is often delivered to another thread (Ray's,
+    a pool's), which only sets a flag. Ray's ``init`` installs its own SIGTERM handler; call
+    :meth:`install` again after it. Outside the main thread (a notebook's worker thread) nothing is installed.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, hint: str, hard_stop: Callable[[], None] | None = None) -> None:
+        self.hint, self.hard_stop, self.received = hint, hard_stop, 0
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received += 1
+        if self.received == 1:
+            raise KeyboardInterrupt
+        with contextlib.suppress(BaseException):
+            print(f"\n{signal.Signals(signum).name} again: stopping at once", file=sys.stderr, flush=True)
+            if self.hard_stop is not None:
+                self.hard_stop()
+            print(self.hint, file=sys.stderr, flush=True)
+        os._exit(130)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current != self._handle:
+                self.previous.setdefault(sig, current)
+                signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.previous.clear()
+
+    def __enter__(self) -> StopSignals:
+        self.install()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def wait_futures(futures: Iterator | list, raise_errors: bool = True) -> None:
+    """Wait for every future, waking every :data:`SIGNAL_POLL_S` so the main thread acts on a signal;
+    ``raise_errors``: re-raise the first failed future's exception as soon as it is seen."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=SIGNAL_POLL_S, return_when=FIRST_COMPLETED)
+        if raise_errors:
+            for fut in done:
+                fut.result()
+
+
+def kill_children() -> None:
+    """Kill this process's child processes (a local Ray's, a pool's workers), children first: the hard stop."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil comes with Ray
+        return
+    with contextlib.suppress(psutil.Error):
+        for child in reversed(psutil.Process().children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                child.kill()

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from study.data.subsets import parse_fractions
 from study.data.synthetic.generator import GeneratorConfig
 from study.errors import ConfigError, HsiStudyError
 from study.orchestration import init_ray
+from study.progress import RESUME_HINT, StopSignals, kill_children
 from study.store import check_writable, quarantine_corrupt_parts, resolve, results_arg
 from study.strategies import STRATEGIES, baseline_strategy, get_strategy, parse_strategies
 
@@ -76,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--results", type=results_arg, default=None,
                    help="results folder, or an object-store URI such as s3://bucket/prefix or gs://bucket/prefix "
                    "(default results/<study id>)")
+    g.add_argument("--allow-extreme-values", action="store_true",
+                   help="train on data holding a value beyond +-1e6 (no sensor value or feature reaches it: "
+                   "normally refused, naming the file and sample) with a warning instead")
     g.add_argument("--repair", action="store_true",
                    help="move unreadable (truncated, corrupt) Parquet parts of --results into rows/quarantine/ "
                    "before the run; their trials are trained again (nothing is deleted)")
@@ -248,11 +250,6 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     return cfg
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM (a job scheduler, ``kill``) stops a study like Ctrl+C: cells end, what finished is kept."""
-    raise KeyboardInterrupt
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over ``--config`` over presets: the file's settings become the parser's defaults, its search
     spaces ride along as ``args.search_spaces`` (ConfigError for a bad file, before Ray)."""
@@ -301,26 +298,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-    if previous is not None:
-        signal.signal(signal.SIGTERM, _terminate)
+    stop = StopSignals(RESUME_HINT, hard_stop=kill_children)  # SIGINT and SIGTERM: stop, keep what finished
     try:
-        return _main(args)
+        with stop:
+            return _main(args, stop)
     except (HsiStudyError, ValueError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished trials and cells are in the store; re-run the same command to continue "
-              "(unfinished cells resume, their finished trials are replayed, not re-trained)", file=sys.stderr)
+        print(RESUME_HINT, file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, stop: StopSignals | None = None) -> int:
     from study.orchestration import check_inputs, run_pending_cells
     from study.report import print_summary
     from study.store import results_lock
@@ -347,8 +339,12 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"unreadable part moved to {moved}; its trial is trained again")
         if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
             init_ray(cfg)  # a running cluster: connecting is cheap, and the feature export runs on it
-        preps = check_inputs(cfg)
+            if stop is not None:
+                stop.install()
+        preps = check_inputs(cfg, allow_extreme_values=args.allow_extreme_values)
         init_ray(cfg)
+        if stop is not None:
+            stop.install()  # ray.init installed its own SIGTERM handler (exit 1, no hint): ours goes back on top
         failures = run_pending_cells(cfg, preps)
         print_summary(cfg.runtime.results)
     loc = resolve(cfg.runtime.results)
