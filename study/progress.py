@@ -18,7 +18,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from study.report import pct
 
@@ -193,10 +195,32 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         self.install()
+        _ACTIVE.append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         self.restore()
+
+
+_ACTIVE: list[StopSignals] = []
+
+
+def reinstall_signals() -> None:
+    """Put the active :class:`StopSignals` back on top (``ray.init`` installs its own SIGTERM handler, which
+    ends the process with exit 1 and no resume hint)."""
+    if _ACTIVE:
+        _ACTIVE[-1].install()
+
+
+def result_of(fut: Future) -> Any:
+    """``fut.result()`` in a main thread that stays responsive to signals (wakes every :data:`SIGNAL_POLL_S`)."""
+    from concurrent.futures import wait
+
+    while not fut.done():
+        wait([fut], timeout=SIGNAL_POLL_S)
+    return fut.result()
 
 
 def wait_futures(futures: Iterator | list, raise_errors: bool = True) -> None:

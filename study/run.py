@@ -15,7 +15,7 @@ from study.data.synthetic.generator import GeneratorConfig
 from study.errors import ConfigError, HsiStudyError
 from study.orchestration import init_ray
 from study.progress import RESUME_HINT, StopSignals, kill_children
-from study.store import check_writable, quarantine_corrupt_parts, resolve, results_arg
+from study.store import check_writable, disk_full_error, is_disk_full, quarantine_corrupt_parts, resolve, results_arg
 from study.strategies import STRATEGIES, baseline_strategy, get_strategy, parse_strategies
 
 
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = StopSignals(RESUME_HINT, hard_stop=kill_children)  # SIGINT and SIGTERM: stop, keep what finished
     try:
         with stop:
-            return _main(args, stop)
+            return _main(args)
     except (HsiStudyError, ValueError) as exc:
         if args.debug:
             raise
@@ -312,8 +312,25 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _main(args: argparse.Namespace, stop: StopSignals | None = None) -> int:
-    from study.orchestration import check_inputs, run_pending_cells
+def run_until_disk_full(cfg: StudyConfig, preps: dict) -> list[str]:
+    """:func:`run_pending_cells`, with a full disk under ``tune/`` said in one line (Tune's checkpoints fill it
+    first: its writes then fail with OSError, or EOFError reading a truncated file) instead of its tracebacks."""
+    from study.orchestration import run_pending_cells
+
+    loc = resolve(cfg.runtime.results)
+    tune = loc.local("tune") if loc.is_local else None
+    try:
+        return run_pending_cells(cfg, preps)
+    except HsiStudyError:
+        raise
+    except (OSError, EOFError, RuntimeError) as exc:
+        if not is_disk_full(exc, tune if tune is not None and tune.exists() else None):
+            raise
+        raise disk_full_error(loc.show("tune")) from exc
+
+
+def _main(args: argparse.Namespace) -> int:
+    from study.orchestration import check_inputs
     from study.report import print_summary
     from study.store import results_lock
 
@@ -339,13 +356,9 @@ def _main(args: argparse.Namespace, stop: StopSignals | None = None) -> int:
                 print(f"unreadable part moved to {moved}; its trial is trained again")
         if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
             init_ray(cfg)  # a running cluster: connecting is cheap, and the feature export runs on it
-            if stop is not None:
-                stop.install()
         preps = check_inputs(cfg, allow_extreme_values=args.allow_extreme_values)
         init_ray(cfg)
-        if stop is not None:
-            stop.install()  # ray.init installed its own SIGTERM handler (exit 1, no hint): ours goes back on top
-        failures = run_pending_cells(cfg, preps)
+        failures = run_until_disk_full(cfg, preps)
         print_summary(cfg.runtime.results)
     loc = resolve(cfg.runtime.results)
     print(f"\nresults: {loc.name_of(loc.path('rows', '*.parquet'))}  ({time.perf_counter() - t0:.0f} s in all)")

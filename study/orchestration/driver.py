@@ -27,7 +27,7 @@ from study.orchestration.cell import CellInterrupted, optuna_journal, run_cell
 from study.orchestration.inputs import PreparedDataset
 from study.orchestration.plan import Cell, cell_label, check_one_study, finished_cells, pending_cells, study_record
 from study.progress import echo
-from study.store import WorkingCopy, read_study_file, read_table, resolve, write_study_file
+from study.store import WorkingCopy, is_disk_full, read_study_file, read_table, resolve, write_study_file
 
 
 def resolve_gpus(cfg: StudyConfig, echo: Callable[[str], None]) -> bool:
@@ -83,6 +83,9 @@ def run_one_cell(run: StudyRun, rank: int, cell: Cell) -> None:
         control.update(force=True, cells_running=-1)  # not finished: "cells N done" counts finished cells only
         return
     except RuntimeError as exc:  # every trial failed, or the budget was not met: record, go on
+        if is_disk_full(exc):  # not this cell's failure: the study stops (run.py says it in one line)
+            control.update(cells_running=-1)
+            raise
         run.failures.append(f"{label}: {exc}")
         echo(f"[{label}] cell failed: {exc}")
     except BaseException:
