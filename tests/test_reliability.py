@@ -194,3 +194,27 @@ def test_allow_extreme_values_warns_and_goes_on(tiny_root: Path, tmp_path: Path)
     assert "hyko2" in preps
     warning = [s for s in said if s.startswith("warning:")]
     assert len(warning) == 1 and repr(name) in warning[0] and "-2e+07" in warning[0]
+
+
+def test_images_smaller_than_the_networks_downsampling_warn(tiny_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from study.config import build_config
+    from study.orchestration import check_inputs
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_root, root)
+    for split in ("train", "val", "test"):  # every image 8x8 (a split holds one size): below the RU-Net's 16
+        with h5py.File(root / f"hyko2_{split}.h5", "r+") as fh:
+            for name in sorted(k for k in fh if isinstance(fh[k], h5py.Group)):
+                image, labels = fh[name]["image"][8:16, 8:16], fh[name]["labels"][8:16, 8:16]
+                del fh[name]["image"], fh[name]["labels"]
+                fh[name].create_dataset("image", data=image)
+                fh[name].create_dataset("labels", data=labels)
+    cfg = build_config("smoke", "tuned", strategies=("indomain", "indomain-fc"), dataset=("hyko2",), data_root=root,
+                       results=tmp_path / "r")
+    said: list[str] = []
+    check_inputs(cfg, said.append)
+    warnings = [s for s in said if s.startswith("warning:")]
+    assert len(warnings) == 1, said  # the RU-Net downsamples 16x; the per-pixel head does not
+    assert "12 image(s) of hyko2 are smaller than 16x16, indomain's downsampling (the smallest: 8x8" in warnings[0]

@@ -102,9 +102,27 @@ def _validated_data(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], N
     for sp in splits.values():
         if sp.extreme:
             echo(f"warning: {sp.extreme}; training on it anyway (--allow-extreme-values)")
+    warn_small_images(cfg, splits, echo)
     if cfg.needs_features:  # before the backbone is resolved (a default pretraining takes minutes)
         check_raw_spectra(cfg, splits)
     return root, source + split_variant(splits["train"].path), splits
+
+
+def warn_small_images(cfg: StudyConfig, splits: dict[str, H5Split], echo: Callable[[str], None]) -> None:
+    """One warning per strategy whose network downsamples more than the smallest image of the data measures:
+    such images are zero-padded and train (and are scored) mostly on padding."""
+    sizes = [(min(h, w), h, w, sp, name) for sp in splits.values() for (h, w), name in zip(sp.shapes, sp.names,
+                                                                                             strict=True)]
+    if not sizes:
+        return
+    side, h, w, sp, name = min(sizes, key=lambda t: t[0])
+    for s in cfg.strategies:
+        factor = get_strategy(s).downsampling
+        if side < factor:
+            n = sum(t[0] < factor for t in sizes)
+            echo(f"warning: {n} image(s) of {sp.spec.name} are smaller than {factor}x{factor}, {s}'s downsampling "
+                 f"(the smallest: {h}x{w}, {sp.path.name} sample {name!r}); they are zero-padded and train mostly "
+                 "on padding")
 
 
 def split_variant(path: Path) -> str:
