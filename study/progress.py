@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from study.report import pct
@@ -236,13 +237,27 @@ def wait_futures(futures: Iterator | list, raise_errors: bool = True) -> None:
                 fut.result()
 
 
+def descendants(pid: int | None = None) -> list[int]:
+    """The ids of ``pid``'s (default: this process's) child processes, their children and so on, parents
+    first; read from ``/proc`` (Linux; elsewhere an empty list)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [os.getpid() if pid is None else pid]
+    while todo:
+        kids = parents.get(todo.pop(0), [])
+        out += kids
+        todo += kids
+    return out
+
+
 def kill_children() -> None:
-    """Kill this process's child processes (a local Ray's, a pool's workers), children first: the hard stop."""
-    try:
-        import psutil
-    except ImportError:  # pragma: no cover - psutil comes with Ray
-        return
-    with contextlib.suppress(psutil.Error):
-        for child in reversed(psutil.Process().children(recursive=True)):
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+    """SIGKILL this process's descendants (a local Ray's processes, a pool's workers), children last: the
+    hard stop of a second Ctrl+C."""
+    for pid in reversed(descendants()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

@@ -119,6 +119,9 @@ def _decoded(jobs: Sequence[Job], pool: ProcessPoolExecutor | None, window: int,
                 yield result_of(pending.popleft())  # wakes for Ctrl+C / SIGTERM, whichever thread gets it
         while pending:
             yield result_of(pending.popleft())
+    except KeyboardInterrupt:  # prepare() stops the workers; a cancel here races the pool's own clean-up
+        pending.clear()
+        raise
     finally:
         for fut in pending:
             fut.cancel()
