@@ -169,3 +169,36 @@ def test_wait_futures_wakes_for_a_signal_handled_in_the_main_thread() -> None:
         release.set()
     assert took < 2.0
     assert signal.getsignal(signal.SIGTERM) is not None  # restored
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_study_features_stops_it_with_exit_130_and_the_hint(tiny_root: Path, tiny_backbone: Path,
+                                                                       tmp_path: Path, sig: int) -> None:
+    """``python -m study.features`` (its export made slow: chunks of work in the main thread, another thread
+    waiting, as with its I/O thread): SIGTERM / SIGINT to
+    its pid end it with exit 130 and the hint, not Python's default death by SIGTERM without one."""
+    script = tmp_path / "run_features.py"
+    script.write_text(
+        "import sys, threading\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "import study.features.cli as cli\n"
+        "def slow(*args, **kwargs):\n"
+        "    print('exporting', flush=True)\n"
+        "    t = threading.Thread(target=threading.Event().wait, args=(60,), daemon=True); t.start()\n"
+        "    for _ in range(600):\n"
+        "        sum(range(20000)); t.join(0.1)\n"
+        "cli.export_split = slow\n"
+        f"sys.exit(cli.main(['--backbone', {str(tiny_backbone)!r}, '--data', {str(tiny_root)!r}, '--dataset', "
+        f"'hyko2', '--out', {str(tmp_path / 'out')!r}, '--splits', 'train', '--quiet']))\n")
+    proc = subprocess.Popen([sys.executable, str(script)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "exporting"
+        t0 = time.monotonic()
+        os.kill(proc.pid, sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and time.monotonic() - t0 < 10, out + err
+    assert "run the same command again to continue" in err and "Traceback" not in err, err

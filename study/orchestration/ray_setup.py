@@ -15,7 +15,7 @@ from study.store import is_disk_full
 #: Tune's loggers that print a traceback for every failed checkpoint sync, experiment-state save and trial when
 #: the disk under ``tune/`` is full (about a thousand lines); the study says it once (``run.run_until_disk_full``)
 _DISK_FULL_NOISE = ("ray.tune.execution.tune_controller", "ray.tune.execution.experiment_state",
-                    "ray.train._internal.syncer")
+                    "ray.train._internal.syncer", "ray._private.worker")
 
 
 class _NotDiskFull(logging.Filter):
