@@ -202,3 +202,38 @@ def test_a_signal_to_study_features_stops_it_with_exit_130_and_the_hint(tiny_roo
             proc.kill()
     assert proc.returncode == 130 and time.monotonic() - t0 < 10, out + err
     assert "run the same command again to continue" in err and "Traceback" not in err, err
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_nothing_of_a_sigkilled_driver_outlives_it(tiny_root: Path, tmp_path: Path) -> None:
+    """SIGKILL of the driver's pid alone during tuning: Ray's processes, the raylet's agents (DashboardAgent,
+    RuntimeEnvAgent) and its workers all end within seconds (the orphan reaper of ``init_ray``)."""
+    from study.progress import descendants
+
+    proc = subprocess.Popen([*_base(tiny_root), "--results", str(tmp_path / "res")], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not any(re.search(RUNNING, ln) for ln in lines):
+        time.sleep(0.1)
+    assert proc.poll() is None, "".join(lines)
+    tree = descendants(proc.pid)
+    assert len(tree) >= 4, tree  # gcs, raylet, agents, workers
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    end = time.time() + 30
+    while time.time() < end and any(_running(p) for p in tree):
+        time.sleep(0.5)
+    left = [Path(f"/proc/{p}/cmdline").read_bytes()[:80] for p in tree if _running(p)]
+    for p in tree:  # never leave them behind for the next test
+        if _running(p):
+            os.kill(p, signal.SIGKILL)
+    assert not left, left

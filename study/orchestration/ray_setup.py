@@ -67,6 +67,64 @@ def trial_env() -> dict[str, str]:
             "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": os.environ.get("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "1")}
 
 
+#: The orphan reaper (stdlib only, run as ``python -S -c``): every second it notes the driver's descendants
+#: (pid and start time, from /proc); once the driver is gone (its parent pid changes: SIGKILL, a crash), it
+#: SIGKILLs those still running. Ray's processes started by the driver share its fate (PR_SET_PDEATHSIG), but
+#: the raylet's own children (DashboardAgent, RuntimeEnvAgent, idle default_workers) outlived a SIGKILLed
+#: driver; a normal exit has already stopped them all (Ray's atexit), so the reaper finds nothing then.
+_REAPER = """
+import os, sys, time
+driver, me = int(sys.argv[1]), os.getpid()
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), fields[19], fields[0]
+    except (OSError, IndexError, ValueError):
+        return None
+def tree():
+    kids = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (st := stat(int(name))) is not None:
+            kids.setdefault(st[0], []).append((int(name), st[1]))
+    out, todo = {}, [driver]
+    while todo:
+        for pid, start in kids.get(todo.pop(), []):
+            if pid != me:
+                out[pid] = start
+                todo.append(pid)
+    return out
+seen = {}
+while os.getppid() == driver:
+    seen.update(tree())
+    time.sleep(1.0)
+time.sleep(2.0)
+for pid, start in seen.items():
+    st = stat(pid)
+    if st is not None and st[1] == start and st[2] not in ("Z", "X"):
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+"""
+
+
+def start_orphan_reaper() -> None:
+    """Start the :data:`_REAPER` for this driver (Linux; once per process)."""
+    import subprocess
+    import sys
+
+    global _REAPER_STARTED
+    if _REAPER_STARTED or not sys.platform.startswith("linux"):
+        return
+    _REAPER_STARTED = True
+    subprocess.Popen([sys.executable, "-S", "-c", _REAPER, str(os.getpid())], stdin=subprocess.DEVNULL,
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+_REAPER_STARTED = False
+
+
 def init_ray(cfg: StudyConfig) -> None:
     """Connect to a cluster (--address / RAY_ADDRESS) or start a local Ray without a dashboard."""
     import ray
@@ -86,3 +144,4 @@ def init_ray(cfg: StudyConfig) -> None:
                  dashboard_host=rt.dashboard_host, log_to_driver=False, configure_logging=False,
                  runtime_env={"env_vars": trial_env()})
         reinstall_signals()  # ray.init replaced our SIGTERM handler (exit 1, no resume hint) with its own
+        start_orphan_reaper()  # a local Ray's agents and workers end with this driver, even after a SIGKILL
