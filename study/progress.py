@@ -163,13 +163,16 @@ class StopSignals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, hint: str, hard_stop: Callable[[], None] | None = None) -> None:
+    def __init__(self, hint: str, hard_stop: Callable[[], None] | None = None, at_once: bool = True) -> None:
         self.hint, self.hard_stop, self.received = hint, hard_stop, 0
+        #: False where the process is not ours to end (a notebook's kernel calling ``study.api``): a second signal
+        #: then raises KeyboardInterrupt again, which abandons the wait for the cells
+        self.at_once = at_once
         self.previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
         self.received += 1
-        if self.received == 1:
+        if self.received == 1 or not self.at_once:
             raise KeyboardInterrupt
         with contextlib.suppress(BaseException):
             print(f"\n{signal.Signals(signum).name} again: stopping at once", file=sys.stderr, flush=True)

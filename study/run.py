@@ -292,13 +292,16 @@ def effective_config(cfg: StudyConfig, fmt: str = "toml") -> str:
     return to_toml(out, spaces)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = True) -> int:
+    """The command; ``own_process=False`` (:func:`study.api.run_study`, a notebook's kernel): a second Ctrl+C
+    does not end the process."""
     try:
         args = parse_args(argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    stop = StopSignals(RESUME_HINT, hard_stop=kill_children)  # SIGINT and SIGTERM: stop, keep what finished
+    # SIGINT and SIGTERM: stop, keep what finished; a second one ends the process at once (if it is ours)
+    stop = StopSignals(RESUME_HINT, hard_stop=kill_children, at_once=own_process)
     try:
         with stop:
             return _main(args)
