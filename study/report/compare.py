@@ -92,7 +92,8 @@ def split_cell_variants(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     for dataset, strategy in dup.iter_rows():
         part = df.filter((pl.col("dataset") == dataset) & (pl.col("strategy") == strategy))
         keys = sorted({_variant_key(c) for c in part["cell_id"].unique().to_list()})
-        hashes = {k: sorted({h for c, h in zip(part["cell_id"], part["backbone_hash"], strict=True)
+        backbones = part["backbone_hash"] if "backbone_hash" in part.columns else [None] * part.height
+        hashes = {k: sorted({h for c, h in zip(part["cell_id"], backbones, strict=True)
                              if _variant_key(c) == k and h}) for k in keys}
         entry = STRATEGIES.get(strategy)
         if len({tuple(h) for h in hashes.values()}) == len(keys) and all(len(h) == 1 for h in hashes.values()):
