@@ -163,8 +163,12 @@ class StopSignals:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, hint: str, hard_stop: Callable[[], None] | None = None, at_once: bool = True) -> None:
+    def __init__(self, hint: str, hard_stop: Callable[[], None] | None = None, at_once: bool = True,
+                 keep: bool = False) -> None:
         self.hint, self.hard_stop, self.received = hint, hard_stop, 0
+        #: stay installed after the block, until the process exits: a second Ctrl+C during the exit (Ray's
+        #: atexit shutdown takes seconds) still stops at once instead of printing a traceback from there
+        self.keep = keep
         #: False where the process is not ours to end (a notebook's kernel calling ``study.api``): a second signal
         #: then raises KeyboardInterrupt again, which abandons the wait for the cells
         self.at_once = at_once
@@ -205,7 +209,8 @@ class StopSignals:
     def __exit__(self, *exc: object) -> None:
         if self in _ACTIVE:
             _ACTIVE.remove(self)
-        self.restore()
+        if not self.keep:
+            self.restore()
 
 
 _ACTIVE: list[StopSignals] = []

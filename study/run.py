@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None, *, own_process: bool = True) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     # SIGINT and SIGTERM: stop, keep what finished; a second one ends the process at once (if it is ours)
-    stop = StopSignals(RESUME_HINT, hard_stop=kill_children, at_once=own_process)
+    stop = StopSignals(RESUME_HINT, hard_stop=kill_children, at_once=own_process, keep=own_process)
     try:
         with stop:
             return _main(args)

@@ -67,9 +67,12 @@ def _signal_once(base: list[str], results: Path, sig: int, phase: str, moment: s
         time.sleep(delay)
         sent = time.monotonic()
         os.kill(proc.pid, sig)
-        if twice:
-            time.sleep(0.3)
-            os.kill(proc.pid, sig)
+        if twice:  # while the trials end, or while the process exits (Ray's shutdown takes seconds)
+            time.sleep(0.1)
+            try:
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:  # already gone: nothing was left to stop at once
+                twice = False
         rc = proc.wait(timeout=60)
         took = time.monotonic() - sent
     finally:

@@ -88,7 +88,7 @@ HINT = "interrupted; run the same command again to continue (finished splits and
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with StopSignals(HINT, hard_stop=kill_children):  # SIGINT, SIGTERM: stop; a second one: at once
+        with StopSignals(HINT, hard_stop=kill_children, keep=True):  # SIGINT, SIGTERM: stop; a second: at once
             return _main(args)
     except KeyboardInterrupt:
         print(HINT, file=sys.stderr)
