@@ -56,7 +56,7 @@ def run_study(**flags: Any) -> str | Path:
     from study import run
 
     argv = study_argv(**flags)
-    status = run.main(argv)
+    status = run.main(argv, own_process=False)  # a second Ctrl+C must not end the notebook's kernel
     if status != 0:
         raise HsiStudyError(f"hsistudy run {' '.join(argv)} exited with status {status} (see the messages above)")
     return results_of(**flags)

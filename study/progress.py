@@ -10,13 +10,18 @@ registry of the driver process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from study.report import pct
 
@@ -135,3 +140,132 @@ def echo(message: str) -> None:
     """Print one console line; on a terminal it first clears the refreshed live line
     (:meth:`StudyControl.trial_result`). Lives here, not with Ray, so that input checks print without Ray."""
     print(CLEAR + message if is_tty() else message, flush=True)
+
+
+#: what ``python -m study.run`` says when it was stopped (exit 130)
+RESUME_HINT = ("interrupted: finished trials and cells are in the store; re-run the same command to continue "
+               "(unfinished cells resume, their finished trials are replayed, not re-trained)")
+#: how often a waiting main thread wakes to act on a signal another thread received
+SIGNAL_POLL_S = 0.5
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, however they arrive: the first raises :class:`KeyboardInterrupt` in the main thread
+    (the command stops its work and keeps what finished); a second one prints ``hint``, runs ``hard_stop``
+    (kill child processes) and ends the process at once with exit 130. Every store write is a temp file
+    renamed into place, so an abrupt end leaves nothing half-written.
+
+    The main thread must not block without a timeout (:func:`wait_futures`): Python runs a signal handler
+    in the main thread only, and a process-directed signal is often delivered to another thread (Ray's,
+    a pool's), which only sets a flag. Ray's ``init`` installs its own SIGTERM handler; call
+    :meth:`install` again after it. Outside the main thread (a notebook's worker thread) nothing is installed.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, hint: str, hard_stop: Callable[[], None] | None = None, at_once: bool = True,
+                 keep: bool = False) -> None:
+        self.hint, self.hard_stop, self.received = hint, hard_stop, 0
+        #: stay installed after the block, until the process exits: a second Ctrl+C during the exit (Ray's
+        #: atexit shutdown takes seconds) still stops at once instead of printing a traceback from there
+        self.keep = keep
+        #: False where the process is not ours to end (a notebook's kernel calling ``study.api``): a second signal
+        #: then raises KeyboardInterrupt again, which abandons the wait for the cells
+        self.at_once = at_once
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received += 1
+        if self.received == 1 or not self.at_once:
+            raise KeyboardInterrupt
+        with contextlib.suppress(BaseException):
+            print(f"\n{signal.Signals(signum).name} again: stopping at once", file=sys.stderr, flush=True)
+            if self.hard_stop is not None:
+                self.hard_stop()
+            print(self.hint, file=sys.stderr, flush=True)
+        os._exit(130)
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in self.SIGNALS:
+            current = signal.getsignal(sig)
+            if current != self._handle:
+                self.previous.setdefault(sig, current)
+                signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self.previous.clear()
+
+    def __enter__(self) -> StopSignals:
+        self.install()
+        _ACTIVE.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+        if not self.keep:
+            self.restore()
+
+
+_ACTIVE: list[StopSignals] = []
+
+
+def reinstall_signals() -> None:
+    """Put the active :class:`StopSignals` back on top (``ray.init`` installs its own SIGTERM handler, which
+    ends the process with exit 1 and no resume hint)."""
+    if _ACTIVE:
+        _ACTIVE[-1].install()
+
+
+def result_of(fut: Future) -> Any:
+    """``fut.result()`` in a main thread that stays responsive to signals (wakes every :data:`SIGNAL_POLL_S`)."""
+    from concurrent.futures import wait
+
+    while not fut.done():
+        wait([fut], timeout=SIGNAL_POLL_S)
+    return fut.result()
+
+
+def wait_futures(futures: Iterator | list, raise_errors: bool = True) -> None:
+    """Wait for every future, waking every :data:`SIGNAL_POLL_S` so the main thread acts on a signal;
+    ``raise_errors``: re-raise the first failed future's exception as soon as it is seen."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=SIGNAL_POLL_S, return_when=FIRST_COMPLETED)
+        if raise_errors:
+            for fut in done:
+                fut.result()
+
+
+def descendants(pid: int | None = None) -> list[int]:
+    """The ids of ``pid``'s (default: this process's) child processes, their children and so on, parents
+    first; read from ``/proc`` (Linux; elsewhere an empty list)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [os.getpid() if pid is None else pid]
+    while todo:
+        kids = parents.get(todo.pop(0), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_children() -> None:
+    """SIGKILL this process's descendants (a local Ray's processes, a pool's workers), children last: the
+    hard stop of a second Ctrl+C."""
+    for pid in reversed(descendants()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

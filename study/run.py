@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,7 +15,8 @@ from study.data.synthetic.generator import GeneratorConfig
 from study.errors import ConfigError, HsiStudyError
 from study.hub import weights_arg
 from study.orchestration import init_ray
-from study.store import check_writable, quarantine_corrupt_parts, resolve, results_arg
+from study.progress import RESUME_HINT, StopSignals, kill_children
+from study.store import check_writable, disk_full_error, is_disk_full, quarantine_corrupt_parts, resolve, results_arg
 from study.strategies import STRATEGIES, baseline_strategy, get_strategy, parse_strategies
 
 
@@ -88,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--results", type=results_arg, default=None,
                    help="results folder, or an object-store URI such as s3://bucket/prefix or gs://bucket/prefix "
                    "(default results/<study id>)")
+    g.add_argument("--allow-extreme-values", action="store_true",
+                   help="train on data holding a value beyond +-1e6 (no sensor value or feature reaches it: "
+                   "normally refused, naming the file and sample) with a warning instead")
     g.add_argument("--repair", action="store_true",
                    help="move unreadable (truncated, corrupt) Parquet parts of --results into rows/quarantine/ "
                    "before the run; their trials are trained again (nothing is deleted)")
@@ -283,11 +285,6 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     return cfg
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM (a job scheduler, ``kill``) stops a study like Ctrl+C: cells end, what finished is kept."""
-    raise KeyboardInterrupt
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags over ``--config`` over presets: the file's settings become the parser's defaults, its search
     spaces ride along as ``args.search_spaces`` (ConfigError for a bad file, before Ray)."""
@@ -332,33 +329,48 @@ def effective_config(cfg: StudyConfig, fmt: str = "toml") -> str:
     return to_toml(out, spaces)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = True) -> int:
+    """The command; ``own_process=False`` (:func:`study.api.run_study`, a notebook's kernel): a second Ctrl+C
+    does not end the process."""
     try:
         args = parse_args(argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    previous = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
-    if previous is not None:
-        signal.signal(signal.SIGTERM, _terminate)
+    # SIGINT and SIGTERM: stop, keep what finished; a second one ends the process at once (if it is ours)
+    stop = StopSignals(RESUME_HINT, hard_stop=kill_children, at_once=own_process, keep=own_process)
     try:
-        return _main(args)
+        with stop:
+            return _main(args)
     except (HsiStudyError, ValueError) as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished trials and cells are in the store; re-run the same command to continue "
-              "(unfinished cells resume, their finished trials are replayed, not re-trained)", file=sys.stderr)
+        print(RESUME_HINT, file=sys.stderr)
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+
+
+def run_until_disk_full(cfg: StudyConfig, preps: dict) -> list[str]:
+    """:func:`run_pending_cells`, with a full disk under ``tune/`` said in one line (Tune's checkpoints fill it
+    first: its writes then fail with OSError, or EOFError reading a truncated file) instead of its tracebacks."""
+    from study.orchestration import run_pending_cells
+
+    loc = resolve(cfg.runtime.results)
+    tune = loc.local("tune") if loc.is_local else None
+    try:
+        return run_pending_cells(cfg, preps)
+    except HsiStudyError:
+        raise
+    except (OSError, EOFError, RuntimeError) as exc:
+        if not is_disk_full(exc, tune if tune is not None and tune.exists() else None):
+            raise
+        raise disk_full_error(loc.show("tune")) from exc
 
 
 def _main(args: argparse.Namespace) -> int:
-    from study.orchestration import check_inputs, run_pending_cells
+    from study.orchestration import check_inputs
     from study.report import print_summary
     from study.store import results_lock
 
@@ -386,9 +398,9 @@ def _main(args: argparse.Namespace) -> int:
                 print(f"unreadable part moved to {moved}; its trial is trained again")
         if cfg.runtime.address or os.environ.get("RAY_ADDRESS"):
             init_ray(cfg)  # a running cluster: connecting is cheap, and the feature export runs on it
-        preps = check_inputs(cfg)
+        preps = check_inputs(cfg, allow_extreme_values=args.allow_extreme_values)
         init_ray(cfg)
-        failures = run_pending_cells(cfg, preps)
+        failures = run_until_disk_full(cfg, preps)
         print_summary(cfg.runtime.results)
     loc = resolve(cfg.runtime.results)
     print(f"\nresults: {loc.name_of(loc.path('rows', '*.parquet'))}  ({time.perf_counter() - t0:.0f} s in all)")

@@ -103,6 +103,9 @@ class Strategy:
     baseline: bool = False  # the arm the report compares the others with (exactly one strategy)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 1.0  # used only when the cluster has GPUs
+    #: how many times its network downsamples an image (RU-Net: 16, four 2x poolings; a ViT: its patch size);
+    #: an image smaller than that in H or W trains mostly on zero padding (a warning before training)
+    downsampling: int = 1
     #: training time per pixel relative to other strategies, used only to start the longest cells first
     #: (study.orchestration.driver); None: its GPU share stands in for how heavy its model is
     relative_cost: float | None = None
@@ -159,6 +162,7 @@ STRATEGIES: dict[str, Strategy] = {
         header="RU-Net width {cfg.model_width}",
         color="#1f77b4",
         baseline=True,
+        downsampling=16,
     ),
     "crossdomain": Strategy(
         name="crossdomain",
@@ -173,6 +177,7 @@ STRATEGIES: dict[str, Strategy] = {
         settings=_HYPERSL_SETTINGS,
         header="RU-Net width {cfg.model_width} on HyperSL features",
         color="#d62728",
+        downsampling=16,
     ),
     "crossdomain-fc": Strategy(
         name="crossdomain-fc",
@@ -198,6 +203,7 @@ STRATEGIES: dict[str, Strategy] = {
         settings=("rgb_weights", "allow_random_init", "vit_size", "max_freeze_depth"),
         header="ViT {cfg.vit_label}",
         color="#2ca02c",
+        downsampling=14,  # DINOv2's patch
         # half a GPU: ViT-S/B with a frozen or shallowly unfrozen backbone needs a few GB and is bound by the
         # input pipeline at batch 4-16, so two trials share a device; use 1.0 for ViT-L with deep unfreezing
         gpus_per_trial=0.5,

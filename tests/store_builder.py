@@ -48,17 +48,18 @@ def _per_class(miou: float) -> list[float]:
     return [math.nan] + [min(1.0, miou * (0.6 + 0.1 * k)) for k in range(1, 9)] + [math.nan, min(1.0, 1.5 * miou)]
 
 
-def _base(strategy: str, fraction: float) -> dict:
+def _base(strategy: str, fraction: float, key: str | None = None) -> dict:
     subset = f"subset{int(fraction * 100):03d}"
+    cell = f"{strategy}-f{fraction:g}-{subset[:8]}-{key}" if key else f"{strategy}-f{fraction}"
     return dict(study_id="constructed", dataset="hyko2", strategy=strategy, train_fraction=fraction,
                 n_train_images=IMAGES[fraction], subset_hash=subset, subset_seed=0,
-                cell_id=f"{strategy}-f{fraction}", device=DEVICE[strategy], data_source="synthetic:hyko2-constructed",
+                cell_id=cell, device=DEVICE[strategy], data_source="synthetic:hyko2-constructed",
                 code_version="0.1.0-test", model_name=f"{strategy}-net", max_epochs=MAX_EPOCHS)
 
 
-def _cell_rows(strategy: str, fraction: float, seeds: tuple[int, ...]) -> list[dict]:
+def _cell_rows(strategy: str, fraction: float, seeds: tuple[int, ...], key: str | None = None) -> list[dict]:
     rows: list[dict] = []
-    base = _base(strategy, fraction)
+    base = _base(strategy, fraction, key)
     clock = [T0]
 
     def span(wall_s: float) -> dict:
@@ -90,10 +91,11 @@ def _cell_rows(strategy: str, fraction: float, seeds: tuple[int, ...]) -> list[d
 
 
 def build_store(root: Path, strategies: tuple[str, ...] = ("indomain", "crossdomain"),
-                seeds: tuple[int, ...] = SEEDS) -> Path:
-    """Write the constructed store (one Parquet part per cell) and its study.json into ``root``."""
+                seeds: tuple[int, ...] = SEEDS, cell_key: str | None = None) -> Path:
+    """Write the constructed store (one Parquet part per cell) and its study.json into ``root``; ``cell_key``:
+    cell ids of the real shape ``S-f0.5-<subset>-<cell_key>`` (two keys: cells of two search spaces)."""
     write_study_file(root, {"study_id": "constructed", "settings": {"dataset": "hyko2", "seeds": len(seeds)}})
     for s in strategies:
         for f in FRACTIONS:
-            write_rows(root, _cell_rows(s, f, seeds), part_name=f"{s}-f{f}")
+            write_rows(root, _cell_rows(s, f, seeds, cell_key), part_name=f"{s}-f{f}{cell_key or ''}")
     return root

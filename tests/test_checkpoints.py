@@ -132,3 +132,19 @@ def test_checkpoint_hash_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "legacy.pt").write_bytes(b"\x80\x02" + b"junk")  # a broken legacy pickle stream: still refused
     with pytest.raises(HsiStudyError, match="legacy.pt"):
         load_hypersl(tmp_path / "legacy.pt")
+
+
+def test_a_backbone_with_wrong_keys_names_the_file(tmp_path: Path) -> None:
+    """``--backbone`` pointing at another network's weights: the one-line error says which file it read."""
+    other = tmp_path / "not_hypersl.pt"
+    torch.save({"model": build_runet(15, 11, "tiny").state_dict()}, other)
+    with pytest.raises(HsiStudyError, match="not a HyperSL checkpoint") as caught:
+        load_hypersl(other)
+    assert str(other) in str(caught.value)
+    odd = tmp_path / "odd.pt"
+    state = build_hypersl("tiny").state_dict()
+    state = {k: v for k, v in state.items() if not k.startswith("decoder_blocks.")}
+    torch.save({"model": state}, odd)
+    with pytest.raises(HsiStudyError, match="matches no named size") as caught:
+        load_hypersl(odd)
+    assert str(odd) in str(caught.value)

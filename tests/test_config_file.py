@@ -36,6 +36,9 @@ def _write(tmp_path: Path, text: str, name: str = "study.toml") -> Path:
     ("trails = 3\n", ["unknown setting 'trails'", "valid settings"]),
     ("gpus = 'maybe'\n", ["gpus = 'maybe'", "one of auto, on, off"]),
     ("x = [\n", ["not valid TOML"]),
+    ('trials = "many"\n', ["trials = 'many'", "--trials takes a whole number"]),
+    ("epochs = 2.5\n", ["epochs = 2.5", "--epochs takes a whole number"]),
+    ('loader_memory_gib = "lots"\n', ["loader_memory_gib = 'lots'", "takes a number"]),
 ])
 def test_bad_entries_are_one_line_naming_file_key_and_fix(tmp_path: Path, capsys, text: str, needles) -> None:
     path = _write(tmp_path, text)

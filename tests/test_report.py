@@ -184,3 +184,13 @@ def test_provenance_names_the_commit_and_dirty_flag(store_dir: Path) -> None:
     df = read_store(store_dir).with_columns(pl.lit("0.1.0+gabc123def456.dirty").alias("code_version"))
     page, _ = report.build_html(df, store_dir)
     assert "0.1.0+gabc123def456.dirty" in page and "uncommitted changes" in page
+
+
+def test_an_unknown_baseline_is_refused_listing_the_strategies_in_the_store(store_dir: Path, tmp_path: Path,
+                                                                            capsys) -> None:
+    out = tmp_path / "r.html"
+    assert report_cli.main([str(store_dir), "--baseline", "nosuch", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--baseline nosuch" in err and "crossdomain, indomain" in err
+    assert not out.exists()
+    assert report_cli.main([str(store_dir), "--baseline", "crossdomain", "--out", str(out)]) == 0

@@ -64,6 +64,21 @@ def test_second_writer_on_the_same_results_dir_stops_with_a_clear_message(tmp_pa
         pass
 
 
+def assert_interrupted_store_is_short(results: Path, trials: int, seeds: int, cells: int = 2) -> None:
+    """An interrupted store holds fewer runs than the study's budget, and every cell the driver counts as
+    finished (all K final rows) holds its whole budget: no short cell is among the finished ones."""
+    from study.orchestration.plan import finished_cells
+
+    if not (results / "rows").exists():
+        return
+    runs = (read_store(results).filter(pl.col("row_kind").is_in(["trial", "final"]))
+            .group_by("cell_id", "phase").agg(pl.col("trial_id").n_unique().alias("n")))
+    stored = {(r["cell_id"], r["phase"]): r["n"] for r in runs.iter_rows(named=True)}
+    assert sum(stored.values()) < cells * (trials + seeds), stored
+    for cid in finished_cells(results, seeds):
+        assert (stored.get((cid, "tune"), 0), stored.get((cid, "final"), 0)) == (trials, seeds), (cid, stored)
+
+
 def _stored_trials(results: Path) -> set[str]:
     if not (results / "rows").exists():
         return set()

@@ -226,3 +226,76 @@ def test_atomic_writes_get_the_umask_permissions_not_0600(tmp_path: Path, umask:
         os.umask(before)
     for path in (part, report, text):
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+def test_a_trial_that_failed_on_a_full_disk_is_not_stored_and_stops_the_study(tmp_path: Path) -> None:
+    """A trial whose checkpoint could not be written failed through no fault of its own: it is not stored as a
+    failed trial (it trains again on resume); the study stops with one line naming the tune/ folder."""
+    from study import progress
+    from study.orchestration.cell import RowWriter
+    from study.store import TrialLog, resolve
+
+    control = progress.register(progress.StudyControl("disk", 1, 1, print))
+    try:
+        writer = RowWriter(None, resolve(tmp_path), "c", {}, {}, None, "disk", None)
+        log = TrialLog(trial_id="t", config={"phase": "tune"},
+                       error="OSError: [Errno 28] Error writing bytes to file. Detail: No space left on device")
+        writer(log)
+        assert control.stop.is_set() and not (tmp_path / "rows").exists()
+        with pytest.raises(ResultsWriteError, match=r"the disk holding .*tune is full.*re-run the same command"):
+            writer.raise_failure()
+    finally:
+        progress.unregister("disk")
+
+
+def test_torn_journal_lines_are_dropped(tmp_path: Path) -> None:
+    from study.orchestration.cell import drop_torn_lines
+
+    journal = tmp_path / "optuna.journal"
+    journal.write_bytes(b'{"op_code": 0}\n{"op_code": 5, "worker\n{"op_code": 1}\n{"op_co')
+    assert drop_torn_lines(journal) == 2
+    assert journal.read_bytes() == b'{"op_code": 0}\n{"op_code": 1}\n'
+    assert drop_torn_lines(journal) == 0
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 3 MB tmpfs (root only; skipped where mounting is not permitted), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a 3 MB tmpfs here (needs root and mount rights): {done.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.slow
+def test_tune_filling_the_disk_is_one_error_line_and_a_rerun_with_space_continues(tiny_root: Path,
+                                                                                 tiny_disk: Path) -> None:
+    import sys
+
+    from study.orchestration.plan import finished_cells
+    from study.store import read_store
+
+    results = tiny_disk / "r"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "study.run", "--strategy", "indomain", "--smoke", "--fractions", "1.0", "--trials",
+           "2", "--epochs", "2", "--data-root", str(tiny_root), "--num-cpus", "2", "--results", str(results)]
+    full = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    out = full.stdout + full.stderr
+    assert full.returncode == 2, out
+    errors = [ln for ln in full.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"the disk holding {results / 'tune'} is full" in errors[0], out
+    assert "Traceback" not in out and len(out.splitlines()) < 60, out
+    stored = read_store(results).height if (results / "rows").exists() else 0
+
+    subprocess.run(["mount", "-o", "remount,size=300m", str(tiny_disk)], check=True)  # space freed
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    df = read_store(results)
+    assert df.height >= stored and len(finished_cells(results, 1)) == 1
+    assert (df.filter(df["row_kind"] == "trial")["status"] != "error").all()

@@ -95,10 +95,31 @@ def parser_defaults(parser: argparse.ArgumentParser, settings: Mapping[str, Any]
             raise ConfigError(f"{path}: {key} = {value!r} is not a value {flag} takes; see --help for {flag}")
         elif isinstance(value, str | Path):
             value = str(value)  # argparse converts string defaults with the flag's type
+        _check_type(action, key, value, flag, path)
         if action.choices is not None and not isinstance(value, bool) and value not in action.choices:
             raise ConfigError(f"{path}: {key} = {value!r}; {flag} takes one of {', '.join(map(str, action.choices))}")
         out[dest] = value
     return out
+
+
+_TYPE_NAMES = {int: "a whole number", float: "a number"}
+
+
+def _check_type(action: argparse.Action, key: str, value: Any, flag: str, path: Path) -> None:
+    """Convert ``value`` with the flag's type now: argparse would only print its usage for a bad default,
+    naming neither the file nor the key."""
+    kind = action.type
+    if not callable(kind) or isinstance(value, bool):
+        return
+    what = _TYPE_NAMES.get(kind, f"a {getattr(kind, '__name__', 'value')}")
+    if isinstance(value, str):
+        try:
+            kind(value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+            detail = "" if kind in _TYPE_NAMES else f" ({exc})"
+            raise ConfigError(f"{path}: {key} = {value!r}: {flag} takes {what}{detail}") from None
+    elif kind is int and not isinstance(value, int) or kind is float and not isinstance(value, int | float):
+        raise ConfigError(f"{path}: {key} = {value!r}: {flag} takes {what}")
 
 
 # ---------------------------------------------------------------- --print-config

@@ -58,6 +58,10 @@ from study.errors import DataValidationError
 METADATA_KEY = "metadata"
 #: value checks read row blocks of about this many bytes, so a 400 GB file never sits in memory
 CHUNK_BYTES = 32 * 2**20
+#: no real sensor value (radiance, reflectance, raw counts up to 16 bit) or backbone feature comes near this
+MAX_ABS_VALUE = 1e6
+EXTREME_FIX = (". Fix: repair or drop this sample when converting the data (or run with --allow-extreme-values "
+               "to train on it anyway)")
 _CORRUPT_ERRORS = (OSError, RuntimeError, KeyError)
 #: feature width of the cross-domain repository's exported HyperSL files (no attributes)
 EXPORTED_FEATURE_DIM = 256
@@ -75,7 +79,8 @@ class H5Split:
     in row blocks; otherwise :meth:`read` checks each sample it returns.
     """
 
-    def __init__(self, path: str | Path, spec: DatasetSpec, *, check_values: bool = True) -> None:
+    def __init__(self, path: str | Path, spec: DatasetSpec, *, check_values: bool = True,
+                 allow_extreme: bool = False) -> None:
         self.path = Path(path)
         self.spec = spec
         self.names: list[str] = []
@@ -89,6 +94,8 @@ class H5Split:
         #: how images are stored (study.data.storage): cube | pca, float32 | float16 | bfloat16
         self.storage_format, self.storage_dtype = "cube", "float32"
         self.values_checked = False
+        #: the first value beyond MAX_ABS_VALUE, when the values were checked with ``allow_extreme``
+        self.extreme: str | None = None
         self._index: dict[str, int] = {}
         self._classes: list[frozenset[int]] | None = None
         self._fh: h5py.File | None = None
@@ -96,7 +103,7 @@ class H5Split:
         try:
             self._validate_structure()
             if check_values:
-                self.validate_values()
+                self.validate_values(allow_extreme)
         except BaseException:
             self.close()
             raise
@@ -274,25 +281,46 @@ class H5Split:
             )
         return scores[0], scores[1], c
 
-    def validate_values(self) -> None:
-        """Scan every sample: images finite, labels in [0, n_classes) after remap (row blocks)."""
+    def validate_values(self, allow_extreme: bool = False) -> None:
+        """Scan every sample: images finite and within :data:`MAX_ABS_VALUE`, labels in [0, n_classes) after
+        remap (row blocks). ``allow_extreme``: an extreme value is kept in :attr:`extreme` (a warning for the
+        caller) instead of refused."""
         if self.values_checked:
+            if self.extreme and not allow_extreme:
+                raise DataValidationError(self.extreme + EXTREME_FIX)
             return
-        classes = []
+        classes, extreme = [], None
         for name in self.names:
             with self._reading(name):
                 grp = self._file[name]
                 stored = grp[SAMPLE_KEYS[self.storage_format][0]]
                 decoded = self.storage_format == "pca" or self.storage_dtype == "bfloat16"
-                if stored.dtype.kind == "f" or decoded:
+                # int8/16 cubes can reach neither NaN nor the extreme-value bound
+                if stored.dtype.kind == "f" or decoded or stored.dtype.itemsize >= 4:
                     h, w = stored.shape[:2]
                     itemsize = 4 if decoded else stored.dtype.itemsize
                     rows = max(1, CHUNK_BYTES // max(1, w * self.n_channels * itemsize))
                     for r0 in range(0, h, rows):
-                        self._check_finite(name, self._decoded_rows(grp, r0, min(h, r0 + rows)), r0)
+                        block = self._decoded_rows(grp, r0, min(h, r0 + rows))
+                        if block.dtype.kind == "f":
+                            self._check_finite(name, block, r0)
+                        extreme = extreme or self._extreme(name, block, r0)
                 classes.append(self._present(self._labels(name)))
+            if extreme and not allow_extreme:
+                raise DataValidationError(extreme + EXTREME_FIX)
         self._classes = classes
+        self.extreme = extreme
         self.values_checked = True
+
+    def _extreme(self, name: str, block: np.ndarray, row0: int) -> str | None:
+        """The first value beyond :data:`MAX_ABS_VALUE` in ``block``, said in one line; None if there is none."""
+        big = np.abs(block) > MAX_ABS_VALUE
+        if not big.any():
+            return None
+        r, c, b = (int(v) for v in np.argwhere(big)[0])
+        return (f"{self.path}, sample {name!r}: image holds {int(big.sum())} value(s) beyond +-{MAX_ABS_VALUE:g} "
+                f"(first {float(block[r, c, b]):.4g} at row {row0 + r}, column {c}, band {b}); no sensor "
+                "value or feature reaches that, one such pixel wrecks the training of every cell it is in")
 
     def _check_finite(self, name: str, block: np.ndarray, row0: int = 0) -> None:
         finite = np.isfinite(block)
@@ -439,16 +467,17 @@ def _stamp(path: Path) -> tuple[int, ...] | None:
     return None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def open_split(root: str | Path, spec: DatasetSpec, split: str, *, check_values: bool = False) -> H5Split:
+def open_split(root: str | Path, spec: DatasetSpec, split: str, *, check_values: bool = False,
+               allow_extreme: bool = False) -> H5Split:
     """The split's :class:`H5Split`, opened once per process and reused (reopened if the file changed)."""
     path = split_path(root, spec, split).absolute()
     key, stamp = (str(path), spec.name), _stamp(path)
     hit = _OPEN.get(key)
     if hit is not None and hit[1] == stamp and hit[0].spec == spec:
         if check_values:
-            hit[0].validate_values()
+            hit[0].validate_values(allow_extreme)
         return hit[0]
-    opened = H5Split(path, spec, check_values=check_values)
+    opened = H5Split(path, spec, check_values=check_values, allow_extreme=allow_extreme)
     _OPEN[key] = (opened, stamp)
     return opened
 
@@ -460,15 +489,16 @@ def close_all() -> None:
     _OPEN.clear()
 
 
-def validate_dataset(root: str | Path, spec: DatasetSpec) -> dict[str, H5Split]:
-    """Open every split with full value checks; require one band set and disjoint splits."""
+def validate_dataset(root: str | Path, spec: DatasetSpec, allow_extreme: bool = False) -> dict[str, H5Split]:
+    """Open every split with full value checks; require one band set and disjoint splits. A value beyond
+    :data:`MAX_ABS_VALUE` is refused, or, with ``allow_extreme``, left in the split's ``extreme`` note."""
     root = Path(root)
     if not root.is_dir():
         raise DataValidationError(
             f"data folder {root} does not exist or is not a folder; "
             f"it must hold {expected_files(spec)} ({SPLIT_LAYOUT})"
         )
-    splits = {s: open_split(root, spec, s, check_values=True) for s in spec.splits}
+    splits = {s: open_split(root, spec, s, check_values=True, allow_extreme=allow_extreme) for s in spec.splits}
     check_splits_agree(splits, splits[spec.splits[0]])
     return splits
 

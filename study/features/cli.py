@@ -15,6 +15,7 @@ import torch
 from study.errors import HsiStudyError
 from study.features.export import AUTOCAST_MODES, DEFAULT_AUTOCAST, DTYPES, export_split
 from study.models.hypersl import BN_MODES
+from study.progress import StopSignals, kill_children
 
 EXAMPLES = """\
 examples:
@@ -81,8 +82,20 @@ def check_args(args: argparse.Namespace, spec: object) -> None:
     check_writable(args.out, subdirs=(), flag="--out")  # a file, a path under a file, read-only or a full disk
 
 
+HINT = "interrupted; run the same command again to continue (finished splits and shards are kept)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        with StopSignals(HINT, hard_stop=kill_children, keep=True):  # SIGINT, SIGTERM: stop; a second: at once
+            return _main(args)
+    except KeyboardInterrupt:
+        print(HINT, file=sys.stderr)
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         from study.data.specs import get_spec
         from study.models.checkpoints import checkpoint_hash, load_hypersl

@@ -50,6 +50,7 @@ from torch import nn
 from study.errors import HsiStudyError
 from study.models.hypersl import BN_MODES
 from study.models.precision import ieee_fp32
+from study.progress import result_of
 
 #: Paper chunk sizes (pixels per BatchNorm batch) per dataset; others default to 5,000.
 DEFAULT_CHUNKS: dict[str, int] = {"hsidrive": 5000, "hcv2": 5000, "hyko2": 50000}
@@ -264,17 +265,17 @@ def export_images(model: nn.Module, src: Any, names: list[str], fh: h5py.File, *
         written = None
         for i, name in enumerate(names):
             assert nxt is not None
-            image, labels = nxt.result()
+            image, labels = result_of(nxt)  # wakes for Ctrl+C / SIGTERM
             nxt = io.submit(read, names[i + 1]) if i + 1 < len(names) else None
             feats = export_image(model, image, src.wavelengths, bn_mode=bn_mode, chunk_size=chunk, dtype=dtype,
                                  device=device, autocast=autocast, on_chunk=on_chunk)
             del image
             dim = int(feats.shape[-1])
             if written is not None:
-                written.result()
+                result_of(written)
             written = io.submit(write, name, feats, labels)
         if written is not None:
-            written.result()
+            result_of(written)
     return dim
 
 

@@ -30,6 +30,7 @@ import torch
 
 from study.errors import HsiStudyError
 from study.features.export import FEATURE_VERSION, Progress, default_chunk, export_images, feature_attrs, temp_path
+from study.progress import SIGNAL_POLL_S, reinstall_signals
 
 #: root attributes of a part that must equal the requested settings for the part to be reused
 _SETTING_KEYS = ("checkpoint_hash", "bn_mode", "chunk_size", "dtype", "feature_version", "source_stat")
@@ -162,7 +163,9 @@ def _run_on_cluster(jobs: list[tuple[int, list[str], Path]], call: dict[str, Any
     pending = {task.remote(names=names, part=str(part), **call): i for i, names, part in jobs}
     errors, done = [], 0
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=SIGNAL_POLL_S)  # wakes for Ctrl+C / SIGTERM
+        if not ready:
+            continue
         i = pending.pop(ready[0])
         try:
             info = ray.get(ready[0])
@@ -200,6 +203,7 @@ def export_split_sharded(backbone: str | Path, data_root: str | Path, dataset: s
 
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS") or None, log_to_driver=False)
+            reinstall_signals()  # ray.init replaced our SIGTERM handler with its own (exit 1, no hint)
     n = shards if shards is not None else default_shards(len(names), cluster)
     ranges = shard_ranges(len(names), n)
     settings = {"ckpt_hash": ckpt_hash, "bn_mode": bn_mode, "autocast": autocast, "dtype": dtype,

@@ -199,7 +199,10 @@ def load_hypersl(path: str | Path, size: str | HyperSLConfig | None = None, head
         except TypeError as exc:
             raise HsiStudyError(f"{path}: bad 'config' entry {ckpt['config']!r} ({exc})") from None
     else:
-        config = infer_config(state, heads)[1]
+        try:
+            config = infer_config(state, heads)[1]
+        except HsiStudyError as exc:  # the shapes' story, said of the file the user gave
+            raise HsiStudyError(f"{path}: {exc}") from None
     model = HyperSL(config)
     load_state_strict(model, state, source=f"{path}")
     return model

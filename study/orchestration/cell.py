@@ -33,7 +33,18 @@ from study.search import recipe_point, search_space
 from study.search.deterministic import ordered_search
 from study.search.replay import replay_or_train, trial_key
 from study.search.tuning import TUNE_NEXT, final_runs, pick_best, serialized_start, tune_cell
-from study.store import Location, TrialLog, WorkingCopy, read_table, replay_from_rows, resolve, trial_rows, write_rows
+from study.store import (
+    Location,
+    TrialLog,
+    WorkingCopy,
+    disk_full_error,
+    is_disk_full,
+    read_table,
+    replay_from_rows,
+    resolve,
+    trial_rows,
+    write_rows,
+)
 from study.strategies import Strategy
 
 
@@ -157,6 +168,13 @@ class RowWriter:
         # the stop (or killed by the same Ctrl+C) is not "stopped early" or "failed", it trains again on resume
         if self.failed or (progress.stopped(self.control_key) and log.status != "completed"):
             return
+        tune = self.results.local("tune") if self.results.is_local else None
+        if log.status == "error" and is_disk_full(log.error, tune):
+            # not the trial's fault: it is not stored (it trains again on resume) and the study stops, in one line
+            self.failed.append(disk_full_error(self.results.show("tune")))
+            if (control := progress.control(self.control_key)) is not None:
+                control.stop.set()
+            return
         try:
             if trial_key(log.config) not in self.replay:
                 protocol = _protocol_of(self.cfg, log, self.recipe_trial)
@@ -277,9 +295,37 @@ def optuna_journal(results: Location) -> Iterator[tuple[WorkingCopy, Any]]:
         # this run holds the results lock, so an Optuna lock file left by a killed run is stale: without this,
         # every resume after a SIGKILL would wait out Optuna's 30-s grace period before it "forcibly releases" it
         Path(f"{path}.lock").unlink(missing_ok=True)
+        drop_torn_lines(path)
         yield journal_file, JournalStorage(JournalFileBackend(str(path)))
     finally:
         try:
             journal_file.push()
         finally:
             journal_file.close()
+
+
+def drop_torn_lines(path: Path) -> int:
+    """Drop the lines of an Optuna journal that are not whole JSON records: a write that failed half-way (a full
+    disk) leaves one, and Optuna then refuses the whole file. The cells whose searches they belonged to did not
+    finish, and a resumed cell starts its Optuna study again (its trials replayed from the store), so nothing
+    that a later run reads is lost. Returns how many lines were dropped."""
+    import json
+
+    from study.store import atomic_write_bytes
+
+    if not path.is_file():
+        return 0
+    lines = path.read_bytes().split(b"\n")
+    kept = []
+    for line in lines:
+        try:
+            json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if line.strip():
+            kept.append(line)
+    dropped = sum(1 for ln in lines if ln.strip()) - len(kept)
+    if dropped:
+        atomic_write_bytes(path, b"".join(ln + b"\n" for ln in kept))
+        echo(f"note: {path}: {dropped} torn line(s) dropped (a write that failed half-way, e.g. on a full disk)")
+    return dropped

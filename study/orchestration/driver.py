@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ from study.orchestration.cell import CellInterrupted, optuna_journal, run_cell
 from study.orchestration.inputs import PreparedDataset
 from study.orchestration.plan import Cell, cell_label, check_one_study, finished_cells, pending_cells, study_record
 from study.progress import echo
-from study.store import WorkingCopy, read_study_file, read_table, resolve, write_study_file
+from study.store import WorkingCopy, is_disk_full, read_study_file, read_table, resolve, write_study_file
 
 
 def resolve_gpus(cfg: StudyConfig, echo: Callable[[str], None]) -> bool:
@@ -80,11 +80,18 @@ def run_one_cell(run: StudyRun, rank: int, cell: Cell) -> None:
         echo(f"[{label}] done in {time.perf_counter() - t0:.0f} s")
     except CellInterrupted as exc:
         echo(f"[{label}] {exc}")
+        control.update(force=True, cells_running=-1)  # not finished: "cells N done" counts finished cells only
+        return
     except RuntimeError as exc:  # every trial failed, or the budget was not met: record, go on
+        if is_disk_full(exc):  # not this cell's failure: the study stops (run.py says it in one line)
+            control.update(cells_running=-1)
+            raise
         run.failures.append(f"{label}: {exc}")
         echo(f"[{label}] cell failed: {exc}")
-    finally:
-        control.update(force=True, cells_running=-1, cells_done=+1)
+    except BaseException:
+        control.update(cells_running=-1)
+        raise
+    control.update(force=True, cells_running=-1, cells_done=+1)
 
 
 def run_cell_threads(run: StudyRun, cells: list[Cell]) -> None:
@@ -98,14 +105,16 @@ def run_cell_threads(run: StudyRun, cells: list[Cell]) -> None:
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cell") as pool:
         futures = [pool.submit(run_one_cell, run, rank, cell) for rank, cell in enumerate(cells)]
         try:
-            for fut in as_completed(futures):
-                fut.result()
-        except BaseException as exc:  # Ctrl+C, SIGTERM (run.py raises KeyboardInterrupt) or a cell's error
+            # never an unbounded wait: a SIGINT / SIGTERM that the kernel hands to another thread (Ray's, a
+            # cell's) only sets a flag, which the main thread acts on when it next runs Python code
+            progress.wait_futures(futures)
+        except BaseException as exc:  # Ctrl+C, SIGTERM (KeyboardInterrupt) or a cell's error
             what = ("interrupted" if isinstance(exc, KeyboardInterrupt) else "a result could not be written"
                     if isinstance(exc, ResultsWriteError) else f"{type(exc).__name__}: {exc}")
-            run.echo(f"stopping ({what}): every running cell ends its trials; what finished is kept ...")
+            run.echo(f"stopping ({what}): every running cell ends its trials; what finished is kept "
+                     "(a second Ctrl+C stops at once) ...")
             run.control.stop.set()
-            wait(futures)
+            progress.wait_futures(futures, raise_errors=False)
             raise
 
 

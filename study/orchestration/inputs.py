@@ -70,8 +70,12 @@ class PreparedDataset:
     features: dict[str, dict[str, H5Split]] = field(default_factory=dict)
 
 
-def check_inputs(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -> dict[str, PreparedDataset]:
+def check_inputs(cfg: StudyConfig, echo: Callable[[str], None] = default_echo,
+                 allow_extreme_values: bool = False) -> dict[str, PreparedDataset]:
     """Every dataset of the study, prepared (:func:`dataset_inputs`), by name. No Ray, no training.
+
+    ``allow_extreme_values`` (``--allow-extreme-values``): a value beyond ``h5reader.MAX_ABS_VALUE`` in the
+    data is a warning instead of an error (it does not change the result of data without one: not in any id).
 
     All datasets are validated before any feature export starts, so a broken file of the last dataset
     stops the study before minutes of work on the first.
@@ -80,7 +84,7 @@ def check_inputs(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -
 
     check_store_version(resolve(cfg.runtime.results))  # before anything is written into an incompatible store
     feature_kinds(cfg)  # a registry slip stops the study before any data is made
-    data = {name: _validated_data(cfg, get_spec(name), echo) for name in cfg.data.datasets}
+    data = {name: _validated_data(cfg, get_spec(name), echo, allow_extreme_values) for name in cfg.data.datasets}
     kinds = cfg.backbone_kinds()
     # once per study, cheap kinds first (the registry's order)
     backbones = {k: BACKBONES[k].load_provider()(cfg, echo) for k in BACKBONES if k in kinds}
@@ -88,8 +92,8 @@ def check_inputs(cfg: StudyConfig, echo: Callable[[str], None] = default_echo) -
             for name in cfg.data.datasets}
 
 
-def _validated_data(cfg: StudyConfig, spec: DatasetSpec,
-                    echo: Callable[[str], None]) -> tuple[Path, str, dict[str, H5Split]]:
+def _validated_data(cfg: StudyConfig, spec: DatasetSpec, echo: Callable[[str], None],
+                    allow_extreme: bool = False) -> tuple[Path, str, dict[str, H5Split]]:
     if cfg.data.data_root is not None:
         root, source = Path(cfg.data.data_root), str(Path(cfg.data.data_root).resolve())
     else:
@@ -97,10 +101,31 @@ def _validated_data(cfg: StudyConfig, spec: DatasetSpec,
         root = ensure_default_dataset(spec, cfg.runtime.cache_dir, cfg.data.synthetic, progress=True)
         source = f"synthetic:{root.name}"
         echo(f"embedded default data: synthetic {spec.title}-like cubes in {root} ({time.perf_counter() - t0:.1f} s)")
-    splits = validate_dataset(root, spec)
+    splits = validate_dataset(root, spec, allow_extreme)
+    for sp in splits.values():
+        if sp.extreme:
+            echo(f"warning: {sp.extreme}; training on it anyway (--allow-extreme-values)")
+    warn_small_images(cfg, splits, echo)
     if cfg.needs_features:  # before the backbone is resolved (a default pretraining takes minutes)
         check_raw_spectra(cfg, splits)
     return root, source + split_variant(splits["train"].path), splits
+
+
+def warn_small_images(cfg: StudyConfig, splits: dict[str, H5Split], echo: Callable[[str], None]) -> None:
+    """One warning per strategy whose network downsamples more than the smallest image of the data measures:
+    such images are zero-padded and train (and are scored) mostly on padding."""
+    sizes = [(min(h, w), h, w, sp, name) for sp in splits.values() for (h, w), name in zip(sp.shapes, sp.names,
+                                                                                             strict=True)]
+    if not sizes:
+        return
+    side, h, w, sp, name = min(sizes, key=lambda t: t[0])
+    for s in cfg.strategies:
+        factor = get_strategy(s).downsampling
+        if side < factor:
+            n = sum(t[0] < factor for t in sizes)
+            echo(f"warning: {n} image(s) of {sp.spec.name} are smaller than {factor}x{factor}, {s}'s downsampling "
+                 f"(the smallest: {h}x{w}, {sp.path.name} sample {name!r}); they are zero-padded and train mostly "
+                 "on padding")
 
 
 def split_variant(path: Path) -> str:

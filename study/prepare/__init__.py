@@ -16,6 +16,7 @@ missing samples and leaves half-written files when interrupted.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -72,6 +73,7 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str |
                            + ("; ..." if len(problems) > _SHOW_MISSING else ""))
     results = []
     pool = worker_pool(workers) if pending else None
+    interrupted = False
     try:
         for split in SPLITS:
             results.append(convert_split(split, jobs[split], out / spec.file_name(split),
@@ -80,9 +82,14 @@ def prepare(dataset: str, raw: str | Path, out: str | Path, *, splits_dir: str |
                                          window=2 * workers, stream=stream))
             if on_split is not None:
                 on_split(results[-1])
+    except KeyboardInterrupt:
+        interrupted = True  # do not wait for the images being decoded: their results would be thrown away
+        raise
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            if interrupted:  # killed workers: the pool fails their futures itself and shuts down at once
+                _stop_workers(pool)
+            pool.shutdown(cancel_futures=not interrupted)
     return results
 
 
@@ -95,6 +102,16 @@ def check_storage(dataset: str, fmt: str, storage_dtype: str) -> None:
     if fmt == "pca" and dataset != "hcv2":
         raise PrepareError(f"--format pca is for hcv2 only (its .hsd release is PCA-compressed); the {dataset} "
                            "release holds full cubes: use --format cube")
+
+
+def _stop_workers(pool: Any) -> None:
+    """End a decoding pool's workers now (on Ctrl+C / SIGTERM): an image being decoded would be thrown away."""
+    if hasattr(pool, "terminate_workers"):  # Python >= 3.14
+        pool.terminate_workers()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):  # the stdlib's own table of them
+        with contextlib.suppress(OSError, ValueError):
+            proc.kill()
 
 
 def _attrs(dataset: str, split: str, lists: SplitLists, raw: Path, hcv2_split: str) -> dict[str, Any]:

@@ -9,6 +9,9 @@ from pathlib import Path
 from study.errors import HsiStudyError
 from study.prepare import DATASETS, DTYPES, FORMATS, HCV2_SPLITS, prepare
 from study.prepare.writer import SplitResult
+from study.progress import StopSignals, kill_children
+
+HINT = "interrupted; run the same command again to continue (finished images are kept)"
 
 EXAMPLES = """\
 examples:
@@ -68,16 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.hcv2_split is not None and args.dataset != "hcv2":
             raise HsiStudyError(f"--hcv2-split is for hcv2 only, not {args.dataset}")
-        prepare(args.dataset, args.raw, args.out, splits_dir=args.splits, hcv2_split=args.hcv2_split or "new",
-                workers=args.workers, fmt=args.fmt, storage_dtype=args.storage_dtype,
-                on_split=lambda r: print(_summary(args.dataset, r), flush=True))
+        with StopSignals(HINT, hard_stop=kill_children):  # SIGINT, SIGTERM: stop; a second one: at once
+            prepare(args.dataset, args.raw, args.out, splits_dir=args.splits, hcv2_split=args.hcv2_split or "new",
+                    workers=args.workers, fmt=args.fmt, storage_dtype=args.storage_dtype,
+                    on_split=lambda r: print(_summary(args.dataset, r), flush=True))
     except HsiStudyError as exc:
         if args.debug:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to continue (finished images are kept)", file=sys.stderr)
+        print(HINT, file=sys.stderr)
         return 130
     print(f"next: python -m study.run --dataset {args.dataset} --data-root {args.out} ...")
     return 0

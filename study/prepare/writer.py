@@ -12,7 +12,9 @@ two decoded images per worker waiting.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -29,6 +31,7 @@ import numpy as np
 from study.data.storage import file_storage, to_storage
 from study.prepare.readers import PrepareError
 from study.prepare.sources import Job, load_sample
+from study.progress import result_of
 
 COMPLETE_ATTR = "complete"
 DIGEST_ATTR = "split_digest"
@@ -79,9 +82,27 @@ class Progress:
             self.stream.flush()
 
 
+def die_with_parent() -> None:
+    """In a child process (the decoding pool's initializer): have the kernel kill it when its parent dies, even by
+    SIGKILL (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing). A parent that already died: exit now."""
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    if os.getppid() == 1:  # the parent died before the call: nobody is left to collect this worker's work
+        os._exit(1)
+
+
 def worker_pool(workers: int) -> ProcessPoolExecutor | None:
     """Decoding processes shared by all splits of one run (spawned: no inherited HDF5 handles); None for 1."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) if workers > 1 else None
+    if workers <= 1:
+        return None
+    # the workers die with this process, even when it is SIGKILLed (else they decode on, orphaned)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=die_with_parent)
 
 
 Decoded = tuple[str, dict[str, np.ndarray], np.ndarray]
@@ -98,9 +119,12 @@ def _decoded(jobs: Sequence[Job], pool: ProcessPoolExecutor | None, window: int)
         for job in jobs:
             pending.append(pool.submit(load_sample, job))
             if len(pending) >= window:
-                yield pending.popleft().result()
+                yield result_of(pending.popleft())  # wakes for Ctrl+C / SIGTERM, whichever thread gets it
         while pending:
-            yield pending.popleft().result()
+            yield result_of(pending.popleft())
+    except KeyboardInterrupt:  # prepare() stops the workers; a cancel here races the pool's own clean-up
+        pending.clear()
+        raise
     finally:
         for fut in pending:
             fut.cancel()

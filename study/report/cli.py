@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "with several studies: the first one's compare.html)")
     p.add_argument("--csv", nargs="?", const="", default=None, metavar="PATH",
                    help="also write the summary table as CSV (default path RESULTS_DIR/summary.csv)")
-    p.add_argument("--baseline", default=baseline_strategy(),
+    p.add_argument("--baseline", default=None,
                    help=f"strategy the others are compared with (default {baseline_strategy()})")
     p.add_argument("--skip-corrupt", action="store_true",
                    help="move unreadable (truncated, corrupt) Parquet parts into RESULTS_DIR/rows/quarantine/ "

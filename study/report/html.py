@@ -224,6 +224,8 @@ def build_html(df: pl.DataFrame, results: Results | list[Results],
 
     ``results`` is a list when ``df`` combines several studies (:func:`study.report.compare.combine`).
     """
+    df, variant_notes = compare.split_cell_variants(df)  # cells of two search spaces are never pooled
+    baseline = compare.variant_baseline(df, baseline)
     cells = analysis.cell_summary(df)
     paired = analysis.paired_differences(df, baseline)
     savings = analysis.label_savings(df, baseline, cells=cells)
@@ -235,6 +237,7 @@ def build_html(df: pl.DataFrame, results: Results | list[Results],
     sections = _figure_sections(df, datasets, cells, paired, traces, trials, baseline)
     _add_tables(sections, df, cells, paired, acc, baseline)
     banner, provenance = _provenance(df, results)
+    banner += "".join(f'<div class="banner"><b>Separate cells.</b> {html.escape(n)}.</div>' for n in variant_notes)
     sections["provenance"] = [provenance]
     return _page(df, datasets, baseline, sentences, banner, sections), cells
 
@@ -324,20 +327,33 @@ def load_studies(results: list[Results], baseline: str = analysis.BASELINE) -> t
     return df, compare.comparison_baseline(df, baseline, labels)
 
 
+def check_baseline(df: pl.DataFrame, baseline: str) -> None:
+    """An explicit ``--baseline`` must name a strategy in the store (or a variant of one): else one line
+    listing those there are."""
+    present = sorted(df["strategy"].unique().to_list())
+    if baseline in present or any(compare.base_strategy(s) == baseline for s in present):
+        return
+    raise HsiStudyError(f"--baseline {baseline}: no such strategy in this store; it holds {', '.join(present)}")
+
+
 def write_report(results: Results | list[Results], out: Path | str | None = None, csv: Path | str | None = None,
-                 baseline: str = analysis.BASELINE) -> tuple[Path | str, Path | str | None]:
+                 baseline: str | None = None) -> tuple[Path | str, Path | str | None]:
     """Build the report (and optionally the summary CSV) for ``results``; both written whole.
 
     ``results`` may be an object-store URI; ``out`` and ``csv`` may each be a local path or a URI
     (by default they go next to the rows, i.e. into the bucket for a URI store). A list of several
-    studies makes one comparison page (default ``<first>/compare.html``).
+    studies makes one comparison page (default ``<first>/compare.html``). ``baseline`` given: it must be a
+    strategy in the store(s) (else HsiStudyError listing them); None: the registry's baseline, if present.
     """
+    explicit, baseline = baseline is not None, baseline or analysis.BASELINE
     if isinstance(results, list) and len(results) > 1:
         df, baseline = load_studies(results, baseline)
         default_out = join(results[0], "compare.html")
     else:
         results = results[0] if isinstance(results, list) else results
         df, default_out = load_store(results), join(results, "report.html")
+    if explicit:
+        check_baseline(df, baseline)
     page, cells = build_html(df, results, baseline)
     out = out if out is not None else default_out
     write_to(out, page.encode("utf-8"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from study.report import analysis
+from study.report import analysis, compare
 from study.store import Results, read_store
 
 
@@ -16,8 +16,12 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def summary_frame(results: Results | Path) -> pl.DataFrame:
-    """Per (dataset, strategy, fraction): analysis' cell summary plus the tuning counts the console shows."""
-    df = read_store(results)
+    """Per (dataset, strategy, fraction): analysis' cell summary plus the tuning counts the console shows (a
+    strategy whose cells ran with two search spaces or backbones: one line per variant, :mod:`compare`)."""
+    return _summary(compare.split_cell_variants(read_store(results))[0])
+
+
+def _summary(df: pl.DataFrame) -> pl.DataFrame:
     cells = analysis.cell_summary(df, n_resamples=1)  # the console shows mean ± sd; the report draws the CIs
     if cells.is_empty():
         return pl.DataFrame()
@@ -30,7 +34,10 @@ def summary_frame(results: Results | Path) -> pl.DataFrame:
 
 
 def print_summary(results: Results | Path) -> None:
-    frame = summary_frame(results)
+    df, notes = compare.split_cell_variants(read_store(results))  # cells of two search spaces are never pooled
+    frame = _summary(df)
+    for note in notes:
+        print(f"note: {note}")
     if frame.is_empty():
         print("no finished cells yet")
         return

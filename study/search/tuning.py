@@ -30,7 +30,7 @@ from ray.tune.stopper import Stopper
 from study import progress
 from study.config import Budget
 from study.progress import echo
-from study.store import REPORT_KEYS, Location, TrialLog, resolve
+from study.store import REPORT_KEYS, Location, TrialLog, is_disk_full, resolve
 
 METRIC = "best_val_miou"
 
@@ -201,6 +201,13 @@ class RowCollector(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._done(trial, self._log(trial).status.replace("_", " "))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """A trial failed and will be retried. A full disk is not its fault and every retry would fail the same
+        way (after minutes of restarting): the row writer hears of it now, and stops the study."""
+        text = _error_text(trial)
+        if self.on_finish is not None and text and is_disk_full(text):
+            self.on_finish(TrialLog(trial.trial_id, dict(trial.config), error=text))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._log(trial).error = _error_text(trial)

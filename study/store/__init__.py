@@ -5,6 +5,7 @@ The public names of the package are exported here, and only here; its modules im
 directly."""
 
 from study.store.checks import check_output_file, check_writable
+from study.store.errors import disk_full_error, is_disk_full
 from study.store.lease import LEASE, results_lock
 from study.store.location import (
     Location,
@@ -57,6 +58,8 @@ __all__ = [
     "check_results_text",
     "check_store_version",
     "check_writable",
+    "disk_full_error",
+    "is_disk_full",
     "is_uri",
     "join",
     "open_results",

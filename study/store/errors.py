@@ -8,6 +8,7 @@ of a traceback. The lowest floor of :mod:`study.store`: it imports nothing of th
 from __future__ import annotations
 
 import errno
+import shutil
 from pathlib import Path
 
 from study.errors import ResultsWriteError
@@ -62,3 +63,35 @@ def write_failure(target: str, exc: OSError, *, local: bool = True, flag: str | 
     return ResultsWriteError(f"cannot write {target}: {cause}; {fix}", str(target), code)
 
 
+
+
+#: how the disk-full cause reads in texts that lost the errno (a trial's error line, Ray's wrapped errors)
+NO_SPACE_TEXT = ("No space left on device", "[Errno 28]", "Disk quota exceeded")
+#: free bytes below which a folder's disk counts as full (Tune fails there with EOFError, truncated pickles)
+FULL_BELOW = 256 * 2**10
+
+
+def is_disk_full(exc: BaseException | str | None, folder: str | Path | None = None) -> bool:
+    """Whether ``exc`` (an exception, its chain, or an error text) says the disk is full, or ``folder``'s disk
+    has (almost) no free bytes left while an I/O error happened (Tune then fails with EOFError and the like)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, str):
+            return any(t in exc for t in NO_SPACE_TEXT)
+        if getattr(exc, "errno", None) in _NO_SPACE or any(t in str(exc) for t in NO_SPACE_TEXT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    if folder is None:
+        return False
+    try:
+        return shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return False
+
+
+def disk_full_error(folder: str | Path) -> ResultsWriteError:
+    """The one line for a study whose results disk filled up while it ran (Tune's checkpoints in ``tune/``)."""
+    err = write_failure(str(Path(folder) / "."), OSError(errno.ENOSPC, "No space left on device"), flag=None)
+    return ResultsWriteError(f"the disk holding {folder} is full: {str(err).split(': ', 1)[1]}. Every trial stored "
+                             "before is kept; once there is space, re-run the same command to continue",
+                             str(folder), errno.ENOSPC)
