@@ -35,8 +35,9 @@ def _slow_prepare(tmp_path: Path) -> subprocess.Popen:
         import study.prepare.writer as writer
         writer.load_sample = slowload.load
         from study.prepare.cli import main
-        sys.exit(main(["hcv2", "--raw", {str(tmp_path / "raw")!r}, "--out", {str(tmp_path / "out")!r},
-                       "--splits", {str(lists)!r}, "--workers", "2"]))
+        if __name__ == "__main__":  # spawned decoding workers import this script as __mp_main__
+            sys.exit(main(["hcv2", "--raw", {str(tmp_path / "raw")!r}, "--out", {str(tmp_path / "out")!r},
+                           "--splits", {str(lists)!r}, "--workers", "2"]))
     """))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
