@@ -103,7 +103,8 @@ def measure(size: tuple, workdir: Path, dataset: str = "hyko2", cache_dir: Path 
     ``cache_dir``: where the synthetic data is generated (default: the study's data cache, so reruns reuse it).
     ``use_trainable=False`` trains the same head inline (no Ray import: the smoke test).
     """
-    from study.data.h5reader import H5Split, open_split
+    from study.data.datasets import open_split
+    from study.data.h5reader import H5Split
     from study.data.specs import get_spec
     from study.data.synthetic.generator import GeneratorConfig, ensure_default_dataset
     from study.features import default_chunk

@@ -214,7 +214,7 @@ def compare_precision(size: str = "cpu", device: str = "cpu", hw: tuple[int, int
     """bf16 vs fp32 features on synthetic HyKo2-like cubes at each of :data:`SCALES` (see the module doc)."""
     import tempfile
 
-    from study.data.h5reader import open_split
+    from study.data.datasets import open_split
     from study.data.specs import get_spec
     from study.data.synthetic.generator import GeneratorConfig, generate_dataset
     from study.features import export_image

@@ -153,7 +153,7 @@ def populate_features(data: Path, cache: Path, backbone: str | None, dtype: str 
     (``feature_cache_path``), groups (features + raw labels) and root attributes (``feature_attrs``) as
     ``ensure_features``, which then reuses them. A few random images are reused so writing is I/O-bound.
     """
-    from study.data.h5reader import open_split
+    from study.data.datasets import open_split
     from study.data.specs import get_spec
     from study.features import default_chunk, feature_attrs, feature_cache_path, is_current, source_id, temp_path
     from study.models.checkpoints import checkpoint_hash, load_hypersl

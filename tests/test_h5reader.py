@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from study.data import h5reader
-from study.data.h5reader import H5Split, open_split, split_path, validate_dataset
+from study.data.datasets import open_split, validate_dataset
+from study.data.h5reader import H5Split, split_path
 from study.data.specs import DatasetSpec, get_spec
 from study.errors import DataValidationError
 

@@ -63,7 +63,7 @@ def probe_exporter(cfg, spec, data_root: Path, backbone, echo) -> Path:
     import h5py
     import numpy as np
 
-    from study.data.h5reader import open_split
+    from study.data.datasets import open_split
     from study.features import feature_attrs
 
     PROBE["calls"].append((spec.name, backbone.kind, backbone.sha))

@@ -15,7 +15,7 @@ from search_spaces.crossdomain import SPACE as CROSSDOMAIN_SPACE
 from search_spaces.crossdomain_fc import SPACE as CROSSDOMAIN_FC_SPACE
 from search_spaces.indomain_fc import SPACE as INDOMAIN_FC_SPACE
 from study.data.bundle import DataBundle, Split, SplitArrays, make_bundle, materialize
-from study.data.h5reader import validate_dataset
+from study.data.datasets import validate_dataset
 from study.data.specs import get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.models.heads import PixelFC

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_prepare_support import build_hcv2, build_hsidrive, build_hyko2, opencv_half, write_lists
 
-from study.data.h5reader import close_all, validate_dataset
+from study.data.datasets import close_all, validate_dataset
 from study.data.specs import get_spec
 from study.prepare import PrepareError, prepare
 from study.prepare.cli import main

@@ -13,7 +13,7 @@ from test_prepare import HCV2_FOLDERS, HCV2_NEW, HCV2_OLD, HSIDRIVE, HYKO2, ODD_
 from test_prepare_support import build_hcv2, build_hsidrive, build_hyko2, write_lists, write_png
 
 import study.prepare.writer as writer
-from study.data.h5reader import close_all, validate_dataset
+from study.data.datasets import close_all, validate_dataset
 from study.data.specs import get_spec
 from study.errors import DataValidationError
 from study.prepare import PrepareError, prepare

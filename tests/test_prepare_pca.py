@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from test_prepare_support import build_hcv2, write_lists
 
-from study.data.h5reader import H5Split, close_all, validate_dataset
+from study.data.datasets import close_all, validate_dataset
+from study.data.h5reader import H5Split
 from study.data.specs import get_spec
 from study.data.storage import from_bfloat16_bits, pca_decode, to_bfloat16_bits
 from study.errors import DataValidationError

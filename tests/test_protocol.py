@@ -89,7 +89,7 @@ def test_paper_study_trains_the_recipe_on_the_benchmark_subsets(ray_session, tin
     config = json.loads(finals["config_json"][0])
     assert (config["lr"], config["weight_decay"], config["dropout"]) == (1e-3, 0.0, 0.25)
     manifest = json.loads(next((results / "manifests").glob("*.json")).read_text())
-    from study.data.h5reader import validate_dataset
+    from study.data.datasets import validate_dataset
     from study.data.specs import get_spec
 
     train_names = validate_dataset(tiny_root, get_spec("hyko2"))["train"].names
@@ -118,7 +118,7 @@ def test_tuned_cells_try_the_recipe_first_and_the_report_shows_what_tuning_added
 
 
 def test_a_paper_study_writes_the_benchmarks_manifests_at_every_fraction(tiny_root: Path, tmp_path: Path) -> None:
-    from study.data.h5reader import validate_dataset
+    from study.data.datasets import validate_dataset
     from study.data.specs import get_spec
     from study.orchestration import check_inputs
 

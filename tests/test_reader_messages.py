@@ -9,7 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from study.data.h5reader import H5Split, open_split, split_path, validate_dataset
+from study.data.datasets import open_split, validate_dataset
+from study.data.h5reader import H5Split, split_path
 from study.data.specs import get_spec
 from study.data.synthetic import generator as gen
 from study.errors import DataValidationError

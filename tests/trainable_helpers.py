@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from study.data.bundle import DataBundle, Split, SplitArrays, make_bundle, materialize
-from study.data.h5reader import validate_dataset
+from study.data.datasets import validate_dataset
 from study.data.specs import get_spec
 from study.data.subsets import make_subset
 

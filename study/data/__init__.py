@@ -7,6 +7,7 @@ modules stay free of torch), so this face exports modules, not re-exported names
 
 __all__ = [
     'bundle',
+    'datasets',
     'h5checks',
     'h5reader',
     'pretrain_data',

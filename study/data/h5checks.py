@@ -23,6 +23,12 @@ SPLIT_LAYOUT = "the HS3-Bench layout, see README.md, section 'Real HS3-Bench dat
 #: marker file of a finished synthetic-data cache entry (study.data.synthetic.generator writes it; not imported: heavy)
 _CACHE_MARKER = "COMPLETE.json"
 
+#: no real sensor value (radiance, reflectance, raw counts up to 16 bit) or backbone feature comes near this
+MAX_ABS_VALUE = 1e6
+EXTREME_FIX = (". Fix: repair or drop this sample when converting the data (or run with --allow-extreme-values "
+               "to train on it anyway)")
+
+
 
 def expected_files(spec: DatasetSpec) -> str:
     return ", ".join(spec.file_name(s) for s in spec.splits)
@@ -105,3 +111,39 @@ def unreadable_error(path: Path, name: str | None, exc: BaseException) -> DataVa
         f"{where}: cannot be read as HDF5 ({exc}); the file is not HDF5, truncated or corrupt "
         f"(e.g. an interrupted copy or download). Fix: {fix}."
     )
+
+
+def check_pca_shapes(where: str, scores: tuple[int, ...], coeffs: tuple[int, ...],
+                     means: tuple[int, ...]) -> tuple[int, int, int]:
+    """Shapes of a pca sample agree: scores (H, W, D), coefficients (D, C), means (C,); the image's shape."""
+    d = scores[2]
+    c = coeffs[1] if len(coeffs) == 2 else -1
+    if len(coeffs) != 2 or coeffs[0] != d or means != (c,):
+        raise DataValidationError(
+            f"{where}: pca shapes disagree: scores {scores}, coefficients {coeffs}, means {means}; they must "
+            "be (H, W, D), (D, C) and (C,). Fix: convert the data again with python -m study.prepare"
+        )
+    return scores[0], scores[1], c
+
+
+def extreme_value(path: Path, name: str, block: np.ndarray, row0: int) -> str | None:
+    """The first value beyond :data:`MAX_ABS_VALUE` in ``block``, said in one line; None if there is none."""
+    big = np.abs(block) > MAX_ABS_VALUE
+    if not big.any():
+        return None
+    r, c, b = (int(v) for v in np.argwhere(big)[0])
+    return (f"{path}, sample {name!r}: image holds {int(big.sum())} value(s) beyond +-{MAX_ABS_VALUE:g} "
+            f"(first {float(block[r, c, b]):.4g} at row {row0 + r}, column {c}, band {b}); no sensor "
+            "value or feature reaches that, one such pixel wrecks the training of every cell it is in")
+
+
+def check_finite(path: Path, name: str, block: np.ndarray, row0: int = 0) -> None:
+    """Every pixel of ``block`` is finite, else one line naming the sample and the first bad pixel."""
+    finite = np.isfinite(block)
+    if not finite.all():
+        r, c, b = (int(v) for v in np.argwhere(~finite)[0])
+        raise DataValidationError(
+            f"{path}, sample {name!r}: image holds {int((~finite).sum())} NaN/inf value(s) "
+            f"(first at row {row0 + r}, column {c}, band {b}); rule: every pixel must be finite. "
+            "Fix: repair or drop this sample when converting the data"
+        )

@@ -35,8 +35,11 @@ import h5py
 import numpy as np
 
 from study.data.h5checks import (
+    EXTREME_FIX,
     SPLIT_LAYOUT,
-    expected_files,
+    check_finite,
+    check_pca_shapes,
+    extreme_value,
     missing_file_error,
     resolve_wavelengths,
     unreadable_error,
@@ -58,10 +61,6 @@ from study.errors import DataValidationError
 METADATA_KEY = "metadata"
 #: value checks read row blocks of about this many bytes, so a 400 GB file never sits in memory
 CHUNK_BYTES = 32 * 2**20
-#: no real sensor value (radiance, reflectance, raw counts up to 16 bit) or backbone feature comes near this
-MAX_ABS_VALUE = 1e6
-EXTREME_FIX = (". Fix: repair or drop this sample when converting the data (or run with --allow-extreme-values "
-               "to train on it anyway)")
 _CORRUPT_ERRORS = (OSError, RuntimeError, KeyError)
 #: feature width of the cross-domain repository's exported HyperSL files (no attributes)
 EXPORTED_FEATURE_DIM = 256
@@ -259,7 +258,7 @@ class H5Split:
                 "image pixel for pixel (was one of them resized, or is the image stored (C, H, W)?)"
             )
         if pca is not None:
-            ishape = self._check_pca(where, ishape, *pca)
+            ishape = check_pca_shapes(where, ishape, *pca)
         n_wl = self.n_channels
         if ishape[2] != n_wl:
             raise DataValidationError(
@@ -268,18 +267,6 @@ class H5Split:
                 f"'wavelengths' or wave_{self.spec.name}.csv) or pick the right dataset"
             )
         return int(ishape[0]), int(ishape[1])
-
-    def _check_pca(self, where: str, scores: tuple[int, ...], coeffs: tuple[int, ...],
-                   means: tuple[int, ...]) -> tuple[int, int, int]:
-        """Shapes of a pca sample agree: scores (H, W, D), coefficients (D, C), means (C,); the image's shape."""
-        d = scores[2]
-        c = coeffs[1] if len(coeffs) == 2 else -1
-        if len(coeffs) != 2 or coeffs[0] != d or means != (c,):
-            raise DataValidationError(
-                f"{where}: pca shapes disagree: scores {scores}, coefficients {coeffs}, means {means}; they must "
-                "be (H, W, D), (D, C) and (C,). Fix: convert the data again with python -m study.prepare"
-            )
-        return scores[0], scores[1], c
 
     def validate_values(self, allow_extreme: bool = False) -> None:
         """Scan every sample: images finite and within :data:`MAX_ABS_VALUE`, labels in [0, n_classes) after
@@ -303,34 +290,14 @@ class H5Split:
                     for r0 in range(0, h, rows):
                         block = self._decoded_rows(grp, r0, min(h, r0 + rows))
                         if block.dtype.kind == "f":
-                            self._check_finite(name, block, r0)
-                        extreme = extreme or self._extreme(name, block, r0)
+                            check_finite(self.path, name, block, r0)
+                        extreme = extreme or extreme_value(self.path, name, block, r0)
                 classes.append(self._present(self._labels(name)))
             if extreme and not allow_extreme:
                 raise DataValidationError(extreme + EXTREME_FIX)
         self._classes = classes
         self.extreme = extreme
         self.values_checked = True
-
-    def _extreme(self, name: str, block: np.ndarray, row0: int) -> str | None:
-        """The first value beyond :data:`MAX_ABS_VALUE` in ``block``, said in one line; None if there is none."""
-        big = np.abs(block) > MAX_ABS_VALUE
-        if not big.any():
-            return None
-        r, c, b = (int(v) for v in np.argwhere(big)[0])
-        return (f"{self.path}, sample {name!r}: image holds {int(big.sum())} value(s) beyond +-{MAX_ABS_VALUE:g} "
-                f"(first {float(block[r, c, b]):.4g} at row {row0 + r}, column {c}, band {b}); no sensor "
-                "value or feature reaches that, one such pixel wrecks the training of every cell it is in")
-
-    def _check_finite(self, name: str, block: np.ndarray, row0: int = 0) -> None:
-        finite = np.isfinite(block)
-        if not finite.all():
-            r, c, b = (int(v) for v in np.argwhere(~finite)[0])
-            raise DataValidationError(
-                f"{self.path}, sample {name!r}: image holds {int((~finite).sum())} NaN/inf value(s) "
-                f"(first at row {row0 + r}, column {c}, band {b}); rule: every pixel must be finite. "
-                "Fix: repair or drop this sample when converting the data"
-            )
 
     def _labels(self, name: str) -> np.ndarray:
         """Remapped labels (H, W) int64 of one sample, checked against [0, n_classes)."""
@@ -402,7 +369,7 @@ class H5Split:
             else:
                 grp["image"].read_direct(image_out)
             labels = self._labels(name)
-        self._check_finite(name, image_out)
+        check_finite(self.path, name, image_out)
         return labels
 
     def read(self, item: int | str) -> tuple[np.ndarray, np.ndarray]:
@@ -456,69 +423,3 @@ class H5Split:
         for j, name in enumerate(chosen):
             labels[j] = self._read_into(name, images[j])
         return images, labels
-
-
-#: per-process cache: (absolute path, dataset) -> (split, (inode, mtime_ns, size) when opened)
-_OPEN: dict[tuple[str, str], tuple[H5Split, tuple[int, ...] | None]] = {}
-
-
-def _stamp(path: Path) -> tuple[int, ...] | None:
-    st = path.stat() if path.is_file() else None
-    return None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def open_split(root: str | Path, spec: DatasetSpec, split: str, *, check_values: bool = False,
-               allow_extreme: bool = False) -> H5Split:
-    """The split's :class:`H5Split`, opened once per process and reused (reopened if the file changed)."""
-    path = split_path(root, spec, split).absolute()
-    key, stamp = (str(path), spec.name), _stamp(path)
-    hit = _OPEN.get(key)
-    if hit is not None and hit[1] == stamp and hit[0].spec == spec:
-        if check_values:
-            hit[0].validate_values(allow_extreme)
-        return hit[0]
-    opened = H5Split(path, spec, check_values=check_values, allow_extreme=allow_extreme)
-    _OPEN[key] = (opened, stamp)
-    return opened
-
-
-def close_all() -> None:
-    """Close and forget every cached split of this process (tests, or before rewriting files)."""
-    for opened, _ in _OPEN.values():
-        opened.close()
-    _OPEN.clear()
-
-
-def validate_dataset(root: str | Path, spec: DatasetSpec, allow_extreme: bool = False) -> dict[str, H5Split]:
-    """Open every split with full value checks; require one band set and disjoint splits. A value beyond
-    :data:`MAX_ABS_VALUE` is refused, or, with ``allow_extreme``, left in the split's ``extreme`` note."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataValidationError(
-            f"data folder {root} does not exist or is not a folder; "
-            f"it must hold {expected_files(spec)} ({SPLIT_LAYOUT})"
-        )
-    splits = {s: open_split(root, spec, s, check_values=True, allow_extreme=allow_extreme) for s in spec.splits}
-    check_splits_agree(splits, splits[spec.splits[0]])
-    return splits
-
-
-def check_splits_agree(splits: dict[str, H5Split], first: H5Split) -> None:
-    """All splits of a dataset share ``first``'s band set, and no sample is in two of them."""
-    for sp in splits.values():
-        wl, wl0 = sp.wavelengths, first.wavelengths
-        if wl.shape != wl0.shape or not np.allclose(wl, wl0):
-            raise DataValidationError(
-                f"{sp.path}: its {sp.wavelengths.size} wavelengths ({sp.wavelength_source}) differ from "
-                f"{first.path}'s {first.wavelengths.size} ({first.wavelength_source}); all splits of a "
-                "dataset must share one band set"
-            )
-    seen: dict[str, H5Split] = {}
-    for sp in splits.values():  # a sample in two splits leaks test data into training or selection
-        for name in sp.names:
-            other = seen.setdefault(name, sp)
-            if other is not sp:
-                raise DataValidationError(
-                    f"{sp.path}: sample {name!r} is also in {other.path}; train, val and test must be disjoint "
-                    "(fix the split lists the files were made from)"
-                )

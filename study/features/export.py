@@ -303,7 +303,7 @@ def export_split(model: nn.Module, data_root: str | Path, dataset: str, split: s
                  dtype: str = "float16", device: str | torch.device = "cpu", autocast: str = "off",
                  progress: bool = True) -> Path:
     """Write ``out_path``: every sample of ``<data_root>/<dataset>_<split>.h5`` with ``image`` -> features."""
-    from study.data.h5reader import open_split
+    from study.data.datasets import open_split
     from study.data.specs import get_spec
 
     chunk = default_chunk(dataset) if chunk_size is None else chunk_size

@@ -81,7 +81,7 @@ def export_part(backbone: str | Path, data_root: str | Path, dataset: str, split
     Runs inside a Ray task (``device`` None: CUDA when Ray gave the task a GPU) or in the
     driver with an already loaded ``model``. Returns what it did, for the progress line.
     """
-    from study.data.h5reader import open_split
+    from study.data.datasets import open_split
     from study.data.specs import get_spec
     from study.models.checkpoints import load_hypersl
     from study.train.loop import pick_device
@@ -191,7 +191,7 @@ def export_split_sharded(backbone: str | Path, data_root: str | Path, dataset: s
     ``cluster``: one Ray task per missing shard (``ray.init()`` if not connected;
     ``device`` is then each node's: CUDA where it has it); else here, on ``device``.
     """
-    from study.data.h5reader import open_split
+    from study.data.datasets import open_split
     from study.data.specs import get_spec
     from study.models.checkpoints import load_hypersl
 

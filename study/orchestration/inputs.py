@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from study.config import StudyConfig
-from study.data.h5reader import H5Split, validate_dataset
+from study.data.datasets import validate_dataset
+from study.data.h5reader import H5Split
 from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.data.synthetic.generator import default_cache_dir, ensure_default_dataset
