@@ -77,7 +77,7 @@ def split_cell_variants(df: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     """Cells of one (dataset, strategy, fraction) that differ in anything but the fraction (another search
     space from ``--config``, another ``--backbone``) are not seeds of one cell: every aggregate groups by
     strategy name, so each such variant gets a name of its own, ``S [what differs]``, e.g.
-    ``indomain [space 3f2a9c…]`` or ``hypersl-fc [backbone 0be1c4…]``. Stores without such cells come
+    ``<strategy> [space 3f2a9c…]`` or ``<strategy> [backbone 0be1c4…]``. Stores without such cells come
     back unchanged. Returns the frame and one note per split strategy."""
     from study.strategies import STRATEGIES
 
