@@ -21,7 +21,7 @@ TRIAL = """
 import sys, torch
 torch.set_num_threads(1)
 from study.data.bundle import make_bundle
-from study.data.h5reader import open_split
+from study.data.datasets import open_split
 from study.data.specs import get_spec
 from study.data.subsets import make_subset
 from trainables.indomain import train_indomain
