@@ -26,6 +26,7 @@ from study.errors import HsiStudyError, ResultsWriteError
 from study.orchestration.cell import CellInterrupted, optuna_journal, run_cell
 from study.orchestration.inputs import PreparedDataset
 from study.orchestration.plan import Cell, cell_label, check_one_study, finished_cells, pending_cells, study_record
+from study.orchestration.ray_setup import cpus_per_gpu
 from study.progress import echo
 from study.store import WorkingCopy, is_disk_full, read_study_file, read_table, resolve, write_study_file
 
@@ -98,7 +99,8 @@ def run_cell_threads(run: StudyRun, cells: list[Cell]) -> None:
     """All cells in a thread pool (longest first), with the stall watchdog; on Ctrl+C, SIGTERM or a write
     error every running cell is told to stop and waited for before the exception goes on."""
     workers = run.cfg.runtime.max_concurrent_cells or len(cells)
-    requests = {strategy.name: strategy.resources(run.have_gpu) for _, strategy, _, _ in cells}
+    per_gpu = cpus_per_gpu() if run.have_gpu else None  # what cell.run_cell requests: the watchdog names it
+    requests = {strategy.name: strategy.resources(run.have_gpu, per_gpu) for _, strategy, _, _ in cells}
     watchdog = threading.Thread(target=_watch_for_stall, args=(run.control, requests, stall_seconds()),
                                 name="stall-watchdog", daemon=True)
     watchdog.start()
