@@ -1,7 +1,7 @@
 """Which device a trial uses, and how much of it: Ray's assignment inside Ray, the user's choice outside it.
 
 Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for a worker that requests no GPU, so torch in a ``--gpus off``
-trial on a GPU node sees the node's GPUs; ``loop.pick_device`` must ask Ray. A fractional GPU share is
+trial on a GPU node sees the node's GPUs; ``devices.pick_device`` must ask Ray. A fractional GPU share is
 accounting only in Ray: ``trial_setup`` caps the CUDA allocator at it. Mocks of ``ray`` and ``torch.cuda``
 stand in for the GPU node here; the ``gpu``-marked tests run the same on a real one.
 """
@@ -17,8 +17,8 @@ import ray
 import torch
 
 from study.train import devices
-from study.train.devices import CUDA_CONTEXT_BYTES, limit_gpu_memory, ray_gpu_ids, ray_gpu_share
-from study.train.loop import pick_device, random_hflip
+from study.train.devices import CUDA_CONTEXT_BYTES, limit_gpu_memory, pick_device, ray_gpu_ids, ray_gpu_share
+from study.train.loop import random_hflip
 from study.train.trial import trial_setup
 
 GIB = 1024**3
@@ -78,8 +78,7 @@ def test_a_real_zero_gpu_ray_task_on_a_gpu_node_picks_the_cpu(ray_session) -> No
     def probe() -> tuple[str, list | None, float | None]:
         import torch
 
-        from study.train.devices import ray_gpu_ids, ray_gpu_share
-        from study.train.loop import pick_device
+        from study.train.devices import pick_device, ray_gpu_ids, ray_gpu_share
 
         real = torch.cuda.is_available
         torch.cuda.is_available = lambda: True
@@ -108,7 +107,7 @@ def test_gpu_node_a_zero_gpu_ray_task_and_trial_use_the_cpu(ray_session, tiny_ro
     def trial() -> tuple[bool, str, str]:
         import torch
 
-        from study.train.loop import pick_device
+        from study.train.devices import pick_device
         from trainables.indomain import train_indomain
 
         reports: list[dict] = []
@@ -119,8 +118,7 @@ def test_gpu_node_a_zero_gpu_ray_task_and_trial_use_the_cpu(ray_session, tiny_ro
     def shared() -> tuple[str, float | None, float]:
         import torch
 
-        from study.train.devices import limit_gpu_memory
-        from study.train.loop import pick_device
+        from study.train.devices import limit_gpu_memory, pick_device
 
         device = pick_device()
         fraction = limit_gpu_memory(device)

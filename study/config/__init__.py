@@ -4,8 +4,9 @@ file (``--config`` / ``--print-config``).
 The public names of the package are exported here, and only here; its modules import each other
 directly."""
 
+from study.config.build import build_config
 from study.config.file import SPACE_TABLE, load, parser_defaults, to_toml
-from study.config.settings import DEFAULT_SEARCH_BATCH, PRESETS, Budget, StudyConfig, build_config
+from study.config.settings import DEFAULT_SEARCH_BATCH, PRESETS, Budget, StudyConfig
 
 __all__ = [
     "Budget",

@@ -9,6 +9,7 @@ together (one band set, no sample in two splits).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import h5py
 import numpy as np
 
 from study.data.specs import DatasetSpec
+from study.data.storage import DTYPE_ATTR, DTYPES, FORMAT_ATTR, FORMATS, file_storage
 from study.errors import DataValidationError
 
 WAVELENGTH_RANGE_NM = (300.0, 2600.0)
@@ -147,3 +149,34 @@ def check_finite(path: Path, name: str, block: np.ndarray, row0: int = 0) -> Non
             f"(first at row {row0 + r}, column {c}, band {b}); rule: every pixel must be finite. "
             "Fix: repair or drop this sample when converting the data"
         )
+
+
+def checked_storage(path: Path, fh: h5py.File) -> tuple[str, str]:
+    """The file's ``storage_format`` / ``storage_dtype`` (absent: cube / float32), checked to be known."""
+    fmt, dtype = file_storage(fh.attrs)
+    for attr, value, valid in ((FORMAT_ATTR, fmt, FORMATS), (DTYPE_ATTR, dtype, DTYPES)):
+        if value not in valid:
+            raise DataValidationError(
+                f"{path}: root attribute {attr!r} is {value!r}; this hsistudy reads {', '.join(valid)}. "
+                "Fix: convert the data again with this version's python -m study.prepare"
+            )
+    return fmt, dtype
+
+
+def is_feature_file(path: Path, fh: h5py.File) -> bool:
+    """A study.features file carries both ``feature_dim`` and ``source_wavelengths``, valid.
+
+    Root attributes are free for other tools to use: one this reader does not know, or a
+    ``feature_dim`` without its partner, is ignored with a warning, never reported as corruption.
+    """
+    if "feature_dim" not in fh.attrs:
+        return False
+    try:
+        dim = fh.attrs["feature_dim"]
+        ok = "source_wavelengths" in fh.attrs and np.ndim(dim) == 0 and int(dim) >= 1
+    except (TypeError, ValueError, OSError):
+        ok = False
+    if not ok:
+        warnings.warn(f"{path}: root attribute 'feature_dim' is ignored (a study.features file has an integer "
+                      "'feature_dim' and 'source_wavelengths'); the file is read as spectra", stacklevel=3)
+    return ok

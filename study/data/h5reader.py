@@ -25,7 +25,6 @@ disagree) live in :mod:`study.data.h5checks`; the per-sample rules stay here, ne
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +38,9 @@ from study.data.h5checks import (
     SPLIT_LAYOUT,
     check_finite,
     check_pca_shapes,
+    checked_storage,
     extreme_value,
+    is_feature_file,
     missing_file_error,
     resolve_wavelengths,
     unreadable_error,
@@ -47,11 +48,7 @@ from study.data.h5checks import (
 from study.data.specs import DatasetSpec
 from study.data.storage import (
     DTYPE_ATTR,
-    DTYPES,
-    FORMAT_ATTR,
-    FORMATS,
     SAMPLE_KEYS,
-    file_storage,
     from_bfloat16_bits,
     pca_decode,
     stored_dtype,
@@ -153,8 +150,8 @@ class H5Split:
     def _validate_structure(self) -> None:
         fh = self._file
         with self._reading(None):
-            self.storage_format, self.storage_dtype = self._storage(fh)
-            if self._is_feature_file(fh):  # features replace the spectrum; keep the source's band centres
+            self.storage_format, self.storage_dtype = checked_storage(self.path, fh)
+            if is_feature_file(self.path, fh):  # features replace the spectrum; keep the source's band centres
                 self.feature_dim = int(fh.attrs["feature_dim"])
                 self.wavelengths = np.asarray(fh.attrs["source_wavelengths"], dtype=np.float32)
                 self.wavelength_source = f"attribute 'source_wavelengths' of feature file {self.path.name}"
@@ -173,35 +170,6 @@ class H5Split:
         self.names = names
         self.shapes = [self._check_sample(fh, n) for n in names]
         self._index = {n: i for i, n in enumerate(names)}
-
-    def _storage(self, fh: h5py.File) -> tuple[str, str]:
-        """The file's ``storage_format`` / ``storage_dtype`` (absent: cube / float32), checked to be known."""
-        fmt, dtype = file_storage(fh.attrs)
-        for attr, value, valid in ((FORMAT_ATTR, fmt, FORMATS), (DTYPE_ATTR, dtype, DTYPES)):
-            if value not in valid:
-                raise DataValidationError(
-                    f"{self.path}: root attribute {attr!r} is {value!r}; this hsistudy reads {', '.join(valid)}. "
-                    "Fix: convert the data again with this version's python -m study.prepare"
-                )
-        return fmt, dtype
-
-    def _is_feature_file(self, fh: h5py.File) -> bool:
-        """A study.features file carries both ``feature_dim`` and ``source_wavelengths``, valid.
-
-        Root attributes are free for other tools to use: one this reader does not know, or a
-        ``feature_dim`` without its partner, is ignored with a warning, never reported as corruption.
-        """
-        if "feature_dim" not in fh.attrs:
-            return False
-        try:
-            dim = fh.attrs["feature_dim"]
-            ok = "source_wavelengths" in fh.attrs and np.ndim(dim) == 0 and int(dim) >= 1
-        except (TypeError, ValueError, OSError):
-            ok = False
-        if not ok:
-            warnings.warn(f"{self.path}: root attribute 'feature_dim' is ignored (a study.features file has an integer "
-                          "'feature_dim' and 'source_wavelengths'); the file is read as spectra", stacklevel=3)
-        return ok
 
     def _detect_exported_features(self, fh: h5py.File, names: list[str]) -> None:
         """The cross-domain repo's HyperSL feature files carry no attributes:

@@ -6,9 +6,22 @@ directly."""
 
 from study.features.cache import ensure_features, feature_cache_path, is_current, source_id
 from study.features.cli import main
-from study.features.export import bn_context, default_chunk, export_image, feature_attrs, temp_path
+from study.features.export import (
+    GPU_COMPUTE_PIXELS,
+    PASS_MEMORY_SHARE,
+    PASS_PEAK_FACTOR,
+    bn_context,
+    default_chunk,
+    export_image,
+    feature_attrs,
+    pass_pixels,
+    temp_path,
+)
 
 __all__ = [
+    "GPU_COMPUTE_PIXELS",
+    "PASS_MEMORY_SHARE",
+    "PASS_PEAK_FACTOR",
     "bn_context",
     "default_chunk",
     "ensure_features",
@@ -17,6 +30,7 @@ __all__ = [
     "feature_cache_path",
     "is_current",
     "main",
+    "pass_pixels",
     "source_id",
     "temp_path",
 ]

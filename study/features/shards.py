@@ -84,7 +84,7 @@ def export_part(backbone: str | Path, data_root: str | Path, dataset: str, split
     from study.data.datasets import open_split
     from study.data.specs import get_spec
     from study.models.checkpoints import load_hypersl
-    from study.train.loop import pick_device
+    from study.train.devices import pick_device
 
     t0 = time.perf_counter()
     root, part = Path(data_root), Path(part)

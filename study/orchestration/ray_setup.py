@@ -59,7 +59,7 @@ def trial_env() -> dict[str, str]:
 
     ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=1``: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for a worker
     that requests no GPU, so a ``--gpus off`` trial would see (and use) GPU 0; with it Ray hides the GPUs
-    from such a worker, as it did before 2.60 (the second guard: ``loop.pick_device`` asks Ray itself).
+    from such a worker, as it did before 2.60 (the second guard: ``devices.pick_device`` asks Ray itself).
 
     A value the user set is kept; on a cluster the Docker image sets both (Dockerfile ``ENV``).
     """

@@ -6,9 +6,9 @@ directly."""
 
 from study.report.analysis import cell_summary
 from study.report.cli import main
-from study.report.html import backbone_banners, write_report
+from study.report.html import backbone_banners, deviation_banner, write_report
 from study.report.plots import BAND_META, CURVE_META, curves_figure, strategy_color
-from study.report.summary import pct, print_summary
+from study.report.summary import pct, print_summary, summary_frame
 
 __all__ = [
     "BAND_META",
@@ -16,9 +16,11 @@ __all__ = [
     "backbone_banners",
     "cell_summary",
     "curves_figure",
+    "deviation_banner",
     "main",
     "pct",
     "print_summary",
     "strategy_color",
+    "summary_frame",
     "write_report",
 ]

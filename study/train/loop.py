@@ -33,7 +33,7 @@ from study.data.bundle import DataBundle
 from study.data.specs import DatasetSpec
 from study.data.stream import Key, LoaderSettings, SplitStream, Streams, autocast, to_device
 from study.models.freezing import param_groups
-from study.train.devices import ray_gpu_ids
+from study.train.devices import pick_device, ray_node_id
 from study.train.metrics import confusion_matrix, metrics_from_confusion
 from study.train.trial_state import (
     Progress,
@@ -116,35 +116,6 @@ def tune_hooks(
 
         return tune.report, tune.get_checkpoint
     return report, get_checkpoint
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA) before a model is built, so its initial weights follow the seed."""
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-
-
-def pick_device() -> torch.device:
-    """CUDA when Ray (or the user) gave this process a GPU, else CPU.
-
-    Inside a Ray worker only Ray's assignment counts: Ray 2.60 leaves ``CUDA_VISIBLE_DEVICES`` alone for a
-    zero-GPU trial or task, so torch sees the node's GPUs there (:mod:`study.train.devices`). Outside Ray:
-    CUDA whenever torch sees one."""
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    gpu_ids = ray_gpu_ids()
-    return torch.device("cuda" if gpu_ids is None or gpu_ids else "cpu")
-
-
-def ray_node_id() -> str | None:
-    """The Ray node this process runs on (None outside Ray), recorded so results show placement."""
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001 - placement is informative only
-        return None
 
 
 def _sync(device: torch.device) -> None:

@@ -16,8 +16,15 @@ from torch import nn
 
 from study.data.bundle import DataBundle
 from study.data.specs import DatasetSpec, get_spec
-from study.train.devices import deterministic_kernels, limit_gpu_memory, ray_cpus, release_device_memory
-from study.train.loop import Report, TrainSettings, fit, pick_device, seed_everything, tune_hooks
+from study.train.devices import (
+    deterministic_kernels,
+    limit_gpu_memory,
+    pick_device,
+    ray_cpus,
+    release_device_memory,
+    seed_everything,
+)
+from study.train.loop import Report, TrainSettings, fit, tune_hooks
 from study.train.threads import configure_threads
 
 
