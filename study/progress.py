@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from study.report import pct
-
 _CONTROLS: dict[str, StudyControl] = {}
 #: at most one progress line per this many seconds (plus one at every cell start and end)
 PROGRESS_EVERY_S = 10.0
@@ -32,6 +30,11 @@ PROGRESS_EVERY_S = 10.0
 LIVE_EVERY_S = float(os.environ.get("HSISTUDY_LIVE_S", 5.0))
 #: on a terminal: back to the line start and clear it (the refreshed live line is written without a newline)
 CLEAR = "\r\x1b[K"
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """An mIoU or OA (a fraction in the store) as the console and the report show it: in %, with the sign."""
+    return "–" if value is None else f"{100 * value:.{digits}f} %"
 
 
 def is_tty() -> bool:

@@ -8,7 +8,7 @@ from study.report.analysis import cell_summary
 from study.report.cli import main
 from study.report.html import backbone_banners, deviation_banner, write_report
 from study.report.plots import BAND_META, CURVE_META, curves_figure, strategy_color
-from study.report.summary import pct, print_summary, summary_frame
+from study.report.summary import print_summary, summary_frame
 
 __all__ = [
     "BAND_META",
@@ -18,7 +18,6 @@ __all__ = [
     "curves_figure",
     "deviation_banner",
     "main",
-    "pct",
     "print_summary",
     "strategy_color",
     "summary_frame",

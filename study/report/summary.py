@@ -6,13 +6,9 @@ from pathlib import Path
 
 import polars as pl
 
+from study.progress import pct
 from study.report import analysis, compare
 from study.store import Results, read_store
-
-
-def pct(value: float | None, digits: int = 1) -> str:
-    """An mIoU or OA (a fraction in the store) as the console and the report show it: in %, with the sign."""
-    return "–" if value is None else f"{100 * value:.{digits}f} %"
 
 
 def summary_frame(results: Results | Path) -> pl.DataFrame:
