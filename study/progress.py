@@ -227,11 +227,8 @@ def reinstall_signals() -> None:
 
 
 def result_of(fut: Future) -> Any:
-    """``fut.result()`` in a main thread that stays responsive to signals (wakes every :data:`SIGNAL_POLL_S`)."""
-    from concurrent.futures import wait
-
-    while not fut.done():
-        wait([fut], timeout=SIGNAL_POLL_S)
+    """``fut.result()`` in a main thread that stays responsive to signals (:func:`wait_futures`' poll)."""
+    wait_futures([fut], raise_errors=False)
     return fut.result()
 
 
