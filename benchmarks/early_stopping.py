@@ -117,7 +117,9 @@ def run_search(trainable: Any, constants: dict, space: dict, size: tuple, grace:
     _h, _w, _n, _width, trials, epochs, _g, rf = size
     budget = Budget(trials=trials, epochs=epochs, grace_period=grace, reduction_factor=rf, seeds=1,
                     max_concurrent=2, tune_seed=0, deterministic=deterministic)
-    search = ordered_search(space, budget, name, None, None, {}) if deterministic else None
+    # one search key for the FIFO and the ASHA run: the deterministic searcher seeds trial i from (tune seed,
+    # search name, i), and the comparison needs both runs to train the same configurations
+    search = ordered_search(space, budget, "early-stopping", None, None, {}) if deterministic else None
     t0 = time.perf_counter()
     logs = tune_cell(trainable, space, dict(constants), budget, storage, name, None, name, quiet, search=search)
     return time.perf_counter() - t0, summarize(logs)

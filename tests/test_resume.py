@@ -88,10 +88,14 @@ def _stored_trials(results: Path) -> set[str]:
 
 @pytest.mark.slow
 def test_sigkill_with_cells_in_flight_then_rerun_equals_uninterrupted_run(tiny_root, tmp_path) -> None:
-    """Both cells run at once; SIGKILL the driver once each has stored a trial; the re-run replays what was
-    stored, trains only the rest, and the store equals an uninterrupted run's with no duplicated row."""
+    """Both cells run at once (``--deterministic``); SIGKILL the driver once each has stored a trial; the re-run
+    replays what was stored, trains only the rest, and the store equals an uninterrupted run's with no
+    duplicated row."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "study.run", *ARGS, "--data-root", str(tiny_root), "--num-cpus", "2"]
+    # --deterministic: the re-run's search replays the stored trials through the wave searcher and the ordered
+    # ASHA (issue 27: resume after SIGKILL gives the same table under --deterministic too)
+    base = [sys.executable, "-m", "study.run", *ARGS, "--deterministic", "--data-root", str(tiny_root),
+            "--num-cpus", "2"]
 
     clean = tmp_path / "clean"
     subprocess.run([*base, "--results", str(clean)], env=env, check=True, capture_output=True, timeout=600)
