@@ -83,6 +83,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         max_concurrent_cells=args.max_concurrent_cells, stage_data=args.stage_data, compile=args.compile or None,
         loader_memory_gib=args.loader_memory_gib,
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
+        features=args.features,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
         max_freeze_depth=args.max_freeze_depth, log_to=args.log_to,

@@ -40,6 +40,11 @@ class BackboneKind:
     #: ``<weights_setting>=<default_name>`` under ``--allow-deviations``). None: the default is no deviation
     paper_weights: str | None = None
     default_name: str = "default"  # what the default weights are called in that refusal and the deviation
+    #: "module:function" ``(cfg, spec, data_root, backbone) -> InTrialFeatures`` (study.orchestration.features_mode)
+    #: for a feature kind whose trials can also compute their k = 0 features themselves, from the raw spectra
+    #: (``--features compute``, or ``auto`` when the cost model says so): the features' width, the forward's
+    #: FLOPs per pixel and the constants such trials get. None: its strategies always read the export
+    in_trial: str | None = None
 
     def load_provider(self) -> Callable[..., Any]:
         return load_object(self.provider)
@@ -50,6 +55,12 @@ class BackboneKind:
             raise ValueError(f"backbone kind {self.name!r} exports no features (BACKBONES entry without exporter)")
         return load_object(self.exporter)
 
+    def load_in_trial(self) -> Callable[..., Any]:
+        """The kind's ``in_trial`` function (a ValueError where its trials cannot compute their features)."""
+        if self.in_trial is None:
+            raise ValueError(f"backbone kind {self.name!r} computes no features in the trial (no in_trial entry)")
+        return load_object(self.in_trial)
+
 
 #: backbone kind (``Strategy.backbone``) -> its entry, cheapest first: providers run in this order, so a
 #: missing weights file of a cheap kind stops the study before an expensive kind's default pretraining
@@ -59,6 +70,7 @@ BACKBONES: dict[str, BackboneKind] = {
         "hypersl", "backbone",
         provider="study.orchestration.inputs:resolve_hypersl",
         exporter="study.orchestration.inputs:export_hypersl_features",
+        in_trial="study.orchestration.inputs:hypersl_in_trial",
         default_note="<b>Locally pretrained HyperSL.</b> {strategies} used the small sanity backbone pretrained "
                      "on this machine (hash {hashes}; <code>python -m study.pretrain</code>), not the released "
                      "HyperSL weights. On Indian Pines it does not beat a random initialisation "

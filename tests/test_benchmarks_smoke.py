@@ -31,7 +31,7 @@ def one_thread():
 
 
 MODULES = ("orchestration", "throughput", "feature_export", "feature_cache", "early_stopping", "data_loading",
-           "indian_pines_fc", "gpu", "cluster_fill",
+           "indian_pines_fc", "gpu", "cluster_fill", "features_mode",
            "__main__")
 
 
@@ -105,6 +105,16 @@ def test_feature_cache_measure_tiny(tmp_path: Path) -> None:
     res = measure((16, 24, 2, 1, "tiny", 2, 1, 1), tmp_path, cache_dir=tmp_path / "cache", use_trainable=False)
     assert {"export_s", "head_s_per_trial", "uncached_s", "cached_s", "ratio", "target_ratio"} <= set(res)
     assert 0 < res["ratio"] <= 1.0
+
+
+def test_features_mode_measures_and_models_tiny(tmp_path: Path) -> None:
+    from benchmarks.features_mode import CHUNKS, forward_rate, model_rows, read_rate
+
+    rate = forward_rate("cpu", 15, 32)
+    assert rate["px_per_s"] > 0 and 4e6 < rate["flops_per_px"] < 7e6  # HyperSL-cpu on 15 bands: ~5.3 MFLOP
+    assert read_rate(tmp_path, 1, dim=8) > 0
+    rows = model_rows({k: {**rate, "flop_rate": 1e10} for k in CHUNKS}, 1e8)
+    assert len(rows) == 3 * 2 * 3 and {r["auto"] for r in rows if r["device"].startswith("this CPU")} == {"cache"}
 
 
 def test_data_loading_measure_tiny(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ def tiny_hyko2_bundle(root: Path, fraction: float = 1.0) -> DataBundle:
     return make_bundle(spec, splits, subset, "synthetic:test")
 
 
-def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk") -> DataBundle:
+def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk", dtype: str = "float16") -> DataBundle:
     """What the driver builds: the cached k = 0 export (float16) of ``raw`` as images, plus ``raw`` for k > 0."""
     from study.features import export_image
     from study.models.checkpoints import checkpoint_hash, load_hypersl
@@ -61,7 +61,7 @@ def feature_bundle(raw: DataBundle, ckpt: Path, bn_mode: str = "chunk") -> DataB
 
     def export(split: Split) -> SplitArrays:
         s = materialize(split)
-        feats = [export_image(model, im, raw.wavelengths, bn_mode=bn_mode, chunk_size=CHUNK, dtype="float16")
+        feats = [export_image(model, im, raw.wavelengths, bn_mode=bn_mode, chunk_size=CHUNK, dtype=dtype)
                  for im in s.images]
         return replace(s, images=np.stack(feats))
 

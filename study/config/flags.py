@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-freeze-depth", type=int, default=None, metavar="K",
                    help="search freeze depths 0..K only (0: frozen backbones, features cached once); default: each "
                    "strategy's own range, 0 under --smoke/--demo (k > 0 runs the backbone in every training step)")
+    g.add_argument("--features", default="auto", choices=["cache", "compute", "auto"],
+                   help="where k = 0 trials of the HyperSL strategies get the frozen backbone's features: cache (the "
+                   "export, read every epoch), compute (HyperSL runs in the trial on the raw spectra: no feature "
+                   "files), auto (default: the cheaper per epoch by a cost model of bytes read against FLOPs at "
+                   "the trials' device; the run header prints its numbers). Results agree within fp32 rounding, so "
+                   "it keys no study, cell or trial; rows record it (features_mode)")
     g.add_argument("--rgb-weights", type=weights_arg, default=None,
                    help=f"DINOv2 ViT weights (.safetensors or .pth; timm, DINOv2-hub or Hugging Face layout), read "
                    f"by {_readers('rgb_weights')}: a path or hf://OWNER/REPO/FILE[@REVISION]; default: look in the "

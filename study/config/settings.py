@@ -27,6 +27,7 @@ from study.strategies import BACKBONES, STRATEGIES, get_strategy, strategy_setti
 DEFAULT_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 VIT_SIZES = ("tiny", "small", "base", "large")  # study.models.vit.SIZES (not imported: no torch here)
 RUNET_WIDTHS = ("full", "small", "tiny")  # study.models.runet's named widths (not imported: no torch here)
+FEATURE_MODES = ("cache", "compute", "auto")  # study.features.cost.FEATURE_MODES (not imported: no torch here)
 #: Settings added after studies were already being run: left out of ids while at their default, so
 #: re-running an older command still finds its results folder and finished cells.
 _ADDED_LATER: dict[str, Any] = {"rgb_weights": None, "allow_random_init": False, "vit_size": None,
@@ -200,6 +201,9 @@ class Runtime:
     #: GPU requests per trial: "auto" (if the cluster has GPUs when the study starts), "on" (always: on an
     #: autoscaling cluster this makes Ray start GPU workers), "off" (CPU only)
     gpus: str = "auto"
+    #: where k = 0 trials of feature strategies get the frozen backbone's features (``--features``): "cache"
+    #: (the export), "compute" (in the trial, no feature files) or "auto" (the cheaper: study.features.cost)
+    features: str = "auto"
     dashboard: bool = False  # a local Ray's dashboard, bound to dashboard_host (localhost unless told otherwise)
     dashboard_host: str = "127.0.0.1"
     #: cells in flight at once (each its own Tuner in a driver thread); None: every pending cell
@@ -223,6 +227,9 @@ class Runtime:
         check_results_text(self.results)  # URI syntax only; reaching the store is checked before training
         if self.gpus not in ("auto", "on", "off"):
             raise ConfigError(f"--gpus must be auto, on or off, got {self.gpus!r}")
+        if self.features not in FEATURE_MODES:
+            raise ConfigError(f"--features must be one of {', '.join(FEATURE_MODES)}, got {self.features!r}; "
+                              "auto picks the cheaper of reading exported features and computing them")
 
 
 #: the four groups of a StudyConfig by attribute name (build_config files a flat setting into its group)
@@ -231,6 +238,10 @@ SETTING_GROUPS = {"data": DataSettings, "budget": Budget, "options": ModelOption
 #: ids (and finished cells) of existing stores stay valid.
 _PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus", "max_concurrent_cells", "stage_data",
                         "compile", "log_to", "loader_memory_gib"})
+
+#: --features changes where k = 0 features come from, not what they are (equal within fp32 rounding): not in ids
+#: either; rows record it (``features_mode``)
+_PLACEMENT |= {"features"}
 
 
 @dataclass(frozen=True)

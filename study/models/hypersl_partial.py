@@ -88,10 +88,10 @@ def chunk_stats(model: HyperSL, spectra: Tensor) -> Tensor:
 class PartialHyperSL(nn.Module):
     """Per-pixel features (P, C) + chunk ids (P,) -> (P, D) with the last ``k`` layer groups trainable.
 
-    ``k = 0`` is allowed (everything frozen, for tests and comparisons). The
-    frozen prefix runs under ``no_grad`` (not ``inference_mode``: its output
-    feeds layers that save it for backward). With gradients on and more than
-    ``grad_chunk`` pixels the pixels run in gradient-checkpointed chunks.
+    ``k = 0`` (everything frozen) is a k = 0 trial computing its features (``--features compute``): the whole
+    forward runs under ``no_grad`` in ``eval_chunk`` pieces, as in evaluation. The frozen prefix runs under
+    ``no_grad`` (not ``inference_mode``: its output feeds layers that save it for backward). With gradients on
+    and more than ``grad_chunk`` pixels the pixels run in gradient-checkpointed chunks.
     """
 
     def __init__(self, hypersl: HyperSL, k: int, wavelengths: np.ndarray | Tensor, bn_mode: str = "chunk",
@@ -110,6 +110,9 @@ class PartialHyperSL(nn.Module):
         self._sources: list[np.ndarray] = []
         self._chunk_size = 0
         self._cache: Any = None
+        #: k = 0 features rounded to this dtype and back (the feature cache's storage, ``--feature-dtype``), so a
+        #: trial that computes them (``--features compute``) trains on the features the cache would hold
+        self.store_dtype: torch.dtype | None = None
 
     @property
     def stem_trainable(self) -> bool:
@@ -203,7 +206,12 @@ class PartialHyperSL(nn.Module):
 
     def _features(self, x: Tensor, ids: Tensor) -> Tensor:
         h = self.prefix(x, ids)
-        for block in self._blocks()[1]:  # the trainable blocks: the trial's autocast
+        trainable = self._blocks()[1]
+        if not trainable:  # k = 0: the aggregate is the export's too, fp32 under any autocast
+            with full_precision(x.device):
+                z = self.hypersl.aggregate(h)
+            return z if self.store_dtype is None else z.to(self.store_dtype).float()
+        for block in trainable:  # the trainable blocks: the trial's autocast
             h = block(h)
         return self.hypersl.aggregate(h)
 
@@ -211,18 +219,26 @@ class PartialHyperSL(nn.Module):
         """Spectra (P, C) and chunk ids (P,) int64 -> features (P, D)."""
         if self.bn_mode == "chunk" and self.stats.shape[0] == 0:
             raise RuntimeError("chunk-mode statistics are missing: call set_sources() and refresh_stats() first")
-        if not torch.is_grad_enabled():  # chunks written into one output: no list of pieces plus its cat
-            step, out = self.eval_chunk, None
-            for s in range(0, len(x), step):
-                z = self._features(x[s : s + step], ids[s : s + step])
-                out = z.new_empty((len(x), z.shape[1])) if out is None else out
-                out[s : s + len(z)] = z
-            return out if out is not None else x.new_empty((0, self.dim))
+        if self.k == 0:  # nothing trains: no graph whatever the caller's mode (a head trains on constants)
+            with torch.no_grad():
+                return self._no_grad(x, ids)
+        if not torch.is_grad_enabled():
+            return self._no_grad(x, ids)
         if len(x) <= self.grad_chunk:
             return self._features(x, ids)
         step = self.grad_chunk
         return torch.cat([checkpoint(self._features, x[s : s + step], ids[s : s + step], use_reentrant=False)
                           for s in range(0, len(x), step)])
+
+    def _no_grad(self, x: Tensor, ids: Tensor) -> Tensor:
+        """Features of ``x`` in :attr:`eval_chunk`-pixel chunks written into one output (no list of pieces plus
+        its cat)."""
+        step, out = self.eval_chunk, None
+        for s in range(0, len(x), step):
+            z = self._features(x[s : s + step], ids[s : s + step])
+            out = z.new_empty((len(x), z.shape[1])) if out is None else out
+            out[s : s + len(z)] = z
+        return out if out is not None else x.new_empty((0, self.dim))
 
 
 def _image_shapes(images: Any) -> list[tuple[int, int]]:

@@ -50,15 +50,24 @@ from study.strategies import Strategy
 
 def cell_bundle(prep: PreparedDataset, strategy: Strategy, subset: SubsetManifest, space: dict[str, Any]) -> DataBundle:
     """A cell's data as its strategy's registry entry asks: raw cubes, or cached features (plus, when the
-    search can unfreeze the backbone, the raw spectra of the same samples for k > 0 trials)."""
+    search can unfreeze the backbone, the raw spectra of the same samples for k > 0 trials), or, when its trials
+    compute the features (:func:`computes_features`), the raw spectra as both."""
     if strategy.inputs != "features":
         return make_bundle(prep.spec, prep.splits, subset, prep.source)
-    assert prep.feature_splits is not None, "prepare() exports features when a strategy needs them"
     backbone = prep.backbones.get(strategy.backbone or "")
+    if computes_features(prep, strategy):  # no feature files: every trial runs the backbone on the raw spectra
+        raw = make_bundle(prep.spec, prep.splits, subset, prep.source)
+        return replace(raw, backbone_hash=backbone.sha if backbone else None, raw=raw)
+    assert prep.feature_splits is not None, "prepare() exports features when a strategy needs them"
     bundle = make_bundle(prep.spec, prep.feature_splits, subset, prep.source, backbone.sha if backbone else None)
     if getattr(space.get("freeze_depth"), "high", 0) > 0:  # capped at k = 0: no trial reads raw spectra
         bundle = replace(bundle, raw=make_bundle(prep.spec, prep.splits, subset, prep.source))
     return bundle
+
+
+def computes_features(prep: PreparedDataset, strategy: Strategy) -> bool:
+    """Whether the cell's k = 0 trials compute their features (``--features compute``, or ``auto`` so decided)."""
+    return strategy.inputs == "features" and prep.feature_plan is not None and prep.feature_plan.mode == "compute"
 
 
 def trial_constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, cid: str, cpus: float) -> dict[str, Any]:
@@ -123,6 +132,9 @@ def cell_constants(cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, 
     backbone = prep.backbones.get(strategy.backbone) if strategy.backbone else None
     if backbone is not None:
         constants.update(backbone.trial_config)
+    if computes_features(prep, strategy):  # only then: the trial keys of cache cells stay as they were
+        assert prep.feature_plan is not None
+        constants.update(prep.feature_plan.trial_config)
     if cfg.runtime.stage_data is not None:  # trials copy their inputs to node-local disk first (replay_or_train)
         constants["stage_hashes"] = dict(prep.stage_hashes)
     if cfg.protocol == "paper":
@@ -146,6 +158,9 @@ def row_identity(cfg: StudyConfig, prep: PreparedDataset, strategy: Strategy, su
         "subset_seed": subset.subset_seed, "cell_id": cid, "data_source": prep.source, "code_version": code_version(),
         "backbone_hash": backbone.sha if backbone is not None else None,
         "deviations": ";".join(cfg.deviations) or None,
+        # feature strategies: where their k = 0 trials got the features (--features); null for the others
+        "features_mode": (prep.feature_plan.mode if strategy.inputs == "features" and prep.feature_plan is not None
+                          else None),
     }
 
 

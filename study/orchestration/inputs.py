@@ -26,6 +26,7 @@ from study.data.specs import DatasetSpec, get_spec
 from study.data.subsets import SubsetManifest, make_subset
 from study.data.synthetic.generator import default_cache_dir, ensure_default_dataset
 from study.errors import ConfigError, DataValidationError
+from study.orchestration.features_mode import FeaturePlan, InTrialFeatures, plan_features
 from study.progress import echo as default_echo
 from study.store import resolve
 from study.strategies import BACKBONES, STRATEGIES, get_strategy
@@ -69,6 +70,9 @@ class PreparedDataset:
     stage_hashes: dict[str, str] = field(default_factory=dict)
     #: the exported features of every backbone kind that ``inputs="features"`` strategies read, by kind
     features: dict[str, dict[str, H5Split]] = field(default_factory=dict)
+    #: ``--features``: whether the feature strategies' k = 0 trials read ``features`` (cache) or compute them
+    #: (then nothing is exported); None without a feature strategy
+    feature_plan: FeaturePlan | None = None
 
 
 def check_inputs(cfg: StudyConfig, echo: Callable[[str], None] = default_echo,
@@ -161,7 +165,10 @@ def dataset_inputs(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str,
                 "drop it from --fractions")
         results.write_text(f"manifests/{spec.name}-f{f:g}-s{m.subset_seed}-{m.content_hash}.json", m.to_json())
     backbones = {k: b.for_dataset(spec) for k, b in backbones.items()}
-    features = {k: export_features(cfg, spec, root, backbones[k], echo) for k in feature_kinds(cfg)}
+    plans = {k: plan_features(cfg, spec, root, splits, backbones[k]) for k in feature_kinds(cfg)}
+    for plan in plans.values():
+        echo(plan.line)
+    features = {k: export_features(cfg, spec, root, backbones[k], echo) for k, p in plans.items() if p.mode == "cache"}
     feature_splits = next(iter(features.values()), None)
     stage_hashes: dict[str, str] = {}
     if cfg.runtime.stage_data is not None:
@@ -174,7 +181,8 @@ def dataset_inputs(cfg: StudyConfig, spec: DatasetSpec, root: Path, source: str,
         stage_hashes = hash_files({f: f for f in files})
         echo(f"--stage-data: {len(stage_hashes)} input file(s) of {spec.name} hashed for the per-node copies "
              f"({time.perf_counter() - t0:.1f} s)")
-    return PreparedDataset(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes, features)
+    return PreparedDataset(spec, root, source, splits, subsets, feature_splits, backbones, stage_hashes, features,
+                           next(iter(plans.values()), None))
 
 
 def feature_kinds(cfg: StudyConfig) -> list[str]:
@@ -265,6 +273,24 @@ def resolve_hypersl(cfg: StudyConfig, echo: Callable[[str], None]) -> ResolvedBa
     constants = {"backbone_path": str(path), "backbone_hash": sha, "bn_mode": cfg.options.bn_mode}
     return ResolvedBackbone("hypersl", path, sha, constants,
                             per_dataset=lambda spec: {"chunk_size": default_chunk(spec.name)}, origin=origin)
+
+
+def hypersl_in_trial(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: ResolvedBackbone) -> InTrialFeatures:
+    """The ``hypersl`` kind's k = 0 features made in the trial (``--features compute``): HyperSL's width and
+    forward FLOPs per pixel for ``spec``'s bands, and its trials' constants: the mode, the cache's storage dtype
+    (the features are rounded to it, so they are the ones the cache would hold) and the folder the cache would
+    hold them in (only the chunk statistics are kept there: no feature file is written)."""
+    from study.features import default_chunk, feature_cache_path, forward_flops, source_id
+    from study.models.checkpoints import load_hypersl
+
+    assert backbone.path is not None and backbone.sha is not None, "a HyperSL backbone always has weights"
+    model = load_hypersl(backbone.path)
+    cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else default_cache_dir()
+    dtype = cfg.options.feature_dtype
+    folder = feature_cache_path(cache, backbone.sha, spec.name, "train", cfg.options.bn_mode,
+                                default_chunk(spec.name), dtype, source_id(root)).parent
+    return InTrialFeatures(model.dim, forward_flops(model, spec.wavelength_array()),
+                           {"features": "compute", "feature_dtype": dtype, "feature_folder": str(folder)})
 
 
 def export_features(cfg: StudyConfig, spec: DatasetSpec, root: Path, backbone: ResolvedBackbone,

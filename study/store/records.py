@@ -28,6 +28,10 @@ CONTROL_KEYS = ("epoch", "best_val_miou", "best_epoch", "is_last", "replayed")
 REPORT_KEYS: tuple[str, ...] = (*CONTROL_KEYS, *EPOCH_KEYS, *TEST_METRICS)
 #: Config keys that are not part of a configuration's identity (the same config re-trained with seeds).
 _RUN_ONLY = ("seed", "phase", "final")
+#: Config keys that say where a k = 0 run gets its features (``--features compute``'s trial constants:
+#: study.orchestration.features_mode), not what it trains: no part of a trial's or a configuration's identity,
+#: so a study resumed in the other mode replays the trials it finished (results agree within fp32 rounding)
+_FEATURE_SOURCE = ("features", "feature_dtype", "feature_folder")
 
 
 @dataclass
@@ -65,8 +69,9 @@ def config_hash(config: Mapping[str, Any]) -> str:
 
 
 def trial_key(config: Mapping[str, Any]) -> str:
-    """Content hash of a trial's full config (cell id, phase and seed included): its identity across re-runs."""
-    return json_digest(dict(config), 20)
+    """Content hash of a trial's full config (cell id, phase and seed included; where its features come from
+    left out): its identity across re-runs."""
+    return json_digest({k: v for k, v in config.items() if k not in _FEATURE_SOURCE}, 20)
 
 
 def _present(r: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -81,7 +86,7 @@ def trial_rows(log: TrialLog, common: Mapping[str, Any]) -> list[dict[str, Any]]
         **common,
         "phase": phase,
         "trial_id": f"{common['cell_id']}-{phase}-{log.trial_id}",
-        "config_hash": config_hash({k: v for k, v in cfg.items() if k not in _RUN_ONLY}),
+        "config_hash": config_hash({k: v for k, v in cfg.items() if k not in _RUN_ONLY + _FEATURE_SOURCE}),
         "seed": int(cfg.get("seed", 0)),
         "max_epochs": int(cfg.get("max_epochs", 0)),
         **{k: cfg.get(k) for k in HYPERPARAMETERS},

@@ -124,6 +124,9 @@ _PROVENANCE = [
     # paper-modified rows: the settings that contradict the recipe, "name=value" joined by ";" (e.g.
     # "epochs=3;width=tiny;backbone=sanity"); null otherwise
     pa.field("deviations", _S),
+    # feature strategies' rows: "cache" (k = 0 trials read exported features) or "compute" (they ran the frozen
+    # backbone themselves: --features); null for strategies on raw inputs. Results agree within fp32 rounding
+    pa.field("features_mode", _S),
 ]
 RESULT_SCHEMA = pa.schema([*_IDENTITY, *_HYPERPARAMETERS, pa.field("config_json", _S), *_EPOCH_METRICS,
                            *_TEST_METRICS, *_RUN_FACTS, *_PROVENANCE])
@@ -138,7 +141,8 @@ ROW_KINDS = ("epoch", "trial", "final")
 TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device", "node_id", "started_at", "ended_at")
 #: Nullable columns added within schema v1: parts written before them are read with nulls there,
 #: so older stores stay readable without a version bump (no column was renamed or changed meaning).
-ADDED_COLUMNS = ("backbone_pretrained", "started_at", "ended_at", "protocol", "deviations")
+ADDED_COLUMNS = ("backbone_pretrained", "started_at", "ended_at", "protocol", "deviations",
+                 "features_mode")
 
 
 def _with_added_columns(t: pa.Table) -> pa.Table:

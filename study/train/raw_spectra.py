@@ -140,10 +140,12 @@ class StatsCache:
 
 
 def stats_cache(config: Mapping[str, Any], data: DataBundle, sources: list[Split]) -> StatsCache | None:
-    """The cache of ``sources`` (the raw splits, in chunk-id order) in the folder of ``data``'s k = 0 features;
-    None when the features or the raw splits are not files (in-memory bundles: tests, benchmarks)."""
+    """The cache of ``sources`` (the raw splits, in chunk-id order) in the folder of ``data``'s k = 0 features
+    (``config["feature_folder"]`` when the trial computes them: the folder the cache would hold them in); None
+    when the features or the raw splits are not files (in-memory bundles: tests, benchmarks)."""
     feature_path = getattr(data.train, "path", None)
-    if feature_path is None or not config.get("backbone_hash"):
+    folder = config.get("feature_folder") or (Path(feature_path).parent if feature_path is not None else None)
+    if folder is None or not config.get("backbone_hash"):
         return None
     keys = []
     for split in sources:
@@ -154,7 +156,7 @@ def stats_cache(config: Mapping[str, Any], data: DataBundle, sources: list[Split
         keys.append(json_digest({"backbone": config["backbone_hash"], "source": str(path),
                                  "source_stat": f"{st.st_size}:{st.st_mtime_ns}", "names": list(split.names),
                                  "chunk_size": int(config["chunk_size"]), "version": STATS_VERSION}))
-    return StatsCache(Path(feature_path).parent / STATS_FOLDER, tuple(keys))
+    return StatsCache(Path(folder) / STATS_FOLDER, tuple(keys))
 
 
 def build_backbone(config: Mapping[str, Any], data: DataBundle) -> tuple[PartialHyperSL, DataBundle]:
