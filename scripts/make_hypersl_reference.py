@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,7 @@ from timm_import import import_timm
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "hypersl_original"
 SEED = 29
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PRETRAIN_SEED = 7
 CHUNKS = (50, 7)  # 120 px per image: chunks 50, 50, 20 and 17 x 7 + 1
 #: HyKo2-VIS band centres (study.data.specs.HYKO2_WAVELENGTHS), float64 as read_wavelengths_file returns them.
@@ -49,7 +51,7 @@ WAVELENGTHS = np.array([468.20, 478.34, 490.83, 503.56, 514.11, 526.92, 541.80, 
                         600.25, 611.57, 622.49, 642.55])
 
 
-def original_modules() -> tuple[type, object]:
+def original_modules() -> tuple[type[torch.nn.Module], LossFn]:
     """``SpectralSharedEncoder`` and ``MSE_SAM_loss`` from the verbatim copy (imports as train.py does)."""
     import_timm()
     sys.path.insert(0, str(FIXTURE))
@@ -97,7 +99,8 @@ def raw_images(rng: np.random.Generator) -> np.ndarray:
     return (spectra + rng.normal(0.0, 5.0, size=spectra.shape)).astype(np.float32)
 
 
-def train_a_little(model: torch.nn.Module, loss_fn: object, rng: np.random.Generator) -> tuple[object, object]:
+def train_a_little(model: torch.nn.Module, loss_fn: LossFn,
+                   rng: np.random.Generator) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """Five steps of train.py's loop on min-max-scaled random spectra (batch 64, wavelengths per sample)."""
     optimizer = torch.optim.AdamW(params=model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=5e-5,
                                   eps=1e-8)

@@ -24,6 +24,7 @@ Run in a venv with torch 2.13 and timm (not the project's; see the fixture's PRO
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ SEED = 29
 INPUTS = {"x_28x42": (2, 28, 42), "x_98x98": (1, 98, 98), "x_140x56": (1, 140, 56)}
 
 
-def build(timm: object) -> torch.nn.Module:
+def build(timm: ModuleType) -> torch.nn.Module:
     """timm's dinov2 ViT at our tiny size, every parameter group given non-trivial values."""
     torch.manual_seed(SEED)
     model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=98,
