@@ -13,7 +13,9 @@ worker nodes, snapshots where Ray placed them, and then kills one worker node
 
 - trials landed on more than one node, each with the GPU share the strategy declares;
 - after the node loss every cell still finished, every epoch Tune saw is in the
-  store exactly once, and no trial ended in error (it resumed from its checkpoint).
+  store exactly once, the interrupted trial resumed from its checkpoint, and at most
+  one trial of the whole study ended in error (a race Ray leaves open, below), which
+  the study's output then names: its cell's FAILED line and the summary's failed count.
 
 Run with ``pytest -m cluster`` (about 45 s on 2 cores).
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import threading
 import time
 import traceback
@@ -215,20 +218,22 @@ def test_losing_a_worker_node_mid_study_loses_no_result(study_run: StudyRun) -> 
     df = read_store(run.results)
     cells = df["cell_id"].unique().to_list()
     assert len(cells) == len(FRACTIONS)
+    trials = df.filter(pl.col("row_kind") == "trial")
+    bad = trials.filter(~pl.col("status").is_in(["completed", "stopped_early"]))
+    # at most ONE trial of the whole study lost to the node loss, not one per cell
+    assert bad.height <= 1, bad.select("cell_id", "trial_id", "status", "error").to_dicts()
+    for b in bad.iter_rows(named=True):
+        # the one tolerated failure: Ray placed a not-yet-started trial on the node before it was declared
+        # dead (see HEAD_SYSTEM_CONFIG): an actor error, and the trial never reported an epoch
+        text = (b["error"] or "").lower()
+        assert b["status"] == "error" and sum(w in text for w in INFRASTRUCTURE_ERROR) >= 2, b
+        assert df.filter((pl.col("row_kind") == "epoch") & (pl.col("trial_id") == b["trial_id"])).is_empty()
     for cid in cells:
         cell = df.filter(pl.col("cell_id") == cid)
-        trials = cell.filter(pl.col("row_kind") == "trial")
-        assert trials.height == TRIALS, (cid, trials.select("trial_id", "status", "error"))
-        ok = trials.filter(pl.col("status").is_in(["completed", "stopped_early"]))
-        for bad in trials.filter(~pl.col("status").is_in(["completed", "stopped_early"])).iter_rows(named=True):
-            # the one tolerated failure: Ray placed a not-yet-started trial on the node before it was declared
-            # dead (see HEAD_SYSTEM_CONFIG): an actor error, and the trial never reported an epoch
-            text = (bad["error"] or "").lower()
-            assert bad["status"] == "error" and sum(w in text for w in INFRASTRUCTURE_ERROR) >= 2, bad
-            assert cell.filter((pl.col("row_kind") == "epoch") & (pl.col("trial_id") == bad["trial_id"])).is_empty()
-        assert ok.height >= TRIALS - 1, trials.select("trial_id", "status", "error").to_dicts()
+        assert cell.filter(pl.col("row_kind") == "trial").height == TRIALS, trials.filter(pl.col("cell_id") == cid)
         assert cell.filter(pl.col("row_kind") == "final").height == SEEDS
         assert cell.filter(pl.col("row_kind") == "final")["test_miou"].is_between(0, 1).all()
+    _assert_the_output_names_the_failed_trial(run.out, bad)
 
     epochs = df.filter(pl.col("row_kind") == "epoch")
     assert epochs.select("trial_id", "epoch").is_duplicated().sum() == 0
@@ -252,5 +257,19 @@ def test_losing_a_worker_node_mid_study_loses_no_result(study_run: StudyRun) -> 
         # resumed from its last registered checkpoint: the epoch reported just before the kill may be re-run
         # (its checkpoint can still be in flight when the node dies), but never from epoch 1
         assert before and 1 < min(after) <= max(b["epoch"] for b in before) + 1, "resumed, not restarted from epoch 1"
-    tolerated = df.filter((pl.col("row_kind") == "trial") & (pl.col("status") == "error")).height
-    assert run.out.count("FAILED") == tolerated, run.out[-2500:]
+
+
+def _assert_the_output_names_the_failed_trial(out: str, bad: pl.DataFrame) -> None:
+    """stdout has one ``[<strategy> <fraction>] trial k/N FAILED`` line per errored trial, in its cell, and the
+    closing summary counts it in that cell's ``trials (stopped/failed)`` column and nowhere else."""
+    failed_lines = [line for line in out.splitlines() if "FAILED" in line]
+    assert len(failed_lines) == bad.height, out[-2500:]
+    for line, frac in zip(failed_lines, bad["train_fraction"].to_list(), strict=True):
+        assert re.search(rf"\[{STRATEGY} {re.escape(f'{frac:g}')}\] trial \d+/{TRIALS} FAILED", line), line
+    failed_per_fraction = {}
+    for frac in FRACTIONS:  # the summary row: dataset strategy fraction images trials (stopped/failed) ...
+        cells = rf"^ hyko2\s+{STRATEGY}\s+{re.escape(f'{frac:g}')}\s+\d+\s+{TRIALS} \(\d+/(\d+)\)"
+        row = re.search(cells, out, re.MULTILINE)
+        assert row, (frac, out[-2500:])
+        failed_per_fraction[frac] = int(row.group(1))
+    assert failed_per_fraction == {f: int((bad["train_fraction"] == f).sum()) for f in FRACTIONS}, out[-2500:]

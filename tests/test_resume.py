@@ -69,14 +69,40 @@ def assert_interrupted_store_is_short(results: Path, trials: int, seeds: int, ce
     finished (all K final rows) holds its whole budget: no short cell is among the finished ones."""
     from study.orchestration.plan import finished_cells
 
-    if not (results / "rows").exists():
-        return
     runs = (read_store(results).filter(pl.col("row_kind").is_in(["trial", "final"]))
             .group_by("cell_id", "phase").agg(pl.col("trial_id").n_unique().alias("n")))
     stored = {(r["cell_id"], r["phase"]): r["n"] for r in runs.iter_rows(named=True)}
     assert sum(stored.values()) < cells * (trials + seeds), stored
     for cid in finished_cells(results, seeds):
         assert (stored.get((cid, "tune"), 0), stored.get((cid, "final"), 0)) == (trials, seeds), (cid, stored)
+
+
+def test_the_interrupted_store_check_fails_on_a_full_store_and_on_a_short_finished_cell(tmp_path) -> None:
+    """The check the Ctrl+C / signal tests rely on can fail: a constructed store (3 cells x 4 trials + 3 seeds)
+    passes it only once a cell is really unfinished, and fails it while a finished cell lacks a trial."""
+    from store_builder import FRACTIONS, SEEDS, TRIAL_EPOCHS, build_store
+
+    from study.store import write_rows
+
+    full = read_store(build_store(tmp_path / "full", strategies=("indomain",)))
+    budget = dict(trials=len(TRIAL_EPOCHS), seeds=len(SEEDS), cells=len(FRACTIONS))
+    with pytest.raises(AssertionError):  # nothing missing: not an interrupted store
+        assert_interrupted_store_is_short(tmp_path / "full", **budget)
+    last_cell = full["cell_id"].max()
+    first_cell = full["cell_id"].min()
+    cases = {
+        "no-finals": (pl.col("cell_id") == last_cell) & (pl.col("phase") == "final"),  # unfinished: fine
+        "short-finished": pl.col("trial_id") == f"{first_cell}-tune-1",  # finished with 3 of 4 trials: caught
+        "empty": pl.lit(True),
+    }
+    for name, drop in cases.items():
+        rows = full.filter(~drop)
+        if rows.height:
+            write_rows(tmp_path / name, rows.to_dicts(), part_name=name)
+    assert_interrupted_store_is_short(tmp_path / "no-finals", **budget)
+    assert_interrupted_store_is_short(tmp_path / "empty", **budget)  # stopped before anything was stored
+    with pytest.raises(AssertionError, match=first_cell):
+        assert_interrupted_store_is_short(tmp_path / "short-finished", **budget)
 
 
 def _stored_trials(results: Path) -> set[str]:

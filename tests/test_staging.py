@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
 import time
 from collections import namedtuple
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,23 +56,100 @@ def test_stage_copies_once_keeps_folders_apart(sources: dict[str, str], tmp_path
     assert not list((tmp_path / "stage").rglob("*.tmp"))
 
 
-def _stage_in_child(args: tuple[dict[str, str], dict[str, str], str, str]) -> dict[str, str]:
-    """One trial process on the node: counts its copies into the shared log, each copy taking 0.3 s."""
-    sources, hashes, stage_dir, log = args
+TRIALS_ON_NODE = 3
+WAIT_S = 60.0  # a copy waits at most this long for the other trials to find the file unstaged
+
+
+def _record(log: Path, event: str, what: str) -> None:
+    """Append ``pid event what time`` (one short O_APPEND write: lines of concurrent processes never mix)."""
+    with log.open("a") as fh:
+        fh.write(f"{os.getpid()} {event} {what} {time.monotonic():.6f}\n")
+
+
+def _key(staged: Path) -> str:
+    """A staged file's folder and name: the raw split and the feature file share a name, not a folder."""
+    return f"{staged.parent.name}/{staged.name}"
+
+
+def _events(log: Path, event: str) -> list[tuple[int, str, float]]:
+    """The ``event`` lines so far; a line still being written (no newline yet) is left for the next read."""
+    rows = [line.split() for line in log.read_text().split("\n")[:-1]] if log.exists() else []
+    return [(int(r[0]), r[2], float(r[3])) for r in rows if len(r) == 4 and r[1] == event]
+
+
+def _stage_in_child(barrier: Any, sources: dict[str, str], hashes: dict[str, str], stage_dir: str, log: str,
+                    out: str) -> None:
+    """One trial process on the node. It records when it first finds a file not yet staged (``attempt``: it is
+    about to take the lock and copy) and, if it copies, ``copy`` / ``copied`` around the copy. The copy does
+    not finish before every trial on the node has recorded its attempt at that file, so the attempts overlap
+    the copy by construction, however the processes are scheduled; only the lock can then keep it to one copy."""
+    log_p = Path(log)
+    real_is_staged, real_copy = staging._is_staged, staging._copy_hashed
+    seen: set[Path] = set()
+
+    def is_staged(target: Path, *args: Any, **kwargs: Any) -> bool:
+        staged = real_is_staged(target, *args, **kwargs)
+        if not staged and target not in seen:
+            seen.add(target)
+            _record(log_p, "attempt", _key(target))
+        return staged
+
+    def copy(src: Path, dst: Path) -> tuple[int, str]:
+        key = _key(dst.with_name(src.name))  # dst is the target's temporary sibling
+        _record(log_p, "copy", key)
+        deadline = time.monotonic() + WAIT_S
+        while len({pid for pid, name, _ in _events(log_p, "attempt") if name == key}) < TRIALS_ON_NODE:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the other trials never tried to stage {key}")
+            time.sleep(0.01)
+        result = real_copy(src, dst)
+        _record(log_p, "copied", key)
+        return result
+
     with pytest.MonkeyPatch.context() as mp_:
-        _count_copies(mp_, Path(log), delay=0.3)
-        return staging.stage(sources, hashes, stage_dir)
+        mp_.setattr(staging, "_is_staged", is_staged)
+        mp_.setattr(staging, "_copy_hashed", copy)
+        barrier.wait(timeout=WAIT_S)  # every trial starts staging at the same moment
+        _record(log_p, "start", "-")
+        local = staging.stage(sources, hashes, stage_dir)
+        _record(log_p, "end", "-")
+    Path(out).write_text(json.dumps(local))
 
 
 def test_concurrent_trials_on_one_node_stage_once(sources: dict[str, str], tmp_path: Path) -> None:
-    log = tmp_path / "copies.log"
+    """Three trial processes stage the same three files at once: each file is copied exactly once."""
+    log = tmp_path / "events.log"
     hashes = staging.hash_files(sources)
     # spawned, not forked: a fork of this process (Ray's threads running, from the session's Ray) can inherit
     # a held lock and hang the child (it did, once, in a CI run)
-    with mp.get_context("spawn").Pool(3) as pool:
-        results = pool.map(_stage_in_child, [(sources, hashes, str(tmp_path / "stage"), str(log))] * 3)
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(TRIALS_ON_NODE)
+    outs = [tmp_path / f"out{i}.json" for i in range(TRIALS_ON_NODE)]
+    procs = [ctx.Process(target=_stage_in_child, args=(barrier, sources, hashes, str(tmp_path / "stage"), str(log),
+                                                       str(out))) for out in outs]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=3 * WAIT_S)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert [p.exitcode for p in procs] == [0] * TRIALS_ON_NODE, log.read_text() if log.exists() else "no log"
+    results = [json.loads(out.read_text()) for out in outs]
     assert results[0] == results[1] == results[2]
-    assert sorted(log.read_text().splitlines()) == sorted(sources.values())
+
+    names = sorted(_key(staging.staged_path(src, tmp_path / "stage")) for src in sources.values())
+    copies = _events(log, "copy")
+    assert sorted(name for _, name, _ in copies) == names  # one copy per file, not one per trial
+    copied = {(pid, name): t for pid, name, t in _events(log, "copied")}
+    for pid, name, _ in copies:  # every trial found the file unstaged while that copy was still running
+        attempts = [t for _, n, t in _events(log, "attempt") if n == name]
+        assert len(attempts) >= TRIALS_ON_NODE and max(attempts) < copied[(pid, name)], (name, log.read_text())
+    starts, ends = [t for *_, t in _events(log, "start")], [t for *_, t in _events(log, "end")]
+    assert len(starts) == len(ends) == TRIALS_ON_NODE and max(starts) < min(ends)  # the three stage() calls overlap
 
 
 def test_wrong_hash_is_refused_and_leaves_nothing(sources: dict[str, str], tmp_path: Path) -> None:

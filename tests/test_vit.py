@@ -6,6 +6,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,11 +149,22 @@ def test_released_weights_are_found_in_the_hub_cache_and_never_downloaded(tmp_pa
     assert config["backbone_hash"] == found.sha
 
 
-def test_same_forward_as_timm_where_timm_is_importable(tiny) -> None:
-    timm = pytest.importorskip("timm")  # not importable here (torchvision vs the pinned torch): a user's machine
-    ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=518,
-                            dynamic_img_size=True, embed_dim=64, depth=4, num_heads=2)
-    ref.load_state_dict(tiny.state_dict(), strict=True)
-    x = torch.randn(1, 3, 28, 42)
-    with torch.no_grad():
-        torch.testing.assert_close(ref.eval().forward_features(x)[:, 1:], tiny(x).flatten(2).transpose(1, 2))
+TIMM_FIXTURE = Path(__file__).parent / "fixtures" / "vit_timm"
+
+
+def test_same_forward_as_timm() -> None:
+    """timm 1.0.29's own forward_features, saved by scripts/make_vit_reference.py (fixture PROVENANCE.md): our
+    loader reads timm's safetensors, and our tokens equal timm's on the stored 7 x 7 grid and on inputs whose
+    position embedding is resampled (2 x 3: downsampled, antialiased; 10 x 4: up in one axis, down in the other)."""
+    vit, info = load_vit(TIMM_FIXTURE / "vit_tiny_timm.safetensors")
+    assert (info.size, info.layout, vit.cfg.img_size) == ("tiny", "timm", 98)
+    vit.eval()
+    with np.load(TIMM_FIXTURE / "reference.npz") as ref:
+        names = sorted(k for k in ref.files if k.startswith("x_"))
+        assert names == ["x_140x56", "x_28x42", "x_98x98"]
+        for name in names:
+            x, theirs = torch.from_numpy(ref[name]), torch.from_numpy(ref[f"features_{name}"])
+            with torch.no_grad():
+                torch.testing.assert_close(vit.forward_tokens(x), theirs)  # observed max |diff| ~7e-7
+                tokens = vit(x).flatten(2).transpose(1, 2)
+            torch.testing.assert_close(tokens, theirs[:, 1:])

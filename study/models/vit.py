@@ -13,8 +13,8 @@ pre-norm blocks, exact GELU and a final ``norm``. Parameter names are timm's
 ``blocks.N.attn.qkv``, ``blocks.N.attn.proj``, ``blocks.N.ls1.gamma``,
 ``blocks.N.norm2``, ``blocks.N.mlp.fc1``, ``blocks.N.mlp.fc2``,
 ``blocks.N.ls2.gamma``, ``norm``), so a timm state dict loads strictly and a
-state dict of ours loads into timm (where timm is importable, ``tests/test_vit.py``
-compares the two forward passes). The facebookresearch DINOv2 hub layout uses the
+state dict of ours loads into timm (``tests/test_vit.py`` compares our forward
+with timm's own, saved by ``scripts/make_vit_reference.py``). The facebookresearch DINOv2 hub layout uses the
 same names plus ``mask_token``; conversion lives in :mod:`study.models.vit_weights`.
 
 Inputs of any size that is a multiple of the patch size are accepted: the
