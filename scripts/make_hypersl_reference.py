@@ -3,8 +3,9 @@
 
 Why: study/models/hypersl.py is a re-implementation, and a test that compares it with
 a re-computation by our own code only checks that we agree with ourselves. This script
-runs the authors' ``engine/model.py`` (kkweil/HyperSL e56de7e7, copied verbatim into
-tests/fixtures/hypersl_original/engine/) and saves what it computes, so the test can
+runs the authors' ``engine/model.py`` (kkweil/HyperSL e56de7e7, from a checkout given with
+``--original``: the repository has no licence, so its code is not copied into this one) and
+saves what it computes, so the test can
 compare our loader, model and ``export_image`` against it without timm or the network.
 
 What it does (tiny size: D 32, 2 heads, encoder depth 2, decoder depth 2, 15 bands):
@@ -26,12 +27,15 @@ What it does (tiny size: D 32, 2 heads, encoder depth 2, decoder depth 2, 15 ban
 
 Run in a venv with torch 2.13 and timm (not the project's; see the fixture's PROVENANCE.md)::
 
-    /tmp/timmvenv/bin/python scripts/make_hypersl_reference.py
+    git clone https://github.com/kkweil/HyperSL /tmp/HyperSL && git -C /tmp/HyperSL checkout e56de7e7
+    /tmp/timmvenv/bin/python scripts/make_hypersl_reference.py --original /tmp/HyperSL
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
+import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -51,10 +55,29 @@ WAVELENGTHS = np.array([468.20, 478.34, 490.83, 503.56, 514.11, 526.92, 541.80, 
                         600.25, 611.57, 622.49, 642.55])
 
 
-def original_modules() -> tuple[type[torch.nn.Module], LossFn]:
-    """``SpectralSharedEncoder`` and ``MSE_SAM_loss`` from the verbatim copy (imports as train.py does)."""
+#: git blob ids of the original files at kkweil/HyperSL e56de7e7 (``git ls-tree e56de7e7 engine/``)
+ORIGINAL_BLOBS = {
+    "engine/__init__.py": "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391",
+    "engine/model.py": "0af8c039f482b4920d3eefa4a65e1b57e258de15",
+    "engine/loss.py": "339bf9f37534c3b046987f140ad0000d61b73d0f",
+}
+
+
+def check_original(checkout: Path) -> None:
+    """Refuse a checkout whose engine files are not the ones at e56de7e7 (byte for byte, by git blob id)."""
+    for name, blob in ORIGINAL_BLOBS.items():
+        path = checkout / name
+        data = path.read_bytes() if path.is_file() else b""
+        if hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() != blob:
+            sys.exit(f"error: {path}: not kkweil/HyperSL e56de7e7's {name} (git blob {blob[:8]}); "
+                     "fix: git -C CHECKOUT checkout e56de7e7")
+
+
+def original_modules(checkout: Path) -> tuple[type[torch.nn.Module], LossFn]:
+    """``SpectralSharedEncoder`` and ``MSE_SAM_loss`` from the original checkout (imports as train.py does)."""
+    check_original(checkout)
     import_timm()
-    sys.path.insert(0, str(FIXTURE))
+    sys.path.insert(0, str(checkout))
     from engine.loss import MSE_SAM_loss
     from engine.model import SpectralSharedEncoder
 
@@ -120,7 +143,10 @@ def train_a_little(model: torch.nn.Module, loss_fn: LossFn,
 
 
 def main() -> None:
-    encoder_cls, loss_fn = original_modules()
+    parser = argparse.ArgumentParser(description="Save the original HyperSL code's outputs as a test fixture.")
+    parser.add_argument("--original", type=Path, required=True,
+                        help="a checkout of github.com/kkweil/HyperSL at commit e56de7e7")
+    encoder_cls, loss_fn = original_modules(parser.parse_args().original)
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
     model = encoder_cls(embedding_dim=32, encoder_depth=2, decoder_depth=2, num_heads=2)

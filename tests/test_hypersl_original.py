@@ -11,7 +11,6 @@ original code nor the network is needed.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +22,6 @@ from study.models.checkpoints import load_hypersl, read_checkpoint
 from study.models.hypersl import SIZES, HyperSL, masked_modelling_loss
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hypersl_original"
-#: git blob ids of the copied files at kkweil/HyperSL e56de7e7 (``git ls-tree e56de7e7 engine/``).
-ORIGINAL_BLOBS = {
-    "engine/__init__.py": "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391",
-    "engine/model.py": "0af8c039f482b4920d3eefa4a65e1b57e258de15",
-    "engine/loss.py": "339bf9f37534c3b046987f140ad0000d61b73d0f",
-}
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +84,3 @@ def test_pretraining_pass_equals_the_original(model: HyperSL, ref) -> None:
     _close(recon, ref["pretrain_recon"])
     _close(masked_modelling_loss(torch.from_numpy(ref["pretrain_recon"]), spectra), ref["pretrain_loss"].astype(
         np.float32))
-
-
-@pytest.mark.parametrize("name", sorted(ORIGINAL_BLOBS))
-def test_the_copied_original_source_is_verbatim(name: str) -> None:
-    data = (FIXTURE / name).read_bytes()
-    assert hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() == ORIGINAL_BLOBS[name]
