@@ -57,6 +57,14 @@ def _protocol_note(cfg: StudyConfig) -> str:
     return "; protocol paper: the published recipe, no search"
 
 
+def _placement_note(placement: str) -> str:
+    """The header's data-placement line (the rule ``auto`` follows is ``study.data.placement.choose``)."""
+    if placement != "auto":
+        return f"data placement: {placement} (--data-placement)"
+    return ("data placement: auto (device when a trial's splits fit its GPU share with room for the model, else one "
+            "shared host copy per node when they fit its memory, else streamed from the files; each cell says which)")
+
+
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     """Flags -> a validated StudyConfig (ConfigError on anything invalid)."""
     preset = "smoke" if args.smoke else "demo" if args.demo else "full"
@@ -81,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         synthetic=_synthetic(args, preset), address=args.address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         max_concurrent_cells=args.max_concurrent_cells, stage_data=args.stage_data, compile=args.compile or None,
-        loader_memory_gib=args.loader_memory_gib,
+        loader_memory_gib=args.loader_memory_gib, data_placement=args.data_placement,
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
         rgb_weights=args.rgb_weights, allow_random_init=args.allow_random_init or None, vit_size=args.vit_size,
@@ -197,6 +205,7 @@ def _main(args: argparse.Namespace) -> int:
           + (f"deterministic (proposals in waves of {b.proposal_batch}, ASHA in trial order)" if b.deterministic
              else "asynchronous search (results may vary with timing)")
           + _protocol_note(cfg))
+    print(_placement_note(cfg.runtime.data_placement))
     check_writable(cfg.runtime.results)  # a file, under a file, read-only, a full disk: one line, before any work
     if cfg.runtime.log_to:
         from study.orchestration import tracking_dir
