@@ -13,7 +13,7 @@ from study.config.flags import build_parser, parse_datasets
 from study.data.subsets import parse_fractions
 from study.data.synthetic.generator import GeneratorConfig
 from study.errors import ConfigError, HsiStudyError
-from study.orchestration import init_ray
+from study.orchestration import init_ray, sweep_node_copies
 from study.progress import RESUME_HINT, StopSignals, kill_children
 from study.store import check_writable, disk_full_error, is_disk_full, quarantine_corrupt_parts, resolve
 from study.strategies import get_strategy, parse_strategies
@@ -221,6 +221,7 @@ def _main(args: argparse.Namespace) -> int:
         preps = check_inputs(cfg, allow_extreme_values=args.allow_extreme_values)
         init_ray(cfg)
         failures = run_until_disk_full(cfg, preps)
+        sweep_node_copies()  # the shared host copies of --data-placement memory no trial holds any more
         print_summary(cfg.runtime.results)
     loc = resolve(cfg.runtime.results)
     print(f"\nresults: {loc.name_of(loc.path('rows', '*.parquet'))}  ({time.perf_counter() - t0:.0f} s in all)")
