@@ -208,7 +208,7 @@ def test_a_damaged_or_partial_copy_is_not_used(_own_copy_dir: Path) -> None:
 
 def test_placements_train_to_the_same_numbers(bundle) -> None:
     """The loops' whole results (losses, val and test metrics per epoch) do not depend on the placement."""
-    for trainable, config in ((train_indomain, CONFIG), (train_indomain_fc, FC)):
+    for trainable, config in ((train_indomain, CONFIG), (train_indomain_fc, {**FC, "max_epochs": 1})):
         runs = {}
         for placement in ("stream", "memory", "device", "auto"):
             rec = Recorder()
@@ -307,6 +307,28 @@ def test_the_flag_is_checked_shown_and_reaches_the_trials(tiny_root: Path, tmp_p
     with pytest.raises(SystemExit):
         build_parser().parse_args([*argv, "--data-placement", "gpu"])
     assert "invalid choice: 'gpu'" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_device_placement_gathers_the_stream_batches_on_the_gpu(bundle, tmp_path: Path) -> None:
+    cuda = torch.device("cuda")
+    settings = LoaderSettings.for_trial({"num_threads": 1}, cuda)  # pinned memory, pca decoded on the GPU
+    path = write_split(tmp_path / "hyko2_train.h5", [(6, 7), (6, 7), (6, 7)], fmt="pca", dtype="bfloat16")
+    pca = split_ref(H5Split(path, SPEC, check_values=False))
+    for split, plan in ((bundle.train, [[0, 3], [1, 2], [(4, 1, 2, 8, 8)]]), (pca, [[0, 2], [(1, 1, 1, 4, 4)]])):
+        expect = [(x.cpu(), y.cpu()) for x, y in SplitStream(split, settings).batches(plan)]
+        for placement in ("device", "memory"):
+            got = list(ResidentStream(split, settings, placement, cuda).batches(plan))
+            for (x, y), (ex, ey) in zip(got, expect, strict=True):
+                assert torch.equal(x.cpu(), ex) and torch.equal(y.cpu(), ey)
+                if placement == "device":
+                    assert x.device.type == y.device.type == "cuda"  # nothing crossed from the host
+                elif split is bundle.train:
+                    assert x.is_pinned() and y.is_pinned()
+    rec = Recorder()
+    train_indomain({**CONFIG, "max_epochs": 1}, bundle, report=rec, get_checkpoint=lambda: None)
+    assert rec.metrics[0]["data_placement"] == "device" and "GPU share" in rec.metrics[0]["data_placement_why"]
 
 
 @pytest.mark.slow

@@ -62,7 +62,8 @@ class NodeRoom:
 
 
 def _gib(n: float) -> str:
-    return f"{n / GIB:.2f} GiB"
+    """A size for the reason line: GiB, or MiB below one GiB."""
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / 2**20:.1f} MiB"
 
 
 def choose(requested: str, data_bytes: int, gpu: DeviceRoom | None, node: NodeRoom) -> Choice:

@@ -7,6 +7,9 @@ batches gathered from there in the plan's order; no loader workers, no file read
 - ``memory``: one host copy per node in shared memory (:mod:`study.data.shared_copy`), written once and mapped
   by every trial of the node; batches are gathered from it into (pinned, on CUDA) host tensors.
 
+On CUDA a ``device`` batch's labels are on the device too: the image epoch's unlabelled-batch check and the
+per-pixel loop's sub-batch check read them back (one flag per step, the labels per image: no images cross).
+
 Why the values equal the stream's to the bit: images are kept as the file stores them (float32, float16 or
 bfloat16: :attr:`study.data.bundle.SplitRef.value_dtype`) and widened exactly per batch; labels are kept as
 int16 (every remapped label is below the class count) and widened; a pca file is decoded where the stream

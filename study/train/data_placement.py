@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from study.data.bundle import Split
-from study.data.placement import OPTIMIZER_FACTOR, Choice, DeviceRoom, choose, held_bytes, node_room
+from study.data.placement import OPTIMIZER_FACTOR, Choice, DeviceRoom, NodeRoom, choose, held_bytes, node_room
 from study.train.devices import ray_gpu_share
 
 
@@ -39,7 +39,7 @@ def trial_placement(requested: str, splits: Sequence[Split], device: torch.devic
                     loader_memory_gib: float | None = None) -> Choice:
     """The placement of a trial on ``device`` (its model already there) holding ``splits`` (train, val, test)."""
     if requested in ("stream", "memory") or (requested == "device" and device.type != "cuda"):
-        return choose(requested, 0, None, node_room())
+        return choose(requested, 0, None, NodeRoom(0, 0))  # nothing to measure: as asked
     data, present = held_bytes(splits)
     node = replace(node_room(loader_memory_gib), present_bytes=present)
     return choose(requested, data, gpu_room(device, model), node)
