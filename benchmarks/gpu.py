@@ -7,8 +7,9 @@ failure still leaves the others' figures:
 - ``strategies``: per strategy at each dataset's real image size and HS3-Bench
   batch size, bf16 autocast and fp32: step time, images/s, peak CUDA memory and
   the GPU busy fraction (CUDA kernel time / wall time, from the profiler);
-- ``loader``: a ``DataLoader`` over an HCV2-shaped HDF5 file (711x944x128, one
-  handle per worker, pinned memory) in images/s, against the RU-Net's demand;
+- ``loader``: per dataset shape (real sizes; HCV2 as PCA scores) and data placement (stream, memory,
+  device: ``benchmarks.loader``) images/s delivered, disk and host->device bytes per epoch, against the
+  RU-Net's demand;
 - ``export``: the HyperSL ``small`` export (``study.features.export.export_image``, HCV2
   spectra, chunk 5,000) in pixels/s and % of the GPU's dense bf16 peak;
 - ``smoke_study``: a two-trial ``study.run --smoke --gpus on`` end to end.
@@ -159,58 +160,29 @@ def measure_strategies(budget_s: float) -> list[dict[str, Any]]:
     return rows
 
 
-def measure_loader(budget_s: float, demand_images_s: float | None, n_images: int = 6) -> dict[str, Any]:
-    """Images/s of a DataLoader over an HCV2-shaped file (page cache warm: the upper bound) vs the model's."""
-    import h5py
+def measure_loader(budget_s: float, demand_images_s: float | None, n_images: int = 8) -> dict[str, Any]:
+    """A row per dataset shape x data placement (stream, memory, device) on this GPU, at the real image sizes
+    (``benchmarks.loader``: images/s delivered, disk and host->device bytes per epoch after the first), against
+    the FLOP estimate and, for HCV2, the RU-Net's measured bf16 demand."""
     import torch
-    from torch.utils.data import DataLoader, Dataset
 
-    from study.data.h5reader import H5Split
-    from study.data.specs import get_spec
+    from benchmarks.loader import SHAPES, rows
 
-    spec = get_spec("hcv2")
-    h, w, c = HCV2_SHAPE
+    out: dict[str, Any] = {"images": n_images, "model_demand_images_s": demand_images_s, "rows": []}
+    t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / spec.file_name("train")
-        rng = np.random.default_rng(0)
-        image = rng.random((h, w, c), dtype=np.float32)
-        labels = np.zeros((h, w), dtype=np.uint8)
-        with h5py.File(path, "w") as fh:
-            for i in range(n_images):
-                g = fh.create_group(f"img{i:03d}")
-                g.create_dataset("image", data=image)
-                g.create_dataset("labels", data=labels)
-        split = H5Split(path, spec, check_values=False)
-
-        class Images(Dataset):
-            def __len__(self) -> int:
-                return len(split)
-
-            def __getitem__(self, i: int) -> tuple[Any, Any]:
-                x, yl = split.read(i)
-                return torch.from_numpy(x).permute(2, 0, 1), torch.from_numpy(yl)
-
-        out: dict[str, Any] = {"image": "x".join(map(str, HCV2_SHAPE)), "images": n_images,
-                               "model_demand_images_s": demand_images_s, "rows": []}
-        t_start = time.perf_counter()
-        for workers in (2, 4, 8):
+        for dataset in SHAPES:
             if time.perf_counter() - t_start > budget_s:
-                break
-            loader = DataLoader(Images(), batch_size=4, num_workers=workers, pin_memory=True, shuffle=True,
-                                persistent_workers=True, prefetch_factor=2)
-            for _ in loader:  # first epoch: worker start-up
-                pass
-            t0, n = time.perf_counter(), 0
-            for _ in range(2):
-                for xb, _yb in loader:
-                    xb.cuda(non_blocking=True)
-                    n += xb.shape[0]
-            torch.cuda.synchronize()
-            rate = n / (time.perf_counter() - t0)
-            out["rows"].append({"workers": workers, "images_s": round(rate, 2),
-                                "ratio_to_demand": None if not demand_images_s else round(rate / demand_images_s, 2)})
-            del loader
-    out["note"] = "file just written, so read from the page cache: an upper bound for local disk"
+                out["rows"].append({"dataset": dataset, "skipped": f"time budget of {budget_s:.0f} s spent"})
+                continue
+            try:
+                for row in rows([dataset], 1.0, n_images, 4, 3, 8, torch.device("cuda"), Path(tmp)):
+                    if dataset == "hcv2" and demand_images_s and row["supply_img_s"]:
+                        row["ratio_to_measured_demand"] = round(row["supply_img_s"] / demand_images_s, 2)
+                    out["rows"].append(row)
+            except Exception as exc:  # noqa: BLE001 - one dataset's failure (e.g. OOM) is its row's figure
+                out["rows"].append({"dataset": dataset, "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+    out["note"] = "files just written, so read from the page cache: an upper bound for local disk"
     return out
 
 

@@ -13,7 +13,7 @@ from study.config.flags import build_parser, parse_datasets
 from study.data.subsets import parse_fractions
 from study.data.synthetic.generator import GeneratorConfig
 from study.errors import ConfigError, HsiStudyError
-from study.orchestration import init_ray
+from study.orchestration import init_ray, sweep_node_copies
 from study.progress import RESUME_HINT, StopSignals, kill_children
 from study.store import check_writable, disk_full_error, is_disk_full, quarantine_corrupt_parts, resolve
 from study.strategies import get_strategy, parse_strategies
@@ -57,6 +57,14 @@ def _protocol_note(cfg: StudyConfig) -> str:
     return "; protocol paper: the published recipe, no search"
 
 
+def _placement_note(placement: str) -> str:
+    """The header's data-placement line (the rule ``auto`` follows is ``study.data.placement.choose``)."""
+    if placement != "auto":
+        return f"data placement: {placement} (--data-placement)"
+    return ("data placement: auto (device when a trial's splits fit its GPU share with room for the model, else one "
+            "shared host copy per node when they fit its memory, else streamed from the files; each cell says which)")
+
+
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
     """Flags -> a validated StudyConfig (ConfigError on anything invalid)."""
     preset = "smoke" if args.smoke else "demo" if args.demo else "full"
@@ -81,7 +89,7 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
         synthetic=_synthetic(args, preset), address=args.address, num_cpus=args.num_cpus,
         max_concurrent=args.max_concurrent, max_failures=args.max_failures,
         max_concurrent_cells=args.max_concurrent_cells, stage_data=args.stage_data, compile=args.compile or None,
-        loader_memory_gib=args.loader_memory_gib,
+        loader_memory_gib=args.loader_memory_gib, data_placement=args.data_placement,
         backbone=args.backbone, bn_mode=args.bn_mode, feature_dtype=args.feature_dtype,
         features=args.features,
         gpus=args.gpus, dashboard=args.dashboard, dashboard_host=args.dashboard_host,
@@ -198,6 +206,7 @@ def _main(args: argparse.Namespace) -> int:
           + (f"deterministic (proposals in waves of {b.proposal_batch}, ASHA in trial order)" if b.deterministic
              else "asynchronous search (results may vary with timing)")
           + _protocol_note(cfg))
+    print(_placement_note(cfg.runtime.data_placement))
     check_writable(cfg.runtime.results)  # a file, under a file, read-only, a full disk: one line, before any work
     if cfg.runtime.log_to:
         from study.orchestration import tracking_dir
@@ -213,6 +222,7 @@ def _main(args: argparse.Namespace) -> int:
         preps = check_inputs(cfg, allow_extreme_values=args.allow_extreme_values)
         init_ray(cfg)
         failures = run_until_disk_full(cfg, preps)
+        sweep_node_copies()  # the shared host copies of --data-placement memory no trial holds any more
         print_summary(cfg.runtime.results)
     loc = resolve(cfg.runtime.results)
     print(f"\nresults: {loc.name_of(loc.path('rows', '*.parquet'))}  ({time.perf_counter() - t0:.0f} s in all)")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,12 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+
+# the node-shared copies of --data-placement memory (study.data.shared_copy) of this session, Ray's trials included:
+# a folder of its own, removed when the session ends
+_COPIES = Path(tempfile.mkdtemp(prefix="hsistudy-test-copies-", dir="/dev/shm" if os.access("/dev/shm", os.W_OK)
+                                else None))
+os.environ.setdefault("HSISTUDY_SHM_DIR", str(_COPIES))
 
 TINY = dict(height=24, width=40, n_train=6, n_val=3, n_test=3)
 
@@ -60,3 +68,9 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_node_copies():
+    yield
+    shutil.rmtree(_COPIES, ignore_errors=True)

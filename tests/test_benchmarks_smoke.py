@@ -31,7 +31,7 @@ def one_thread():
 
 
 MODULES = ("orchestration", "throughput", "feature_export", "feature_cache", "early_stopping", "data_loading",
-           "indian_pines_fc", "gpu", "cluster_fill", "features_mode",
+           "indian_pines_fc", "gpu", "cluster_fill", "features_mode", "loader",
            "__main__")
 
 
@@ -313,3 +313,26 @@ def test_cluster_fill_bound_and_the_driver_s_order(tmp_path: Path) -> None:
     finally:
         for n in names:
             STRATEGIES.pop(n, None)
+
+
+def test_loader_rows_per_dataset_and_placement(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """After the first epoch the resident placements read no file, and device copies nothing to the device."""
+    from benchmarks.loader import main
+
+    assert main(["--json", "--scale", "0.05", "--images", "3", "--batch", "2", "--epochs", "2", "--workers", "1",
+                 "--work", str(tmp_path)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["dataset"], r["placement"]) for r in rows] == [
+        (d, p) for d in ("hyko2", "hsidrive", "hcv2") for p in ("stream", "memory", "device")]
+    keys = {"dataset", "placement", "supply_img_s", "demand_img_s_h100", "ratio", "disk_bytes_per_epoch",
+            "h2d_bytes_per_epoch"}
+    for r in rows:
+        assert keys <= set(r) and r["supply_img_s"] > 0 and r["ratio"] == pytest.approx(
+            r["supply_img_s"] / r["demand_img_s_h100"], rel=0.01, abs=1e-3)
+        h, w, c = (int(v) for v in r["image"].split("x"))
+        stored = 3 * h * w * (c * 4 if r["dataset"] != "hcv2" else 6 * 2)  # float32 cubes; 6 float16 pca scores
+        if r["placement"] == "stream":  # the worker reads every image again
+            assert r["disk_bytes_per_epoch"] >= stored
+        else:
+            assert r["disk_bytes_per_epoch"] == 0
+        assert (r["h2d_bytes_per_epoch"] == 0) == (r["placement"] == "device")

@@ -40,6 +40,8 @@ for fn, data, extra in ((train_indomain, bundle, {}), (train_indomain_fc, bundle
                         (train_crossdomain_fc, features, {"sub_batch": 8192, "freeze_depth": 0})):
     fn({**cfg, **extra}, data, report=lambda m, checkpoint=None: out.append(m), get_checkpoint=lambda: None)
 assert all("test_miou" in m for m in out), out
+# --data-placement auto: the splits do not fit the cgroup's room, so the trials stream (never a shared copy)
+assert {m["data_placement"] for m in out} == {"stream"}, {m["data_placement_why"] for m in out}
 print("TRAINED", len(out))
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import optuna
@@ -47,6 +48,9 @@ def test_smoke_study_writes_a_store_that_matches_the_schema(ray_session, tiny_ro
         chosen = finals.filter(pl.col("train_fraction") == frac)["lr"].unique().to_list()
         assert len(chosen) == 1 and chosen[0] in best_lrs
     assert "test mIoU" in out and "indomain" in out
+    # auto on a CPU: the tiny splits are held in one shared host copy, said once per cell phase, swept at the end
+    assert set(df["data_placement"]) == {"memory"} and "data placement memory: the splits" in out
+    assert "data placement: auto (" in out and not list(Path(os.environ["HSISTUDY_SHM_DIR"]).glob("*.bin"))
 
     # Optuna has one study per cell in the journal, trials pruned or complete, none running
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(

@@ -182,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--loader-memory-gib", type=float, default=None, metavar="GIB",
                    help="host memory a trial's data loader may hold in prefetched batches (default 2; fewer "
                    "workers, then less prefetch, when HCV2-sized batches exceed it)")
+    g.add_argument("--data-placement", default=None, choices=["auto", "device", "memory", "stream"],
+                   help="where a trial's splits live while it trains: device (read once into its GPU's memory; "
+                   "batches gathered, cropped and flipped there), memory (one host copy per node in shared memory, "
+                   "shared by the node's trials), stream (read per batch from the files by loader workers), or auto "
+                   "(default: device when they fit the trial's GPU share with room for the model, else memory when "
+                   "they fit the node's memory, else stream; each cell says which and why). Results are the same "
+                   "whichever: not part of the study id")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile every trial's model (opt-in: compile time pays off only in long GPU runs)")
     g.add_argument("--dashboard", action="store_true",

@@ -190,6 +190,10 @@ class ModelOptions:
             raise ConfigError(f"--vit-size must be one of {', '.join(VIT_SIZES)}, got {self.vit_size!r}")
 
 
+#: ``--data-placement`` values (study.data.placement.PLACEMENTS; config imports no torch)
+DATA_PLACEMENTS = ("auto", "device", "memory", "stream")
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how a study runs, not what it measures (results, cache, cluster: not part of any id)."""
@@ -215,6 +219,8 @@ class Runtime:
     loader_memory_gib: float | None = None
     #: experiment trackers fed by Ray Tune's logger callbacks (``--log-to``: mlflow, tensorboard, wandb)
     log_to: tuple[str, ...] = ()
+    #: where a trial's splits live (``study.data.placement``): auto, device, memory, stream (same results whichever)
+    data_placement: str = "auto"
 
     def validate(self) -> None:
         from study.config.file import check_trackers, parse_log_to
@@ -230,6 +236,9 @@ class Runtime:
         if self.features not in FEATURE_MODES:
             raise ConfigError(f"--features must be one of {', '.join(FEATURE_MODES)}, got {self.features!r}; "
                               "auto picks the cheaper of reading exported features and computing them")
+        if self.data_placement not in DATA_PLACEMENTS:
+            raise ConfigError(f"--data-placement must be one of {', '.join(DATA_PLACEMENTS)}, got "
+                              f"{self.data_placement!r}; fix: auto (default) picks the fastest that fits")
 
 
 #: the four groups of a StudyConfig by attribute name (build_config files a flat setting into its group)
@@ -237,7 +246,7 @@ SETTING_GROUPS = {"data": DataSettings, "budget": Budget, "options": ModelOption
 #: Runtime settings left out of ids. gpus and the dashboard settings stay in them, as they always were, so that
 #: ids (and finished cells) of existing stores stay valid.
 _PLACEMENT = frozenset({"results", "cache_dir", "address", "num_cpus", "max_concurrent_cells", "stage_data",
-                        "compile", "log_to", "loader_memory_gib"})
+                        "compile", "log_to", "loader_memory_gib", "data_placement"})
 
 #: --features changes where k = 0 features come from, not what they are (equal within fp32 rounding): not in ids
 #: either; rows record it (``features_mode``)

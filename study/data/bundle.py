@@ -88,6 +88,9 @@ class SplitRef:
     sample_shapes: tuple[tuple[int, int], ...]
     channels: int
     storage_format: str = "cube"  # "pca": the stream may decode on the device (read_stored)
+    #: the narrowest float type holding the file's image values exactly (float16 / bfloat16 files, float16 feature
+    #: caches): what a resident copy keeps (study.data.resident); the reads return float32 whatever it is
+    value_dtype: str = "float32"
 
     def __len__(self) -> int:
         return len(self.names)
@@ -116,6 +119,13 @@ class SplitRef:
         """Sample ``i`` of a pca file as stored: scores, coefficients, means, remapped labels (H5Split.read_stored)."""
         return self.reader().read_stored(self.names[i])
 
+    def identity(self) -> dict[str, object]:
+        """What names these samples' values: the file (path, size, modification time), the dataset's label remap,
+        the names. A node's shared copy of the split is keyed by it (study.data.shared_copy)."""
+        st = Path(self.path).stat()
+        return {"path": self.path, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "spec": self.spec.name,
+                "names": list(self.names), "format": self.storage_format}
+
 
 def split_ref(split: H5Split, names: Sequence[str] | None = None) -> SplitRef:
     """A reference to (a subset of) an opened split; every name must be in the file."""
@@ -129,7 +139,15 @@ def split_ref(split: H5Split, names: Sequence[str] | None = None) -> SplitRef:
                                   f"{len(chosen)}); fix: use a subset manifest made from this file")
     shapes = tuple(split.shapes[index[n]] for n in chosen)
     return SplitRef(str(Path(split.path).absolute()), split.spec, chosen, shapes, int(split.n_channels),
-                    split.storage_format)
+                    split.storage_format, value_dtype(split.storage_dtype, split.stored_dtypes))
+
+
+def value_dtype(storage_dtype: str, stored: frozenset[str] | set[str]) -> str:
+    """The narrowest float type that holds a file's image values exactly: its ``storage_dtype`` (bfloat16, float16),
+    float16 when every sample's image is stored as float16 (a feature cache), else float32."""
+    if storage_dtype in ("bfloat16", "float16"):
+        return storage_dtype
+    return "float16" if stored and set(stored) == {"float16"} else "float32"
 
 
 def iter_images(split: Split) -> Iterator[np.ndarray]:

@@ -89,6 +89,9 @@ class H5Split:
         self.feature_dim: int | None = None
         #: how images are stored (study.data.storage): cube | pca, float32 | float16 | bfloat16
         self.storage_format, self.storage_dtype = "cube", "float32"
+        #: the dtypes the samples' ``image`` / ``scores`` datasets have in the file (a float16 feature cache says
+        #: float16 here without a ``storage_dtype`` attribute): what a resident copy may keep without loss
+        self.stored_dtypes: frozenset[str] = frozenset()
         self.values_checked = False
         #: the first value beyond MAX_ABS_VALUE, when the values were checked with ``allow_extreme``
         self.extreme: str | None = None
@@ -168,7 +171,9 @@ class H5Split:
                 f"(besides an optional '{METADATA_KEY}') with 'image' and 'labels' ({SPLIT_LAYOUT})"
             )
         self.names = names
-        self.shapes = [self._check_sample(fh, n) for n in names]
+        dtypes: set[str] = set()
+        self.shapes = [self._check_sample(fh, n, dtypes) for n in names]
+        self.stored_dtypes = frozenset(dtypes)
         self._index = {n: i for i, n in enumerate(names)}
 
     def _detect_exported_features(self, fh: h5py.File, names: list[str]) -> None:
@@ -180,8 +185,8 @@ class H5Split:
             self.feature_dim = self.n_channels = EXPORTED_FEATURE_DIM
             self.wavelength_source = f"{self.wavelength_source}; {self.path.name} holds exported 256-d HyperSL features"
 
-    def _check_sample(self, fh: h5py.File, name: str) -> tuple[int, int]:
-        """Structure of one sample (no pixel reads); returns its (H, W)."""
+    def _check_sample(self, fh: h5py.File, name: str, dtypes: set[str]) -> tuple[int, int]:
+        """Structure of one sample (no pixel reads); returns its (H, W) and adds its image dtype to ``dtypes``."""
         where = f"{self.path}, sample {name!r}"
         with self._reading(name):
             grp = fh[name]
@@ -206,6 +211,7 @@ class H5Split:
             pca = None if self.storage_format == "cube" else (tuple(grp["coefficients"].shape),
                                                                tuple(grp["means"].shape))
         what = keys[0]
+        dtypes.add(str(idtype))
         if idtype.kind not in "fiu" or ldtype.kind not in "fiu":
             raise DataValidationError(
                 f"{where}: non-numeric dtype ({what} {idtype}, labels {ldtype}); {what} must be float or "

@@ -30,7 +30,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -44,6 +44,25 @@ MAX_WORKERS = 8
 #: Bytes of batches a trial's loader may hold in flight (workers x prefetch x batch), default: HCV2 batches are
 #: GBs (8 images of 256-d features: 5.5 GB), and 7 workers x 2 prefetched would be 77 GB of host memory per trial.
 LOADER_MEMORY = 2 * 1024**3
+
+
+class BatchStream(Protocol):
+    """What the loops read a split through, whatever the placement: this module's :class:`SplitStream` or a
+    resident stream (:mod:`study.data.resident`)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    @property
+    def shapes(self) -> tuple[tuple[int, int], ...]: ...
+
+    def batches(self, plan: Iterable[Sequence[Key]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def close(self) -> None: ...
 
 
 class SampleDataset(Dataset):

@@ -22,7 +22,7 @@ from study.orchestration.inputs import (
     split_variant,
 )
 from study.orchestration.plan import cell_id, expected_cost, finished_cells, merged_strategy_settings, pending_cells
-from study.orchestration.ray_setup import cpus_per_gpu, init_ray, quiet_ray_tune, trial_env
+from study.orchestration.ray_setup import cpus_per_gpu, init_ray, quiet_ray_tune, sweep_node_copies, trial_env
 from study.orchestration.trackers import experiment_name, mlflow_uri, tracking_dir
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "resolve_rgb_vit",
     "row_identity",
     "run_pending_cells",
+    "sweep_node_copies",
     "split_variant",
     "tracking_dir",
     "trial_constants",

@@ -91,6 +91,8 @@ def trial_constants(cfg: StudyConfig, n_train: int, spec: DatasetSpec, cid: str,
         **({"compile": True} if cfg.runtime.compile else {}),
         **({"stage_dir": str(cfg.runtime.stage_data)} if cfg.runtime.stage_data else {}),
         **({"loader_memory_gib": cfg.runtime.loader_memory_gib} if cfg.runtime.loader_memory_gib else {}),
+        # not part of a trial's identity either way (store.records.RUNTIME_KEYS): every placement trains alike
+        **({"data_placement": cfg.runtime.data_placement} if cfg.runtime.data_placement != "auto" else {}),
         **({"deterministic": True} if cfg.budget.deterministic else {}),  # CUDA: deterministic kernels
     }
 

@@ -155,3 +155,26 @@ def init_ray(cfg: StudyConfig) -> None:
                  runtime_env={"env_vars": trial_env()})
         reinstall_signals()  # ray.init replaced our SIGTERM handler (exit 1, no resume hint) with its own
         start_orphan_reaper()  # a local Ray's agents and workers end with this driver, even after a SIGKILL
+
+
+def sweep_node_copies(timeout_s: float = 30.0) -> int:
+    """Remove the node-shared data copies (``--data-placement memory``) that no trial holds, on every alive node:
+    one zero-CPU task per node, at the end of a study. Best effort: a node not reached in ``timeout_s`` keeps its
+    copies until the next writer there sweeps the idle ones (``study.data.shared_copy.IDLE_S``). Returns how many
+    were removed."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from study.data.shared_copy import sweep
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def _sweep() -> int:
+        return len(sweep(idle_s=0))
+
+    try:
+        refs = [_sweep.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote()
+                for n in ray.nodes() if n.get("Alive")]
+        done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        return sum(ray.get(done)) if done else 0
+    except Exception:  # noqa: BLE001 - cleaning up is not worth failing a finished study over
+        return 0

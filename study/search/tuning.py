@@ -160,6 +160,7 @@ class RowCollector(Callback):
         self.label, self.total, self.echo, self.on_finish = label, total, echo, on_finish
         self.control_key = control_key  # the study's progress.StudyControl (a key: Tune pickles callbacks)
         self.finished = 0
+        self.placement_said: str | None = None  # the data placement this phase's console line named last
 
     def _progress(self, **delta: int) -> None:
         if (c := progress.control(self.control_key)) is not None:
@@ -180,6 +181,10 @@ class RowCollector(Callback):
         log = self._log(trial)
         row = {k: result.get(k) for k in REPORT_KEYS}
         log.results = [r for r in log.results if r["epoch"] != row["epoch"]] + [row]  # a retried epoch replaces
+        placement = row.get("data_placement")
+        if row.get("data_placement_why") and placement != self.placement_said:  # one line per phase, or a change
+            self.placement_said = placement
+            self.echo(f"  [{self.label}] data placement {placement}: {row['data_placement_why']}")
         if (c := progress.control(self.control_key)) is not None and not row.get("replayed"):
             c.trial_result(self.label, trial.trial_id, row["epoch"], trial.config.get("max_epochs"),
                            row.get("val_miou"))

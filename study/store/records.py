@@ -22,8 +22,9 @@ from study.store.results import EPOCH_METRICS, HYPERPARAMETERS, RUN_FACTS, TEST_
 
 #: Keys of one epoch's report that become columns of its epoch row.
 EPOCH_KEYS: tuple[str, ...] = (*EPOCH_METRICS, *RUN_FACTS)
-#: Bookkeeping keys a report carries besides columns (the epoch, the running best, whether it is the last).
-CONTROL_KEYS = ("epoch", "best_val_miou", "best_epoch", "is_last", "replayed")
+#: Bookkeeping keys a report carries besides columns (the epoch, the running best, whether it is the last, why the
+#: trial's data placement was chosen: the driver prints it).
+CONTROL_KEYS = ("epoch", "best_val_miou", "best_epoch", "is_last", "replayed", "data_placement_why")
 #: Everything the driver keeps of a report.
 REPORT_KEYS: tuple[str, ...] = (*CONTROL_KEYS, *EPOCH_KEYS, *TEST_METRICS)
 #: Config keys that are not part of a configuration's identity (the same config re-trained with seeds).
@@ -32,6 +33,15 @@ _RUN_ONLY = ("seed", "phase", "final")
 #: study.orchestration.features_mode), not what it trains: no part of a trial's or a configuration's identity,
 #: so a study resumed in the other mode replays the trials it finished (results agree within fp32 rounding)
 _FEATURE_SOURCE = ("features", "feature_dtype", "feature_folder")
+#: Config keys that say where a trial runs, never what it computes: left out of its identity (trial key, config
+#: hash) and of its stored config, so a study resumed or re-run with another placement replays its trials and
+#: stores the same rows.
+RUNTIME_KEYS = ("data_placement",)
+
+
+def identity_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial config without its :data:`RUNTIME_KEYS`."""
+    return {k: v for k, v in config.items() if k not in RUNTIME_KEYS and k not in _FEATURE_SOURCE}
 
 
 @dataclass
@@ -65,13 +75,13 @@ class TrialLog:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """Content hash of a trial config: the key that identifies a configuration (without seed and phase)."""
-    return json_digest(dict(config), 16)
+    return json_digest(identity_config(config), 16)
 
 
 def trial_key(config: Mapping[str, Any]) -> str:
-    """Content hash of a trial's full config (cell id, phase and seed included; where its features come from
-    left out): its identity across re-runs."""
-    return json_digest({k: v for k, v in config.items() if k not in _FEATURE_SOURCE}, 20)
+    """Content hash of a trial's full config (cell id, phase and seed included; where it runs and where its
+    features come from left out): its identity across re-runs."""
+    return json_digest(identity_config(config), 20)
 
 
 def _present(r: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -80,7 +90,7 @@ def _present(r: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
 
 def trial_rows(log: TrialLog, common: Mapping[str, Any]) -> list[dict[str, Any]]:
     """One trial's log -> store rows: one per epoch plus its summary (``trial`` or ``final``) row."""
-    cfg = dict(log.config)
+    cfg = identity_config(log.config)
     phase = str(cfg.get("phase", "tune"))
     base = {
         **common,
@@ -103,7 +113,8 @@ def trial_rows(log: TrialLog, common: Mapping[str, Any]) -> list[dict[str, Any]]
     if phase == "final":
         summary.update(_present(last, TEST_METRICS))
     summary.update({"wall_s": last.get("wall_s"), "device_s": last.get("device_s"), "node_id": last.get("node_id"),
-                    "started_at": log.started_at, "ended_at": log.ended_at})
+                    "data_placement": last.get("data_placement"), "started_at": log.started_at,
+                    "ended_at": log.ended_at})
     return [*rows, summary]
 
 

@@ -103,6 +103,9 @@ _RUN_FACTS = [
     pa.field("device_s", _F),
     pa.field("device", _S),
     pa.field("node_id", _S),  # Ray node the run's last epoch ran on
+    # where the trial's splits lived (--data-placement, auto resolved): device | memory | stream. Every placement
+    # gives the same batches, so it is a fact of the run, like the device, never part of a trial's identity
+    pa.field("data_placement", _S),
     pa.field("model_name", _S),
     pa.field("n_params", pa.int64()),
     pa.field("backbone_hash", _S),
@@ -138,11 +141,12 @@ RUN_FACTS: tuple[str, ...] = tuple(f.name for f in _RUN_FACTS)
 COLUMNS: tuple[str, ...] = tuple(RESULT_SCHEMA.names)
 ROW_KINDS = ("epoch", "trial", "final")
 #: Timing/provenance columns that legitimately differ between two identical runs.
-TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device", "node_id", "started_at", "ended_at")
+TIMING_COLUMNS = ("wall_s", "device_s", "created_at", "trial_id", "device", "node_id", "started_at", "ended_at",
+                  "data_placement")
 #: Nullable columns added within schema v1: parts written before them are read with nulls there,
 #: so older stores stay readable without a version bump (no column was renamed or changed meaning).
 ADDED_COLUMNS = ("backbone_pretrained", "started_at", "ended_at", "protocol", "deviations",
-                 "features_mode")
+                 "features_mode", "data_placement")
 
 
 def _with_added_columns(t: pa.Table) -> pa.Table:

@@ -1,20 +1,17 @@
 """The shared epoch loop every segmentation trainable uses.
 
-One loop, so that every strategy is trained, selected and evaluated the same
-way (docs/reference.md §R8–§R9): AdamW with one weight-decay rule
-(:mod:`study.models.freezing`), cross-entropy with ``ignore_index`` (mean over
-valid pixels), random horizontal flip with p = 0.1 per sample, validation mIoU
-every epoch (ASHA needs a report every epoch to be able to stop a trial),
-best-validation checkpoint, and the test split evaluated exactly once, with
-that checkpoint, and only in the final (re-training) phase — tuning never sees
-test data.
+One loop, so that every strategy is trained, selected and evaluated the same way (docs/reference.md
+§R8–§R9): AdamW with one weight-decay rule (:mod:`study.models.freezing`), cross-entropy with ``ignore_index``
+(mean over valid pixels), random horizontal flip with p = 0.1 per sample, validation mIoU every epoch (ASHA needs
+a report every epoch to be able to stop a trial), best-validation checkpoint, and the test split evaluated exactly
+once, with that checkpoint, and only in the final (re-training) phase — tuning never sees test data.
 
-Data streams from the HDF5 files through DataLoader workers (:mod:`study.data.stream`);
-the epoch draws its sample order and flips from the trial's numpy Generator as
-the in-memory loop did, so a seed gives the same batches whatever the worker count.
-On CUDA forward passes run under bf16 autocast (loss and metrics in fp32) with
-non-blocking copies from pinned memory and ``cudnn.benchmark``; ``compile: true``
-in the config wraps the model in ``torch.compile``. CPU stays fp32.
+Batches come from the trial's data placement (:mod:`study.data.placement`: held on the device, one shared host
+copy per node, or streamed from the HDF5 files by DataLoader workers); the epoch draws its sample order and flips
+from the trial's numpy Generator as the in-memory loop did, so a seed gives the same batches whatever the
+placement or worker count. On CUDA forward passes run under bf16 autocast (loss and metrics in fp32) with
+non-blocking copies from pinned memory and ``cudnn.benchmark``; ``compile: true`` in the config wraps the model
+in ``torch.compile``. CPU stays fp32.
 """
 
 from __future__ import annotations
@@ -30,9 +27,11 @@ import torch
 from torch import nn
 
 from study.data.bundle import DataBundle
+from study.data.placement import open_streams
 from study.data.specs import DatasetSpec
-from study.data.stream import Key, LoaderSettings, SplitStream, Streams, autocast, to_device
+from study.data.stream import BatchStream, Key, LoaderSettings, autocast, to_device
 from study.models.freezing import param_groups
+from study.train.data_placement import trial_placement
 from study.train.devices import pick_device, ray_node_id
 from study.train.metrics import confusion_matrix, metrics_from_confusion
 from study.train.trial_state import (
@@ -45,10 +44,10 @@ from study.train.trial_state import (
 
 Report = Callable[..., Any]
 #: (model, optimizer, loss_fn, train stream, numpy Generator, device) -> mean training loss of the epoch
-EpochFn = Callable[[nn.Module, torch.optim.Optimizer, nn.Module, SplitStream, np.random.Generator, torch.device],
+EpochFn = Callable[[nn.Module, torch.optim.Optimizer, nn.Module, BatchStream, np.random.Generator, torch.device],
                    float]
 #: (model, split stream, spec, device, settings) -> metrics of one confusion matrix over the split
-EvalFn = Callable[[nn.Module, SplitStream, DatasetSpec, torch.device, "TrainSettings"], dict]
+EvalFn = Callable[[nn.Module, BatchStream, DatasetSpec, torch.device, "TrainSettings"], dict]
 #: Pixels per RU-Net evaluation batch at most (8 HSI-Drive or HyKo2 images; 3 of HCV2 at 711 x 944).
 EVAL_BATCH_PIXELS = 2**21
 
@@ -75,6 +74,8 @@ class TrainSettings:
     loader_workers: int | None = None
     #: host memory of batches in flight in the trial's loader (None: ``stream.LOADER_MEMORY``)
     loader_memory_gib: float | None = None
+    #: where the splits live (``study.data.placement``): auto, device, memory or stream
+    data_placement: str = "auto"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainSettings:
@@ -93,18 +94,15 @@ class TrainSettings:
             autocast=str(config.get("autocast", "auto")),
             compile=bool(config.get("compile", False)),
             num_threads=int(float(config.get("num_threads") or 1)),
-            loader_workers=_opt_int(config.get("loader_workers")),
+            loader_workers=None if config.get("loader_workers") is None else int(config["loader_workers"]),
             loader_memory_gib=None if config.get("loader_memory_gib") is None else float(config["loader_memory_gib"]),
+            data_placement=str(config.get("data_placement", "auto")),
         )
 
     def loader(self, device: torch.device) -> LoaderSettings:
         """The trial's DataLoader settings: workers from its CPUs, pinned memory on CUDA."""
         return LoaderSettings.for_trial({"num_threads": self.num_threads, "loader_workers": self.loader_workers,
                                          "loader_memory_gib": self.loader_memory_gib}, device)
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def tune_hooks(
@@ -162,7 +160,7 @@ def random_hflip(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: SplitStream, spec: DatasetSpec, device: torch.device,
+def evaluate(model: nn.Module, split: BatchStream, spec: DatasetSpec, device: torch.device,
              settings: TrainSettings) -> dict:
     """Metrics of ``model`` on a whole split, from one confusion matrix (not per-image means)."""
     model.eval()
@@ -240,7 +238,7 @@ def train_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     loss_fn: nn.Module,
-    split: SplitStream,
+    split: BatchStream,
     settings: TrainSettings,
     gen: np.random.Generator,
     device: torch.device,
@@ -310,11 +308,14 @@ def fit(
     progress = resume(get_checkpoint, model, opt, gen)
 
     eval_batch = loader_images or eval_images([*data.val.shapes, *data.test.shapes], settings.eval_batch_size)
-    with Streams(data.train, data.val, data.test, settings.loader(device),
-                 train_batch=loader_images or settings.batch_size, eval_batch=eval_batch) as streams:
+    place = trial_placement(settings.data_placement, (data.train, data.val, data.test), device, model,
+                            settings.loader_memory_gib)
+    with open_streams(data.train, data.val, data.test, settings.loader(device), place.placement, device,
+                      train_batch=loader_images or settings.batch_size, eval_batch=eval_batch) as streams:
         last: dict = {}
         about = {"device": str(device), "node_id": ray_node_id(), "n_params": n_params,
-                 "max_epochs": settings.max_epochs}
+                 "max_epochs": settings.max_epochs, "data_placement": place.placement,
+                 "data_placement_why": place.reason}
         for epoch in range(progress.start_epoch, settings.max_epochs + 1):
             train_loss, val = _timed_epoch(epoch, lambda: epoch_fn(net, opt, loss_fn, streams.train, gen, device),
                                            lambda: eval_fn(net, streams.val, spec, device, settings), device, progress)
@@ -390,7 +391,7 @@ def _epoch_metrics(epoch: int, train_loss: float, val: Mapping[str, Any], progre
     }
 
 
-def _test_once(model: nn.Module, net: nn.Module, best_state: dict | None, streams: Streams, spec: DatasetSpec,
+def _test_once(model: nn.Module, net: nn.Module, best_state: dict | None, streams: Any, spec: DatasetSpec,
                device: torch.device, settings: TrainSettings, eval_fn: EvalFn) -> dict:
     """The final phase's one test evaluation, with the best-validation weights loaded into ``model``."""
     if best_state is not None:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from study.data.specs import DatasetSpec
-from study.data.stream import SplitStream, to_device
+from study.data.stream import BatchStream, to_device
 from study.train.loop import EpochFn, PendingLosses, TrainSettings, forward
 from study.train.metrics import ConfusionAccumulator
 
@@ -85,7 +85,7 @@ Pixels = tuple[torch.Tensor, torch.Tensor, np.ndarray]  # (P, D) on device, (P,)
 
 def _image_pixels(images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> Pixels:
     """One loader batch (B, H, W, D) + (B, H, W) -> its pixels in raster order (P, D), labels (P,), host labels."""
-    host = labels.reshape(-1).numpy()
+    host = labels.reshape(-1).cpu().numpy()  # a device placement's labels come back (small): decided on the host
     x = to_device(images.reshape(-1, images.shape[-1]), device)
     return x, to_device(labels.reshape(-1), device), host
 
@@ -117,7 +117,7 @@ def trains(host_labels: np.ndarray, ignore_index: int) -> bool:
     return host_labels.size >= 2 and bool((host_labels != ignore_index).any())
 
 
-def _grouped(split: SplitStream, order: np.ndarray, group: int,
+def _grouped(split: BatchStream, order: np.ndarray, group: int,
              device: torch.device) -> Iterator[tuple[Pixels, bool]]:
     """The images of ``order`` streamed one by one, flagged at the end of every ``group`` images."""
     n = len(order)
@@ -129,7 +129,7 @@ def train_pixel_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     loss_fn: nn.CrossEntropyLoss,
-    split: SplitStream,
+    split: BatchStream,
     gen: np.random.Generator,
     device: torch.device,
     sub_batch: int,
@@ -159,7 +159,7 @@ def train_pixel_epoch(
 
 
 @torch.inference_mode()
-def evaluate_pixels(model: nn.Module, split: SplitStream, spec: DatasetSpec, device: torch.device,
+def evaluate_pixels(model: nn.Module, split: BatchStream, spec: DatasetSpec, device: torch.device,
                     settings: TrainSettings) -> dict:
     """Metrics of per-pixel predictions on whole images of a split, from one confusion matrix."""
     model.eval()

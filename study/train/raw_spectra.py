@@ -81,6 +81,13 @@ class ChunkedSplit:
         ids = chunk_id_map(1, h, w, self.chunk_size, self.offsets[i])[0]
         return np.concatenate([image, ids[..., None].astype(np.float32)], axis=-1), labels
 
+    def identity(self) -> dict[str, object] | None:
+        """The base split's identity plus the chunk ids' numbering (keys a node's shared copy); None without one."""
+        base = getattr(self.base, "identity", None)
+        if not callable(base):
+            return None
+        return {"base": base(), "chunk_size": self.chunk_size, "offsets": list(self.offsets)}
+
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Stacked samples (B, H, W, C+1) and labels (B, H, W) of ``idx`` (tests; trials stream)."""
         pairs = [self.read(int(i)) for i in idx]
