@@ -29,7 +29,7 @@ import torch
 
 from benchmarks._common import finish, machine_info, print_table, standard_main, target
 
-#: dataset -> (training + validation images, H, W) of the real data (../shared/reference/benchmark.md: HyKo2 81 + 32,
+#: dataset -> (training + validation images, H, W) of the real data (docs/reference.md §R1, §R3: HyKo2 81 + 32,
 #: HSI-Drive 451 + 150, HCV2 949 + 105 of the cross-domain split at the x0.5 size)
 REAL: dict[str, tuple[int, int, int]] = {"hyko2": (113, 254, 510), "hsidrive": (601, 216, 409),
                                          "hcv2": (1054, 711, 944)}

@@ -12,9 +12,10 @@ permute). It prints one row per dataset x placement:
 - ``demand_img_s_h100``: a full-width RU-Net training step (forward x 3, ``torch.utils.flop_counter`` on the
   meta device) at 40 % of an H100's dense bf16 peak (989 TFLOP/s), at the image size measured; ``ratio`` =
   supply / demand (target >= 3);
-- ``disk_bytes_per_epoch``: bytes the process and its loader workers read per epoch after the first (the
-  ``rchar`` of ``/proc/<pid>/io``: every ``read()``, from files or pipes, less this benchmark's own reads of
-  ``/proc``);
+- ``disk_bytes_per_epoch``: bytes the iterating thread and the loader workers read per epoch after the first
+  (the ``rchar`` of ``/proc/<pid>/task/<tid>/io`` and of the workers' ``/proc/<pid>/io``: every ``read()``, from
+  files or pipes, less this benchmark's own reads of ``/proc``; other threads and processes that were there
+  before, such as a test session's Ray, are not the loader's);
 - ``h2d_bytes_per_epoch``: bytes a CUDA trial copies from host to device per epoch after the first: the host
   batches handed to the model, and for HCV2 the stored scores, coefficients and means its device decodes
   (the trial's ``decode_device`` path, run on the CPU here). On a CPU the device *is* the host, so ``device``
@@ -30,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,15 +108,20 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def read_chars() -> tuple[int, int]:
-    """(rchar summed over this process and its descendants, bytes this call itself read from /proc)."""
+def read_chars(others: frozenset[int] = frozenset()) -> tuple[int, int]:
+    """(rchar of this thread and of this process's descendants except ``others``, bytes this call itself read
+    from /proc). This thread, not the process: another thread of it (Ray's core worker in a test session, a
+    logging thread) reads pipes and sockets that are no data; ``others``: processes that were there before the
+    streams opened (Ray's own), so only the loader's workers count besides the thread that iterates."""
     total = own = 0
-    for pid in _tree(os.getpid()):
+    pids = [p for p in _tree(os.getpid()) if p != os.getpid() and p not in others]
+    for path in [Path(f"/proc/{os.getpid()}/task/{threading.get_native_id()}/io"),
+                 *(Path(f"/proc/{p}/io") for p in pids)]:
         try:
-            text = Path(f"/proc/{pid}/io").read_text()
+            text = path.read_text()
         except OSError:
             continue
-        own += len(text.encode())
+        own += len(text.encode()) if path.parts[3] == "task" else 0
         total += next(int(ln.split()[1]) for ln in text.splitlines() if ln.startswith("rchar:"))
     return total, own
 
@@ -143,6 +150,7 @@ def measure(split: Any, placement: str, device: torch.device, batch: int, epochs
         return real_to_device(x, dev)
 
     rng = np.random.default_rng(0)
+    others = frozenset(_tree(os.getpid()))  # processes not of this benchmark's making (a test's Ray)
     streams = open_streams(split, split, split, settings, placement, device, train_batch=batch)
     stream_module.to_device = counting
     try:
@@ -150,7 +158,7 @@ def measure(split: Any, placement: str, device: torch.device, batch: int, epochs
         for epoch in range(epochs):
             plan = epoch_plan(len(split), batch, rng)
             h2d[0] = 0 if epoch == 1 else h2d[0]
-            before, own = read_chars()
+            before, own = read_chars(others)
             t0 = time.perf_counter()
             for images, labels in streams.train.batches(plan):
                 if epoch >= 1:
@@ -159,7 +167,7 @@ def measure(split: Any, placement: str, device: torch.device, batch: int, epochs
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - t0)
-            after, _ = read_chars()
+            after, _ = read_chars(others)
             if epoch >= 1:
                 disk += after - before - own
     finally:
