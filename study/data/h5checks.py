@@ -130,7 +130,9 @@ def check_pca_shapes(where: str, scores: tuple[int, ...], coeffs: tuple[int, ...
 
 def extreme_value(path: Path, name: str, block: np.ndarray, row0: int) -> str | None:
     """The first value beyond :data:`MAX_ABS_VALUE` in ``block``, said in one line; None if there is none."""
-    big = np.abs(block) > MAX_ABS_VALUE
+    # the bound as a float32 0-d array: a float16 block (feature caches) compared with the Python float would
+    # cast 1e6 to float16 (inf, with numpy's overflow warning in every demo); float32 holds it exactly
+    big = np.abs(block) > np.float32(MAX_ABS_VALUE)
     if not big.any():
         return None
     r, c, b = (int(v) for v in np.argwhere(big)[0])
