@@ -56,15 +56,8 @@ def _readers(setting: str) -> str:
     return ", ".join(names) if names else "no registered strategy"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m study.run",
-        description="Run a hyperspectral transfer-learning data-efficiency study with Ray Tune + Optuna + ASHA. "
-        "For every (strategy, fraction) cell: tune on validation, re-train the best config with K seeds, "
-        "evaluate once on test, append every row to a Parquet store.",
-        epilog=_examples(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def _study_flags(p: argparse.ArgumentParser) -> None:
+    """Which strategies, where results go, protocol and config file."""
     g = p.add_argument_group("study")
     g.add_argument("--strategy", default=baseline_strategy(),
                    help=f"'all' or a comma list of: {', '.join(STRATEGIES)} (default: {baseline_strategy()})")
@@ -101,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "tensorboard, wandb (comma list). Offline by default: MLflow to <results>/mlflow.db, W&B offline "
                    "under <results>/wandb, TensorBoard events in <results>/tune; extras: pip install "
                    "'hsistudy[mlflow]', 'hsistudy[wandb]'")
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    """Which data and subsets."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="hyko2",
                    help=f"one or a comma list of {', '.join(SPECS)}, or all: one study, one store, one report "
@@ -116,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "~/.cache/hsistudy)")
     g.add_argument("--synthetic-size", default=None, help="synthetic image size HxW, e.g. 64x128")
     g.add_argument("--synthetic-images", default=None, help="synthetic train,val,test image counts, e.g. 40,12,16")
+
+
+def _budget_flags(p: argparse.ArgumentParser) -> None:
+    """The budget every cell gets (trials, epochs, seeds, ASHA, the deterministic search)."""
     g = p.add_argument_group("budget (the same for every cell)")
     g.add_argument("--trials", type=int, default=None, help="tuning trials per cell (e.g. 16)")
     g.add_argument("--epochs", type=int, default=None, help="max epochs per trial, ASHA's max_t (e.g. 100)")
@@ -134,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="images per step (default: HS3-Bench's, e.g. 16)")
     g.add_argument("--width", default=None, help="RU-Net width: full (64, 17.3 M params), small (16), tiny (8), "
                    "or an integer; default full on real data, small on synthetic")
+
+
+def _backbones_flags(p: argparse.ArgumentParser) -> None:
+    """Settings only some strategies read (they key those strategies' cells)."""
     g = p.add_argument_group("backbones (settings only some strategies read; they key those strategies' cells)")
     g.add_argument("--backbone", type=weights_arg, default=None,
                    help=f"HyperSL checkpoint (released layout or ours), read by {_readers('backbone')}: a path, or "
@@ -163,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "training)")
     g.add_argument("--vit-size", default=None, choices=["tiny", "small", "base", "large"],
                    help="RGB ViT size (default: the weights' size; else tiny under --smoke/--demo, small otherwise)")
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    """Where and how trials run (Ray, GPUs, loaders, data placement): runtime, not identity."""
     g = p.add_argument_group("cluster")
     g.add_argument("--address", default=None, help="Ray cluster address (e.g. auto); default: $RAY_ADDRESS or a "
                    "local Ray on this machine")
@@ -195,10 +204,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start the local Ray dashboard (needs ray[default]); bound to --dashboard-host")
     g.add_argument("--dashboard-host", default="127.0.0.1",
                    help="interface of the local dashboard (default 127.0.0.1: this machine only)")
+
+
+def _presets_flags(p: argparse.ArgumentParser) -> None:
+    """--smoke / --demo."""
     g = p.add_argument_group("presets")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--smoke", action="store_true", help="shrink everything: a run of about a minute")
     mode.add_argument("--demo", action="store_true", help="the `make demo` budget: 3 fractions x 4 trials, 2 seeds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m study.run",
+        description="Run a hyperspectral transfer-learning data-efficiency study with Ray Tune + Optuna + ASHA. "
+        "For every (strategy, fraction) cell: tune on validation, re-train the best config with K seeds, "
+        "evaluate once on test, append every row to a Parquet store.",
+        epilog=_examples(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _study_flags(p)
+    _data_flags(p)
+    _budget_flags(p)
+    _backbones_flags(p)
+    _cluster_flags(p)
+    _presets_flags(p)
     return p
 
 
