@@ -222,3 +222,26 @@ def test_analysis_and_plots_import_neither_torch_nor_ray() -> None:
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cell_summary_does_not_depend_on_the_order_of_the_stores_rows(store: pl.DataFrame) -> None:
+    """Two identical studies store their parts in the order trials ended: the table must agree to the last digit
+    (issue 27: ``make demo`` twice gives the same summary.csv), so no statistic may sum in row order."""
+    rng = np.random.default_rng(3)
+    finals = store.filter(pl.col("row_kind") == "final")
+    # values whose float sums depend on their order (ulps apart when added in another order)
+    noisy = finals.with_columns(*(pl.Series(m, rng.uniform(0.1, 0.9, finals.height) * (1 + 1e-12 * rng.random()))
+                                  for m in ("test_miou", "test_oa", "test_macc", "test_macro_f1")))
+    base = pl.concat([store.filter(pl.col("row_kind") != "final"), noisy], how="diagonal_relaxed")
+    reference = analysis.cell_summary(base, n_resamples=200)
+    for seed in range(20):
+        shuffled = base.sample(fraction=1.0, shuffle=True, seed=seed)
+        assert analysis.cell_summary(shuffled, n_resamples=200).equals(reference), f"row order {seed}"
+
+
+def test_paired_differences_do_not_depend_on_the_order_of_the_stores_rows(store: pl.DataFrame) -> None:
+    """The bootstrap CI resamples the paired differences by position: they must come in seed order."""
+    reference = analysis.paired_differences(store, n_resamples=200)
+    for seed in range(10):
+        shuffled = store.sample(fraction=1.0, shuffle=True, seed=seed)
+        assert analysis.paired_differences(shuffled, n_resamples=200).equals(reference), f"row order {seed}"

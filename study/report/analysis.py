@@ -114,7 +114,9 @@ def final_rows(df: pl.DataFrame) -> pl.DataFrame:
 def cell_summary(df: pl.DataFrame, *, n_resamples: int = N_BOOTSTRAP) -> pl.DataFrame:
     """Per cell: images, subset, seeds, mean/std of the test metrics, bootstrap CI of mean mIoU, best val mIoU,
     and, for tuned cells, the published recipe's val mIoU (its enqueued trial) and what tuning added to it."""
-    finals = final_rows(df)
+    # in seed order: std and the bootstrap sum a cell's values in row order, and a store's rows come in the order
+    # its parts were written (two identical studies would differ in the last digit of a std)
+    finals = final_rows(df).sort([*KEYS, "seed", "trial_id"])
     if finals.is_empty():
         return pl.DataFrame(schema={k: df.schema[k] for k in KEYS})
     aggs = [pl.col("n_train_images").max().alias("n_train_images"),
@@ -153,8 +155,10 @@ def paired_differences(df: pl.DataFrame, baseline: str = BASELINE, *,
     base = runs.filter(pl.col("strategy") == baseline).select(
         "dataset", "train_fraction", "seed", "subset_hash", pl.col("test_miou").alias("_base"))
     other = runs.filter(pl.col("strategy") != baseline)
-    joined = other.join(base, on=["dataset", "train_fraction", "seed", "subset_hash"], how="left")
-    grouped = joined.group_by(KEYS).agg(
+    # in seed order: the bootstrap resamples the differences by position (the same table from the same store)
+    joined = other.join(base, on=["dataset", "train_fraction", "seed", "subset_hash"], how="left").sort(
+        [*KEYS, "seed", "subset_hash"])
+    grouped = joined.group_by(KEYS, maintain_order=True).agg(
         (pl.col("test_miou") - pl.col("_base")).drop_nulls().alias("_d"),
         pl.col("test_miou").mean().alias("strategy_miou"),
     ).sort(KEYS)
