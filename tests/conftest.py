@@ -37,6 +37,23 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def clean_resume_store(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted run of ``test_resume.RESUME_ARGS`` (a subprocess, as the interrupted runs are): the store
+    the SIGKILL and Ctrl+C tests compare their resumed stores with, made once per session."""
+    import os
+    import subprocess
+    import sys
+
+    from test_resume import RESUME_ARGS
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    clean = tmp_path_factory.mktemp("clean-resume") / "res"
+    subprocess.run([sys.executable, "-m", "study.run", *RESUME_ARGS, "--data-root", str(tiny_root), "--results",
+                    str(clean)], env=env, check=True, capture_output=True, timeout=600)
+    return clean
+
+
+@pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny HyperSL saved in the released checkpoint layout (weights random, seed 0: the plumbing is under test)."""
     import torch

@@ -108,16 +108,12 @@ def test_gpus_on_without_any_gpu_on_a_local_ray_is_refused(ray_session, tiny_roo
     assert rc == 2 and "--gpus on, but this local Ray has no GPU" in capsys.readouterr().err
 
 
-def _interrupt_and_resume(tiny_root: Path, tmp_path: Path, marker: str) -> None:
-    """Ctrl+C (SIGINT to the process group) once ``marker`` is printed; the run must exit 130 with the
-    resume hint, store no unfinished cell as finished, and a re-run must equal an uninterrupted run."""
-    from test_resume import ARGS, assert_interrupted_store_is_short, comparable
+def _ctrl_c_at(base: list[str], results: Path, env: dict[str, str], marker: str) -> None:
+    """Ctrl+C (SIGINT to the process group) once ``marker`` is printed: exit 130 with the resume hint, and no
+    unfinished cell stored as finished."""
+    from test_resume import assert_interrupted_store_is_short
 
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "study.run", *ARGS, "--data-root", str(tiny_root), "--num-cpus", "2"]
-    clean, hit = tmp_path / "clean", tmp_path / "hit"
-    subprocess.run([*base, "--results", str(clean)], env=env, check=True, capture_output=True, timeout=600)
-    proc = subprocess.Popen([*base, "--results", str(hit)], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([*base, "--results", str(results)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
     threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
@@ -128,22 +124,25 @@ def _interrupt_and_resume(tiny_root: Path, tmp_path: Path, marker: str) -> None:
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 130, "".join(lines)  # the stop's exit code, not any failure
     time.sleep(1)
-    text = "".join(lines)
-    assert "re-run the same command to continue" in text
-    assert_interrupted_store_is_short(hit, trials=3, seeds=2)
+    assert "re-run the same command to continue" in "".join(lines)
+    assert_interrupted_store_is_short(results, trials=3, seeds=2)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_tuning_and_again_during_final_runs_then_rerun_equals_an_uninterrupted_run(
+        tiny_root: Path, tmp_path: Path, clean_resume_store: Path) -> None:
+    """One store, interrupted by Ctrl+C while tuning, its re-run interrupted again while re-training the chosen
+    configurations; the run that completes it stores what an uninterrupted run stores."""
+    from test_resume import RESUME_ARGS, comparable
+
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "study.run", *RESUME_ARGS, "--data-root", str(tiny_root)]
+    hit = tmp_path / "hit"
+    _ctrl_c_at(base, hit, env, "tune] trial 1/")
+    _ctrl_c_at(base, hit, env, "final] trial 1/")
     rerun = subprocess.run([*base, "--results", str(hit)], env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert comparable(hit).equals(comparable(clean))
-
-
-@pytest.mark.slow
-def test_ctrl_c_during_tuning_then_rerun_equals_an_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> None:
-    _interrupt_and_resume(tiny_root, tmp_path, "tune] trial 1/")
-
-
-@pytest.mark.slow
-def test_ctrl_c_during_final_runs_then_rerun_equals_an_uninterrupted_run(tiny_root: Path, tmp_path: Path) -> None:
-    _interrupt_and_resume(tiny_root, tmp_path, "final] trial 1/")
+    assert comparable(hit).equals(comparable(clean_resume_store))
 
 
 def test_a_second_study_into_a_used_folder_is_refused(ray_session, tiny_root: Path, tmp_path: Path, capsys) -> None:

@@ -21,6 +21,10 @@ from study.store import TIMING_COLUMNS, part_files, read_store, results_lock
 ARGS = ["--strategy", "indomain", "--dataset", "hyko2", "--width", "tiny", "--fractions", "0.5,1.0",
         "--trials", "3", "--epochs", "3", "--grace-period", "1", "--seeds", "2", "--max-concurrent", "1"]
 ORDER = ["cell_id", "phase", "config_json", "row_kind", "epoch"]
+#: the interrupted-and-resumed subprocess studies (SIGKILL here, Ctrl+C in test_reliability): --deterministic, so
+#: the re-run's search replays the stored trials through the wave searcher and the ordered ASHA (issue 27), and two
+#: cells in flight on 2 CPUs; conftest's ``clean_resume_store`` is their uninterrupted run
+RESUME_ARGS = [*ARGS, "--deterministic", "--num-cpus", "2"]
 
 
 def comparable(results: Path) -> pl.DataFrame:
@@ -113,18 +117,13 @@ def _stored_trials(results: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_sigkill_with_cells_in_flight_then_rerun_equals_uninterrupted_run(tiny_root, tmp_path) -> None:
+def test_sigkill_with_cells_in_flight_then_rerun_equals_uninterrupted_run(tiny_root, tmp_path,
+                                                                         clean_resume_store) -> None:
     """Both cells run at once (``--deterministic``); SIGKILL the driver once each has stored a trial; the re-run
     replays what was stored, trains only the rest, and the store equals an uninterrupted run's with no
     duplicated row."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
-    # --deterministic: the re-run's search replays the stored trials through the wave searcher and the ordered
-    # ASHA (issue 27: resume after SIGKILL gives the same table under --deterministic too)
-    base = [sys.executable, "-m", "study.run", *ARGS, "--deterministic", "--data-root", str(tiny_root),
-            "--num-cpus", "2"]
-
-    clean = tmp_path / "clean"
-    subprocess.run([*base, "--results", str(clean)], env=env, check=True, capture_output=True, timeout=600)
+    base = [sys.executable, "-m", "study.run", *RESUME_ARGS, "--data-root", str(tiny_root)]
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([*base, "--results", str(killed)], env=env, stdout=subprocess.PIPE,
@@ -156,5 +155,5 @@ def test_sigkill_with_cells_in_flight_then_rerun_equals_uninterrupted_run(tiny_r
     assert len(after) == total and before <= after
     finished = len(re.findall(r"\] trial \d+/\d+ ", rerun.stdout))  # one line per trial that ended
     assert finished - replayed == total - len(before)  # only the interrupted ones trained
-    assert comparable(killed).equals(comparable(clean))
+    assert comparable(killed).equals(comparable(clean_resume_store))
     assert not read_store(killed).select("trial_id", "row_kind", "epoch").is_duplicated().any()

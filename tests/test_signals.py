@@ -91,35 +91,27 @@ def _signal_once(base: list[str], results: Path, sig: int, phase: str, moment: s
     return text
 
 
-def _signal_loop(tiny_root: Path, tmp_path: Path, clean: pl.DataFrame, sig: int) -> None:
-    """Five signals at different moments into one store (each re-run continues it), then a run to the end:
-    the store equals the uninterrupted run's."""
+@pytest.mark.slow
+def test_sigint_and_sigterm_to_the_driver_pid_stop_every_time_and_the_rerun_equals_an_uninterrupted_run(
+        tiny_root: Path, tmp_path: Path, clean_store: pl.DataFrame) -> None:
+    """Six signals at different moments into one store (each re-run continues it), SIGINT and SIGTERM taking
+    turns so that each meets tuning and final runs, a trial's end and its middle, and a second signal; then a
+    run to the end: the store equals the uninterrupted run's."""
     from test_resume import assert_interrupted_store_is_short, comparable
 
     base, results = _base(tiny_root), tmp_path / "res"
-    moments = [("tune", ENDED, 0.0, False), ("tune", RUNNING, 0.0, False), ("any", ENDED, 0.7, sig == signal.SIGINT),
-               ("final", RUNNING, 0.0, False), ("final", ENDED, 0.0, False)]
+    moments = [(signal.SIGINT, "tune", ENDED, 0.0, False), (signal.SIGTERM, "tune", RUNNING, 0.0, False),
+               (signal.SIGINT, "any", ENDED, 0.7, True), (signal.SIGTERM, "any", ENDED, 0.7, True),
+               (signal.SIGTERM, "final", RUNNING, 0.0, False), (signal.SIGINT, "final", ENDED, 0.0, False)]
     t0 = time.monotonic()
-    for phase, moment, delay, twice in moments:
+    for sig, phase, moment, delay, twice in moments:
         _signal_once(base, results, sig, phase, moment, delay, twice)
         assert_interrupted_store_is_short(results, trials=3, seeds=3)
     rerun = subprocess.run([*base, "--results", str(results)], env=ENV, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert comparable(results).equals(clean)
+    assert comparable(results).equals(clean_store)
     assert not read_store(results).select("trial_id", "row_kind", "epoch").is_duplicated().any()
-    print(f"{signal.Signals(sig).name}: 5 interrupted runs + the completing one in {time.monotonic() - t0:.0f} s")
-
-
-@pytest.mark.slow
-def test_sigint_to_the_driver_pid_stops_every_time_and_the_rerun_equals_an_uninterrupted_run(
-        tiny_root: Path, tmp_path: Path, clean_store: pl.DataFrame) -> None:
-    _signal_loop(tiny_root, tmp_path, clean_store, signal.SIGINT)
-
-
-@pytest.mark.slow
-def test_sigterm_to_the_driver_pid_stops_every_time_and_the_rerun_equals_an_uninterrupted_run(
-        tiny_root: Path, tmp_path: Path, clean_store: pl.DataFrame) -> None:
-    _signal_loop(tiny_root, tmp_path, clean_store, signal.SIGTERM)
+    print(f"6 interrupted runs + the completing one in {time.monotonic() - t0:.0f} s")
 
 
 def test_the_progress_line_counts_only_finished_cells_as_done(monkeypatch) -> None:
