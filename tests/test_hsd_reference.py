@@ -120,3 +120,20 @@ def test_hcv2_full_size_and_other_scales_equal_opencv() -> None:
     for fx in (0.25, 0.75, 1 / 3):
         np.testing.assert_array_equal(resize_nearest(small, fx),
                                       cv2.resize(small, None, fx=fx, fy=fx, interpolation=cv2.INTER_NEAREST))
+
+
+def test_default_scale_is_the_benchmarks_half_and_the_two_axes_scale_apart() -> None:
+    """``resize_nearest(x)`` is HCV2's x0.5 rule (the converter's default), and fx / fy act on their own axes."""
+    cv2 = pytest.importorskip("cv2", reason="needs opencv-python-headless (pip install -e '.[dev]')")
+    index = np.arange(37 * 53, dtype=np.int32).reshape(37, 53)
+    np.testing.assert_array_equal(resize_nearest(index),
+                                  cv2.resize(index, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_NEAREST))
+    for fx, fy in ((0.5, 0.25), (0.25, 0.75), (1 / 3, 0.5)):
+        ref = cv2.resize(index, None, fx=fx, fy=fy, interpolation=cv2.INTER_NEAREST)
+        assert resize_nearest(index, fx, fy).shape == ref.shape
+        np.testing.assert_array_equal(resize_nearest(index, fx, fy), ref)
+
+
+def test_an_empty_output_is_refused_naming_the_scale_and_side() -> None:
+    with pytest.raises(ValueError, match=r"^scale 0\.1 turns a side of 4 pixels into 0; OpenCV rejects an empty"):
+        opencv_dst_size(4, 0.1)
