@@ -87,6 +87,48 @@ def test_a_header_too_short_for_its_body_is_refused(tmp_path: Path) -> None:
         read_header(tmp_path / "cut.hsd")
 
 
+def test_read_pca_keeps_the_release_float32_and_equals_float32_arithmetic(tmp_path: Path) -> None:
+    """Means, coefficients and scores come back as the stored float32 (no float64 intermediates: the decoded
+    cube is float32 arithmetic, bit for bit what the converter and the stored-scores reader compute)."""
+    from study.data.storage import pca_decode
+    from study.prepare.hsd import read_pca
+
+    means, coeffs, scores = _pca_parts(2)
+    path = tmp_path / "x.hsd"
+    path.write_bytes(_hand_packed(means, coeffs, scores))
+    picked, c, m, _ = read_pca(path)
+    assert (picked.dtype, c.dtype, m.dtype) == (np.float32, np.float32, np.float32)
+    np.testing.assert_array_equal(picked, scores.reshape(H, W, D))
+    np.testing.assert_array_equal(c, coeffs)
+    np.testing.assert_array_equal(m, means)
+    cube, _ = decode_hsd(path)
+    np.testing.assert_array_equal(cube, pca_decode(scores.reshape(H, W, D), coeffs, means))
+
+
+@pytest.mark.parametrize("field", [0, 1, 2, 3])
+def test_a_header_with_a_zero_size_field_is_refused(tmp_path: Path, field: int) -> None:
+    from study.prepare.readers import PrepareError
+
+    sizes = [H, W, BANDS, D]
+    sizes[field] = 0
+    path = tmp_path / "zero.hsd"
+    path.write_bytes(struct.pack("<iiii", *sizes) + struct.pack("<ifi", START, STEP, END) + b"\0" * 4096)
+    with pytest.raises(PrepareError, match=r"not a valid \.hsd header \(height \d+, width \d+, bands \d+, D \d+\)"):
+        read_header(path)
+
+
+def test_the_truncated_message_names_the_bytes_the_header_needs(tmp_path: Path) -> None:
+    from study.prepare.readers import PrepareError
+
+    means, coeffs, scores = _pca_parts()
+    data = _hand_packed(means, coeffs, scores)
+    (tmp_path / "cut.hsd").write_bytes(data[:-4])
+    needed = 28 + 4 * (BANDS + D * BANDS + H * W * D)
+    with pytest.raises(PrepareError, match=rf": {needed - 4} bytes, but its header \(H {H}, W {W}, bands {BANDS}, "
+                       rf"D {D}\) needs {needed}; the file is truncated"):
+        read_header(tmp_path / "cut.hsd")
+
+
 SIZES = [(1, 2), (2, 2), (3, 3), (4, 7), (5, 6), (7, 9), (10, 11), (12, 12), (33, 20), (1422 // 6, 1889 // 7)]
 
 
