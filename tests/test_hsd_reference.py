@@ -117,6 +117,25 @@ def test_a_header_with_a_zero_size_field_is_refused(tmp_path: Path, field: int) 
         read_header(path)
 
 
+@pytest.mark.parametrize(("h", "w", "bands", "d"), [(1, 1, 1, 1), (12, 10, 4, 4), (3, 40, 6, 1)])
+def test_edge_headers_that_are_valid_are_read(tmp_path: Path, h: int, w: int, bands: int, d: int) -> None:
+    """One pixel, D = bands, more than 90 pixels: all valid (the checks are < 1, D > bands, > 10^9 pixels)."""
+    path = tmp_path / "edge.hsd"
+    path.write_bytes(struct.pack("<iiii", h, w, bands, d) + struct.pack("<ifi", START, STEP, END)
+                     + b"\0" * (4 * (bands + d * bands + h * w * d)))
+    header = read_header(path)
+    assert (header.height, header.width, header.bands, header.d) == (h, w, bands, d)
+
+
+def test_a_header_claiming_over_a_billion_pixels_is_refused_as_invalid(tmp_path: Path) -> None:
+    from study.prepare.readers import PrepareError
+
+    path = tmp_path / "huge.hsd"
+    path.write_bytes(struct.pack("<iiii", 100_000, 10_001, 4, 2) + struct.pack("<ifi", START, STEP, END))
+    with pytest.raises(PrepareError, match=r"not a valid \.hsd header \(height 100000, width 10001"):
+        read_header(path)
+
+
 def test_the_truncated_message_names_the_bytes_the_header_needs(tmp_path: Path) -> None:
     from study.prepare.readers import PrepareError
 
