@@ -404,7 +404,8 @@ def test_the_image_epoch_keeps_losses_on_the_device_with_the_same_results(tiny_r
     from trainable_helpers import tiny_hyko2_bundle
 
     from study.data.stream import Streams
-    from study.train.loop import LOSS_CHECK_EVERY, TrainSettings, train_epoch
+    from study.train.loop import LOSS_CHECK_EVERY, train_epoch
+    from study.train.settings import TrainSettings
 
     bundle = tiny_hyko2_bundle(tiny_root)
     from study.data.specs import get_spec
@@ -436,7 +437,8 @@ def test_a_non_finite_loss_still_stops_the_image_epoch(tiny_root: Path) -> None:
     from trainable_helpers import tiny_hyko2_bundle
 
     from study.data.stream import Streams
-    from study.train.loop import TrainSettings, train_epoch
+    from study.train.loop import train_epoch
+    from study.train.settings import TrainSettings
 
     bundle = tiny_hyko2_bundle(tiny_root)
     settings = TrainSettings(lr=1e-2, weight_decay=0.0, max_epochs=1, batch_size=2, seed=0)

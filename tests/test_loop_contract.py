@@ -20,7 +20,8 @@ from trainable_helpers import Recorder, tiny_hyko2_bundle
 
 from study.data.specs import get_spec
 from study.data.stream import Streams
-from study.train.loop import TrainSettings, evaluate, fit, random_hflip
+from study.train.loop import evaluate, fit, random_hflip
+from study.train.settings import TrainSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

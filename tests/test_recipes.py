@@ -32,7 +32,7 @@ import torch
 from study.config import build_config
 from study.features import default_chunk, export_image
 from study.strategies import STRATEGIES
-from study.train.loop import TrainSettings
+from study.train.settings import TrainSettings
 
 DATASETS = ("hyko2", "hsidrive", "hcv2")
 

@@ -13,7 +13,8 @@ from trainable_helpers import Recorder, tiny_hyko2_bundle
 
 from study.data.bundle import DataBundle, SplitRef, in_memory, materialize, pixel_sample
 from study.data.stream import LoaderSettings, SplitStream, autocast, batch_bytes
-from study.train.loop import TrainSettings, epoch_plan, eval_images, forward
+from study.train.loop import epoch_plan, eval_images, forward
+from study.train.settings import TrainSettings
 from trainables.indomain import train_indomain
 from trainables.indomain_fc import train_indomain_fc
 

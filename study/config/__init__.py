@@ -6,7 +6,8 @@ directly."""
 
 from study.config.build import build_config
 from study.config.file import SPACE_TABLE, load, parser_defaults, to_toml
-from study.config.settings import DEFAULT_SEARCH_BATCH, PRESETS, Budget, StudyConfig
+from study.config.presets import DEFAULT_SEARCH_BATCH, PRESETS
+from study.config.settings import Budget, StudyConfig
 
 __all__ = [
     "Budget",

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from study.config.settings import PAPER_EPOCHS, PAPER_FIXED, PRESETS, SETTING_GROUPS, StudyConfig
+from study.config.presets import PAPER_EPOCHS, PAPER_FIXED, PRESETS
+from study.config.settings import SETTING_GROUPS, StudyConfig
 from study.errors import ConfigError
 from study.strategies import STRATEGIES
 

@@ -36,8 +36,9 @@ from torch import nn
 
 from study.data.specs import DatasetSpec
 from study.data.stream import BatchStream, to_device
-from study.train.loop import EpochFn, PendingLosses, TrainSettings, forward
+from study.train.loop import EpochFn, PendingLosses, forward
 from study.train.metrics import ConfusionAccumulator
+from study.train.settings import TrainSettings
 
 #: Images per loaded batch of the paper's per-pixel arm (docs/reference.md §R16 item 3).
 PIXEL_IMAGES_PER_BATCH: dict[str, int] = {"hyko2": 8, "hsidrive": 32, "hcv2": 4}

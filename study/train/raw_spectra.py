@@ -26,7 +26,8 @@ from study.data.bundle import DataBundle, LazyImages, Split
 from study.hashing import json_digest
 from study.models.hypersl_partial import PartialHyperSL, chunks_per_image
 from study.train.devices import pick_device
-from study.train.loop import EpochFn, TrainSettings, train_epoch
+from study.train.loop import EpochFn, train_epoch
+from study.train.settings import TrainSettings
 
 #: Default side of the random training crop of a k > 0 HyperSL-RU-Net trial (pixels).
 CROP = 128

@@ -24,7 +24,8 @@ from study.train.devices import (
     release_device_memory,
     seed_everything,
 )
-from study.train.loop import Report, TrainSettings, fit, tune_hooks
+from study.train.loop import Report, fit, tune_hooks
+from study.train.settings import TrainSettings
 from study.train.threads import configure_threads
 
 
