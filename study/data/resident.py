@@ -30,7 +30,7 @@ import torch
 from study.data.bundle import Split
 from study.data.shared_copy import Section, SharedCopy, open_copy
 from study.data.storage import from_bfloat16_bits, pca_decode, to_bfloat16_bits
-from study.data.stream import Key, LoaderSettings, decode_batch
+from study.data.stream import Key, LoaderSettings, SplitBatches, decode_batch
 from study.hashing import json_digest
 
 #: how each kept value type is held: numpy (bfloat16 as its uint16 bits) and torch
@@ -167,7 +167,7 @@ def memory_store(split: Split, lay: Layout) -> tuple[dict[str, torch.Tensor], Sh
     return {n: _as_torch(a, lay.dtype if n == "values" else "") for n, a in arrays.items()}, copy
 
 
-class ResidentStream:
+class ResidentStream(SplitBatches):
     """One split held whole (:func:`device_store` or :func:`memory_store`), with :class:`SplitStream`'s interface:
     :meth:`batches` gathers a plan of keys in its order, :meth:`sequential` walks the split."""
 
@@ -186,17 +186,6 @@ class ResidentStream:
         self.decode_device = torch.device(settings.decode_device) if lay.pca and settings.decode_device else None
         self.offsets = lay.pixel_offsets
 
-    def __len__(self) -> int:
-        return len(self.split)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.split.names)
-
-    @property
-    def shapes(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self.split.shapes)
-
     @property
     def nbytes(self) -> int:
         return self.layout.nbytes
@@ -207,11 +196,6 @@ class ResidentStream:
         device."""
         for keys in [list(b) for b in plan]:
             yield self.gather(keys)
-
-    def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole split in stored order, ``batch_size`` samples per batch (evaluation)."""
-        n = len(self)
-        return self.batches([list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)])
 
     def _window(self, key: Key) -> tuple[int, int, int, int, int, int, int]:
         """(index, row, col, h, w, full H, full W) of a key."""

@@ -141,7 +141,33 @@ def batch_bytes(split: Split, batch_images: int) -> int:
     return batch_images * pixels * (4 * int(split.n_channels) + 8)
 
 
-class SplitStream:
+class SplitBatches:
+    """What every stream of one split shares, whatever the placement: its length, names and shapes come from
+    ``self.split``, and the evaluation order is a plan of consecutive batches for the subclass's ``batches``."""
+
+    split: Split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.split.names)
+
+    @property
+    def shapes(self) -> tuple[tuple[int, int], ...]:
+        return tuple(self.split.shapes)
+
+    def batches(self, plan: Iterable[Sequence[Key]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        raise NotImplementedError
+
+    def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole split in stored order, ``batch_size`` samples per batch (evaluation)."""
+        n = len(self)
+        return self.batches([list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)])
+
+
+class SplitStream(SplitBatches):
     """One split read through a DataLoader; :meth:`batches` iterates a plan of keys in its order."""
 
     def __init__(self, split: Split, settings: LoaderSettings, *, persistent: bool = True,
@@ -166,17 +192,6 @@ class SplitStream:
                                  num_workers=workers, pin_memory=settings.pin_memory,
                                  generator=torch.Generator().manual_seed(0), **extra)
 
-    def __len__(self) -> int:
-        return len(self.split)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(self.split.names)
-
-    @property
-    def shapes(self) -> tuple[tuple[int, int], ...]:
-        return tuple(self.split.shapes)
-
     def batches(self, plan: Iterable[Sequence[Key]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images (B, h, w, C) float32, labels (B, h, w) int64) CPU tensors (pinned on CUDA), in plan order;
         with a ``decode_device`` the images are decoded there (on that device), the labels stay on the host."""
@@ -187,11 +202,6 @@ class SplitStream:
             return iter(self.loader)
         device = torch.device(self.decode_device)
         return ((decode_batch(scores, coeffs, means, device), labels) for scores, coeffs, means, labels in self.loader)
-
-    def sequential(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The whole split in stored order, ``batch_size`` samples per batch (evaluation)."""
-        n = len(self)
-        return self.batches([list(range(s, min(s + batch_size, n))) for s in range(0, n, batch_size)])
 
     def close(self) -> None:
         """Stop this loader's persistent workers now (they would otherwise live until garbage collection)."""
