@@ -5,5 +5,5 @@ A package of modules: import a name from the module that defines it
 (``from study.train.<module> import ...``): each imports no heavier dependency than it uses (the report's
 modules stay free of torch), so this face exports modules, not re-exported names."""
 
-__all__ = ['data_placement', 'devices', 'freeze_depth', 'loop', 'metrics', 'pixel_loop', 'raw_spectra', 'settings', 'threads',
-           'trial', 'trial_state']
+__all__ = ['data_placement', 'devices', 'freeze_depth', 'loop', 'metrics', 'pixel_loop', 'raw_spectra', 'settings',
+           'threads', 'trial', 'trial_state']
