@@ -1,0 +1,100 @@
+"""The feature export's small rules, where mutation testing found them unpinned (issue 29, docs/testing.md).
+
+The chunk default for a dataset the paper did not export, the GPU pass size and free memory with the CUDA
+calls replaced (no GPU here: the arithmetic is what matters), and the progress line's timing and text.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from study.features import export as feat
+
+GIB = 2**30
+
+
+def test_a_dataset_without_a_paper_chunk_gets_5000() -> None:
+    assert feat.default_chunk("my-dataset") == 5000
+    assert [feat.default_chunk(d) for d in ("hyko2", "hsidrive", "hcv2")] == [50000, 5000, 5000]
+
+
+@pytest.fixture()
+def fake_cuda(monkeypatch: pytest.MonkeyPatch) -> list:
+    """torch.cuda's memory calls answering per device index (free 10/20 GiB, reserved 3, allocated 1)."""
+    calls: list = []
+
+    def record(name, value):  # noqa: ANN001, ANN202
+        def call(index=None):  # noqa: ANN001, ANN202
+            calls.append((name, index))
+            return value(index)
+        return call
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", record("free", lambda i: ((10 + 10 * i) * GIB, 80 * GIB)))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", record("reserved", lambda i: (3 + i) * GIB))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", record("allocated", lambda i: GIB))
+    return calls
+
+
+def test_free_memory_counts_the_allocators_unused_bytes_on_the_right_device(fake_cuda: list) -> None:
+    assert feat.free_device_memory("cuda:0") == (10 + 3 - 1) * GIB
+    assert fake_cuda == [("free", 0), ("reserved", 0), ("allocated", 0)]
+    fake_cuda.clear()
+    assert feat.free_device_memory(torch.device("cuda")) == (20 + 4 - 1) * GIB  # the current device: 1
+    assert fake_cuda == [("free", 1), ("reserved", 1), ("allocated", 1)]
+
+
+def test_pass_pixels_by_hand() -> None:
+    """HCV2 through HyperSL-small: 129 tokens x 256 x 4 B = 132,096 B per activation; fp32 peak 11 of them,
+    bf16 7; 0.6 of the free memory; whole chunks of 1,000 here."""
+    cuda = torch.device("cuda")
+    act = 132_096
+    assert feat.pass_pixels(129, 256, 1000, cuda, free_bytes=20 * GIB) == 8000  # 0.6 * 20 GiB / (11 act) = 8,867
+    assert feat.pass_pixels(129, 256, 1000, cuda, "bf16", free_bytes=20 * GIB) == 13000  # / (7 act) = 13,934
+    assert feat.pass_pixels(129, 256, 1000, cuda, free_bytes=200 * GIB) == 65000  # capped at 65,536
+    # under one chunk: that chunk's tokens are held, the pass gets the rest: (0.6 GiB - 1000 act) / (11 act) = 352
+    assert feat.pass_pixels(129, 256, 1000, cuda, free_bytes=GIB) == int((0.6 * GIB - 1000 * act) // (11 * act))
+    assert feat.pass_pixels(129, 256, 1000, cuda, free_bytes=GIB) == 352
+    assert feat.pass_pixels(129, 256, 1000, cuda, free_bytes=10**6) == 1  # nothing fits: one pixel at a time
+    assert feat.pass_pixels(129, 256, 1000, "cpu", free_bytes=GIB) == 1000  # a CPU: one chunk
+    assert feat.pass_pixels(129, 256, 1000, "cpu", compute_pixels=0) == 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+def test_progress_lines_every_10_s_and_at_the_end(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    clock = Clock()
+    monkeypatch.setattr(feat, "time", clock)
+    bar = feat.Progress("hyko2/train", 4000)
+    clock.now = 109.99
+    bar.update(1000)
+    assert capsys.readouterr().err == ""
+    clock.now = 110.0
+    bar.update(1000)
+    assert capsys.readouterr().err == (
+        "[hsistudy] features hyko2/train:  50.0% (2,000/4,000 px, 200 px/s, ETA 10 s)\n")
+    clock.now = 115.0
+    bar.update(1000)  # 5 s after the last line: quiet
+    assert capsys.readouterr().err == ""
+    clock.now = 116.0
+    bar.update(1000)  # done: always a line
+    assert capsys.readouterr().err == "[hsistudy] features hyko2/train: 100.0% (4,000/4,000 px, 250 px/s, ETA 0 s)\n"
+
+
+def test_progress_of_one_pixel_and_when_disabled(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    clock = Clock()
+    monkeypatch.setattr(feat, "time", clock)
+    feat.Progress("x", 1).update(1)
+    assert "100.0% (1/1 px" in capsys.readouterr().err
+    assert feat.Progress("x", 0).total == 1  # an empty split: no division by zero
+    quiet = feat.Progress("x", 10, enabled=False)
+    clock.now = 500.0
+    quiet.update(10)
+    assert capsys.readouterr().err == "" and quiet.done == 10
