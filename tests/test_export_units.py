@@ -98,3 +98,87 @@ def test_progress_of_one_pixel_and_when_disabled(monkeypatch: pytest.MonkeyPatch
     clock.now = 500.0
     quiet.update(10)
     assert capsys.readouterr().err == "" and quiet.done == 10
+
+
+def test_temp_names_are_hidden_unique_siblings(tmp_path) -> None:
+    import os
+    import re
+
+    a, b = feat.temp_path(tmp_path / "hyko2_val.h5"), feat.temp_path(tmp_path / "hyko2_val.h5")
+    assert a.parent == tmp_path and a != b
+    assert re.fullmatch(rf"\.hyko2_val\.h5\.{os.getpid()}\.[0-9a-f]{{8}}\.tmp", a.name)
+
+
+@pytest.fixture()
+def hypersl() -> torch.nn.Module:
+    from study.models.hypersl import build_hypersl
+
+    torch.manual_seed(0)
+    return build_hypersl("tiny")
+
+
+def test_export_split_with_its_defaults_writes_the_papers_file(tiny_root, tmp_path, hypersl, capsys) -> None:
+    """Defaults: chunk BN with HyperSL's 50,000-pixel HyKo2 chunks, float16, fp32 compute, on the CPU, with
+    progress; every sample's image replaced by its features, labels copied raw, the attributes the cache checks."""
+    import h5py
+    import numpy as np
+
+    from study.data.datasets import open_split
+    from study.data.specs import get_spec
+
+    out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "f" / "hyko2_val.h5")
+    src = open_split(tiny_root, get_spec("hyko2"), "val")
+    assert "[hsistudy] features hyko2/val: 100.0%" in capsys.readouterr().err
+    with h5py.File(out, "r") as fh, h5py.File(src.path, "r") as raw:
+        attrs = dict(fh.attrs)
+        assert list(fh.keys()) == list(src.names)
+        for name in src.names:
+            expected = feat.export_image(hypersl, src.read(name)[0], src.wavelengths, bn_mode="chunk",
+                                         chunk_size=50000, dtype="float16")
+            np.testing.assert_array_equal(fh[name]["image"][()], expected)
+            assert fh[name]["labels"].dtype == raw[name]["labels"].dtype
+            np.testing.assert_array_equal(fh[name]["labels"][()], raw[name]["labels"][()])
+    wl = attrs.pop("source_wavelengths")
+    np.testing.assert_array_equal(wl, src.wavelengths)
+    assert attrs == {"checkpoint_hash": "", "bn_mode": "chunk", "chunk_size": 50000, "dtype": "float16",
+                     "feature_dim": hypersl.dim, "source_file": str(src.path),
+                     "source_stat": feat.source_stat(src.path), "dataset": "hyko2", "split": "val",
+                     "feature_version": 1, "complete": True}
+    assert [p.name for p in out.parent.iterdir()] == ["hyko2_val.h5"]
+
+
+def test_a_bf16_file_says_so_and_other_settings_reach_each_image(tiny_root, tmp_path, hypersl) -> None:
+    import h5py
+    import numpy as np
+
+    from study.data.datasets import open_split
+    from study.data.specs import get_spec
+
+    out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "v.h5", bn_mode="running", chunk_size=7,
+                            dtype="float32", autocast="bf16", progress=False)
+    src = open_split(tiny_root, get_spec("hyko2"), "val")
+    first = src.names[0]
+    with h5py.File(out, "r") as fh:
+        assert fh.attrs["autocast"] == "bf16" and fh.attrs["chunk_size"] == 7 and fh.attrs["bn_mode"] == "running"
+        expected = feat.export_image(hypersl, src.read(first)[0], src.wavelengths, bn_mode="running", chunk_size=7,
+                                     dtype="float32", autocast="bf16")
+        np.testing.assert_array_equal(fh[first]["image"][()], expected)
+
+
+def test_export_images_counts_pixels_and_raises_a_failed_last_write(tiny_root, tmp_path, hypersl) -> None:
+    import h5py
+
+    from study.data.datasets import open_split
+    from study.data.specs import get_spec
+
+    src = open_split(tiny_root, get_spec("hyko2"), "val")
+    with h5py.File(tmp_path / "empty.h5", "w") as fh:
+        assert feat.export_images(hypersl, src, [], fh, bn_mode="chunk", chunk=9, dtype="float32", device="cpu") == 0
+    pixels: list[int] = []
+    with h5py.File(tmp_path / "one.h5", "w") as fh:
+        dim = feat.export_images(hypersl, src, [src.names[0]], fh, bn_mode="chunk", chunk=500, dtype="float32",
+                                 device="cpu", on_chunk=pixels.append)
+    h, w = src.shapes[0]
+    assert dim == hypersl.dim and sum(pixels) == h * w and pixels == [500, h * w - 500]
+    with h5py.File(tmp_path / "one.h5", "r") as ro, pytest.raises(ValueError):  # the only write fails: not lost
+        feat.export_images(hypersl, src, [src.names[0]], ro, bn_mode="chunk", chunk=500, dtype="float32", device="cpu")

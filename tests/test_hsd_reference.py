@@ -198,3 +198,25 @@ def test_default_scale_is_the_benchmarks_half_and_the_two_axes_scale_apart() -> 
 def test_an_empty_output_is_refused_naming_the_scale_and_side() -> None:
     with pytest.raises(ValueError, match=r"^scale 0\.1 turns a side of 4 pixels into 0; OpenCV rejects an empty"):
         opencv_dst_size(4, 0.1)
+
+
+def test_short_and_unreadable_files_are_named_word_for_word(tmp_path: Path) -> None:
+    import re
+
+    from study.prepare.readers import PrepareError
+
+    short = tmp_path / "short.hsd"
+    short.write_bytes(b"\0" * 27)
+    with pytest.raises(PrepareError, match="^" + re.escape(
+            f"{short}: only 27 bytes, shorter than the 28-byte .hsd header; the file is truncated or not an "
+            ".hsd file") + "$"):
+        read_header(short)
+    missing = tmp_path / "missing.hsd"
+    with pytest.raises(PrepareError, match="^" + re.escape(f"{missing}: cannot read ([Errno 2] No such file")):
+        read_header(missing)
+    bad = tmp_path / "bad.hsd"
+    bad.write_bytes(struct.pack("<iiii", 2, 3, 4, 5) + struct.pack("<ifi", START, STEP, END))
+    with pytest.raises(PrepareError, match="^" + re.escape(
+            f"{bad}: not a valid .hsd header (height 2, width 3, bands 4, D 5); the file is corrupt or not an "
+            ".hsd file") + "$"):
+        read_header(bad)
