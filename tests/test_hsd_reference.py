@@ -144,8 +144,18 @@ def test_the_truncated_message_names_the_bytes_the_header_needs(tmp_path: Path) 
     (tmp_path / "cut.hsd").write_bytes(data[:-4])
     needed = 28 + 4 * (BANDS + D * BANDS + H * W * D)
     with pytest.raises(PrepareError, match=rf": {needed - 4} bytes, but its header \(H {H}, W {W}, bands {BANDS}, "
-                       rf"D {D}\) needs {needed}; the file is truncated"):
+                       rf"D {D}\) needs {needed}; the file is truncated \(an interrupted download or extraction\?\)$"):
         read_header(tmp_path / "cut.hsd")
+
+
+def test_exactly_a_billion_pixels_is_a_valid_header(tmp_path: Path) -> None:
+    """The bound is "more than 10^9 pixels": 31,250 x 32,000 passes it (and is then refused as truncated)."""
+    from study.prepare.readers import PrepareError
+
+    path = tmp_path / "billion.hsd"
+    path.write_bytes(struct.pack("<iiii", 31_250, 32_000, 4, 2) + struct.pack("<ifi", START, STEP, END))
+    with pytest.raises(PrepareError, match=r"bytes, but its header \(H 31250, W 32000, bands 4, D 2\) needs"):
+        read_header(path)
 
 
 SIZES = [(1, 2), (2, 2), (3, 3), (4, 7), (5, 6), (7, 9), (10, 11), (12, 12), (33, 20), (1422 // 6, 1889 // 7)]

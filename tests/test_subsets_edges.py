@@ -153,3 +153,22 @@ def test_parse_fractions_errors_word_for_word(text: str, message: str) -> None:
 def test_parse_fractions_keeps_one_and_strips_spaces() -> None:
     assert parse_fractions(" 1 ") == (1.0,)
     assert parse_fractions("100%, 1%") == (0.01, 1.0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_cover_counts_each_class_over_the_whole_split(seed: int) -> None:
+    """Class 1 is in one image, class 0 in three: whatever the permutation, the rare image opens the order."""
+    names = ["a", "b", "c", "d"]
+    order = subset_order(names, [frozenset({0}), frozenset({1}), frozenset({0}), frozenset({0})], seed)
+    assert order[0] == "b"
+
+
+def test_a_paper_manifest_reads_back_as_paper() -> None:
+    m = make_subset("hyko2", [f"p{i}" for i in range(10)], [frozenset({0})] * 10, 0.5, 0, method="paper")
+    assert SubsetManifest.from_json(m.to_json()).method == "paper"
+
+
+def test_a_fraction_just_above_one_suggests_a_percentage() -> None:
+    with pytest.raises(ConfigError, match=_exact("--fractions: '1.5' is outside the rule 0 < f <= 1 (did you mean "
+                                                 "1.5%?)")):
+        parse_fractions("1.5")
