@@ -230,3 +230,20 @@ def test_short_and_unreadable_files_are_named_word_for_word(tmp_path: Path) -> N
             f"{bad}: not a valid .hsd header (height 2, width 3, bands 4, D 5); the file is corrupt or not an "
             ".hsd file") + "$"):
         read_header(bad)
+
+
+def test_the_fixture_encoder_writes_hcv2s_grid_and_float32_whatever_it_is_given(tmp_path: Path) -> None:
+    """The encoder builds the tiny HCV2 releases of the tests: HCV2's 449-957 nm grid in 4 nm steps by default,
+    and float32 bytes even from float64 arrays (a float64 body would decode as garbage)."""
+    from study.prepare.hsd import read_pca
+
+    means, coeffs, scores = _pca_parts(3)
+    path = tmp_path / "f64.hsd"
+    encode_hsd(path, scores.reshape(H, W, D).astype(np.float64), coeffs.astype(np.float64),
+               means.astype(np.float64))
+    header = read_header(path)
+    assert (header.start_nm, header.step_nm, header.end_nm) == (449, 4.0, 957)
+    picked, c, m, _ = read_pca(path)
+    np.testing.assert_array_equal(picked, scores.reshape(H, W, D))
+    np.testing.assert_array_equal(c, coeffs)
+    np.testing.assert_array_equal(m, means)
