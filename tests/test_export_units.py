@@ -154,13 +154,13 @@ def test_a_bf16_file_says_so_and_other_settings_reach_each_image(tiny_root, tmp_
     from study.data.datasets import open_split
     from study.data.specs import get_spec
 
-    out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "v.h5", bn_mode="running", chunk_size=7,
+    out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "v.h5", bn_mode="running", chunk_size=480,
                             dtype="float32", autocast="bf16", progress=False)
     src = open_split(tiny_root, get_spec("hyko2"), "val")
     first = src.names[0]
     with h5py.File(out, "r") as fh:
-        assert fh.attrs["autocast"] == "bf16" and fh.attrs["chunk_size"] == 7 and fh.attrs["bn_mode"] == "running"
-        expected = feat.export_image(hypersl, src.read(first)[0], src.wavelengths, bn_mode="running", chunk_size=7,
+        assert fh.attrs["autocast"] == "bf16" and fh.attrs["chunk_size"] == 480 and fh.attrs["bn_mode"] == "running"
+        expected = feat.export_image(hypersl, src.read(first)[0], src.wavelengths, bn_mode="running", chunk_size=480,
                                      dtype="float32", autocast="bf16")
         np.testing.assert_array_equal(fh[first]["image"][()], expected)
 
