@@ -126,7 +126,7 @@ def test_export_split_with_its_defaults_writes_the_papers_file(tiny_root, tmp_pa
     from study.data.datasets import open_split
     from study.data.specs import get_spec
 
-    out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "f" / "hyko2_val.h5")
+    out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "f" / "g" / "hyko2_val.h5")
     src = open_split(tiny_root, get_spec("hyko2"), "val")
     assert "[hsistudy] features hyko2/val: 100.0%" in capsys.readouterr().err
     with h5py.File(out, "r") as fh, h5py.File(src.path, "r") as raw:
@@ -147,7 +147,7 @@ def test_export_split_with_its_defaults_writes_the_papers_file(tiny_root, tmp_pa
     assert [p.name for p in out.parent.iterdir()] == ["hyko2_val.h5"]
 
 
-def test_a_bf16_file_says_so_and_other_settings_reach_each_image(tiny_root, tmp_path, hypersl) -> None:
+def test_a_bf16_file_says_so_and_other_settings_reach_each_image(tiny_root, tmp_path, hypersl, capsys) -> None:
     import h5py
     import numpy as np
 
@@ -156,6 +156,7 @@ def test_a_bf16_file_says_so_and_other_settings_reach_each_image(tiny_root, tmp_
 
     out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "v.h5", bn_mode="running", chunk_size=480,
                             dtype="float32", autocast="bf16", progress=False)
+    assert capsys.readouterr().err == ""  # progress=False: quiet
     src = open_split(tiny_root, get_spec("hyko2"), "val")
     first = src.names[0]
     with h5py.File(out, "r") as fh:
@@ -182,3 +183,38 @@ def test_export_images_counts_pixels_and_raises_a_failed_last_write(tiny_root, t
     assert dim == hypersl.dim and sum(pixels) == h * w and pixels == [500, h * w - 500]
     with h5py.File(tmp_path / "one.h5", "r") as ro, pytest.raises(ValueError):  # the only write fails: not lost
         feat.export_images(hypersl, src, [src.names[0]], ro, bn_mode="chunk", chunk=500, dtype="float32", device="cpu")
+
+
+def test_bad_settings_fail_before_anything_is_written(tiny_root, tmp_path, hypersl) -> None:
+    from study.errors import HsiStudyError
+
+    out = tmp_path / "never" / "v.h5"
+    with pytest.raises(HsiStudyError, match="autocast must be one of off, bf16, got 'fp8'"):
+        feat.export_split(hypersl, tiny_root, "hyko2", "val", out, autocast="fp8", progress=False)
+    assert not out.parent.exists()
+
+
+def test_a_file_that_cannot_be_created_reports_its_own_error(tiny_root, tmp_path, hypersl, monkeypatch) -> None:
+    real = feat.h5py.File
+
+    def refuse(path, mode="r", *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if mode == "w":
+            raise OSError("disk full")
+        return real(path, mode, *a, **k)
+
+    monkeypatch.setattr(feat.h5py, "File", refuse)
+    with pytest.raises(OSError, match="^disk full$"):  # not a FileNotFoundError from removing a temp never made
+        feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "v.h5", progress=False)
+
+
+def test_the_rate_and_eta_of_a_short_or_slow_export(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    clock = Clock()
+    monkeypatch.setattr(feat, "time", clock)
+    fast = feat.Progress("x", 100)
+    clock.now = 100.5
+    fast.update(100)  # done in half a second
+    assert "(100/100 px, 200 px/s, ETA 0 s)" in capsys.readouterr().err
+    slow = feat.Progress("y", 100)
+    clock.now = 110.5
+    slow.update(5)  # 0.5 px/s: 95 px left take 190 s
+    assert "(5/100 px, 0 px/s, ETA 190 s)" in capsys.readouterr().err
