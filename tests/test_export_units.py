@@ -6,6 +6,8 @@ calls replaced (no GPU here: the arithmetic is what matters), and the progress l
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -218,3 +220,91 @@ def test_the_rate_and_eta_of_a_short_or_slow_export(monkeypatch: pytest.MonkeyPa
     clock.now = 110.5
     slow.update(5)  # 0.5 px/s: 95 px left take 190 s
     assert "(5/100 px, 0 px/s, ETA 190 s)" in capsys.readouterr().err
+
+
+def test_settings_rules_word_for_word() -> None:
+    from study.errors import HsiStudyError
+
+    feat.check_settings("chunk", 1, "float32")  # one pixel per chunk, fp32 compute by default: valid
+    for args, message in [
+        (("chunk", 50, "float32", "fp8"), "autocast must be one of off, bf16, got 'fp8'"),
+        (("eval", 50, "float32"), "bn mode must be one of chunk, running, got 'eval'"),
+        (("chunk", 0, "float32"), "chunk size must be a positive integer, got 0"),
+        (("chunk", 2.0, "float32"), "chunk size must be a positive integer, got 2.0"),
+        (("chunk", 50, "bfloat16"), "feature dtype must be one of float16, float32, got 'bfloat16'"),
+    ]:
+        with pytest.raises(HsiStudyError, match="^" + re.escape(message) + "$"):
+            feat.check_settings(*args)
+
+
+def test_the_gpu_pass_asks_the_device_when_no_free_bytes_are_given(fake_cuda: list) -> None:
+    # the current device (1): 20 + 4 - 1 = 23 GiB usable; 0.6 of it / (11 x 132,096 B) = 10,197 -> 10 chunks
+    assert feat.pass_pixels(129, 256, 1000, torch.device("cuda")) == 10000
+    assert ("free", 1) in fake_cuda
+
+
+class PerPixel(torch.nn.Module):
+    """A backbone with ``features`` only (no tokens/run_blocks/aggregate): spectra x wavelengths, per pixel."""
+
+    dim = 3
+
+    def features(self, x: torch.Tensor, wl: torch.Tensor) -> torch.Tensor:
+        assert x.dtype == torch.float32 and wl.dtype == torch.float32
+        return x * wl
+
+
+def test_a_features_only_backbone_is_exported_pass_by_pass() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = rng.random((5, 7, 3)) * 100  # float64 in: read as float32
+    wl = [400.5, 500.25, 600.125]  # a list of floats: float32 on the device
+    seen: list[int] = []
+    got = feat.export_image(PerPixel(), image, wl, chunk_size=10, compute_pixels=4, on_chunk=seen.append)
+    expected = image.astype(np.float32).reshape(35, 3) * np.asarray(wl, dtype=np.float32)
+    np.testing.assert_array_equal(got.reshape(35, 3), expected)
+    assert seen == [4, 4, 2] * 3 + [4, 1]  # 4-pixel passes inside each 10-pixel chunk
+    bf16 = feat.export_image(PerPixel(), image, wl, chunk_size=10, autocast="bf16")
+    np.testing.assert_array_equal(bf16, got)  # a product of fp32 tensors: autocast leaves it fp32
+
+
+def test_hypersl_passes_smaller_than_its_tokens_still_cover_every_pixel(hypersl) -> None:
+    """A pass of 5 pixels is shorter than the 16 tokens per pixel: passes step over pixels, not tokens."""
+    import numpy as np
+
+    from study.data.specs import get_spec
+
+    wl = get_spec("hyko2").wavelength_array()
+    image = (np.random.default_rng(1).random((6, 10, 15)) * 3000).astype(np.float32)
+    whole = feat.export_image(hypersl, image, wl, chunk_size=30)
+    seen: list[int] = []
+    small = feat.export_image(hypersl, image, wl, chunk_size=30, compute_pixels=5, on_chunk=seen.append)
+    np.testing.assert_allclose(small, whole, rtol=1e-5, atol=1e-5)
+    assert seen == [5] * 12
+
+
+def test_the_default_chunk_is_5000_pixels(hypersl) -> None:
+    import numpy as np
+
+    from study.data.specs import get_spec
+
+    wl = get_spec("hyko2").wavelength_array()
+    image = (np.random.default_rng(2).random((71, 71, 15)) * 3000).astype(np.float32)  # 5,041 px: two chunks
+    seen: list[int] = []
+    feat.export_image(hypersl, image, wl, on_chunk=seen.append)
+    assert seen == [5000, 41]
+
+
+def test_non_finite_features_are_refused_with_the_float16_hint() -> None:
+    import numpy as np
+
+    from study.errors import HsiStudyError
+
+    big = np.full((2, 2, 3), 1e5, dtype=np.float32)  # x * wl = 1e5 x 500: beyond float16's 65,504
+    tail = "; check the input values and the backbone"
+    with pytest.raises(HsiStudyError, match="^" + re.escape("non-finite features (float16 overflow: use --dtype "
+                                                            "float32)" + tail) + "$"):
+        feat.export_image(PerPixel(), big, [500.0] * 3, dtype="float16")
+    nan = np.full((2, 2, 3), np.nan, dtype=np.float32)
+    with pytest.raises(HsiStudyError, match="^" + re.escape("non-finite features" + tail) + "$"):
+        feat.export_image(PerPixel(), nan, [500.0] * 3, dtype="float32")
