@@ -21,7 +21,7 @@ from study.data.specs import get_spec
 from study.train.loop import (
     LOSS_CHECK_EVERY,
     PendingLosses,
-    _all_ignored,
+    all_ignored,
     epoch_plan,
     eval_images,
     fit,
@@ -134,9 +134,9 @@ def test_an_epoch_without_steps_has_a_nan_mean_and_no_warning() -> None:
 
 
 def test_all_ignored_means_every_pixel() -> None:
-    assert _all_ignored(np.full((2, 3), 255), 255)
-    assert not _all_ignored(np.array([[255, 0]]), 255)
-    assert _all_ignored(torch.full((1, 2), 7), 7) and not _all_ignored(torch.zeros(1, 2), 7)
+    assert all_ignored(np.full((2, 3), 255), 255)
+    assert not all_ignored(np.array([[255, 0]]), 255)
+    assert all_ignored(torch.full((1, 2), 7), 7) and not all_ignored(torch.zeros(1, 2), 7)
 
 
 class FakeSplit:
@@ -324,10 +324,10 @@ def test_cudnn_autotuning_is_switched_on_for_cuda_only(monkeypatch) -> None:
 
 
 def test_the_optimizer_is_adamw_with_the_one_group_rule() -> None:
-    from study.train.loop import _optimizer
+    from study.train.loop import build_optimizer
 
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
-    opt = _optimizer(model, _settings(lr=0.05, weight_decay=0.1), model[0], 1e-4)
+    opt = build_optimizer(model, _settings(lr=0.05, weight_decay=0.1), model[0], 1e-4)
     assert isinstance(opt, torch.optim.AdamW)
     groups = sorted(((g["lr"], g["weight_decay"], len(g["params"])) for g in opt.param_groups), reverse=True)
     assert groups == [(0.05, 0.1, 1), (0.05, 0.0, 1), (1e-4, 0.1, 1), (1e-4, 0.0, 1)]  # weights decay, biases not
@@ -337,11 +337,11 @@ def test_the_optimizer_is_adamw_with_the_one_group_rule() -> None:
 def test_device_time_adds_up_over_epochs() -> None:
     import time
 
-    from study.train.loop import _timed_epoch
+    from study.train.loop import timed_epoch
     from study.train.trial_state import Progress
 
     progress = Progress(device_s=5.0)
     t0 = time.perf_counter()
-    loss, val = _timed_epoch(3, lambda: (time.sleep(0.02), 0.5)[1], lambda: {"miou": 0.1}, CPU, progress)
+    loss, val = timed_epoch(3, lambda: (time.sleep(0.02), 0.5)[1], lambda: {"miou": 0.1}, CPU, progress)
     spent = time.perf_counter() - t0
     assert (loss, val) == (0.5, {"miou": 0.1}) and 5.02 <= progress.device_s <= 5.0 + spent

@@ -16,8 +16,8 @@ import pytest
 
 from study.data.subsets import (
     SubsetManifest,
-    _greedy_cover,
     content_hash,
+    greedy_cover,
     make_subset,
     parse_fractions,
     subset_order,
@@ -40,30 +40,30 @@ def _freq(classes: dict[str, frozenset[int]]) -> dict[int, int]:
 
 def test_cover_prefers_more_new_classes_over_a_rarer_one() -> None:
     classes = {"rare": frozenset({9}), "wide": frozenset({0, 1, 2}), "a": frozenset({0}), "b": frozenset({1})}
-    assert _greedy_cover(["rare", "a", "b", "wide"], classes, _freq(classes)) == ["wide", "rare"]
+    assert greedy_cover(["rare", "a", "b", "wide"], classes, _freq(classes)) == ["wide", "rare"]
 
 
 def test_cover_breaks_a_tie_on_new_classes_by_the_rarest_class() -> None:
     # "x" and "y" each add one class; class 1 (in "y") is in one image, class 0 in three
     classes = {"x": frozenset({0}), "y": frozenset({1}), "z1": frozenset({0}), "z2": frozenset({0})}
-    assert _greedy_cover(["x", "z1", "z2", "y"], classes, _freq(classes)) == ["y", "x"]
+    assert greedy_cover(["x", "z1", "z2", "y"], classes, _freq(classes)) == ["y", "x"]
     # the rarest of the new classes counts, not the commonest: "p" holds class 5 (one image) and class 0
     # (four), "q" classes 6 and 1 (two each)
     classes = {"p": frozenset({5, 0}), "q": frozenset({6, 1}), "r": frozenset({6}), "t": frozenset({1}),
                "s1": frozenset({0}), "s2": frozenset({0}), "s3": frozenset({0})}
-    assert _greedy_cover(["q", "r", "t", "s1", "s2", "s3", "p"], classes, _freq(classes))[:2] == ["p", "q"]
+    assert greedy_cover(["q", "r", "t", "s1", "s2", "s3", "p"], classes, _freq(classes))[:2] == ["p", "q"]
 
 
 def test_cover_breaks_a_full_tie_by_the_permutation_position() -> None:
     classes = {"m": frozenset({0}), "n": frozenset({1}), "o": frozenset({2})}
-    assert _greedy_cover(["n", "o", "m"], classes, _freq(classes)) == ["n", "o", "m"]
-    assert _greedy_cover(["o", "m", "n"], classes, _freq(classes)) == ["o", "m", "n"]
+    assert greedy_cover(["n", "o", "m"], classes, _freq(classes)) == ["n", "o", "m"]
+    assert greedy_cover(["o", "m", "n"], classes, _freq(classes)) == ["o", "m", "n"]
 
 
 def test_cover_counts_only_still_uncovered_classes() -> None:
     # after "ab" is picked, "abc" adds one class and "de" two: "de" comes next
     classes = {"ab": frozenset({0, 1, 7, 8}), "abc": frozenset({0, 1, 2}), "de": frozenset({3, 4})}
-    assert _greedy_cover(["abc", "de", "ab"], classes, _freq(classes)) == ["ab", "de", "abc"]
+    assert greedy_cover(["abc", "de", "ab"], classes, _freq(classes)) == ["ab", "de", "abc"]
 
 
 def test_subset_order_is_cover_then_permutation() -> None:

@@ -67,7 +67,7 @@ def _check_inputs(names: Sequence[str], classes_present: Sequence[frozenset[int]
         raise ValueError("image names must be unique")
 
 
-def _greedy_cover(
+def greedy_cover(
     perm_names: list[str], classes: dict[str, frozenset[int]], freq: dict[int, int]
 ) -> list[str]:
     """Images (in pick order) that together hold every class; see the module docstring."""
@@ -104,7 +104,7 @@ def subset_order(
     for cs in classes.values():
         for c in cs:
             freq[c] = freq.get(c, 0) + 1
-    cover = _greedy_cover(perm_names, classes, freq)
+    cover = greedy_cover(perm_names, classes, freq)
     chosen = set(cover)
     return cover + [n for n in perm_names if n not in chosen]
 

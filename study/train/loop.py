@@ -176,7 +176,7 @@ class PendingLosses:
         return float(np.mean(self.values)) if self.values else float("nan")
 
 
-def _all_ignored(labels: np.ndarray | torch.Tensor, ignore_index: int) -> bool:
+def all_ignored(labels: np.ndarray | torch.Tensor, ignore_index: int) -> bool:
     """Every pixel of the (host) batch is unlabelled: its loss is 0/0 and it has nothing to teach."""
     return bool((labels == ignore_index).all())
 
@@ -198,7 +198,7 @@ def train_epoch(
     model.train()
     losses = PendingLosses(device, settings.lr)
     for images, labels in split.batches(epoch_plan(len(split), settings.batch_size, gen, windows)):
-        skip = _all_ignored(labels, loss_fn.ignore_index)  # host labels: read before they are copied
+        skip = all_ignored(labels, loss_fn.ignore_index)  # host labels: read before they are copied
         x, y = to_tensors(images, labels, device)
         x, y = random_hflip(x, y, settings.hflip_p, gen)
         loss = loss_fn(forward(model, x, settings.autocast), y)  # also when skipped: BN statistics as before
@@ -248,7 +248,7 @@ def fit(
     gen = np.random.default_rng(settings.seed)
     model.to(device)
     net = torch.compile(model) if settings.compile else model  # forward passes; state stays ``model``'s
-    opt = _optimizer(model, settings, backbone, backbone_lr)
+    opt = build_optimizer(model, settings, backbone, backbone_lr)
     loss_fn = nn.CrossEntropyLoss(ignore_index=spec.ignore_index)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     wall0 = time.perf_counter()
@@ -264,7 +264,7 @@ def fit(
                  "max_epochs": settings.max_epochs, "data_placement": place.placement,
                  "data_placement_why": place.reason}
         for epoch in range(progress.start_epoch, settings.max_epochs + 1):
-            train_loss, val = _timed_epoch(epoch, lambda: epoch_fn(net, opt, loss_fn, streams.train, gen, device),
+            train_loss, val = timed_epoch(epoch, lambda: epoch_fn(net, opt, loss_fn, streams.train, gen, device),
                                            lambda: eval_fn(net, streams.val, spec, device, settings), device, progress)
             progress.record(epoch, val["miou"], model)
             stop_early = settings.patience is not None and epoch - progress.best_epoch >= settings.patience
@@ -299,14 +299,14 @@ def _training_device() -> torch.device:
     return device
 
 
-def _optimizer(model: nn.Module, settings: TrainSettings, backbone: nn.Module | None,
+def build_optimizer(model: nn.Module, settings: TrainSettings, backbone: nn.Module | None,
                backbone_lr: float | None) -> torch.optim.Optimizer:
     """AdamW over :func:`study.models.freezing.param_groups`, the one weight-decay rule of every arm."""
     groups = param_groups(model, settings.lr, settings.weight_decay, backbone=backbone, backbone_lr=backbone_lr)
     return torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay, eps=1e-8)
 
 
-def _timed_epoch(epoch: int, train: Callable[[], float], validate: Callable[[], dict], device: torch.device,
+def timed_epoch(epoch: int, train: Callable[[], float], validate: Callable[[], dict], device: torch.device,
                  progress: Progress) -> tuple[float, dict]:
     """Train one epoch and validate, adding their device time to ``progress`` (a step-less epoch is a failure)."""
     _sync(device)
