@@ -205,13 +205,13 @@ def bundle(tiny_root: Path):
     return tiny_hyko2_bundle(tiny_root)
 
 
-def _fit(bundle, tmp_path: Path | None = None, **kw) -> tuple[Recorder, nn.Module]:
+def _fit(bundle, tmp_path: Path | None = None, backbone_lr: float | None = None, **kw) -> tuple[Recorder, nn.Module]:
+    """One epoch of a two-layer model; with ``backbone_lr`` its first layer is the backbone."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(SPEC.n_bands, 4, 1), nn.Conv2d(4, SPEC.n_classes, 1))
     rec = Recorder(keep=tmp_path)
-    extra = {k: kw.pop(k) for k in ("backbone", "backbone_lr") if k in kw}
     fit(model, bundle, SPEC, _settings(batch_size=2, hflip_p=0.5, **kw), rec,
-        **{k: (model[0] if v == "first" else v) for k, v in extra.items()})
+        backbone=model[0] if backbone_lr is not None else None, backbone_lr=backbone_lr)
     return rec, model
 
 
@@ -231,7 +231,7 @@ def test_fit_compiles_the_model_when_asked(bundle, monkeypatch: pytest.MonkeyPat
 
 
 def test_fit_trains_the_backbone_at_its_own_lr(bundle, tmp_path: Path) -> None:
-    _fit(bundle, tmp_path, backbone="first", backbone_lr=1e-4)
+    _fit(bundle, tmp_path, backbone_lr=1e-4)
     state = torch.load(tmp_path / "epoch1" / "state.pt", weights_only=True)
     groups = state["optimizer"]["param_groups"]
     assert sorted({g["lr"] for g in groups}) == [1e-4, 0.05]
