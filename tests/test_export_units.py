@@ -10,6 +10,7 @@ import re
 
 import pytest
 import torch
+from matching import whole
 
 from study.features import export as feat
 
@@ -104,7 +105,6 @@ def test_progress_of_one_pixel_and_when_disabled(monkeypatch: pytest.MonkeyPatch
 
 def test_temp_names_are_hidden_unique_siblings(tmp_path) -> None:
     import os
-    import re
 
     a, b = feat.temp_path(tmp_path / "hyko2_val.h5"), feat.temp_path(tmp_path / "hyko2_val.h5")
     assert a.parent == tmp_path and a != b
@@ -233,7 +233,7 @@ def test_settings_rules_word_for_word() -> None:
         (("chunk", 2.0, "float32"), "chunk size must be a positive integer, got 2.0"),
         (("chunk", 50, "bfloat16"), "feature dtype must be one of float16, float32, got 'bfloat16'"),
     ]:
-        with pytest.raises(HsiStudyError, match="^" + re.escape(message) + "$"):
+        with pytest.raises(HsiStudyError, match=whole(message)):
             feat.check_settings(*args)
 
 
@@ -302,9 +302,9 @@ def test_non_finite_features_are_refused_with_the_float16_hint() -> None:
 
     big = np.full((2, 2, 3), 1e5, dtype=np.float32)  # x * wl = 1e5 x 500: beyond float16's 65,504
     tail = "; check the input values and the backbone"
-    with pytest.raises(HsiStudyError, match="^" + re.escape("non-finite features (float16 overflow: use --dtype "
-                                                            "float32)" + tail) + "$"):
+    with pytest.raises(HsiStudyError, match=whole("non-finite features (float16 overflow: use --dtype float32)"
+                                                  + tail)):
         feat.export_image(PerPixel(), big, [500.0] * 3, dtype="float16")
     nan = np.full((2, 2, 3), np.nan, dtype=np.float32)
-    with pytest.raises(HsiStudyError, match="^" + re.escape("non-finite features" + tail) + "$"):
+    with pytest.raises(HsiStudyError, match=whole("non-finite features" + tail)):
         feat.export_image(PerPixel(), nan, [500.0] * 3, dtype="float32")

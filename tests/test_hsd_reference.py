@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matching import whole
 
 from study.prepare.hsd import decode_hsd, encode_hsd, read_header
 from study.prepare.resize import opencv_dst_size, opencv_nn_indices, resize_nearest
@@ -217,18 +218,18 @@ def test_short_and_unreadable_files_are_named_word_for_word(tmp_path: Path) -> N
 
     short = tmp_path / "short.hsd"
     short.write_bytes(b"\0" * 27)
-    with pytest.raises(PrepareError, match="^" + re.escape(
+    with pytest.raises(PrepareError, match=whole(
             f"{short}: only 27 bytes, shorter than the 28-byte .hsd header; the file is truncated or not an "
-            ".hsd file") + "$"):
+            ".hsd file")):
         read_header(short)
     missing = tmp_path / "missing.hsd"
     with pytest.raises(PrepareError, match="^" + re.escape(f"{missing}: cannot read ([Errno 2] No such file")):
         read_header(missing)
     bad = tmp_path / "bad.hsd"
     bad.write_bytes(struct.pack("<iiii", 2, 3, 4, 5) + struct.pack("<ifi", START, STEP, END))
-    with pytest.raises(PrepareError, match="^" + re.escape(
+    with pytest.raises(PrepareError, match=whole(
             f"{bad}: not a valid .hsd header (height 2, width 3, bands 4, D 5); the file is corrupt or not an "
-            ".hsd file") + "$"):
+            ".hsd file")):
         read_header(bad)
 
 

@@ -6,24 +6,19 @@ maps, numpy-only and mixed numpy/torch accumulation, and that the caller's matri
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 import torch
+from matching import whole
 
 from study.train.metrics import ConfusionAccumulator, confusion_matrix, metrics_from_confusion
 
 RANGE = "{name} labels must lie in [0, {top}] (or equal ignore_index for the target), got values in [{lo}, {hi}]"
 
 
-def _exact(message: str) -> str:
-    return "^" + re.escape(message) + "$"
-
-
 @pytest.mark.parametrize("bad", [0, -3, 2.0, "4"])
 def test_n_classes_must_be_a_positive_int(bad):
-    message = _exact(f"`n_classes >= 1` must hold, got n_classes={bad!r}")
+    message = whole(f"`n_classes >= 1` must hold, got n_classes={bad!r}")
     with pytest.raises(ValueError, match=message):
         confusion_matrix(np.zeros(3, dtype=int), np.zeros(3, dtype=int), bad, None)
     with pytest.raises(ValueError, match=message):
@@ -31,7 +26,7 @@ def test_n_classes_must_be_a_positive_int(bad):
 
 
 def test_ignore_index_must_be_an_int_or_none():
-    message = _exact("ignore_index must be an int or None, got '255'")
+    message = whole("ignore_index must be an int or None, got '255'")
     with pytest.raises(ValueError, match=message):
         confusion_matrix(np.zeros(3, dtype=int), np.zeros(3, dtype=int), 4, "255")
     with pytest.raises(ValueError, match=message):
@@ -70,22 +65,22 @@ def test_the_callers_matrix_is_not_modified():
 
 def test_out_of_range_messages_word_for_word_on_both_paths():
     for as_input in (np.asarray, torch.as_tensor):
-        with pytest.raises(ValueError, match=_exact(RANGE.format(name="pred", top=3, lo=0, hi=4))):
+        with pytest.raises(ValueError, match=whole(RANGE.format(name="pred", top=3, lo=0, hi=4))):
             confusion_matrix(as_input([0, 4]), as_input([0, 1]), 4, None)
-        with pytest.raises(ValueError, match=_exact(RANGE.format(name="pred", top=3, lo=-1, hi=1))):
+        with pytest.raises(ValueError, match=whole(RANGE.format(name="pred", top=3, lo=-1, hi=1))):
             confusion_matrix(as_input([-1, 1]), as_input([0, 1]), 4, None)
-        with pytest.raises(ValueError, match=_exact(RANGE.format(name="target", top=3, lo=-1, hi=1))):
+        with pytest.raises(ValueError, match=whole(RANGE.format(name="target", top=3, lo=-1, hi=1))):
             confusion_matrix(as_input([0, 1]), as_input([-1, 1]), 4, 3)
-        with pytest.raises(ValueError, match=_exact(RANGE.format(name="target", top=3, lo=0, hi=5))):
+        with pytest.raises(ValueError, match=whole(RANGE.format(name="target", top=3, lo=0, hi=5))):
             confusion_matrix(as_input([0, 1]), as_input([0, 5]), 4, None)
 
 
 def test_shape_and_count_messages_word_for_word():
-    shape = _exact("pred must have the target's shape (labels) or (B, K, ...) scores, got pred (2, 3) and target "
+    shape = whole("pred must have the target's shape (labels) or (B, K, ...) scores, got pred (2, 3) and target "
                    "(3, 2)")
     with pytest.raises(ValueError, match=shape):
         confusion_matrix(np.zeros((2, 3), dtype=int), np.zeros((3, 2), dtype=int), 4, None)
-    with pytest.raises(ValueError, match=_exact("confusion matrix entries must be non-negative counts")):
+    with pytest.raises(ValueError, match=whole("confusion matrix entries must be non-negative counts")):
         metrics_from_confusion(np.array([[1, -1], [0, 2]]), None)
     with pytest.raises(ValueError, match="must be square"):
         metrics_from_confusion(np.zeros((0, 0), dtype=int), None)

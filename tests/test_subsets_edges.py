@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 
 import numpy as np
 import pytest
+from matching import whole
 
 from study.data.subsets import (
     SubsetManifest,
@@ -24,10 +24,6 @@ from study.data.subsets import (
     subset_size,
 )
 from study.errors import ConfigError
-
-
-def _exact(message: str) -> str:
-    return "^" + re.escape(message) + "$"
 
 
 def _freq(classes: dict[str, frozenset[int]]) -> dict[int, int]:
@@ -93,33 +89,33 @@ def test_manifest_file_text_is_fixed() -> None:
 
 
 def test_manifest_errors_word_for_word() -> None:
-    with pytest.raises(ConfigError, match=_exact("not a subset manifest (KeyError: 'dataset')")):
+    with pytest.raises(ConfigError, match=whole("not a subset manifest (KeyError: 'dataset')")):
         SubsetManifest.from_json("{}")
     m = make_subset("hyko2", ["a", "b"], [frozenset({0}), frozenset({1})], 1.0, 0)
     d = json.loads(m.to_json())
     d["content_hash"] = "0" * 16
-    with pytest.raises(ConfigError, match=_exact(
+    with pytest.raises(ConfigError, match=whole(
             f"subset manifest hash {'0' * 16} does not match its contents ({m.content_hash}); the file was "
             "edited - re-create it instead")):
         SubsetManifest.from_json(json.dumps(d))
 
 
 def test_subset_size_errors_word_for_word() -> None:
-    with pytest.raises(ConfigError, match=_exact("fraction must be a number with 0 < f <= 1, got '0.5'")):
+    with pytest.raises(ConfigError, match=whole("fraction must be a number with 0 < f <= 1, got '0.5'")):
         subset_size("0.5", 10)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match=_exact("fraction must satisfy 0 < f <= 1, got 5; write 5% as 0.05")):
+    with pytest.raises(ConfigError, match=whole("fraction must satisfy 0 < f <= 1, got 5; write 5% as 0.05")):
         subset_size(5, 10)
-    with pytest.raises(ConfigError, match=_exact("the training split has 0 images; a subset needs at least one")):
+    with pytest.raises(ConfigError, match=whole("the training split has 0 images; a subset needs at least one")):
         subset_size(0.5, 0)
     assert subset_size(1, 1) == 1 and subset_size(1.0, 81) == 81
 
 
 def test_input_and_method_errors_word_for_word() -> None:
-    with pytest.raises(ValueError, match=_exact("2 names but 1 class sets; give one set per image")):
+    with pytest.raises(ValueError, match=whole("2 names but 1 class sets; give one set per image")):
         subset_order(["a", "b"], [frozenset()], 0)
-    with pytest.raises(ValueError, match=_exact("image names must be unique")):
+    with pytest.raises(ValueError, match=whole("image names must be unique")):
         make_subset("hyko2", ["a", "a"], [frozenset(), frozenset()], 0.5, 0)
-    with pytest.raises(ValueError, match=_exact("subset method must be one of ('cover', 'paper'), got 'Paper'")):
+    with pytest.raises(ValueError, match=whole("subset method must be one of ('cover', 'paper'), got 'Paper'")):
         make_subset("hyko2", ["a"], [frozenset()], 1.0, 0, method="Paper")
 
 
@@ -146,7 +142,7 @@ def test_paper_subsets_use_seed_42_whatever_seed_is_given() -> None:
     ("0.5,50%", "--fractions: '50%' repeats '0.5'; list each fraction once"),
 ])
 def test_parse_fractions_errors_word_for_word(text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=_exact(message)):
+    with pytest.raises(ConfigError, match=whole(message)):
         parse_fractions(text)
 
 
@@ -169,6 +165,6 @@ def test_a_paper_manifest_reads_back_as_paper() -> None:
 
 
 def test_a_fraction_just_above_one_suggests_a_percentage() -> None:
-    with pytest.raises(ConfigError, match=_exact("--fractions: '1.5' is outside the rule 0 < f <= 1 (did you mean "
+    with pytest.raises(ConfigError, match=whole("--fractions: '1.5' is outside the rule 0 < f <= 1 (did you mean "
                                                  "1.5%?)")):
         parse_fractions("1.5")
