@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import re
 
+import h5py
+import numpy as np
 import pytest
 import torch
 from matching import whole
 
+from study.data.datasets import open_split
+from study.data.specs import get_spec
+from study.errors import HsiStudyError
 from study.features import export as feat
 
 GIB = 2**30
@@ -122,11 +127,6 @@ def hypersl() -> torch.nn.Module:
 def test_export_split_with_its_defaults_writes_the_papers_file(tiny_root, tmp_path, hypersl, capsys) -> None:
     """Defaults: chunk BN with HyperSL's 50,000-pixel HyKo2 chunks, float16, fp32 compute, on the CPU, with
     progress; every sample's image replaced by its features, labels copied raw, the attributes the cache checks."""
-    import h5py
-    import numpy as np
-
-    from study.data.datasets import open_split
-    from study.data.specs import get_spec
 
     out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "f" / "g" / "hyko2_val.h5")
     src = open_split(tiny_root, get_spec("hyko2"), "val")
@@ -150,11 +150,6 @@ def test_export_split_with_its_defaults_writes_the_papers_file(tiny_root, tmp_pa
 
 
 def test_a_bf16_file_says_so_and_other_settings_reach_each_image(tiny_root, tmp_path, hypersl, capsys) -> None:
-    import h5py
-    import numpy as np
-
-    from study.data.datasets import open_split
-    from study.data.specs import get_spec
 
     out = feat.export_split(hypersl, tiny_root, "hyko2", "val", tmp_path / "v.h5", bn_mode="running", chunk_size=480,
                             dtype="float32", autocast="bf16", progress=False)
@@ -169,10 +164,6 @@ def test_a_bf16_file_says_so_and_other_settings_reach_each_image(tiny_root, tmp_
 
 
 def test_export_images_counts_pixels_and_raises_a_failed_last_write(tiny_root, tmp_path, hypersl) -> None:
-    import h5py
-
-    from study.data.datasets import open_split
-    from study.data.specs import get_spec
 
     src = open_split(tiny_root, get_spec("hyko2"), "val")
     with h5py.File(tmp_path / "empty.h5", "w") as fh:
@@ -188,7 +179,6 @@ def test_export_images_counts_pixels_and_raises_a_failed_last_write(tiny_root, t
 
 
 def test_bad_settings_fail_before_anything_is_written(tiny_root, tmp_path, hypersl) -> None:
-    from study.errors import HsiStudyError
 
     out = tmp_path / "never" / "v.h5"
     with pytest.raises(HsiStudyError, match="autocast must be one of off, bf16, got 'fp8'"):
@@ -223,7 +213,6 @@ def test_the_rate_and_eta_of_a_short_or_slow_export(monkeypatch: pytest.MonkeyPa
 
 
 def test_settings_rules_word_for_word() -> None:
-    from study.errors import HsiStudyError
 
     feat.check_settings("chunk", 1, "float32")  # one pixel per chunk, fp32 compute by default: valid
     for args, message in [
@@ -254,7 +243,6 @@ class PerPixel(torch.nn.Module):
 
 
 def test_a_features_only_backbone_is_exported_pass_by_pass() -> None:
-    import numpy as np
 
     rng = np.random.default_rng(0)
     image = rng.random((5, 7, 3)) * 100  # float64 in: read as float32
@@ -270,9 +258,6 @@ def test_a_features_only_backbone_is_exported_pass_by_pass() -> None:
 
 def test_hypersl_passes_smaller_than_its_tokens_still_cover_every_pixel(hypersl) -> None:
     """A pass of 5 pixels is shorter than the 16 tokens per pixel: passes step over pixels, not tokens."""
-    import numpy as np
-
-    from study.data.specs import get_spec
 
     wl = get_spec("hyko2").wavelength_array()
     image = (np.random.default_rng(1).random((6, 10, 15)) * 3000).astype(np.float32)
@@ -284,9 +269,6 @@ def test_hypersl_passes_smaller_than_its_tokens_still_cover_every_pixel(hypersl)
 
 
 def test_the_default_chunk_is_5000_pixels(hypersl) -> None:
-    import numpy as np
-
-    from study.data.specs import get_spec
 
     wl = get_spec("hyko2").wavelength_array()
     image = (np.random.default_rng(2).random((71, 71, 15)) * 3000).astype(np.float32)  # 5,041 px: two chunks
@@ -296,9 +278,6 @@ def test_the_default_chunk_is_5000_pixels(hypersl) -> None:
 
 
 def test_non_finite_features_are_refused_with_the_float16_hint() -> None:
-    import numpy as np
-
-    from study.errors import HsiStudyError
 
     big = np.full((2, 2, 3), 1e5, dtype=np.float32)  # x * wl = 1e5 x 500: beyond float16's 65,504
     tail = "; check the input values and the backbone"
